@@ -1,0 +1,32 @@
+"""All models, imported so the metadata is complete for Alembic and create_all."""
+
+from db.models.audit import AuditEntry
+from db.models.broadcast import Broadcast
+from db.models.job import ACTIVE_STATUSES, FINAL_STATUSES, Job, JobKind, JobStatus
+from db.models.photo import Photo, PhotoKind
+from db.models.style import BaseModel, Style, StyleOrigin
+from db.models.template import Template
+from db.models.training import StyleTraining
+from db.models.user import User, UserSession
+from db.models.webhook import WebhookDelivery, WebhookEndpoint
+
+__all__ = [
+    "ACTIVE_STATUSES",
+    "FINAL_STATUSES",
+    "AuditEntry",
+    "BaseModel",
+    "Broadcast",
+    "Job",
+    "JobKind",
+    "JobStatus",
+    "Photo",
+    "PhotoKind",
+    "Style",
+    "StyleOrigin",
+    "StyleTraining",
+    "Template",
+    "User",
+    "UserSession",
+    "WebhookDelivery",
+    "WebhookEndpoint",
+]

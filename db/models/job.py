@@ -1,0 +1,122 @@
+"""Jobs and their state machine (the one place that decides which status changes are legal)."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import BigInteger, Float, ForeignKey, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from db.base import Base, JSONType, TimestampMixin, UTCDateTime, utcnow
+from db.models.style import _enum
+from service.errors import IllegalTransition
+
+
+class JobKind(enum.StrEnum):
+    PORTRAIT = "portrait"
+    TEMPLATE = "template"
+    TRAINING = "training"
+
+
+class JobStatus(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    DELIVERED = "delivered"
+
+
+# queued → running → succeeded | failed | cancelled, then delivered once the user has it.
+# running → running is a redelivery after a worker died mid-job (attempts counts them);
+# failed/cancelled → queued is an explicit retry (admin API).
+ALLOWED_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELLED, JobStatus.FAILED}),
+    JobStatus.RUNNING: frozenset(
+        {JobStatus.RUNNING, JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED}
+    ),
+    JobStatus.SUCCEEDED: frozenset({JobStatus.DELIVERED}),
+    JobStatus.FAILED: frozenset({JobStatus.QUEUED, JobStatus.DELIVERED}),
+    JobStatus.CANCELLED: frozenset({JobStatus.QUEUED}),
+    JobStatus.DELIVERED: frozenset(),
+}
+
+ACTIVE_STATUSES = frozenset({JobStatus.QUEUED, JobStatus.RUNNING})
+FINAL_STATUSES = frozenset(
+    {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.DELIVERED}
+)
+
+
+class Job(TimestampMixin, Base):
+    """One unit of GPU work for a user: a portrait set, a template, a style training."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
+    kind: Mapped[JobKind] = mapped_column(_enum(JobKind))
+    status: Mapped[JobStatus] = mapped_column(_enum(JobStatus), default=JobStatus.QUEUED, index=True)
+    params: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_detail: Mapped[str | None] = mapped_column(Text)
+    # Results: blob keys of the images, and per-image facts (similarity, seed).
+    result_blobs: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    result_meta: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    style_id: Mapped[int | None] = mapped_column(ForeignKey("styles.id", ondelete="SET NULL"))
+    template_id: Mapped[int | None] = mapped_column(
+        ForeignKey("templates.id", ondelete="SET NULL")
+    )
+    chat_id: Mapped[int | None] = mapped_column(BigInteger)
+    status_message_id: Mapped[int | None] = mapped_column(BigInteger)
+    cancel_requested: Mapped[bool] = mapped_column(default=False)
+    # Outbox: set once the task reached the broker; the sweep re-sends rows where it is null.
+    dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    worker: Mapped[str | None] = mapped_column(String(128))
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in ACTIVE_STATUSES
+
+    def transition(self, to: JobStatus, *, now: datetime | None = None) -> None:
+        """Move to `to`, stamping the time; IllegalTransition if the machine forbids it."""
+        if to not in ALLOWED_TRANSITIONS[self.status]:
+            raise IllegalTransition(
+                f"job {self.id}: {self.status.value} -> {to.value} is not allowed",
+                job_id=self.id,
+                current=self.status.value,
+                requested=to.value,
+            )
+        now = now or utcnow()
+        if to is JobStatus.RUNNING:
+            self.attempts += 1
+            self.started_at = now
+        elif to is JobStatus.QUEUED:
+            # A retry starts afresh and must be dispatched again.
+            self.error_code = None
+            self.error_detail = None
+            self.progress = 0.0
+            self.finished_at = None
+            self.dispatched_at = None
+            self.cancel_requested = False
+        elif to in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED):
+            self.finished_at = now
+            if to is JobStatus.SUCCEEDED:
+                self.progress = 1.0
+        elif to is JobStatus.DELIVERED:
+            self.delivered_at = now
+        self.status = to
+
+    def fail(self, code: str, detail: str | None = None) -> None:
+        """Mark failed with an error code the bot can translate."""
+        self.transition(JobStatus.FAILED)
+        self.error_code = code
+        self.error_detail = (detail or "")[:2000] or None

@@ -1,0 +1,48 @@
+"""Users and their bot conversation state."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import BigInteger, Boolean, ForeignKey, Integer, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from db.base import Base, JSONType, TimestampMixin, UTCDateTime
+
+
+class User(TimestampMixin, Base):
+    """A Telegram user of the bot."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    telegram_id: Mapped[int] = mapped_column(BigInteger, unique=True, index=True)
+    username: Mapped[str | None] = mapped_column(String(64))
+    first_name: Mapped[str | None] = mapped_column(String(128))
+    # Language from Telegram's client until the user picks one with /lang.
+    language: Mapped[str] = mapped_column(String(8), default="en")
+    language_chosen: Mapped[bool] = mapped_column(Boolean, default=False)
+    is_banned: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Banned users are answered once, then ignored.
+    ban_notified: Mapped[bool] = mapped_column(Boolean, default=False)
+    can_train: Mapped[bool] = mapped_column(Boolean, default=False)
+    # None = the configured default daily quota.
+    daily_quota: Mapped[int | None] = mapped_column(Integer)
+    last_seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class UserSession(Base):
+    """Conversation state of one user, in the database so restarts and replicas share it."""
+
+    __tablename__ = "user_sessions"
+
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    state: Mapped[str] = mapped_column(String(32), default="idle")
+    data: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    version: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __mapper_args__ = {"version_id_col": version}

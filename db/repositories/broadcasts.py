@@ -1,0 +1,24 @@
+"""Admin broadcasts and their progress."""
+
+from __future__ import annotations
+
+from sqlalchemy import Select, func, select
+
+from db.models import Broadcast, User
+from db.repositories.base import RepositoryBase
+
+
+class BroadcastRepository(RepositoryBase[Broadcast]):
+    model = Broadcast
+
+    def query(self) -> Select[tuple[Broadcast]]:
+        return select(Broadcast).order_by(Broadcast.id.desc())
+
+    def count_recipients(self, after_id: int = 0) -> int:
+        """Unbanned users with id > after_id (the audience of a broadcast)."""
+        return int(
+            self.session.scalar(
+                select(func.count(User.id)).where(User.id > after_id, User.is_banned.is_(False))
+            )
+            or 0
+        )

@@ -1,0 +1,73 @@
+"""Typed errors of the ML engine; `code` is the stable job error code and translation key."""
+
+from __future__ import annotations
+
+
+class FaceChainError(Exception):
+    """Base of every error the engine raises on purpose."""
+
+    code: str = "internal"
+
+
+class NotAnImage(FaceChainError):
+    """The bytes could not be decoded as an image."""
+
+    code = "not_an_image"
+
+
+class ImageTooLarge(FaceChainError):
+    """The image exceeds the accepted size."""
+
+    code = "image_too_large"
+
+
+class NoFace(FaceChainError):
+    """No face was found in the image."""
+
+    code = "no_face"
+
+
+class MultipleFaces(FaceChainError):
+    """More than one face was found where exactly one is needed."""
+
+    code = "multiple_faces"
+
+    def __init__(self, message: str, boxes: list[tuple[int, int, int, int]] | None = None) -> None:
+        super().__init__(message)
+        self.boxes: list[tuple[int, int, int, int]] = list(boxes or [])
+
+
+class FaceTooSmall(FaceChainError):
+    """The face is too small to carry identity."""
+
+    code = "face_too_small"
+
+
+class PoorQuality(FaceChainError):
+    """The photo is too blurred, dark or otherwise unusable."""
+
+    code = "poor_quality"
+
+
+class WeightsMissing(FaceChainError):
+    """Model weights are not in the local cache (run `facechain-bot models download`)."""
+
+    code = "weights_missing"
+
+
+class Cancelled(FaceChainError):
+    """The caller cancelled the generation."""
+
+    code = "cancelled"
+
+
+class InvalidLoRA(FaceChainError):
+    """A style LoRA file cannot be used."""
+
+    code = "invalid_lora"
+
+
+class EngineError(FaceChainError):
+    """Unexpected engine failure."""
+
+    code = "internal"

@@ -1,0 +1,282 @@
+"""`facechain-bot`: the one entry point, a subcommand per role.
+
+Each role builds the configuration once from the environment and passes it down. Errors a
+person can fix (configuration, missing weights, no face) print one readable line and exit
+non-zero; anything else is a bug and keeps its traceback."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from facechain.errors import FaceChainError
+from service.errors import AppError, ConfigError
+from service.logging_setup import setup_logging
+from service.settings import AppConfig, load_config
+
+logger = logging.getLogger(__name__)
+
+NO_TOKEN_HELP = """\
+TELEGRAM_TOKEN is not set, so the bot cannot connect to Telegram.
+
+How to get a token:
+  1. Open Telegram and start a chat with @BotFather (https://t.me/BotFather).
+  2. Send /newbot, choose a display name and a username ending in "bot".
+  3. BotFather replies with a token like 123456789:AAH...; keep it secret.
+  4. Run:  TELEGRAM_TOKEN=123456789:AAH... facechain-bot run
+     (or put TELEGRAM_TOKEN=... in a .env file in this folder).
+"""
+
+
+def _config() -> AppConfig:
+    config = load_config()
+    setup_logging(config.log_level)
+    return config
+
+
+def _require_token(config: AppConfig) -> None:
+    if config.telegram.token is None:
+        sys.stderr.write(NO_TOKEN_HELP)
+        raise SystemExit(2)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Everything on one machine: migrate, then bot + admin web + gpu and io workers."""
+    from service.runner import run_all
+
+    config = _config()
+    _require_token(config)
+    return run_all(config, with_workers=not args.no_workers)
+
+
+def cmd_bot(args: argparse.Namespace) -> int:
+    """The Telegram bot alone (polling, or webhook behind the web server)."""
+    from service.runner import run_bot
+
+    config = _config()
+    _require_token(config)
+    return run_bot(config, with_web=config.telegram.mode == "webhook")
+
+
+def cmd_web(args: argparse.Namespace) -> int:
+    """The admin web server alone."""
+    from service.runner import run_web
+
+    config = _config()
+    if args.host:
+        config.admin.host = args.host
+    if args.port is not None:
+        config.admin.port = args.port
+    return run_web(config)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """A Celery worker for the given queues (gpu workers run one task at a time)."""
+    from tasks.celery_app import create_celery
+
+    config = _config()
+    app = create_celery(config)
+    queues = args.queues
+    concurrency = args.concurrency or (1 if "gpu" in queues.split(",") else 4)
+    argv = [
+        "worker",
+        f"--queues={queues}",
+        f"--concurrency={concurrency}",
+        f"--hostname={args.hostname or queues.replace(',', '-') + '@%h'}",
+        f"--loglevel={config.log_level}",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    if "gpu" not in queues.split(","):
+        argv.append("--pool=threads")
+    if args.beat:
+        argv += ["--beat", f"--schedule={config.storage.data_dir / 'celerybeat-schedule'}"]
+    app.worker_main(argv)
+    return 0
+
+
+def cmd_beat(args: argparse.Namespace) -> int:
+    """The periodic scheduler (outbox sweep, stuck jobs, selfie expiry)."""
+    from tasks.celery_app import create_celery
+
+    config = _config()
+    config.storage.data_dir.mkdir(parents=True, exist_ok=True)
+    app = create_celery(config)
+    app.start(
+        [
+            "beat",
+            f"--schedule={config.storage.data_dir / 'celerybeat-schedule'}",
+            f"--loglevel={config.log_level}",
+        ]
+    )
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Bring the database schema to a revision (default: the newest)."""
+    from service.migrate import downgrade, upgrade
+
+    config = _config()
+    if args.downgrade:
+        downgrade(config.database.url, args.downgrade)
+    else:
+        upgrade(config.database.url, args.revision)
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """List, download or verify model weights."""
+    from service.models_cmd import models_command
+
+    return models_command(_config(), args)
+
+
+def cmd_styles(args: argparse.Namespace) -> int:
+    """Import or list the style catalog."""
+    from service.catalog_cmd import styles_command
+
+    return styles_command(_config(), args)
+
+
+def cmd_portrait(args: argparse.Namespace) -> int:
+    """One portrait set from the command line, no Telegram or database."""
+    from service.portrait_cmd import portrait_command
+
+    return portrait_command(_config(), args)
+
+
+def cmd_inpaint(args: argparse.Namespace) -> int:
+    """Put a selfie's face into a template photo from the command line."""
+    from service.portrait_cmd import inpaint_command
+
+    return inpaint_command(_config(), args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="facechain-bot",
+        description="FaceChain Bot: identity-preserving portraits from one selfie, on Telegram. "
+        "Settings come from environment variables (see README).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "run",
+        help="run everything on this machine (bot, web, workers)",
+        description=cmd_run.__doc__,
+    )
+    p.add_argument(
+        "--no-workers",
+        action="store_true",
+        help="do not start gpu/io workers (they run elsewhere)",
+    )
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("bot", help="run the Telegram bot", description=cmd_bot.__doc__)
+    p.set_defaults(func=cmd_bot)
+
+    p = sub.add_parser("web", help="run the admin web server", description=cmd_web.__doc__)
+    p.add_argument("--host", help="bind address (default ADMIN_HOST or 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default ADMIN_PORT or 8080)")
+    p.set_defaults(func=cmd_web)
+
+    p = sub.add_parser("worker", help="run a Celery worker", description=cmd_worker.__doc__)
+    p.add_argument(
+        "--queues", default="gpu,io", help="comma-separated queues: gpu, io (default both)"
+    )
+    p.add_argument("--concurrency", type=int, help="processes/threads (gpu: 1)")
+    p.add_argument("--hostname", help="worker node name")
+    p.add_argument("--beat", action="store_true", help="also run the periodic scheduler")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("beat", help="run the periodic scheduler", description=cmd_beat.__doc__)
+    p.set_defaults(func=cmd_beat)
+
+    p = sub.add_parser(
+        "migrate", help="apply database migrations", description=cmd_migrate.__doc__
+    )
+    p.add_argument("--revision", default="head", help="target revision (default head)")
+    p.add_argument("--downgrade", metavar="REV", help="downgrade to REV instead ('base' = empty)")
+    p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser(
+        "models", help="list, download or verify weights", description=cmd_models.__doc__
+    )
+    msub = p.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    d = msub.add_parser("download", help="fetch weights from ModelScope into ENGINE_MODELS_DIR")
+    d.add_argument("--only", nargs="*", metavar="NAME", help="only these registry entries")
+    d.add_argument(
+        "--from",
+        dest="local_source",
+        type=Path,
+        metavar="DIR",
+        help="copy from a local folder instead of downloading (offline machines)",
+    )
+    d.add_argument("--styles", action="store_true", help="also fetch every catalog style LoRA")
+    msub.add_parser("list", help="show every model, its source and whether it is present")
+    msub.add_parser("verify", help="check sizes and checksums of downloaded weights")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser(
+        "styles", help="import or list the style catalog", description=cmd_styles.__doc__
+    )
+    ssub = p.add_subparsers(dest="styles_command", required=True, metavar="ACTION")
+    ssub.add_parser("import", help="import FaceChain's catalog (idempotent)")
+    sl = ssub.add_parser("list", help="print the catalog")
+    sl.add_argument("--lang", default="en", help="language of the names (en, ru, zh)")
+    p.set_defaults(func=cmd_styles)
+
+    p = sub.add_parser(
+        "portrait", help="generate portraits from a selfie", description=cmd_portrait.__doc__
+    )
+    p.add_argument("selfie", type=Path, nargs="+", help="selfie image(s) of one person")
+    p.add_argument("--style", help="style name or slug from the catalog (default: a neutral one)")
+    p.add_argument("--pose", type=Path, help="pose reference (OpenPose map image)")
+    p.add_argument("--num", type=int, default=4, help="number of portraits (default 4)")
+    p.add_argument("--seed", type=int, help="random seed (default random)")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument(
+        "--profile", choices=["real", "tiny"], help="engine profile (default ENGINE_PROFILE)"
+    )
+    p.set_defaults(func=cmd_portrait)
+
+    p = sub.add_parser(
+        "inpaint",
+        help="put a selfie's face into a template photo",
+        description=cmd_inpaint.__doc__,
+    )
+    p.add_argument("template", type=Path, help="template photo")
+    p.add_argument("selfie", type=Path, nargs="+", help="one selfie per face to replace")
+    p.add_argument(
+        "--face", type=int, nargs="+", default=[1], help="face number(s), 1 = leftmost (default 1)"
+    )
+    p.add_argument("--seed", type=int, help="random seed")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument(
+        "--profile", choices=["real", "tiny"], help="engine profile (default ENGINE_PROFILE)"
+    )
+    p.set_defaults(func=cmd_inpaint)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        sys.stderr.write(f"{exc}\n")
+        return 2
+    except (AppError, FaceChainError) as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,171 @@
+"""Process roles: the bot, the admin web server, and `run` (everything on one machine).
+
+`run` keeps the bot and the web server in this process's event loop and starts the gpu and io
+workers as child processes (`facechain-bot worker`), so Ctrl-C stops all of them cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+
+from aiohttp import web
+
+from db.session import Database
+from service.blobstore import create_blob_store
+from service.settings import AppConfig
+
+logger = logging.getLogger(__name__)
+
+CHILD_STOP_TIMEOUT_S = 20
+
+
+def _resources(config: AppConfig):  # type: ignore[no-untyped-def]
+    from tasks.celery_app import create_celery
+
+    db = Database.from_url(config.database.url, pool_size=config.database.pool_size)
+    return db, create_blob_store(config.storage), create_celery(config)
+
+
+async def _wait_for_stop() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    logger.info("stopping")
+
+
+async def _serve(
+    config: AppConfig,
+    *,
+    bot: bool,
+    web_server: bool,
+    extra: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Run the bot and/or web server until SIGINT/SIGTERM."""
+    from bot.app import build_application
+    from bot.web.app import create_web_app
+
+    db, blobs, celery = _resources(config)
+    async with AsyncExitStack() as stack:
+        stack.callback(db.dispose)
+        application = None
+        if bot:
+            application = build_application(config, db, blobs, celery)
+            await stack.enter_async_context(application)
+            await application.start()
+            stack.push_async_callback(application.stop)
+            if config.telegram.mode == "polling":
+                assert application.updater is not None
+                await application.updater.start_polling(drop_pending_updates=False)
+                stack.push_async_callback(application.updater.stop)
+            else:
+                assert config.telegram.webhook_url
+                assert config.telegram.webhook_secret
+                await application.bot.set_webhook(
+                    config.telegram.webhook_url,
+                    secret_token=config.telegram.webhook_secret.get_secret_value(),
+                    allowed_updates=["message", "callback_query", "edited_message"],
+                )
+        if web_server or (bot and config.telegram.mode == "webhook"):
+            app = create_web_app(config, db, blobs, celery, telegram_app=application)
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            stack.push_async_callback(runner.cleanup)
+            site = web.TCPSite(runner, config.admin.host, config.admin.port)
+            await site.start()
+            logger.info("admin web on http://%s:%s", config.admin.host, config.admin.port)
+        if extra is not None:
+            await extra()
+        logger.info("ready")
+        await _wait_for_stop()
+
+
+def run_bot(config: AppConfig, *, with_web: bool = False) -> int:
+    """The bot role."""
+    asyncio.run(_serve(config, bot=True, web_server=with_web))
+    return 0
+
+
+def run_web(config: AppConfig) -> int:
+    """The admin web role."""
+    asyncio.run(_serve(config, bot=False, web_server=True))
+    return 0
+
+
+def start_worker(
+    queues: str, *, beat: bool = False, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """A `facechain-bot worker` child process for these queues."""
+    cmd = [sys.executable, "-m", "service.cli", "worker", f"--queues={queues}"]
+    if beat:
+        cmd.append("--beat")
+    return subprocess.Popen(cmd, env={**os.environ, **(env or {})})
+
+
+def stop_children(children: list[subprocess.Popen[bytes]]) -> None:
+    """Warm-stop children (they finish the task in hand), then kill stragglers."""
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    for child in children:
+        try:
+            child.wait(CHILD_STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            logger.warning("worker %s did not stop in time; killing it", child.pid)
+            child.kill()
+            child.wait()
+
+
+def prepare(config: AppConfig) -> None:
+    """First-start work: folders, migrations, and the style catalog when it is empty."""
+    from service.catalog import import_catalog
+    from service.migrate import upgrade
+
+    config.storage.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(config.database.url)
+    db = Database.from_url(config.database.url)
+    try:
+        with db.session() as session:
+            from sqlalchemy import func, select
+
+            from db.models import Style
+
+            if not session.scalar(select(func.count(Style.id))):
+                report = import_catalog(session, create_blob_store(config.storage))
+                logger.info("imported the style catalog: %s", report)
+    finally:
+        db.dispose()
+
+
+def run_all(config: AppConfig, *, with_workers: bool = True) -> int:
+    """`facechain-bot run`: migrate, start workers, serve bot + web until Ctrl-C."""
+    prepare(config)
+    children: list[subprocess.Popen[bytes]] = []
+    if with_workers:
+        children.append(start_worker("gpu"))
+        children.append(start_worker("io", beat=True))
+
+    async def watch_children() -> None:
+        async def watch() -> None:
+            while True:
+                await asyncio.sleep(2)
+                for child in children:
+                    if child.poll() is not None:
+                        logger.error("worker %s exited with %s", child.pid, child.returncode)
+                        os.kill(os.getpid(), signal.SIGTERM)
+                        return
+
+        asyncio.get_running_loop().create_task(watch())
+
+    try:
+        asyncio.run(_serve(config, bot=True, web_server=True, extra=watch_children))
+    finally:
+        stop_children(children)
+    return 0

@@ -1,0 +1,73 @@
+"""The Celery app, built from settings: queues `gpu` and `io`, JSON only, late acks.
+
+One gpu worker process per GPU (`--concurrency=1`, prefetch 1) keeps the engine resident;
+io workers send Telegram messages and webhooks. Without BROKER_URL the embedded SQLite
+transport is used, so a single machine needs no broker server."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from celery import Celery
+from kombu import Queue
+
+from service.settings import AppConfig
+
+logger = logging.getLogger(__name__)
+
+TASK_MODULES = (
+    "tasks.generate",
+    "tasks.inpaint",
+    "tasks.train_style",
+    "tasks.deliver",
+    "tasks.webhooks",
+    "tasks.broadcast",
+    "tasks.sweep",
+)
+
+GPU_TASKS = ("portrait.generate", "template.inpaint", "style.train")
+
+
+def create_celery(config: AppConfig) -> Celery:
+    """Build the Celery app for this configuration."""
+    broker = config.broker
+    app = Celery("facechain_bot", broker=broker.effective_url, set_as_current=True)
+    transport_options: dict[str, object] = {}
+    if broker.effective_url.startswith(("redis://", "rediss://")):
+        # An unacked message comes back this long after its worker vanished (SIGKILL, power).
+        transport_options = {"visibility_timeout": broker.gpu_time_limit + 120}
+    app.conf.update(
+        imports=TASK_MODULES,
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        task_ignore_result=True,
+        task_acks_late=True,
+        # A worker child killed mid-task puts the message back instead of dropping it.
+        task_reject_on_worker_lost=True,
+        task_queues=(Queue("gpu"), Queue("io")),
+        task_default_queue="io",
+        task_routes={name: {"queue": "gpu"} for name in GPU_TASKS},
+        worker_prefetch_multiplier=1,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options=transport_options,
+        timezone="UTC",
+        beat_schedule={
+            "sweep": {
+                "task": "maintenance.sweep",
+                "schedule": timedelta(seconds=broker.sweep_interval_seconds),
+                "options": {"queue": "io"},
+            },
+            "expire": {
+                "task": "maintenance.expire",
+                "schedule": timedelta(hours=1),
+                "options": {"queue": "io"},
+            },
+        },
+    )
+    app.conf.facechain_config = config
+    return app

@@ -1,0 +1,80 @@
+"""Per-process worker context: settings, database, blob store, Celery app and the engine.
+
+Built once per worker process (the `worker_process_init` hook, or on first use) and never at
+import time. The engine is heavy, so it is built lazily by the first gpu task and stays
+resident for the life of the process."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING
+
+from celery import Celery, current_app
+
+from db.session import Database
+from service.blobstore import BlobStore, create_blob_store
+from service.settings import AppConfig, load_config
+
+if TYPE_CHECKING:
+    from facechain.engine import Engine
+
+logger = logging.getLogger(__name__)
+
+
+class WorkerContext:
+    """Everything a task needs besides its job id."""
+
+    def __init__(self, config: AppConfig, celery: Celery) -> None:
+        self.config = config
+        self.celery = celery
+        self.db = Database.from_url(config.database.url, pool_size=4)
+        self.blobs: BlobStore = create_blob_store(config.storage)
+        self._engine: Engine | None = None
+        self._engine_lock = threading.Lock()
+
+    @property
+    def engine(self) -> Engine:
+        """The resident engine, built on first use (EngineUnavailable if weights are missing)."""
+        with self._engine_lock:
+            if self._engine is None:
+                self._engine = build_engine(self.config)
+            return self._engine
+
+    def close(self) -> None:
+        self.db.dispose()
+
+
+def build_engine(config: AppConfig) -> Engine:
+    """Build the FACT engine for the configured profile."""
+    from facechain.engine import Engine, EngineConfig
+
+    settings = config.engine
+    logger.info("building %s engine from %s", settings.profile, settings.models_dir)
+    return Engine.from_config(
+        EngineConfig(
+            profile=settings.profile, models_dir=settings.models_dir, device=settings.device
+        )
+    )
+
+
+_lock = threading.Lock()
+_context: WorkerContext | None = None
+
+
+def get_context() -> WorkerContext:
+    """This process's context, built from the Celery app's config on first use."""
+    global _context
+    with _lock:
+        if _context is None:
+            app = current_app._get_current_object()
+            config = getattr(app.conf, "facechain_config", None) or load_config()
+            _context = WorkerContext(config, app)
+        return _context
+
+
+def set_context(context: WorkerContext | None) -> None:
+    """Install a context (tests, and the worker_process_init hook)."""
+    global _context
+    with _lock:
+        _context = context

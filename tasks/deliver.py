@@ -1,0 +1,202 @@
+"""io tasks that talk to Telegram: the result album and the live status message.
+
+Delivery is at-least-once: the album is sent, then the job is marked delivered. Telegram's
+429 (RetryAfter) and network errors retry the task after the delay Telegram asks for."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from celery import Task, shared_task
+from telegram import Bot, InputMediaPhoto
+from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TimedOut
+from telegram.request import HTTPXRequest
+
+from bot.i18n import error_text, translate
+from bot.keyboards import cancel_job_keyboard, result_keyboard
+from db.models import Job, JobKind, JobStatus, User
+from db.repositories import JobRepository
+from service.settings import TelegramSettings
+from tasks.context import get_context
+
+logger = logging.getLogger(__name__)
+
+MAX_RETRIES = 12
+
+
+def make_bot(settings: TelegramSettings) -> Bot:
+    """A Bot for the configured (possibly self-hosted) Bot API server."""
+    if settings.token is None:
+        raise RuntimeError("TELEGRAM_TOKEN is not set")
+    return Bot(
+        settings.token.get_secret_value(),
+        base_url=settings.api_base_url,
+        base_file_url=settings.file_base_url,
+        request=HTTPXRequest(
+            connection_pool_size=4, read_timeout=30, write_timeout=120, media_write_timeout=120
+        ),
+    )
+
+
+@dataclass
+class Delivery:
+    """A snapshot of what the album message needs."""
+
+    job_id: int
+    kind: JobKind
+    status: JobStatus
+    chat_id: int | None
+    status_message_id: int | None
+    language: str
+    style_id: int | None
+    error_code: str | None
+    result_blobs: list[str] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+    position: int = 0
+    progress: float = 0.0
+
+
+def _snapshot(job_id: int) -> Delivery | None:
+    ctx = get_context()
+    with ctx.db.session() as session:
+        job = session.get(Job, job_id)
+        if job is None:
+            return None
+        user = session.get(User, job.user_id) if job.user_id else None
+        return Delivery(
+            job_id=job.id,
+            kind=job.kind,
+            status=job.status,
+            chat_id=job.chat_id,
+            status_message_id=job.status_message_id,
+            language=user.language if user else "en",
+            style_id=job.style_id,
+            error_code=job.error_code,
+            result_blobs=list(job.result_blobs or []),
+            meta=dict(job.result_meta or {}),
+            position=JobRepository(session).queue_position(job),
+            progress=job.progress,
+        )
+
+
+async def _edit_status(bot: Bot, d: Delivery, text: str, markup: Any = None) -> None:
+    if d.chat_id is None or d.status_message_id is None:
+        return
+    try:
+        await bot.edit_message_text(
+            text, chat_id=d.chat_id, message_id=d.status_message_id, reply_markup=markup
+        )
+    except BadRequest as exc:
+        # "message is not modified" / deleted by the user: nothing to fix.
+        logger.debug("status edit for job %s skipped: %s", d.job_id, exc)
+
+
+async def _send_result(bot: Bot, d: Delivery) -> None:
+    ctx = get_context()
+    lang = d.language
+    assert d.chat_id is not None
+    if d.status is JobStatus.SUCCEEDED:
+        images = [ctx.blobs.get(key) for key in d.result_blobs]
+        if d.kind is JobKind.TRAINING:
+            await bot.send_message(
+                d.chat_id, translate(lang, "training.done", name=d.meta.get("style_name", ""))
+            )
+        elif d.kind is JobKind.TEMPLATE and images:
+            await bot.send_photo(d.chat_id, images[0])
+            await bot.send_document(d.chat_id, images[0], filename=f"template-{d.job_id}.png")
+        elif len(images) == 1:
+            await bot.send_photo(d.chat_id, images[0])
+        elif images:
+            await bot.send_media_group(d.chat_id, [InputMediaPhoto(img) for img in images[:10]])
+        await _edit_status(bot, d, translate(lang, "job.done", count=len(images)))
+        if d.kind is JobKind.PORTRAIT:
+            await bot.send_message(
+                d.chat_id,
+                translate(lang, "job.next"),
+                reply_markup=result_keyboard(d.job_id, d.style_id, lang),
+            )
+    elif d.status is JobStatus.FAILED:
+        reason = error_text(lang, d.error_code)
+        await _edit_status(bot, d, translate(lang, "job.failed", reason=reason))
+    elif d.status is JobStatus.CANCELLED:
+        await _edit_status(bot, d, translate(lang, "job.cancelled"))
+
+
+def _mark_delivered(job_id: int) -> None:
+    ctx = get_context()
+    with ctx.db.session() as session:
+        job = session.get(Job, job_id, with_for_update=True)
+        if job is not None and job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED):
+            job.transition(JobStatus.DELIVERED)
+
+
+def _retry(task: Task, exc: Exception) -> None:
+    if isinstance(exc, RetryAfter):
+        delay = (
+            float(
+                exc.retry_after
+                if isinstance(exc.retry_after, int | float)
+                else exc.retry_after.total_seconds()
+            )
+            + 0.5
+        )
+    else:
+        delay = min(60.0, 2.0**task.request.retries)
+    logger.warning("telegram %s; retrying in %.1fs", exc, delay)
+    raise task.retry(exc=exc, countdown=delay, max_retries=MAX_RETRIES)
+
+
+async def _with_bot(coro_fn: Any, d: Delivery) -> None:
+    bot = make_bot(get_context().config.telegram)
+    async with bot:
+        await coro_fn(bot, d)
+
+
+@shared_task(name="delivery.send_result", bind=True, acks_late=True)
+def send_result(self: Task, job_id: int) -> str:
+    """Send a finished job's outcome to its chat, once."""
+    d = _snapshot(job_id)
+    if d is None:
+        return "missing"
+    if d.status is JobStatus.DELIVERED:
+        return "already delivered"
+    if d.status in (JobStatus.QUEUED, JobStatus.RUNNING):
+        return "not finished"
+    if d.chat_id is not None:
+        try:
+            asyncio.run(_with_bot(_send_result, d))
+        except Forbidden:
+            logger.info("chat of job %s blocked the bot; result kept", job_id)
+        except (RetryAfter, TimedOut, NetworkError) as exc:
+            _retry(self, exc)
+    _mark_delivered(job_id)
+    return "delivered"
+
+
+async def _send_progress(bot: Bot, d: Delivery) -> None:
+    lang = d.language
+    if d.status is JobStatus.QUEUED:
+        text = translate(
+            lang, "job.queued", position=d.position + 1, eta_minutes=max(1, d.position + 1)
+        )
+    elif d.status is JobStatus.RUNNING:
+        text = translate(lang, "job.running", percent=round(d.progress * 100))
+    else:
+        return
+    await _edit_status(bot, d, text, cancel_job_keyboard(d.job_id, lang))
+
+
+@shared_task(name="delivery.progress", bind=True, ignore_result=True)
+def send_progress(self: Task, job_id: int) -> None:
+    """Edit the status message with the job's progress (best effort, never retried long)."""
+    d = _snapshot(job_id)
+    if d is None or d.chat_id is None:
+        return
+    try:
+        asyncio.run(_with_bot(_send_progress, d))
+    except (RetryAfter, TimedOut, NetworkError, Forbidden) as exc:
+        # A later progress edit supersedes this one.
+        logger.debug("progress edit for job %s dropped: %s", job_id, exc)

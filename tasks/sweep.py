@@ -1,0 +1,88 @@
+"""Periodic maintenance (beat): the outbox sweep, stuck-job recovery and selfie expiry."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from celery import Task, shared_task
+from sqlalchemy import select
+
+from db.base import utcnow
+from db.models import Job, JobStatus
+from db.repositories import JobRepository
+from tasks.context import get_context
+from tasks.dispatch import dispatch_job, send_io
+from tasks.jobs import MAX_ATTEMPTS
+
+logger = logging.getLogger(__name__)
+
+# A queued job whose message may have been lost with the broker (e.g. Redis restarted without
+# persistence) is re-sent after this long; duplicates are harmless (tasks are idempotent).
+REQUEUE_AFTER = timedelta(minutes=5)
+# A running job whose row has not been touched (progress writes) for this long lost its worker.
+STALE_AFTER = timedelta(minutes=3)
+
+
+def sweep_once(
+    *,
+    outbox_grace: timedelta,
+    time_limit: timedelta,
+    requeue_after: timedelta = REQUEUE_AFTER,
+    stale_after: timedelta = STALE_AFTER,
+) -> dict[str, int]:
+    """One pass: re-send lost jobs, redeliver stalled ones, fail those past their limit."""
+    ctx = get_context()
+    now = utcnow()
+    resend: list[int] = []
+    notify: list[int] = []
+    with ctx.db.session() as session:
+        repo = JobRepository(session)
+        resend += [j.id for j in repo.undispatched(outbox_grace)]
+        resend += list(
+            session.scalars(
+                select(Job.id).where(
+                    Job.status == JobStatus.QUEUED, Job.dispatched_at < now - requeue_after
+                )
+            )
+        )
+        for job in repo.stuck_running(now - time_limit):
+            job.fail("timed_out", f"running for more than {time_limit}")
+            notify.append(job.id)
+        stalled = session.scalars(
+            select(Job).where(Job.status == JobStatus.RUNNING, Job.updated_at < now - stale_after)
+        ).all()
+        for job in stalled:
+            if job.attempts >= MAX_ATTEMPTS:
+                job.fail("internal", f"worker lost {job.attempts} times")
+                notify.append(job.id)
+            else:
+                resend.append(job.id)
+    sent = sum(dispatch_job(ctx.celery, ctx.db, job_id) for job_id in dict.fromkeys(resend))
+    for job_id in notify:
+        send_io(ctx.celery, "delivery.send_result", job_id)
+    if sent or notify:
+        logger.info("sweep: re-sent %d jobs, failed %d", sent, len(notify))
+    return {"resent": sent, "failed": len(notify)}
+
+
+@shared_task(name="maintenance.sweep", bind=True, ignore_result=True)
+def sweep(self: Task) -> dict[str, int]:
+    """Beat entry point for `sweep_once` with the configured limits."""
+    broker = get_context().config.broker
+    return sweep_once(
+        outbox_grace=timedelta(seconds=broker.outbox_grace_seconds),
+        time_limit=timedelta(seconds=broker.gpu_time_limit + 60),
+    )
+
+
+@shared_task(name="maintenance.expire", bind=True, ignore_result=True)
+def expire(self: Task) -> int:
+    """Delete selfies past their retention period (privacy)."""
+    from bot.privacy import expire_photos
+
+    ctx = get_context()
+    with ctx.db.session() as session:
+        removed = expire_photos(session, ctx.blobs, utcnow())
+    logger.info("expired %d photos", removed)
+    return removed
