@@ -1,0 +1,82 @@
+"""The typed per-update context: services from `bot_data` plus the caller's user row."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from telegram.ext import Application, CallbackContext, ExtBot
+
+from bot.i18n import normalize_language, translate
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+    from bot.ratelimit import UpdateRateLimiter
+    from db.models import User
+    from db.session import Database
+    from service.blobstore import BlobStore
+    from service.settings import AppConfig
+
+DEPS_KEY = "deps"
+
+
+@dataclass
+class BotDeps:
+    """Everything handlers need, built once in `build_application` (no module globals)."""
+
+    config: AppConfig
+    db: Database
+    blobs: BlobStore
+    celery: Celery
+    rate_limiter: UpdateRateLimiter
+    # Bounds CPU-heavy image work (decode, face detection, previews) to the cores we have.
+    cpu_slots: asyncio.Semaphore
+    # Telegram file_id of each blob already uploaded (thumbnails), so it is sent only once.
+    file_ids: dict[str, str] = field(default_factory=dict)
+
+
+class BotContext(CallbackContext[ExtBot[None], dict[Any, Any], dict[Any, Any], dict[Any, Any]]):
+    """Per-update context exposing config, db, blobs and celery, and the user's row."""
+
+    def __init__(
+        self,
+        application: Application[Any, Any, Any, Any, Any, Any],
+        chat_id: int | None = None,
+        user_id: int | None = None,
+    ) -> None:
+        super().__init__(application=application, chat_id=chat_id, user_id=user_id)
+        # Filled by the gate handler (group -1) before any flow handler runs.
+        self.account: User | None = None
+        self.is_admin = False
+
+    @property
+    def deps(self) -> BotDeps:
+        deps: BotDeps = self.bot_data[DEPS_KEY]
+        return deps
+
+    @property
+    def config(self) -> AppConfig:
+        return self.deps.config
+
+    @property
+    def db(self) -> Database:
+        return self.deps.db
+
+    @property
+    def blobs(self) -> BlobStore:
+        return self.deps.blobs
+
+    @property
+    def celery(self) -> Celery:
+        return self.deps.celery
+
+    @property
+    def language(self) -> str:
+        """The language to answer in: the user's stored choice, else English."""
+        return normalize_language(self.account.language if self.account else None)
+
+    def t(self, key: str, **params: object) -> str:
+        """Translate a key into the user's language."""
+        return translate(self.language, key, **params)
