@@ -71,3 +71,31 @@ class EngineError(FaceChainError):
     """Unexpected engine failure."""
 
     code = "internal"
+
+
+class TooFewTemplateFaces(FaceChainError):
+    """The template has fewer faces than the request needs."""
+
+    code = "too_few_template_faces"
+
+    def __init__(self, message: str, found: int = 0, needed: int = 0) -> None:
+        super().__init__(message)
+        self.found = found
+        self.needed = needed
+
+
+class FaceIndexOutOfRange(FaceChainError):
+    """A selected template face index (1-based, left to right) does not exist."""
+
+    code = "face_index_out_of_range"
+
+    def __init__(self, message: str, index: int = 0, available: int = 0) -> None:
+        super().__init__(message)
+        self.index = index
+        self.available = available
+
+
+class FeatureUnavailable(FaceChainError):
+    """A requested option needs a model this installation does not have."""
+
+    code = "feature_unavailable"

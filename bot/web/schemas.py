@@ -1,0 +1,379 @@
+"""Request and response models of the admin API; the OpenAPI document is generated from them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Generic, Literal, TypeVar
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from db.models import BaseModel as BaseModelName
+from db.models import JobKind, JobStatus, StyleOrigin
+from service.admin import MAX_QUOTA
+from tasks.broadcast import MAX_TEXT_LENGTH
+from tasks.webhooks import EVENTS
+
+INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
+MAX_POSITION = 1_000_000
+
+
+def _clean_text(value: str) -> str:
+    """Refuse what SQL text columns cannot store (NUL, lone surrogates)."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text") from None
+    return value
+
+
+# Strings as stored: no NUL (the pattern also tells fuzzers), valid Unicode.
+Text = Annotated[str, Field(pattern=r"^[^\x00]*$"), AfterValidator(_clean_text)]
+LanguageCode = Annotated[str, Field(pattern=r"^[a-z]{2}$")]
+Names = Annotated[dict[LanguageCode, Annotated[Text, Field(min_length=1, max_length=96)]], Field(max_length=16)]
+WebhookEvent = Literal[
+    "job.succeeded", "job.failed", "job.cancelled", "style.trained", "broadcast.finished"
+]
+assert set(WebhookEvent.__args__) == set(EVENTS)  # type: ignore[attr-defined]
+
+
+class Model(BaseModel):
+    """Response base: built from ORM rows."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+
+class Input(BaseModel):
+    """Request base: unknown fields are errors (they are usually typos)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Query(BaseModel):
+    """Query-string base: unknown parameters are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+# ---- errors and pagination ----
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class ErrorOut(BaseModel):
+    """Every non-2xx answer."""
+
+    error: ErrorBody
+
+
+class PageQuery(Query):
+    limit: int = Field(default=50, ge=1, le=200)
+    offset: int = Field(default=0, ge=0, le=INT32_MAX)
+
+
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    total: int
+    limit: int
+    offset: int
+
+
+# ---- health ----
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok"]
+
+
+class CheckOut(BaseModel):
+    ok: bool
+    latency_ms: float
+    error: str | None = None
+
+
+class ReadyOut(BaseModel):
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, CheckOut]
+
+
+# ---- stats ----
+
+
+class UserCounts(BaseModel):
+    total: int
+    banned: int
+    active_24h: int
+
+
+class JobCounts(BaseModel):
+    by_status: dict[str, int]
+    by_kind: dict[str, dict[str, int]]
+
+
+class Durations(BaseModel):
+    count: int
+    avg_seconds: float | None
+    p95_seconds: float | None
+
+
+class WorkerSeen(BaseModel):
+    name: str
+    last_job_at: str | None
+    jobs: int
+
+
+class StatsOut(BaseModel):
+    users: UserCounts
+    jobs: JobCounts
+    queue_depth: int
+    running: int
+    durations_24h: Durations
+    failures_by_code: dict[str, int]
+    workers_seen: list[WorkerSeen]
+    generated_at: str
+
+
+# ---- users ----
+
+
+class UserQuery(PageQuery):
+    q: Annotated[Text, Field(max_length=64)] | None = None
+    banned: bool | None = None
+
+
+class UserOut(Model):
+    id: int
+    telegram_id: int
+    username: str | None
+    first_name: str | None
+    language: str
+    is_banned: bool
+    can_train: bool
+    daily_quota: int | None
+    created_at: datetime
+    last_seen_at: datetime | None
+
+
+class QuotaIn(Input):
+    """`null` restores the configured default."""
+
+    daily_quota: int | None = Field(ge=0, le=MAX_QUOTA)
+
+
+# ---- styles and templates ----
+
+
+class StyleQuery(PageQuery):
+    enabled: bool | None = None
+    category: Annotated[Text, Field(max_length=32)] | None = None
+    origin: StyleOrigin | None = None
+
+
+class StyleOut(Model):
+    id: int
+    slug: str
+    names: dict[str, str]
+    category: str
+    base_model: BaseModelName
+    prompt: str
+    lora_weight: float
+    lora_blob: str | None
+    lora_model_id: str | None
+    thumbnail_blob: str | None
+    enabled: bool
+    position: int
+    origin: StyleOrigin
+    owner_id: int | None
+    created_at: datetime
+
+
+class PatchIn(Input):
+    """Fields to change; at least one."""
+
+    enabled: bool | None = None
+    position: int | None = Field(default=None, ge=0, le=MAX_POSITION)
+    names: Names | None = None
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> PatchIn:
+        if not self.model_fields_set:
+            raise ValueError("give at least one field to change")
+        return self
+
+
+class StylePatch(PatchIn):
+    lora_weight: float | None = Field(default=None, ge=0.0, le=2.0)
+
+
+class TemplatePatch(PatchIn):
+    pass
+
+
+class OrderIn(Input):
+    """Ids in their new display order; each gets position = its index."""
+
+    ids: list[Annotated[int, Field(ge=1, le=INT32_MAX)]] = Field(min_length=1, max_length=1000)
+
+    @model_validator(mode="after")
+    def _unique(self) -> OrderIn:
+        if len(set(self.ids)) != len(self.ids):
+            raise ValueError("ids must be unique")
+        return self
+
+
+class StyleUploadFields(Input):
+    """Text fields of the multipart style upload (files: `lora`, optional `thumbnail`)."""
+
+    slug: Annotated[Text, Field(min_length=1, max_length=96, pattern=r"^[a-z0-9][a-z0-9_-]*$")]
+    name: Annotated[Text, Field(min_length=1, max_length=96)]
+    base_model: BaseModelName = BaseModelName.MAJIC
+    category: Annotated[Text, Field(min_length=1, max_length=32)] = "other"
+    prompt: Annotated[Text, Field(max_length=2000)] = ""
+    lora_weight: float = Field(default=0.5, ge=0.0, le=2.0)
+
+
+class TemplateQuery(PageQuery):
+    enabled: bool | None = None
+    category: Annotated[Text, Field(max_length=32)] | None = None
+
+
+class TemplateOut(Model):
+    id: int
+    slug: str
+    names: dict[str, str]
+    category: str
+    width: int
+    height: int
+    face_count: int
+    image_blob: str
+    thumbnail_blob: str | None
+    enabled: bool
+    position: int
+    origin: StyleOrigin
+    owner_id: int | None
+    created_at: datetime
+
+
+class TemplateUploadFields(Input):
+    """Text fields of the multipart template upload (file: `image`)."""
+
+    slug: Annotated[Text, Field(min_length=1, max_length=96, pattern=r"^[a-z0-9][a-z0-9_-]*$")]
+    name: Annotated[Text, Field(min_length=1, max_length=96)]
+    category: Annotated[Text, Field(min_length=1, max_length=32)] = "other"
+
+
+# ---- jobs ----
+
+
+class JobQuery(PageQuery):
+    status: JobStatus | None = None
+    kind: JobKind | None = None
+    user: int | None = Field(default=None, ge=1, le=INT64_MAX, description="Telegram user id")
+
+
+class JobOut(Model):
+    id: int
+    user_id: int | None
+    kind: JobKind
+    status: JobStatus
+    progress: float
+    attempts: int
+    error_code: str | None
+    error_detail: str | None
+    params: dict[str, Any]
+    result_blobs: list[str]
+    style_id: int | None
+    template_id: int | None
+    cancel_requested: bool
+    worker: str | None
+    created_at: datetime
+    dispatched_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    delivered_at: datetime | None
+
+
+# ---- broadcasts ----
+
+
+class BroadcastIn(Input):
+    text: Annotated[Text, Field(min_length=1, max_length=MAX_TEXT_LENGTH)]
+
+
+class BroadcastOut(BaseModel):
+    id: int
+    status: Literal["queued", "sending", "done", "cancelled"]
+    text: str
+    created_by: str
+    total: int
+    sent: int
+    failed: int
+    cursor: int
+    progress: float
+    created_at: str
+    finished_at: str | None
+
+
+# ---- outgoing webhooks ----
+
+
+class WebhookIn(Input):
+    url: Annotated[Text, Field(min_length=8, max_length=2048, pattern=r"^https?://[^\s/]+")]
+    events: list[WebhookEvent] = Field(min_length=1, max_length=len(EVENTS))
+    secret: Annotated[Text, Field(min_length=16, max_length=128)] = Field(
+        description="HMAC key for X-FaceChain-Signature; stored, never returned"
+    )
+    enabled: bool = True
+
+
+class WebhookOut(Model):
+    """An endpoint as listed: the secret is never included."""
+
+    id: int
+    url: str
+    events: list[str]
+    enabled: bool
+    created_at: datetime
+
+
+class DeliveryQuery(PageQuery):
+    status: Literal["pending", "delivered", "failed"] | None = None
+
+
+class DeliveryOut(Model):
+    id: int
+    endpoint_id: int
+    event: str
+    status: str
+    attempts: int
+    last_status_code: int | None
+    last_error: str | None
+    payload: dict[str, Any]
+    created_at: datetime
+    delivered_at: datetime | None
+
+
+# ---- audit ----
+
+
+class AuditQuery(PageQuery):
+    action: Annotated[Text, Field(max_length=64)] | None = None
+    actor: Annotated[Text, Field(max_length=64)] | None = None
+
+
+class AuditOut(Model):
+    id: int
+    actor: str
+    action: str
+    target: str | None
+    details: dict[str, Any]
+    created_at: datetime
