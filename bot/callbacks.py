@@ -97,6 +97,11 @@ def parse(data: str | None) -> CallbackData:
     return cls(**values)
 
 
+def is_token(value: str) -> bool:
+    """Whether a string can travel as a str field of callback data."""
+    return bool(_STR.match(value))
+
+
 # A category value meaning "every category" in carousels.
 ALL = "all"
 
@@ -179,8 +184,9 @@ class OwnTemplate(CallbackData, prefix="to"):
 
 @dataclasses.dataclass(frozen=True)
 class ToggleTemplateFace(CallbackData, prefix="tf"):
-    """Select or deselect face `index` (0-based) of the pending template."""
+    """Select or deselect face `index` (0-based) of the pending template `nonce`."""
 
+    nonce: int
     index: int
 
 
@@ -208,6 +214,13 @@ class TrainConfirm(CallbackData, prefix="tc"):
 @dataclasses.dataclass(frozen=True)
 class HistoryPage(CallbackData, prefix="hp"):
     offset: int
+
+
+@dataclasses.dataclass(frozen=True)
+class HistoryShow(CallbackData, prefix="hs"):
+    """Send a finished job's results again."""
+
+    job_id: int
 
 
 @dataclasses.dataclass(frozen=True)

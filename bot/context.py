@@ -35,6 +35,8 @@ class BotDeps:
     cpu_slots: asyncio.Semaphore
     # Telegram file_id of each blob already uploaded (thumbnails), so it is sent only once.
     file_ids: dict[str, str] = field(default_factory=dict)
+    # monotonic time of the last error alert sent to the admin chat (throttling).
+    last_admin_alert: float = 0.0
 
 
 class BotContext(CallbackContext[ExtBot[None], dict[Any, Any], dict[Any, Any], dict[Any, Any]]):

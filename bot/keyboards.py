@@ -10,7 +10,11 @@ from collections.abc import Sequence
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup
 
 from bot import callbacks as cb
-from bot.i18n import DEFAULT_LANGUAGE, LANGUAGE_NAMES, catalog, translate
+from bot.i18n import LANGUAGE_NAMES, translate
+from service.catalog import CATEGORIES, category_name
+
+# /history shows this many jobs a page.
+HISTORY_PAGE = 5
 
 
 def _button(text: str, data: cb.CallbackData) -> InlineKeyboardButton:
@@ -18,10 +22,9 @@ def _button(text: str, data: cb.CallbackData) -> InlineKeyboardButton:
 
 
 def category_label(language: str, category: str) -> str:
-    """A category's display name: translated when the catalog knows it, else capitalised."""
-    key = f"category.{category}"
-    if key in catalog(language) or key in catalog(DEFAULT_LANGUAGE):
-        return translate(language, key)
+    """A category's display name (the catalog's names, else the slug capitalised)."""
+    if category in CATEGORIES:
+        return category_name(category, language)
     return category.replace("_", " ").replace("-", " ").capitalize()
 
 
@@ -131,7 +134,7 @@ def template_faces_keyboard(
 ) -> InlineKeyboardMarkup:
     """Toggle buttons per template face (✓ when selected) and a Start button."""
     buttons = [
-        _button(("✓ " if i in selected else "") + str(i + 1), cb.ToggleTemplateFace(i))
+        _button(("✓ " if i in selected else "") + str(i + 1), cb.ToggleTemplateFace(nonce, i))
         for i in range(count)
     ]
     rows = [buttons[i : i + 5] for i in range(0, len(buttons), 5)]
@@ -173,11 +176,21 @@ def train_confirm_keyboard(language: str) -> InlineKeyboardMarkup:
     )
 
 
-def history_keyboard(offset: int, has_more: bool, language: str) -> InlineKeyboardMarkup | None:
-    """Newer/older paging for /history; None when everything fits on one page."""
-    row = []
+def history_keyboard(
+    shows: Sequence[tuple[int, int]], offset: int, has_more: bool, language: str
+) -> InlineKeyboardMarkup | None:
+    """A "show again" button per (list number, job id) with results, then newer/older paging."""
+    rows = [
+        [_button(translate(language, "btn.show_results", n=n), cb.HistoryShow(job_id))]
+        for n, job_id in shows
+    ]
+    paging = []
     if offset > 0:
-        row.append(_button(translate(language, "btn.newer"), cb.HistoryPage(max(0, offset - 5))))
+        paging.append(
+            _button(translate(language, "btn.newer"), cb.HistoryPage(max(0, offset - HISTORY_PAGE)))
+        )
     if has_more:
-        row.append(_button(translate(language, "btn.older"), cb.HistoryPage(offset + 5)))
-    return InlineKeyboardMarkup([row]) if row else None
+        paging.append(_button(translate(language, "btn.older"), cb.HistoryPage(offset + HISTORY_PAGE)))
+    if paging:
+        rows.append(paging)
+    return InlineKeyboardMarkup(rows) if rows else None

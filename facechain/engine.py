@@ -54,6 +54,7 @@ from facechain.adapter import (
     set_adapter_scale,
 )
 from facechain.errors import Cancelled
+from facechain.faces import Face, align_face, head_mask
 from facechain.lora import LoRAWeights, merged_lora, parse_lora
 from facechain.models.projector import FaceProjector
 from facechain.models.transface import TransFaceViT, faces_to_tensor, load_transface
@@ -189,6 +190,21 @@ def make_scheduler(name: SchedulerName, config: Any) -> SchedulerMixin:
     raise ValueError(f"unknown scheduler {name!r}")
 
 
+def id_crop(image_rgb: np.ndarray, face: Face) -> np.ndarray:
+    """FACT's identity crop: background blacked out around the head, then ArcFace-aligned.
+
+    Args:
+        image_rgb: (H, W, 3) uint8 RGB selfie.
+        face: the detected subject (landmarks in the same pixels).
+
+    Returns:
+        (112, 112, 3) uint8 RGB crop for `PortraitRequest.selfies`.
+    """
+    # FaceChain masks with human parsing before aligning, so the encoder never sees background.
+    mask = head_mask(image_rgb, face)[:, :, None] > 0
+    return align_face(np.where(mask, image_rgb, 0).astype(np.uint8), face.landmarks)
+
+
 def letterbox(image: Image.Image, size: int) -> Image.Image:
     """Fit an image into a black size x size square, centred, aspect kept."""
     image = image.convert("RGB")
@@ -233,7 +249,7 @@ class Engine:
                 registry.resolve(registry.CONTROLNET_OPENPOSE, models), torch_dtype=dtype
             )
             lora = parse_lora(registry.resolve(registry.DEFAULT_STYLE_LORA, models))
-        controlnet = controlnet.to(device=device, dtype=dtype).eval()
+        controlnet = controlnet.to(device).eval()
         # The ControlNet is shared by both bases and always sees [text; face] contexts.
         hide_face_tokens(controlnet, TOKENS_PER_FACE)
         logger.info("engine (%s) on %s/%s", config.profile, device, dtype)
@@ -283,7 +299,7 @@ class Engine:
             )
             projector = FaceProjector()
         pipe.scheduler = make_scheduler(cfg.scheduler, pipe.scheduler.config)
-        pipe = pipe.to(self.device, self.dtype)
+        pipe = pipe.to(self.device)
         pipe.set_progress_bar_config(disable=True)
         # The projector runs in fp32 beside TransFace (FaceChain's extractor is fp32 too).
         projector = projector.to(self.device)

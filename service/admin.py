@@ -9,20 +9,27 @@ dispatched after the commit (`tasks.dispatch.dispatch_job`); the outbox sweep co
 
 from __future__ import annotations
 
+import io
 import logging
 import math
+from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from db.base import utcnow
-from db.models import Job, JobStatus, User
+from db.models import ACTIVE_STATUSES, Job, JobStatus, Style, StyleOrigin, Template, User
 from db.repositories.audit import AuditRepository
 from db.repositories.jobs import JobRepository
 from db.repositories.stats import StatsRepository
+from db.repositories.styles import StyleRepository
+from db.repositories.templates import TemplateRepository
 from db.repositories.users import UserRepository
-from service.errors import IllegalTransition, NotFound, ValidationFailed
+from facechain.errors import NoFace
+from service.blobstore import BlobStore
+from service.errors import AppError, IllegalTransition, NotFound, ValidationFailed
 from tasks.webhooks import emit_event, job_event_payload
 
 logger = logging.getLogger(__name__)
@@ -140,3 +147,161 @@ def retry_job(session: Session, job_id: int, actor: str) -> Job:
     job.transition(JobStatus.QUEUED)
     audit(session, actor, "job.retry", f"job:{job_id}", previous=previous)
     return job
+
+
+# ---- styles and templates (the admin-managed catalog) ----
+
+Item = TypeVar("Item", Style, Template)
+
+
+class InUse(AppError):
+    """A catalog item still has queued or running jobs."""
+
+    code = "conflict"
+
+
+def _kind(model: type[Style] | type[Template]) -> str:
+    return "style" if model is Style else "template"
+
+
+def _item(session: Session, model: type[Item], item_id: int) -> Item:
+    item = session.get(model, item_id, with_for_update=True)
+    if item is None:
+        raise NotFound(f"{_kind(model)} {item_id} not found", id=item_id)
+    return item
+
+
+def update_item(
+    session: Session, model: type[Item], item_id: int, changes: dict[str, Any], actor: str
+) -> Item:
+    """Change a style's or template's enabled flag, position, names (and a style's weight)."""
+    allowed = {"enabled", "position", "names"} | ({"lora_weight"} if model is Style else set())
+    unknown = sorted(set(changes) - allowed)
+    if unknown:
+        raise ValidationFailed("these fields cannot be changed", fields=unknown)
+    item = _item(session, model, item_id)
+    for key, value in changes.items():
+        if key == "names" and value is not None:
+            value = {**item.names, **value}
+        if value is not None:
+            setattr(item, key, value)
+    audit(session, actor, f"{_kind(model)}.update", f"{_kind(model)}:{item_id}", **changes)
+    return item
+
+
+def set_enabled(session: Session, model: type[Item], item_id: int, enabled: bool, actor: str) -> Item:
+    """Show (enabled) or hide a style or template."""
+    return update_item(session, model, item_id, {"enabled": enabled}, actor)
+
+
+def reorder(session: Session, model: type[Item], ids: list[int], actor: str) -> list[Item]:
+    """Put these items first, in this order (position = index); the rest keep their order after."""
+    if len(set(ids)) != len(ids):
+        raise ValidationFailed("ids must be unique")
+    items = {i.id: i for i in session.scalars(select(model).where(model.id.in_(ids))).all()}
+    missing = [i for i in ids if i not in items]
+    if missing:
+        raise NotFound(f"{_kind(model)} ids not found: {missing}", ids=missing)
+    rest = session.scalars(
+        select(model).where(model.id.not_in(ids)).order_by(model.position, model.id)
+    ).all()
+    ordered = [items[i] for i in ids] + list(rest)
+    for position, item in enumerate(ordered):
+        item.position = position
+    audit(session, actor, f"{_kind(model)}.reorder", None, ids=ids)
+    return ordered[: len(ids)]
+
+
+def delete_item(session: Session, model: type[Item], item_id: int, actor: str) -> list[str]:
+    """Delete a style or template; return its blob keys no other row uses (delete after commit)."""
+    item = _item(session, model, item_id)
+    column = Job.style_id if model is Style else Job.template_id
+    active = session.scalar(
+        select(func.count(Job.id)).where(column == item_id, Job.status.in_(ACTIVE_STATUSES))
+    )
+    if active:
+        raise InUse(f"{_kind(model)} {item_id} has {active} active jobs; cancel them first")
+    keys = [k for k in _blob_keys(item) if k]
+    session.delete(item)
+    session.flush()
+    audit(session, actor, f"{_kind(model)}.delete", f"{_kind(model)}:{item_id}", slug=item.slug)
+    return [k for k in keys if not _blob_in_use(session, k)]
+
+
+def _blob_keys(item: Style | Template) -> list[str | None]:
+    if isinstance(item, Style):
+        return [item.lora_blob, item.thumbnail_blob]
+    return [item.image_blob, item.thumbnail_blob]
+
+
+def _blob_in_use(session: Session, key: str) -> bool:
+    styles = StyleRepository(session)
+    if styles.by_lora_blob(key) or styles.by_thumbnail_blob(key):
+        return True
+    used = session.scalar(
+        select(func.count(Template.id)).where(
+            (Template.image_blob == key) | (Template.thumbnail_blob == key)
+        )
+    )
+    return bool(used)
+
+
+@dataclass(frozen=True)
+class TemplateImage:
+    """An uploaded template photo, decoded and analysed (CPU work, done before the transaction)."""
+
+    data: bytes
+    thumbnail: bytes
+    width: int
+    height: int
+    faces: list[dict[str, Any]]
+
+
+def analyse_template_image(data: bytes, *, max_bytes: int, max_pixels: int) -> TemplateImage:
+    """Decode an uploaded template and find its faces; NotAnImage/ImageTooLarge/NoFace if unusable."""
+    from facechain.imageio import downscale, load_image
+    from service.catalog import TEMPLATE_THUMBNAIL_SIDE, detect_template_faces
+
+    image = load_image(data, max_bytes=max_bytes, max_pixels=max_pixels)
+    faces = detect_template_faces(image)
+    if not faces:
+        raise NoFace("no face found in the template photo")
+    buf = io.BytesIO()
+    downscale(image, TEMPLATE_THUMBNAIL_SIDE).save(buf, format="JPEG", quality=90)
+    return TemplateImage(data, buf.getvalue(), image.width, image.height, faces)
+
+
+def add_uploaded_template(
+    session: Session,
+    blobs: BlobStore,
+    image: TemplateImage,
+    *,
+    slug: str,
+    name: str,
+    category: str,
+    actor: str,
+) -> Template:
+    """Register an analysed template photo as a new enabled template at the end of the list."""
+    repo = TemplateRepository(session)
+    if repo.by_slug(slug) is not None:
+        raise ValidationFailed(f"slug {slug!r} is taken", slug=slug)
+    template = repo.add(
+        Template(
+            slug=slug,
+            names={"en": name},
+            category=category,
+            image_blob=blobs.put(image.data),
+            thumbnail_blob=blobs.put(image.thumbnail),
+            width=image.width,
+            height=image.height,
+            faces=image.faces,
+            enabled=True,
+            position=repo.next_position(),
+            origin=StyleOrigin.UPLOADED,
+            owner_id=None,
+        )
+    )
+    audit(
+        session, actor, "template.create", f"template:{template.id}", slug=slug, faces=len(image.faces)
+    )
+    return template

@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 
 from celery import Task, shared_task
-from facechain.engine import PortraitRequest, StyleSpec
 
 from db.models import JobStatus, Style
+from facechain.engine import PortraitRequest, StyleSpec
 from facechain.similarity import IdentityScorer
 from service.errors import NotFound
 from tasks.context import WorkerContext
@@ -54,14 +54,16 @@ def generate(ctx: WorkerContext, job: JobSnapshot, reporter: ProgressReporter) -
             num_candidates=max(num_images, ctx.config.engine.num_candidates),
             seed=params.get("seed"),
             scorer=scorer,
-            similarity_floor=ctx.config.engine.similarity_floor,
+            min_similarity=ctx.config.engine.similarity_floor,
         ),
         progress=reporter,
         cancel=reporter.cancelled,
     )
     blobs = [ctx.blobs.put(encode_png(p.image)) for p in portraits]
     meta = {
-        "similarity": [round(float(p.similarity), 4) for p in portraits],
+        "similarity": [
+            None if p.similarity is None else round(float(p.similarity), 4) for p in portraits
+        ],
         "seeds": [int(p.seed) for p in portraits],
         "style": style.name,
     }

@@ -11,7 +11,8 @@ from PIL import Image
 from sqlalchemy import select
 
 from db.models import Photo
-from facechain.faces import Face, align_face
+from facechain.engine import id_crop
+from facechain.faces import Face
 from facechain.imageio import load_image, to_rgb_array
 from service.blobstore import BlobStore
 from service.errors import NotFound
@@ -20,7 +21,7 @@ from tasks.context import WorkerContext
 
 @dataclass
 class Selfie:
-    """A decoded selfie, the chosen face and its 112x112 ArcFace-aligned crop."""
+    """A decoded selfie, the chosen face and its 112x112 identity crop (head only, aligned)."""
 
     image: np.ndarray
     face: Face
@@ -52,7 +53,7 @@ def load_selfies(
         sha, faces, selected, _ = photos[pid]
         image = to_rgb_array(load_image(ctx.blobs.get(sha)))
         face = face_from_row(faces[selected or 0])
-        selfies.append(Selfie(image=image, face=face, aligned=align_face(image, face.landmarks)))
+        selfies.append(Selfie(image=image, face=face, aligned=id_crop(image, face)))
     return selfies
 
 

@@ -63,7 +63,11 @@ class ProgressReporter:
         self._last_edit = 0.0
         self._cancelled = False
 
-    def __call__(self, fraction: float) -> None:
+    def __call__(self, step: int, total: int) -> None:
+        self.report(step / total if total else 0.0)
+
+    def report(self, fraction: float) -> None:
+        """Record progress in [0, 1] (throttled)."""
         now = time.monotonic()
         if now - self._last_db < PROGRESS_DB_INTERVAL_S and fraction < 1.0:
             return

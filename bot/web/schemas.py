@@ -377,3 +377,14 @@ class AuditOut(Model):
     target: str | None
     details: dict[str, Any]
     created_at: datetime
+
+
+# ---- Telegram webhook ----
+
+
+class TelegramUpdateIn(BaseModel):
+    """A Telegram Update object (only `update_id` is checked here; PTB parses the rest)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    update_id: int = Field(ge=0, le=INT64_MAX)

@@ -22,3 +22,9 @@ class BroadcastRepository(RepositoryBase[Broadcast]):
             )
             or 0
         )
+
+    def counts_by_status(self) -> dict[str, int]:
+        rows = self.session.execute(
+            select(Broadcast.status, func.count(Broadcast.id)).group_by(Broadcast.status)
+        ).all()
+        return {str(status): int(n) for status, n in rows}

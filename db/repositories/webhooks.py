@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, func, select
 
 from db.models import WebhookDelivery, WebhookEndpoint
 from db.repositories.base import RepositoryBase
@@ -53,3 +53,11 @@ class WebhookDeliveryRepository(RepositoryBase[WebhookDelivery]):
             .order_by(WebhookDelivery.id)
             .limit(limit)
         ).all()
+
+    def counts_by_status(self) -> dict[str, int]:
+        rows = self.session.execute(
+            select(WebhookDelivery.status, func.count(WebhookDelivery.id)).group_by(
+                WebhookDelivery.status
+            )
+        ).all()
+        return {str(status): int(n) for status, n in rows}

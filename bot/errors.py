@@ -1,0 +1,122 @@
+"""The bot's own typed errors and its one error handler.
+
+Typed errors (`AppError`, facechain's `FaceChainError`) are expected: the user gets a translated
+sentence and nothing is logged as a failure. Anything else is logged with its traceback, the
+user gets an apology, and the admin chat gets a short note (throttled)."""
+
+from __future__ import annotations
+
+import html
+import logging
+import time
+import traceback
+from typing import Any
+
+from telegram import Update
+from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TelegramError
+
+from bot.i18n import DEFAULT_LANGUAGE, catalog, normalize_language, translate
+from facechain.errors import FaceChainError
+from service.errors import AppError
+
+logger = logging.getLogger(__name__)
+
+# At most one admin alert per this many seconds, so an outage does not flood the admin chat.
+ADMIN_ALERT_INTERVAL = 30.0
+
+
+class SelfieRequired(AppError):
+    """The user has no usable selfie yet."""
+
+    code = "selfie_required"
+
+
+class StyleUnavailable(AppError):
+    """The style was removed, disabled or is not visible to this user."""
+
+    code = "style_unavailable"
+
+
+class TemplateUnavailable(AppError):
+    """The template was removed, disabled or is not visible to this user."""
+
+    code = "template_unavailable"
+
+
+class NotAllowedToTrain(AppError):
+    code = "training_not_allowed"
+
+
+def describe_error(language: str | None, error: BaseException) -> str:
+    """A translated sentence for a typed error (its `code`, with its details as parameters)."""
+    code = getattr(error, "code", "internal")
+    key = f"error.{code}"
+    if key not in catalog(DEFAULT_LANGUAGE):
+        key = "error.internal"
+    details: dict[str, Any] = dict(getattr(error, "details", {}) or {})
+    return translate(language, key, **details)
+
+
+def _language(update: object, context: Any) -> str:
+    account = getattr(context, "account", None)
+    if account is not None:
+        return normalize_language(account.language)
+    if isinstance(update, Update) and update.effective_user is not None:
+        return normalize_language(update.effective_user.language_code)
+    return DEFAULT_LANGUAGE
+
+
+async def _tell_user(update: object, context: Any, text: str) -> None:
+    if not isinstance(update, Update) or update.effective_chat is None:
+        return
+    try:
+        await context.bot.send_message(update.effective_chat.id, text)
+    except TelegramError as exc:
+        logger.warning("could not tell chat %s about an error: %s", update.effective_chat.id, exc)
+
+
+async def _alert_admin(update: object, context: Any, error: BaseException) -> None:
+    deps = context.deps
+    chat_id = deps.config.telegram.admin_chat_id
+    now = time.monotonic()
+    if chat_id is None or now - deps.last_admin_alert < ADMIN_ALERT_INTERVAL:
+        return
+    deps.last_admin_alert = now
+    tb = "".join(traceback.format_exception(None, error, error.__traceback__))[-3000:]
+    who = ""
+    if isinstance(update, Update) and update.effective_user is not None:
+        who = f" (user {update.effective_user.id})"
+    text = (
+        f"<b>Bot error{html.escape(who)}</b>: {html.escape(type(error).__name__)}\n"
+        f"<pre>{html.escape(tb)}</pre>"
+    )
+    try:
+        await context.bot.send_message(chat_id, text, parse_mode="HTML")
+    except TelegramError as exc:
+        logger.warning("could not alert the admin chat: %s", exc)
+
+
+async def error_handler(update: object, context: Any) -> None:
+    """The application's one error handler."""
+    error = context.error
+    if error is None:
+        return
+    if isinstance(error, AppError | FaceChainError):
+        logger.info("typed error %s: %s", getattr(error, "code", "?"), error)
+        await _tell_user(update, context, describe_error(_language(update, context), error))
+        return
+    if isinstance(error, Forbidden):
+        # The user blocked the bot; nothing to send and nothing to fix.
+        logger.info("forbidden: %s", error)
+        return
+    if isinstance(error, BadRequest) and "not modified" in str(error).lower():
+        # A double press re-rendered the same content; harmless.
+        logger.debug("ignored: %s", error)
+        return
+    if isinstance(error, RetryAfter | NetworkError) and not isinstance(error, BadRequest):
+        # Already retried by TelegramRetry; Telegram or the network is having a bad moment.
+        logger.warning("telegram unavailable while handling an update: %s", error)
+        return
+    logger.error("unhandled error while handling an update", exc_info=error)
+    await _tell_user(update, context, translate(_language(update, context), "error.internal"))
+    await _alert_admin(update, context, error)

@@ -1,0 +1,106 @@
+"""Helpers shared by several flows: replying, starting a job, downloading the user's image."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from kombu.exceptions import KombuError
+from telegram import Message, Update
+
+from bot import jobs
+from bot.context import BotContext
+from bot.keyboards import cancel_job_keyboard
+from tasks.dispatch import dispatch_job
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic")
+
+
+async def reply(update: Update, context: BotContext, text: str, **kwargs: Any) -> Message:
+    """Send a message to the update's chat (works for messages and button presses alike)."""
+    return await context.bot.send_message(update.effective_chat.id, text, **kwargs)
+
+
+async def dispatch(context: BotContext, job_id: int) -> None:
+    """Publish a committed job; if the broker is down the outbox sweep sends it later."""
+    try:
+        await asyncio.to_thread(dispatch_job, context.celery, context.db, job_id)
+    except (KombuError, OSError) as exc:
+        logger.warning("job %s not dispatched now (the sweep will retry): %s", job_id, exc)
+
+
+async def announce_and_dispatch(
+    update: Update, context: BotContext, created: jobs.CreatedJob
+) -> None:
+    """Send the job's status message (queue position, estimate, Cancel), then dispatch it."""
+    message = await reply(
+        update,
+        context,
+        context.t("job.queued", position=created.position + 1, eta_minutes=created.eta_minutes),
+        reply_markup=cancel_job_keyboard(created.job_id, context.language),
+    )
+    await context.db.run(jobs.set_status_message, created.job_id, message.message_id)
+    await dispatch(context, created.job_id)
+
+
+async def start_portrait(
+    update: Update,
+    context: BotContext,
+    style_id: int,
+    *,
+    pose_blob: str | None = None,
+) -> jobs.CreatedJob:
+    """Create, announce and dispatch a portrait job (typed errors reach the error handler)."""
+    created = await context.db.run(
+        jobs.create_portrait_job,
+        context.account.id,
+        style_id=style_id,
+        chat_id=update.effective_chat.id,
+        limits=context.config.limits,
+        is_admin=context.is_admin,
+        num_images=context.config.engine.num_images,
+        pose_blob=pose_blob,
+    )
+    logger.info("user %s started portrait job %s", context.account.id, created.job_id)
+    await announce_and_dispatch(update, context, created)
+    return created
+
+
+@dataclass(frozen=True)
+class IncomingImage:
+    """An image the user sent, before download."""
+
+    file_id: str
+    file_unique_id: str
+    file_size: int | None
+
+
+def incoming_image(message: Message) -> IncomingImage | None:
+    """The image in a photo or document message; None if the document is not an image."""
+    if message.photo:
+        size = message.photo[-1]  # Telegram lists sizes small to large
+        return IncomingImage(size.file_id, size.file_unique_id, size.file_size)
+    document = message.document
+    if document is None:
+        return None
+    mime = (document.mime_type or "").lower()
+    name = (document.file_name or "").lower()
+    if mime.startswith("image/") or name.endswith(IMAGE_EXTENSIONS):
+        return IncomingImage(document.file_id, document.file_unique_id, document.file_size)
+    return None
+
+
+async def download(context: BotContext, image: IncomingImage) -> bytes:
+    """The file's bytes from Telegram."""
+    tg_file = await context.bot.get_file(image.file_id)
+    return bytes(await tg_file.download_as_bytearray())
+
+
+async def cpu(context: BotContext, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run CPU-heavy work in a thread, at most one per core at a time."""
+    async with context.deps.cpu_slots:
+        return await asyncio.to_thread(fn, *args, **kwargs)

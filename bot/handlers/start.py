@@ -1,0 +1,62 @@
+"""/start, /help, /lang and /cancel."""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import Session
+from telegram import Update
+
+from bot import callbacks as cb
+from bot import sessions
+from bot.context import BotContext
+from bot.handlers.common import reply
+from bot.i18n import LANGUAGES
+from bot.keyboards import language_keyboard
+from db.models import User
+
+
+async def start(update: Update, context: BotContext) -> None:
+    """Greet and explain the three steps."""
+    name = context.account.first_name or update.effective_user.first_name or ""
+    await reply(update, context, context.t("start.welcome", name=name))
+
+
+async def help_command(update: Update, context: BotContext) -> None:
+    """List what the bot can do."""
+    text = context.t("help.text")
+    if context.is_admin:
+        text += "\n\n" + context.t("help.admin")
+    await reply(update, context, text)
+
+
+async def lang_command(update: Update, context: BotContext) -> None:
+    """Offer the supported languages."""
+    await reply(
+        update, context, context.t("lang.choose"), reply_markup=language_keyboard(context.language)
+    )
+
+
+def _set_language(session: Session, user_id: int, language: str) -> None:
+    user = session.get(User, user_id)
+    if user is not None:
+        user.language = language
+        user.language_chosen = True
+
+
+async def on_set_language(update: Update, context: BotContext, data: cb.SetLanguage) -> None:
+    """Store the chosen language and confirm in it."""
+    if data.language not in LANGUAGES:
+        await reply(update, context, context.t("callback.stale"))
+        return
+    await context.db.run(_set_language, context.account.id, data.language)
+    context.account.language = data.language
+    await update.callback_query.edit_message_text(
+        context.t("lang.changed"), reply_markup=language_keyboard(data.language)
+    )
+
+
+async def cancel_command(update: Update, context: BotContext) -> None:
+    """Leave whatever multi-step flow the user is in."""
+    before = await context.db.run(sessions.load, context.account.id)
+    await context.db.run(sessions.update, context.account.id, end_flow=True, pending_style_id=None)
+    key = "cancel.done" if before.state is not sessions.State.IDLE else "cancel.nothing"
+    await reply(update, context, context.t(key))

@@ -1,0 +1,138 @@
+"""The style picker: one photo message edited in place (◀ ▶, categories, "Use this style")."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session
+from telegram import InputMediaPhoto, Message, Update
+
+from bot import callbacks as cb
+from bot import sessions
+from bot.context import BotContext
+from bot.errors import SelfieRequired
+from bot.handlers.common import cpu, reply, start_portrait
+from bot.images import placeholder_card
+from bot.keyboards import category_label, style_carousel_keyboard, style_categories_keyboard
+from db.repositories.styles import StyleRepository
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StyleCard:
+    """What the carousel shows of one style."""
+
+    id: int
+    name: str
+    category: str
+    thumbnail_blob: str | None
+
+
+def _cards(session: Session, user_id: int, language: str, category: str) -> list[StyleCard]:
+    styles = StyleRepository(session).visible_to(
+        user_id, None if category == cb.ALL else category
+    )
+    return [StyleCard(s.id, s.name_for(language), s.category, s.thumbnail_blob) for s in styles]
+
+
+def _categories(session: Session, user_id: int) -> list[str]:
+    # Only categories that can travel in callback data get a button; their styles stay in "all".
+    seen: dict[str, None] = {}
+    for style in StyleRepository(session).visible_to(user_id):
+        if cb.is_token(style.category) and style.category != cb.ALL:
+            seen.setdefault(style.category, None)
+    return list(seen)
+
+
+async def card_media(context: BotContext, blob: str | None, title: str) -> str | bytes:
+    """A Telegram file_id when this blob was uploaded before, else the image bytes."""
+    if blob is None:
+        data: bytes = await cpu(context, placeholder_card, title)
+        return data
+    cached = context.deps.file_ids.get(blob)
+    if cached is not None:
+        return cached
+    data = await cpu(context, context.blobs.get, blob)
+    return data
+
+
+def remember_file_id(context: BotContext, blob: str | None, message: Message | bool) -> None:
+    """Cache the file_id Telegram gave an uploaded thumbnail, to send it by id next time."""
+    if blob is not None and isinstance(message, Message) and message.photo:
+        context.deps.file_ids[blob] = message.photo[-1].file_id
+
+
+async def show_styles(
+    update: Update,
+    context: BotContext,
+    category: str = cb.ALL,
+    index: int = 0,
+    *,
+    edit: Message | None = None,
+) -> None:
+    """Send (or edit `edit` into) the carousel at `index` of `category`."""
+    lang = context.language
+    cards = await context.db.run(_cards, context.account.id, lang, category)
+    if not cards and category != cb.ALL:
+        category, index = cb.ALL, 0
+        cards = await context.db.run(_cards, context.account.id, lang, category)
+    if not cards:
+        await reply(update, context, context.t("styles.empty"))
+        return
+    index %= len(cards)
+    card = cards[index]
+    caption = context.t("styles.card", name=card.name, category=category_label(lang, card.category))
+    markup = style_carousel_keyboard(card.id, category, index, len(cards), lang)
+    media = await card_media(context, card.thumbnail_blob, card.name)
+    if edit is None:
+        sent = await context.bot.send_photo(
+            update.effective_chat.id, media, caption=caption, reply_markup=markup
+        )
+    else:
+        sent = await edit.edit_media(InputMediaPhoto(media, caption=caption), reply_markup=markup)
+    remember_file_id(context, card.thumbnail_blob, sent)
+
+
+async def style_command(update: Update, context: BotContext) -> None:
+    """/style: open the picker."""
+    await show_styles(update, context)
+
+
+async def on_style_page(update: Update, context: BotContext, data: cb.StylePage) -> None:
+    """◀ / ▶ / a category: show another style in the same message."""
+    message = update.callback_query.message
+    await show_styles(
+        update,
+        context,
+        data.category,
+        data.index,
+        edit=message if isinstance(message, Message) else None,
+    )
+
+
+async def on_style_categories(
+    update: Update, context: BotContext, data: cb.StyleCategories
+) -> None:
+    """Swap the carousel buttons for the category list."""
+    categories = await context.db.run(_categories, context.account.id)
+    await update.callback_query.edit_message_reply_markup(
+        style_categories_keyboard(categories, context.language)
+    )
+
+
+async def use_style(update: Update, context: BotContext, style_id: int) -> None:
+    """Start a portrait in this style, or remember it until a selfie arrives."""
+    try:
+        await start_portrait(update, context, style_id)
+    except SelfieRequired:
+        await context.db.run(sessions.update, context.account.id, pending_style_id=style_id)
+        await reply(update, context, context.t("styles.send_selfie_first"))
+        return
+    await context.db.run(sessions.update, context.account.id, pending_style_id=None)
+
+
+async def on_use_style(update: Update, context: BotContext, data: cb.UseStyle) -> None:
+    """"Use this style"."""
+    await use_style(update, context, data.style_id)

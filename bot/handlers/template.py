@@ -1,0 +1,288 @@
+"""/template: a catalog template (same carousel as styles) or the user's own photo, whose
+faces are replaced by the user's; with several faces the user picks which (one or more)."""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy.orm import Session
+from telegram import InputMediaPhoto, Message, Update
+
+from bot import callbacks as cb
+from bot import jobs, sessions
+from bot.context import BotContext
+from bot.handlers.common import IncomingImage, announce_and_dispatch, cpu, reply
+from bot.handlers.styles import card_media, remember_file_id
+from bot.images import numbered_faces_preview
+from bot.keyboards import own_template_keyboard, template_carousel_keyboard, template_faces_keyboard
+from db.base import utcnow
+from db.models import Photo, PhotoKind
+from db.repositories.photos import PhotoRepository
+from db.repositories.templates import TemplateRepository
+from facechain.quality import SelfieAnalysis, analyze_selfie
+
+logger = logging.getLogger(__name__)
+
+# More faces than this would not fit as buttons; the largest ones are offered.
+MAX_TEMPLATE_FACES = 10
+
+
+@dataclass(frozen=True)
+class TemplateCard:
+    id: int
+    name: str
+    faces: int
+    thumbnail_blob: str | None
+
+
+def _cards(session: Session, user_id: int, language: str) -> list[TemplateCard]:
+    return [
+        TemplateCard(t.id, t.name_for(language), len(t.faces or []), t.thumbnail_blob or t.image_blob)
+        for t in TemplateRepository(session).visible_to(user_id)
+    ]
+
+
+def _has_selfie(session: Session, user_id: int, max_selfies: int) -> bool:
+    return bool(PhotoRepository(session).usable_selfies(user_id, utcnow(), 1))
+
+
+async def show_templates(
+    update: Update, context: BotContext, index: int = 0, *, edit: Message | None = None
+) -> None:
+    """Send (or edit into) the template carousel; with no catalog, ask for the user's own."""
+    lang = context.language
+    cards = await context.db.run(_cards, context.account.id, lang)
+    if not cards:
+        await context.db.run(
+            sessions.update, context.account.id, sessions.State.AWAIT_TEMPLATE_PHOTO, end_flow=True
+        )
+        await reply(update, context, context.t("template.send_own"))
+        return
+    index %= len(cards)
+    card = cards[index]
+    caption = context.t("template.card", name=card.name, faces=card.faces)
+    markup = template_carousel_keyboard(card.id, cb.ALL, index, len(cards), lang)
+    media = await card_media(context, card.thumbnail_blob, card.name)
+    if edit is None:
+        sent = await context.bot.send_photo(
+            update.effective_chat.id, media, caption=caption, reply_markup=markup
+        )
+    else:
+        sent = await edit.edit_media(InputMediaPhoto(media, caption=caption), reply_markup=markup)
+    remember_file_id(context, card.thumbnail_blob, sent)
+
+
+async def template_command(update: Update, context: BotContext) -> None:
+    """/template: needs a selfie first, then shows the catalog."""
+    limits = context.config.limits
+    if not await context.db.run(_has_selfie, context.account.id, limits.max_selfies):
+        await reply(update, context, context.t("error.selfie_required"))
+        return
+    await show_templates(update, context)
+
+
+async def on_template_page(update: Update, context: BotContext, data: cb.TemplatePage) -> None:
+    """◀ / ▶ in the template carousel."""
+    message = update.callback_query.message
+    await show_templates(
+        update, context, data.index, edit=message if isinstance(message, Message) else None
+    )
+
+
+async def on_own_template(update: Update, context: BotContext, data: cb.OwnTemplate) -> None:
+    """"My own photo": the next image is the template."""
+    await context.db.run(
+        sessions.update, context.account.id, sessions.State.AWAIT_TEMPLATE_PHOTO, end_flow=True
+    )
+    await reply(update, context, context.t("template.send_own"))
+
+
+def _template_faces(session: Session, user_id: int, template_id: int) -> tuple[str, list[Any]]:
+    template = jobs.usable_template(session, user_id, template_id)
+    return template.image_blob, [f["box"] for f in template.faces or []]
+
+
+async def start_template(
+    update: Update,
+    context: BotContext,
+    faces: list[int],
+    *,
+    template_id: int | None = None,
+    template_photo_id: int | None = None,
+) -> None:
+    """Create, announce and dispatch a template job for these 0-based faces."""
+    created = await context.db.run(
+        jobs.create_template_job,
+        context.account.id,
+        faces=faces,
+        chat_id=update.effective_chat.id,
+        limits=context.config.limits,
+        is_admin=context.is_admin,
+        template_id=template_id,
+        template_photo_id=template_photo_id,
+    )
+    await context.db.run(sessions.update, context.account.id, end_flow=True)
+    logger.info("user %s started template job %s", context.account.id, created.job_id)
+    await announce_and_dispatch(update, context, created)
+
+
+async def _ask_faces(
+    update: Update,
+    context: BotContext,
+    image: bytes,
+    boxes: list[Any],
+    *,
+    template_id: int | None = None,
+    template_photo_id: int | None = None,
+) -> None:
+    limits = context.config.limits
+    nonce = random.randrange(1, 10**9)
+    await context.db.run(
+        sessions.update,
+        context.account.id,
+        sessions.State.TEMPLATE_FACES,
+        end_flow=True,
+        template_id=template_id,
+        template_photo_id=template_photo_id,
+        template_faces=len(boxes),
+        selected_faces=[],
+        nonce=nonce,
+    )
+    preview: bytes = await cpu(
+        context,
+        numbered_faces_preview,
+        image,
+        boxes,
+        max_bytes=limits.max_upload_bytes,
+        max_pixels=limits.max_image_pixels,
+    )
+    await context.bot.send_photo(
+        update.effective_chat.id,
+        preview,
+        caption=context.t("template.choose_faces", count=len(boxes)),
+        reply_markup=template_faces_keyboard(len(boxes), [], context.language, nonce),
+    )
+
+
+async def on_use_template(update: Update, context: BotContext, data: cb.UseTemplate) -> None:
+    """"Use this template": one face starts at once, several ask which."""
+    blob, boxes = await context.db.run(_template_faces, context.account.id, data.template_id)
+    if not boxes:
+        await reply(update, context, context.t("template.no_faces"))
+        return
+    if len(boxes) == 1:
+        await start_template(update, context, [0], template_id=data.template_id)
+        return
+    image: bytes = await cpu(context, context.blobs.get, blob)
+    await _ask_faces(update, context, image, boxes, template_id=data.template_id)
+
+
+def _store_template_photo(
+    session: Session,
+    blobs: Any,
+    user_id: int,
+    data: bytes,
+    analysis: SelfieAnalysis,
+    image: IncomingImage,
+    retention_days: int,
+) -> tuple[int, list[list[float]]]:
+    from bot.handlers.intake import face_record
+
+    faces = sorted(analysis.faces, key=lambda f: f.size, reverse=True)[:MAX_TEMPLATE_FACES]
+    faces.sort(key=lambda f: (f.box[0], f.box[1]))
+    records = [face_record(f) for f in faces]
+    photo = PhotoRepository(session).add(
+        Photo(
+            user_id=user_id,
+            kind=PhotoKind.TEMPLATE,
+            telegram_file_id=image.file_id,
+            telegram_file_unique_id=image.file_unique_id,
+            sha256=blobs.put(data),
+            size_bytes=len(data),
+            width=analysis.width,
+            height=analysis.height,
+            faces=records,
+            expires_at=utcnow() + timedelta(days=retention_days),
+        )
+    )
+    return photo.id, [r["box"] for r in records]
+
+
+async def on_template_photo(
+    update: Update, context: BotContext, image: IncomingImage, data: bytes
+) -> None:
+    """The user's own template photo: find its faces, then start or ask which."""
+    limits = context.config.limits
+    analysis: SelfieAnalysis = await cpu(
+        context,
+        analyze_selfie,
+        data,
+        max_bytes=limits.max_upload_bytes,
+        max_pixels=limits.max_image_pixels,
+        min_face_px=limits.min_face_px,
+    )
+    if not analysis.faces:
+        await reply(update, context, context.t("template.no_faces"))
+        return
+    photo_id, boxes = await context.db.run(
+        _store_template_photo,
+        context.blobs,
+        context.account.id,
+        data,
+        analysis,
+        image,
+        limits.selfie_retention_days,
+    )
+    if len(boxes) == 1:
+        await start_template(update, context, [0], template_photo_id=photo_id)
+        return
+    await _ask_faces(update, context, data, boxes, template_photo_id=photo_id)
+
+
+def _pending(conv: sessions.Conversation, nonce: int) -> bool:
+    return conv.state is sessions.State.TEMPLATE_FACES and conv.data.get("nonce") == nonce
+
+
+async def on_toggle_face(
+    update: Update, context: BotContext, data: cb.ToggleTemplateFace
+) -> None:
+    """Select or deselect one face of the pending template."""
+    conv = await context.db.run(sessions.load, context.account.id)
+    count = int(conv.data.get("template_faces", 0))
+    if not _pending(conv, data.nonce) or not 0 <= data.index < count:
+        await reply(update, context, context.t("callback.stale"))
+        return
+    selected = set(conv.data.get("selected_faces", []))
+    selected ^= {data.index}
+    await context.db.run(
+        sessions.update, context.account.id, selected_faces=sorted(selected)
+    )
+    await update.callback_query.edit_message_reply_markup(
+        template_faces_keyboard(count, sorted(selected), context.language, data.nonce)
+    )
+
+
+async def on_start_template(update: Update, context: BotContext, data: cb.StartTemplate) -> None:
+    """▶ Start: run the pending template with the selected faces."""
+    conv = await context.db.run(sessions.load, context.account.id)
+    if not _pending(conv, data.nonce):
+        await reply(update, context, context.t("callback.stale"))
+        return
+    selected = [int(i) for i in conv.data.get("selected_faces", [])]
+    if not selected:
+        await reply(update, context, context.t("template.pick_one"))
+        return
+    await start_template(
+        update,
+        context,
+        selected,
+        template_id=conv.data.get("template_id"),
+        template_photo_id=conv.data.get("template_photo_id"),
+    )
+    message = update.callback_query.message
+    if isinstance(message, Message):
+        await message.edit_reply_markup(None)

@@ -1,0 +1,66 @@
+"""gpu task `template.inpaint`: the user's face put into a template photo (one or more faces)."""
+
+from __future__ import annotations
+
+import logging
+
+from celery import Task, shared_task
+from sqlalchemy import select
+
+from db.models import JobStatus, Photo, Template
+from service.errors import NotFound
+from tasks.context import WorkerContext
+from tasks.inputs import encode_png, load_blob_image, load_selfies
+from tasks.jobs import JobOutcome, JobSnapshot, ProgressReporter, run_gpu_job
+
+logger = logging.getLogger(__name__)
+
+
+def template_blob(ctx: WorkerContext, job: JobSnapshot) -> str:
+    """Blob key of the template image: a catalog template or the user's own photo."""
+    params = job.params
+    with ctx.db.session() as session:
+        if params.get("template_photo_id") is not None:
+            photo = session.scalar(
+                select(Photo).where(
+                    Photo.id == params["template_photo_id"], Photo.user_id == job.user_id
+                )
+            )
+            if photo is None:
+                raise NotFound("template photo is gone")
+            return photo.sha256
+        template = session.get(Template, job.template_id or params.get("template_id"))
+        if template is None:
+            raise NotFound("template is gone")
+        return template.image_blob
+
+
+def inpaint(ctx: WorkerContext, job: JobSnapshot, reporter: ProgressReporter) -> JobOutcome:
+    """Replace the chosen template faces with the user's identity."""
+    from facechain.inpaint import InpaintRequest
+
+    params = job.params
+    template = load_blob_image(ctx.blobs, template_blob(ctx, job))
+    selfies = load_selfies(ctx, job.user_id, params["photo_ids"])
+    faces = [int(f) for f in params.get("faces") or [1]]
+    result = ctx.engine.inpaint(
+        InpaintRequest(
+            template=template,
+            selfies=[s.aligned for s in selfies],
+            faces=faces,
+            seed=params.get("seed"),
+        ),
+        progress=reporter,
+        cancel=reporter.cancelled,
+    )
+    key = ctx.blobs.put(encode_png(result))
+    return JobOutcome(
+        result_blobs=[key], result_meta={"faces": faces, "size": [result.width, result.height]}
+    )
+
+
+@shared_task(name="template.inpaint", bind=True, acks_late=True)
+def inpaint_template(self: Task, job_id: int) -> str | None:
+    """Run a template job (idempotent: finished jobs are left alone)."""
+    status: JobStatus | None = run_gpu_job(self, job_id, inpaint)
+    return status.value if status else None
