@@ -1,7 +1,8 @@
 """FACT adapter cost: one SD1.5 UNet step with and without the face adapter, plus GPU sets.
 
 CPU part: full-size SD1.5 UNet (random weights), latents 2x4x32x32 (CFG batch), context 77 text
-tokens (plain) or 77 + 16 face tokens (adapter), median of several repeats. The last line is
+tokens (plain) or 77 + 16 face tokens (adapter); plain and adapter steps alternate and the best of
+several repeats is kept (the run least disturbed by other load). The last line is
 `adapter_overhead_ratio: X.XX` (adapter step time / plain step time; target <= 1.5).
 CUDA part (when available): seconds per 4-image set at 512x512, 30 steps, CFG, fp16, with and
 without the OpenPose ControlNet, and peak VRAM; random full-size weights, same compute as real.
@@ -12,6 +13,7 @@ Run: `python bench/engine.py [--repeats N]`.
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import statistics
 import time
@@ -35,14 +37,15 @@ from facechain.adapter import (
     adapter_state_dict_template,
     hide_face_tokens,
     load_face_adapter,
-    unload_face_adapter,
 )
 from facechain.models.projector import CKPT_PREFIX, FaceProjector
 
 SD15_UNET = {"cross_attention_dim": 768, "attention_head_dim": 8, "sample_size": 64}
 
 
-def random_adapter_state(unet: UNet2DConditionModel, projector: FaceProjector) -> dict[str, torch.Tensor]:
+def random_adapter_state(
+    unet: UNet2DConditionModel, projector: FaceProjector
+) -> dict[str, torch.Tensor]:
     """Random FACT checkpoint with open gates so the adapter path does its full work."""
     gen = torch.Generator().manual_seed(0)
     state = {}
@@ -73,27 +76,41 @@ def median_seconds(fn: Callable[[], object], repeats: int, sync: bool = False) -
 def cpu_overhead(repeats: int) -> float:
     """Adapter/plain ratio of one CFG UNet step on CPU."""
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(**SD15_UNET).eval()
+    plain_unet = UNet2DConditionModel(**SD15_UNET).eval()
+    # Same weights in a second UNet that gets the adapter, so the two can be timed alternately.
+    adapter_unet = copy.deepcopy(plain_unet)
     projector = FaceProjector()
-    state = random_adapter_state(unet, projector)
+    load_face_adapter(
+        adapter_unet, random_adapter_state(adapter_unet, projector), projector, scale=0.5
+    )
     latents = torch.randn(2, 4, 32, 32)
     text = torch.randn(2, 77, 768)
     context = torch.cat([text, torch.randn(2, TOKENS_PER_FACE, 768)], dim=1)
     t = torch.tensor(500)
-    print(f"cpu: SD1.5 UNet {sum(p.numel() for p in unet.parameters()) / 1e6:.0f} M params, "
-          f"latents {tuple(latents.shape)}, threads {torch.get_num_threads()}, repeats {repeats}")
+    print(
+        f"cpu: SD1.5 UNet {sum(p.numel() for p in plain_unet.parameters()) / 1e6:.0f} M params, "
+        f"latents {tuple(latents.shape)}, threads {torch.get_num_threads()}, repeats {repeats}"
+    )
 
     plain, adapter = [], []
     with torch.inference_mode():
-        # Two rounds each, interleaved, so drift in machine load hits both sides.
-        for _ in range(2):
-            plain.append(median_seconds(lambda: unet(latents, t, text), repeats))
-            load_face_adapter(unet, state, projector, scale=0.5)
-            adapter.append(median_seconds(lambda: unet(latents, t, context), repeats))
-            unload_face_adapter(unet)
+        plain_unet(latents, t, text)
+        adapter_unet(latents, t, context)
+        # Alternating steps, so load from other processes hits both sides alike.
+        for _ in range(repeats):
+            start = time.perf_counter()
+            plain_unet(latents, t, text)
+            plain.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            adapter_unet(latents, t, context)
+            adapter.append(time.perf_counter() - start)
+    # The fastest of several alternating runs is the least disturbed by other processes.
     plain_s, adapter_s = min(plain), min(adapter)
-    print(f"cpu plain UNet step:   {plain_s:.3f} s  (rounds {', '.join(f'{x:.3f}' for x in plain)})")
-    print(f"cpu adapter UNet step: {adapter_s:.3f} s  (rounds {', '.join(f'{x:.3f}' for x in adapter)})")
+    print(f"cpu plain UNet step:   best {plain_s:.3f} s  ({', '.join(f'{x:.2f}' for x in plain)})")
+    print(
+        f"cpu adapter UNet step: best {adapter_s:.3f} s  "
+        f"({', '.join(f'{x:.2f}' for x in adapter)})"
+    )
     return adapter_s / plain_s
 
 
@@ -111,8 +128,14 @@ def cuda_sets(repeats: int) -> None:
         sample_size=512,
     )
     text_encoder = CLIPTextModel(
-        CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                       num_attention_heads=12, max_position_embeddings=77, vocab_size=49408)
+        CLIPTextConfig(
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            max_position_embeddings=77,
+            vocab_size=49408,
+        )
     )
     controlnet = ControlNetModel.from_unet(unet)
     projector = FaceProjector()
@@ -121,8 +144,13 @@ def cuda_sets(repeats: int) -> None:
         tiny.SD15_SCHEDULER_CONFIG, algorithm_type="dpmsolver++", use_karras_sigmas=True
     )
     pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tiny.tokenizer(), unet=unet,
-        scheduler=scheduler, safety_checker=None, feature_extractor=None,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tiny.tokenizer(),
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
         requires_safety_checker=False,
     ).to(device, dtype)
     pipe.set_progress_bar_config(disable=True)
@@ -136,9 +164,14 @@ def cuda_sets(repeats: int) -> None:
     embeds = torch.randn(1, 77 + TOKENS_PER_FACE, 768, device=device, dtype=dtype)
     pose = Image.new("RGB", (512, 512))
     common = {
-        "prompt_embeds": embeds, "negative_prompt_embeds": torch.zeros_like(embeds),
-        "num_images_per_prompt": 4, "num_inference_steps": 30, "guidance_scale": 7.0,
-        "height": 512, "width": 512, "output_type": "pil",
+        "prompt_embeds": embeds,
+        "negative_prompt_embeds": torch.zeros_like(embeds),
+        "num_images_per_prompt": 4,
+        "num_inference_steps": 30,
+        "guidance_scale": 7.0,
+        "height": 512,
+        "width": 512,
+        "output_type": "pil",
     }
     with torch.inference_mode():
         torch.cuda.reset_peak_memory_stats()
@@ -155,7 +188,7 @@ def cuda_sets(repeats: int) -> None:
 def main() -> None:
     """Run the CPU comparison, the CUDA sets when possible, and print the ratio last."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     ratio = cpu_overhead(args.repeats)

@@ -122,13 +122,6 @@ def template_carousel_keyboard(
     )
 
 
-def own_template_keyboard(language: str) -> InlineKeyboardMarkup:
-    """Shown when the catalog is empty: only the "My own photo" choice."""
-    return InlineKeyboardMarkup(
-        [[_button(translate(language, "btn.own_template"), cb.OwnTemplate(0))]]
-    )
-
-
 def template_faces_keyboard(
     count: int, selected: Sequence[int], language: str, nonce: int
 ) -> InlineKeyboardMarkup:

@@ -15,11 +15,12 @@ import copy
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from diffusers.models.attention import BasicTransformerBlock
-from diffusers.models.attention_processor import Attention, AttentionProcessor, AttnProcessor2_0
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from torch import nn
 
 from facechain.errors import EngineError
@@ -29,6 +30,8 @@ from facechain.models.projector import FaceProjector, projector_state_dict
 logger = logging.getLogger(__name__)
 
 TOKENS_PER_FACE = 16
+# A diffusers attention processor: any callable (attn, hidden_states, context, mask, temb) -> out.
+Processor = Any
 _STATE_ATTR = "_facechain_face_adapter"
 _CN_STATE_ATTR = "_facechain_hidden_face_tokens"
 
@@ -50,7 +53,8 @@ class FaceSelfAttention(nn.Module):
         k = self.to_k(x).view(b, n, heads, c // heads).transpose(1, 2)
         v = self.to_v(x).view(b, n, heads, c // heads).transpose(1, 2)
         out = F.scaled_dot_product_attention(q, k, v)
-        return self.to_out(out.transpose(1, 2).reshape(b, num_visual, c))
+        result: torch.Tensor = self.to_out(out.transpose(1, 2).reshape(b, num_visual, c))
+        return result
 
 
 class GEGLU(nn.Module):
@@ -61,7 +65,8 @@ class GEGLU(nn.Module):
         self.proj = nn.Linear(dim_in, dim_out * 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        value, gate = self.proj(x).chunk(2, dim=-1)
+        projected: torch.Tensor = self.proj(x)
+        value, gate = projected.chunk(2, dim=-1)
         return value * F.gelu(gate)
 
 
@@ -70,10 +75,13 @@ class FaceFeedForward(nn.Module):
 
     def __init__(self, dim: int, mult: int = 4) -> None:
         super().__init__()
-        self.net = nn.Sequential(GEGLU(dim, dim * mult), nn.Dropout(0.0), nn.Linear(dim * mult, dim))
+        self.net = nn.Sequential(
+            GEGLU(dim, dim * mult), nn.Dropout(0.0), nn.Linear(dim * mult, dim)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        out: torch.Tensor = self.net(x)
+        return out
 
 
 class FaceAttnProcessor(nn.Module):
@@ -111,9 +119,9 @@ class FaceAttnProcessor(nn.Module):
         self.ln = ln
         self.alpha_attn = nn.Parameter(torch.tensor(0.0))
         self.alpha_dense = nn.Parameter(torch.tensor(0.0))
-        self.cross = AttnProcessor2_0()
+        self.cross: Processor = AttnProcessor2_0()
 
-    def __call__(  # type: ignore[override]
+    def __call__(
         self,
         attn: Attention,
         hidden_states: torch.Tensor,
@@ -143,21 +151,24 @@ class FaceAttnProcessor(nn.Module):
         h = hidden_states
         if self.scale == 0.0:
             # Both gated terms vanish; skipping them keeps scale 0 bit-identical to plain SD.
-            return self.cross(attn, self.ln(h), text, attention_mask, temb)
+            plain: torch.Tensor = self.cross(attn, self.ln(h), text, attention_mask, temb)
+            return plain
         n = h.shape[1]
         gate_attn = self.scale * torch.tanh(self.alpha_attn)
         gate_dense = self.scale * torch.tanh(self.alpha_dense)
         tokens = self.norm1(torch.cat([h, self.linear(face)], dim=1))
-        h2 = h + gate_attn * self.attn(tokens, n, self.heads)
-        h2 = h2 + gate_dense * self.ff(self.norm2(h2))
-        y = self.cross(attn, self.ln(h2), text, attention_mask, temb)
-        return y + h2 - h
+        # addcmul fuses the gate multiply and the residual add (one pass over the activations).
+        h2 = torch.addcmul(h, gate_attn, self.attn(tokens, n, self.heads))
+        h2 = torch.addcmul(h2, gate_dense, self.ff(self.norm2(h2)))
+        y: torch.Tensor = self.cross(attn, self.ln(h2), text, attention_mask, temb)
+        # y is a fresh tensor owned here, so y + h2 - h can be formed in place.
+        return y.add_(h2).sub_(h)
 
 
 class FaceTokenDropProcessor:
     """ControlNet processor wrapper that hides the trailing face tokens from cross-attention."""
 
-    def __init__(self, inner: AttentionProcessor, num_tokens: int) -> None:
+    def __init__(self, inner: Processor, num_tokens: int) -> None:
         self.inner = inner
         self.num_tokens = num_tokens
 
@@ -181,14 +192,26 @@ class FaceTokenDropProcessor:
 class _AdapterState:
     """What `load_face_adapter` replaced, to be put back by `unload_face_adapter`."""
 
-    processors: dict[str, AttentionProcessor]
+    processors: dict[str, Processor]
     norms: dict[str, nn.Module]
     controlnets: list[nn.Module] = field(default_factory=list)
 
 
-def cross_attention_blocks(unet: nn.Module) -> dict[str, BasicTransformerBlock]:
+def _attn_processors(model: nn.Module) -> dict[str, Processor]:
+    """diffusers' `attn_processors` of a UNet or ControlNet (mypy cannot see diffusers models)."""
+    diffusers_model: Any = model
+    return dict(diffusers_model.attn_processors)
+
+
+def _set_attn_processors(model: nn.Module, processors: dict[str, Processor]) -> None:
+    """diffusers' `set_attn_processor` with a full name -> processor map."""
+    diffusers_model: Any = model
+    diffusers_model.set_attn_processor(dict(processors))
+
+
+def cross_attention_blocks(unet: nn.Module) -> dict[str, Any]:
     """Transformer blocks with a cross-attention (16 in SD1.5), by module name."""
-    blocks = {
+    blocks: dict[str, Any] = {
         name: module
         for name, module in unet.named_modules()
         if isinstance(module, BasicTransformerBlock) and module.attn2 is not None
@@ -237,9 +260,10 @@ def hide_face_tokens(controlnet: nn.Module, num_tokens: int = TOKENS_PER_FACE) -
     """Make every ControlNet attention ignore the trailing `num_tokens` context tokens."""
     if hasattr(controlnet, _CN_STATE_ATTR):
         return
-    originals: dict[str, AttentionProcessor] = controlnet.attn_processors  # type: ignore[assignment]
-    controlnet.set_attn_processor(  # type: ignore[operator]
-        {name: FaceTokenDropProcessor(proc, num_tokens) for name, proc in originals.items()}
+    originals = _attn_processors(controlnet)
+    _set_attn_processors(
+        controlnet,
+        {name: FaceTokenDropProcessor(proc, num_tokens) for name, proc in originals.items()},
     )
     setattr(controlnet, _CN_STATE_ATTR, originals)
 
@@ -249,7 +273,7 @@ def show_face_tokens(controlnet: nn.Module) -> None:
     originals = getattr(controlnet, _CN_STATE_ATTR, None)
     if originals is None:
         return
-    controlnet.set_attn_processor(dict(originals))  # type: ignore[operator]
+    _set_attn_processors(controlnet, originals)
     delattr(controlnet, _CN_STATE_ATTR)
 
 
@@ -264,7 +288,7 @@ def load_face_adapter(
     """Install the FACT adapter into a UNet and load its weights strictly.
 
     Args:
-        unet: SD1.5-layout UNet2DConditionModel (16 cross-attention blocks).
+        unet: SD1.5-layout nn.Module (16 cross-attention blocks).
         state_dict: FACT checkpoint: `...attn2.processor.*` keys for the UNet and
             `local_fac_prj.*` keys for the projector; other keys are ignored.
         projector: FaceProjector whose sizes match the checkpoint; loaded in place.
@@ -283,7 +307,7 @@ def load_face_adapter(
         for key, value in proc.state_dict().items()
     }
     check_state_dict(expected, given, "face adapter")
-    # Everything is checked before anything is installed, so a bad checkpoint leaves the UNet as is.
+    # All checks come before any change, so a bad checkpoint leaves the UNet as it was.
     load_strict(projector, projector_state_dict(state_dict), "face projector")
     for pname, proc in procs.items():
         prefix = pname + "."
@@ -294,11 +318,9 @@ def load_face_adapter(
     if ignored:
         logger.debug("face adapter: ignored %d checkpoint entries", ignored)
 
-    originals: dict[str, AttentionProcessor] = unet.attn_processors  # type: ignore[assignment]
-    new_procs: dict[str, AttentionProcessor] = dict(originals)
-    new_procs.update(procs)
-    unet.set_attn_processor(new_procs)  # type: ignore[operator]
-    norms = {}
+    originals = _attn_processors(unet)
+    _set_attn_processors(unet, {**originals, **procs})
+    norms: dict[str, nn.Module] = {}
     for name, block in cross_attention_blocks(unet).items():
         norms[name] = block.norm2
         block.norm2 = nn.Identity()
@@ -312,7 +334,7 @@ def load_face_adapter(
 
 def face_processors(unet: nn.Module) -> list[FaceAttnProcessor]:
     """The installed face processors in UNet order (down, mid, up)."""
-    return [p for p in unet.attn_processors.values() if isinstance(p, FaceAttnProcessor)]
+    return [p for p in _attn_processors(unet).values() if isinstance(p, FaceAttnProcessor)]
 
 
 def set_adapter_scale(unet: nn.Module, scale: float | Sequence[float]) -> None:
@@ -337,8 +359,8 @@ def unload_face_adapter(unet: nn.Module) -> None:
     state: _AdapterState | None = getattr(unet, _STATE_ATTR, None)
     if state is None:
         raise EngineError("no face adapter is loaded")
-    unet.set_attn_processor(dict(state.processors))  # type: ignore[operator]
-    blocks = {
+    _set_attn_processors(unet, state.processors)
+    blocks: dict[str, Any] = {
         name: module
         for name, module in unet.named_modules()
         if isinstance(module, BasicTransformerBlock) and module.attn2 is not None

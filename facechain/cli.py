@@ -27,7 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--style-prompt", default="", help="style fragment for the template")
     parser.add_argument("--template", choices=["cloth", "style"], default="cloth")
     parser.add_argument("--base", choices=["film", "majic"], default="film")
-    parser.add_argument("--lora", type=Path, default=None, help="style LoRA (default LoRA if unset)")
+    parser.add_argument(
+        "--lora", type=Path, default=None, help="style LoRA (default LoRA if unset)"
+    )
     parser.add_argument("--lora-weight", type=float, default=0.25)
     parser.add_argument("--pose", type=Path, default=None, help="OpenPose control map image")
     parser.add_argument("--num", type=int, default=1, help="portraits to write")

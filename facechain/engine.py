@@ -30,7 +30,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -59,6 +59,9 @@ from facechain.lora import LoRAWeights, merged_lora, parse_lora
 from facechain.models.projector import FaceProjector
 from facechain.models.transface import TransFaceViT, faces_to_tensor, load_transface
 from facechain.prompts import DEFAULT_NEGATIVE, Template, build_prompt
+
+if TYPE_CHECKING:
+    from facechain.inpaint import InpaintRequest
 
 logger = logging.getLogger(__name__)
 
@@ -211,7 +214,9 @@ def letterbox(image: Image.Image, size: int) -> Image.Image:
     scale = size / max(image.size)
     w, h = max(1, round(image.width * scale)), max(1, round(image.height * scale))
     canvas = Image.new("RGB", (size, size))
-    canvas.paste(image.resize((w, h), Image.Resampling.BILINEAR), ((size - w) // 2, (size - h) // 2))
+    canvas.paste(
+        image.resize((w, h), Image.Resampling.BILINEAR), ((size - w) // 2, (size - h) // 2)
+    )
     return canvas
 
 
@@ -265,6 +270,21 @@ class Engine:
         if name not in self._bases:
             self._bases[name] = self._load_base(name)
         return self._bases[name]
+
+    def resident(self, name: BaseModel) -> _Base:
+        """The resident base `name` (pipeline, projector, negative face tokens), loaded on use."""
+        return self._base(name)
+
+    def inpaint(
+        self,
+        request: InpaintRequest,
+        progress: ProgressFn | None = None,
+        cancel: CancelFn | None = None,
+    ) -> Image.Image:
+        """Fixed-template inpainting (`facechain.inpaint`) on this engine's majic base."""
+        from facechain.inpaint import TemplateInpainter
+
+        return TemplateInpainter.of(self).run(request, progress, cancel).image
 
     def _load_base(self, name: BaseModel) -> _Base:
         cfg = self.config
@@ -324,7 +344,9 @@ class Engine:
         return _Base(pipe=pipe, pose_pipe=pose_pipe, projector=projector, negative_tokens=negative)
 
     @torch.no_grad()
-    def face_tokens(self, selfies: Sequence[np.ndarray | Image.Image], base: BaseModel) -> torch.Tensor:
+    def face_tokens(
+        self, selfies: Sequence[np.ndarray | Image.Image], base: BaseModel
+    ) -> torch.Tensor:
         """Face context tokens of one identity.
 
         Args:
@@ -335,7 +357,7 @@ class Engine:
             (1, 16, cross_attention_dim) tokens in the pipeline dtype (mean over the selfies).
         """
         projector = self._base(base).projector
-        tokens = projector(self.transface(faces_to_tensor(selfies, self.device)))
+        tokens: torch.Tensor = projector(self.transface(faces_to_tensor(selfies, self.device)))
         return tokens.mean(dim=0, keepdim=True).to(self.dtype)
 
     def _check(self, request: PortraitRequest) -> None:
@@ -375,7 +397,9 @@ class Engine:
         size = cfg.output_size()
         steps = request.steps or cfg.steps
         guidance = cfg.guidance_scale if request.guidance_scale is None else request.guidance_scale
-        adapter_scale = cfg.adapter_scale if request.adapter_scale is None else request.adapter_scale
+        adapter_scale = (
+            cfg.adapter_scale if request.adapter_scale is None else request.adapter_scale
+        )
         n_candidates = request.num_candidates or request.num_images
         seed = random.SystemRandom().randrange(2**31) if request.seed is None else request.seed
         prompt = build_prompt(style.prompt, style.template, request.prompt_prefix)
@@ -405,7 +429,12 @@ class Engine:
 
         logger.info(
             "portraits: style=%s base=%s pose=%s candidates=%d steps=%d seed=%d",
-            style.name, style.base_model, request.pose is not None, n_candidates, steps, seed,
+            style.name,
+            style.base_model,
+            request.pose is not None,
+            n_candidates,
+            steps,
+            seed,
         )
         previous_scale = get_adapter_scale(pipe.unet)
         images: list[tuple[int, Image.Image]] = []
@@ -460,6 +489,8 @@ class Engine:
             floor = request.min_similarity
             kept = [p for p in ranked if p.similarity is not None and p.similarity >= floor]
             if len(kept) < len(ranked):
-                logger.info("dropped %d candidates under similarity %.3f", len(ranked) - len(kept), floor)
+                logger.info(
+                    "dropped %d candidates under similarity %.3f", len(ranked) - len(kept), floor
+                )
             ranked = kept
         return ranked[: request.num_images]

@@ -34,12 +34,17 @@ LoRAFormat = Literal["kohya", "diffusers"]
 
 _KOHYA_PREFIXES: dict[str, Component] = {"lora_unet_": "unet", "lora_te_": "text_encoder"}
 _DIFFUSERS_PREFIXES: dict[str, Component] = {
-    "unet.": "unet", "text_encoder.": "text_encoder", "base_model.model.": "unet",
+    "unet.": "unet",
+    "text_encoder.": "text_encoder",
+    "base_model.model.": "unet",
 }
 _KOHYA_SUFFIXES = {"lora_down.weight": "down", "lora_up.weight": "up", "alpha": "alpha"}
 _DIFFUSERS_SUFFIXES = {
-    "lora_A.weight": "down", "lora_B.weight": "up", "lora.down.weight": "down",
-    "lora.up.weight": "up", "alpha": "alpha",
+    "lora_A.weight": "down",
+    "lora_B.weight": "up",
+    "lora.down.weight": "down",
+    "lora.up.weight": "up",
+    "alpha": "alpha",
 }
 # Pre-PEFT diffusers attention-processor LoRA: `attn1.processor.to_out_lora.down.weight`.
 _PROCESSOR_KEY = re.compile(r"\.processor\.(to_q|to_k|to_v|to_out)_lora\.(down|up)\.weight$")
@@ -88,7 +93,7 @@ class LoRAInfo:
 
 
 def _flatten(name: str) -> str:
-    """Module path -> Kohya-style name; transformers 5's CLIPTextModel has no `text_model.` level."""
+    """Module path -> Kohya-style name (transformers 5's CLIPTextModel has no `text_model.`)."""
     name = name.removeprefix("text_model.")
     return name.replace(".", "_")
 
@@ -102,7 +107,9 @@ def _split_key(key: str) -> tuple[LoRAFormat, Component, str, str]:
                 raise InvalidLoRA(f"unsupported tensor {key!r} (only plain LoRA is supported)")
             return "kohya", component, module.removeprefix("text_model_"), _KOHYA_SUFFIXES[suffix]
     key = _PROCESSOR_KEY.sub(
-        lambda m: f".{m.group(1)}{'.0' if m.group(1) == 'to_out' else ''}.lora.{m.group(2)}.weight",
+        lambda m: (
+            f".{m.group(1)}{'.0' if m.group(1) == 'to_out' else ''}.lora.{m.group(2)}.weight"
+        ),
         key,
     )
     for prefix, component in _DIFFUSERS_PREFIXES.items():
@@ -115,7 +122,9 @@ def _split_key(key: str) -> tuple[LoRAFormat, Component, str, str]:
     raise InvalidLoRA(f"unrecognised tensor name {key!r}: not a Kohya or diffusers SD1.5 LoRA")
 
 
-def _group(shapes: Mapping[str, tuple[int, ...]]) -> tuple[LoRAFormat, dict[tuple[Component, str], dict[str, str]]]:
+def _group(
+    shapes: Mapping[str, tuple[int, ...]],
+) -> tuple[LoRAFormat, dict[tuple[Component, str], dict[str, str]]]:
     """Group tensor names by target module; checks that every module has up and down."""
     if not shapes:
         raise InvalidLoRA("the file contains no tensors")
@@ -139,7 +148,9 @@ def _group(shapes: Mapping[str, tuple[int, ...]]) -> tuple[LoRAFormat, dict[tupl
 def _check_pair(module: str, down: tuple[int, ...], up: tuple[int, ...]) -> None:
     """Shape rules for one layer, independent of any model."""
     if len(down) == 4 and down[2:] != (1, 1):
-        raise InvalidLoRA(f"{module}: {down[2]}x{down[3]} convolution LoRA (LoCon) is not supported")
+        raise InvalidLoRA(
+            f"{module}: {down[2]}x{down[3]} convolution LoRA (LoCon) is not supported"
+        )
     if len(down) not in (2, 4) or len(up) not in (2, 4) or (len(up) == 4 and up[2:] != (1, 1)):
         raise InvalidLoRA(f"{module}: unexpected LoRA shapes down {down}, up {up}")
     if down[0] != up[1]:
@@ -148,10 +159,14 @@ def _check_pair(module: str, down: tuple[int, ...], up: tuple[int, ...]) -> None
         raise InvalidLoRA(f"{module}: rank {down[0]} exceeds {MAX_RANK}")
 
 
-def _check_target(module: str, down: tuple[int, ...], up: tuple[int, ...], weight: tuple[int, ...]) -> None:
+def _check_target(
+    module: str, down: tuple[int, ...], up: tuple[int, ...], weight: tuple[int, ...]
+) -> None:
     """The update up @ down must have the target weight's (out, in) and a 1x1 kernel at most."""
     if len(weight) == 4 and weight[2:] != (1, 1):
-        raise InvalidLoRA(f"{module}: LoRA on a {weight[2]}x{weight[3]} convolution is not supported")
+        raise InvalidLoRA(
+            f"{module}: LoRA on a {weight[2]}x{weight[3]} convolution is not supported"
+        )
     if (up[0], down[1]) != (weight[0], weight[1]):
         raise InvalidLoRA(
             f"{module}: update shape {(up[0], down[1])} does not fit weight {weight[:2]} "
@@ -175,7 +190,7 @@ def _read_shapes(path: Path) -> dict[str, tuple[int, ...]]:
 
 @functools.lru_cache(maxsize=1)
 def sd15_weight_shapes() -> dict[tuple[Component, str], tuple[int, ...]]:
-    """Weight shapes of every Linear/Conv2d in SD1.5's UNet and CLIP-L text encoder (meta tensors)."""
+    """Weight shapes of every Linear/Conv2d of SD1.5's UNet and CLIP-L text encoder (meta)."""
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -183,8 +198,12 @@ def sd15_weight_shapes() -> dict[tuple[Component, str], tuple[int, ...]]:
         unet = UNet2DConditionModel(cross_attention_dim=768, attention_head_dim=8)
         text = CLIPTextModel(
             CLIPTextConfig(
-                hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                num_attention_heads=12, max_position_embeddings=77, vocab_size=49408,
+                hidden_size=768,
+                intermediate_size=3072,
+                num_hidden_layers=12,
+                num_attention_heads=12,
+                max_position_embeddings=77,
+                vocab_size=49408,
             )
         )
     shapes: dict[tuple[Component, str], tuple[int, ...]] = {}
@@ -242,7 +261,9 @@ def parse_lora(source: Path | Mapping[str, torch.Tensor]) -> LoRAWeights:
     return LoRAWeights(format=fmt, layers=tuple(layers))
 
 
-def _module_table(unet: nn.Module, text_encoder: nn.Module) -> dict[tuple[Component, str], nn.Module]:
+def _module_table(
+    unet: nn.Module, text_encoder: nn.Module
+) -> dict[tuple[Component, str], nn.Module]:
     table: dict[tuple[Component, str], nn.Module] = {}
     for component, model in (("unet", unet), ("text_encoder", text_encoder)):
         for name, module in model.named_modules():
@@ -270,7 +291,9 @@ def merged_lora(
         if module is None:
             raise InvalidLoRA(f"{layer.component} has no module {layer.module!r}")
         weight: torch.Tensor = module.weight  # type: ignore[assignment]
-        _check_target(layer.module, tuple(layer.down.shape), tuple(layer.up.shape), tuple(weight.shape))
+        _check_target(
+            layer.module, tuple(layer.down.shape), tuple(layer.up.shape), tuple(weight.shape)
+        )
         targets.append((layer, weight))
     # Everything is validated above, so a bad file leaves the weights untouched.
     backups: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -280,7 +303,9 @@ def merged_lora(
                 backups.append((weight, weight.detach().clone()))
                 delta = layer.delta(multiplier, weight.device).reshape(weight.shape)
                 weight.copy_((weight.float() + delta).to(weight.dtype))
-        logger.debug("merged %s LoRA into %d modules (x%.2f)", lora.format, len(targets), multiplier)
+        logger.debug(
+            "merged %s LoRA into %d modules (x%.2f)", lora.format, len(targets), multiplier
+        )
         yield
     finally:
         with torch.no_grad():

@@ -91,7 +91,8 @@ def face_keypoints(landmarks: np.ndarray) -> np.ndarray:
     weights /= weights.sum(axis=1, keepdims=True)
     keypoints = placed + weights @ residual
     keypoints[list(_ANCHOR_INDEX)] = marks
-    return keypoints.astype(np.float32)
+    result: np.ndarray = keypoints.astype(np.float32)
+    return result
 
 
 def draw_face_pose(
@@ -115,7 +116,9 @@ def draw_face_pose(
     return canvas
 
 
-def face_region_mask(size: tuple[int, int], keypoints: np.ndarray, forehead: float = 0.5) -> np.ndarray:
+def face_region_mask(
+    size: tuple[int, int], keypoints: np.ndarray, forehead: float = 0.5
+) -> np.ndarray:
     """(H, W) uint8 mask (255 inside) of the face skin: hull of jaw and raised brows.
 
     Stands in for M2FP's `Face` label. `forehead` lifts the brows by that fraction of the

@@ -19,8 +19,9 @@ STYLE_TEMPLATE = (
 )
 DEFAULT_NEGATIVE = (
     "(nsfw:2), paintings, sketches, (worst quality:2), (low quality:2), lowers, normal quality, "
-    "((monochrome)), ((grayscale)), logo, word, character, bad hand, tattoo, (username, watermark, "
-    "signature, time signature, timestamp, artist name, copyright name, copyright),low res, "
+    "((monochrome)), ((grayscale)), logo, word, character, bad hand, tattoo, "
+    "(username, watermark, signature, time signature, timestamp, artist name, copyright name, "
+    "copyright),low res, "
     "((monochrome)), ((grayscale)), skin spots, acnes, skin blemishes, age spot, glans, extra "
     "fingers, fewer fingers, strange fingers, bad hand, mole, ((extra legs)), ((extra hands))"
 )

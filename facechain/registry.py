@@ -45,50 +45,90 @@ class ModelSpec:
 
 
 BASE_FILM = ModelSpec(
-    "base_film", "ly261666/cv_portrait_model", "v2.0", "film/film", "dir",
+    "base_film",
+    "ly261666/cv_portrait_model",
+    "v2.0",
+    "film/film",
+    "dir",
     "SD1.5 base 'film' (leosamsMoonfilm_filmGrain20), diffusers folder",
 )
 BASE_MAJIC = ModelSpec(
-    "base_majic", "MAILAND/majicmixRealistic_v6", "v1.0.0", "realistic", "dir",
+    "base_majic",
+    "MAILAND/majicmixRealistic_v6",
+    "v1.0.0",
+    "realistic",
+    "dir",
     "SD1.5 base 'majic' (MajicmixRealistic_v6), diffusers folder",
 )
 ADAPTER_FILM = ModelSpec(
-    "adapter_film", "yucheng1996/FaceChain-FACT", "v1.0.0",
-    "adapter_film_mask_large_new_reg001_faceshuffle_00290001.ckpt", "file",
+    "adapter_film",
+    "yucheng1996/FaceChain-FACT",
+    "v1.0.0",
+    "adapter_film_mask_large_new_reg001_faceshuffle_00290001.ckpt",
+    "file",
     "FACT adapter + projector for the film base",
 )
 ADAPTER_MAJIC = ModelSpec(
-    "adapter_majic", "yucheng1996/FaceChain-FACT", "v1.0.0",
-    "adapter_maj_mask_large_new_reg001_faceshuffle_00290001.ckpt", "file",
+    "adapter_majic",
+    "yucheng1996/FaceChain-FACT",
+    "v1.0.0",
+    "adapter_maj_mask_large_new_reg001_faceshuffle_00290001.ckpt",
+    "file",
     "FACT adapter + projector for the majic base",
 )
 TRANSFACE = ModelSpec(
-    "transface", "yucheng1996/FaceChain-FACT", "v1.0.0", "ms1mv2_model_TransFace_S.pt", "file",
+    "transface",
+    "yucheng1996/FaceChain-FACT",
+    "v1.0.0",
+    "ms1mv2_model_TransFace_S.pt",
+    "file",
     "TransFace ViT-S identity encoder (MS1MV2)",
 )
 CONTROLNET_OPENPOSE = ModelSpec(
-    "controlnet_openpose", "damo/face_chain_control_model", "v1.0.1",
-    "model_controlnet/control_v11p_sd15_openpose", "dir", "OpenPose ControlNet v1.1",
+    "controlnet_openpose",
+    "damo/face_chain_control_model",
+    "v1.0.1",
+    "model_controlnet/control_v11p_sd15_openpose",
+    "dir",
+    "OpenPose ControlNet v1.1",
 )
 OPENPOSE_ANNOTATOR = ModelSpec(
-    "openpose_annotator", "damo/face_chain_control_model", "v1.0.1",
-    "model_controlnet/ControlNet", "dir", "OpenPose body/hand annotator weights",
+    "openpose_annotator",
+    "damo/face_chain_control_model",
+    "v1.0.1",
+    "model_controlnet/ControlNet",
+    "dir",
+    "OpenPose body/hand annotator weights",
 )
 CONTROLNET_CANNY = ModelSpec(
-    "controlnet_canny", "ly261666/cv_wanx_style_model", "v1.0.3", "contronet-canny", "dir",
+    "controlnet_canny",
+    "ly261666/cv_wanx_style_model",
+    "v1.0.3",
+    "contronet-canny",
+    "dir",
     "Canny ControlNet (fixed-template inpainting)",
 )
 DEFAULT_STYLE_LORA = ModelSpec(
-    "default_style_lora", "Cherrytest/zjz_mj_jiyi_small_addtxt_fromleo", "v1.0.0",
-    "zjz_mj_jiyi_small_addtxt_fromleo.safetensors", "file",
+    "default_style_lora",
+    "Cherrytest/zjz_mj_jiyi_small_addtxt_fromleo",
+    "v1.0.0",
+    "zjz_mj_jiyi_small_addtxt_fromleo.safetensors",
+    "file",
     "style LoRA applied to styles that have none",
 )
 
 REGISTRY: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
-        BASE_FILM, BASE_MAJIC, ADAPTER_FILM, ADAPTER_MAJIC, TRANSFACE, CONTROLNET_OPENPOSE,
-        OPENPOSE_ANNOTATOR, CONTROLNET_CANNY, DEFAULT_STYLE_LORA,
+        BASE_FILM,
+        BASE_MAJIC,
+        ADAPTER_FILM,
+        ADAPTER_MAJIC,
+        TRANSFACE,
+        CONTROLNET_OPENPOSE,
+        OPENPOSE_ANNOTATOR,
+        CONTROLNET_CANNY,
+        DEFAULT_STYLE_LORA,
     )
 }
 
@@ -132,7 +172,9 @@ def _entry_for(manifest: dict[str, Any], spec: ModelSpec) -> dict[str, Any] | No
     if entry is None:
         return None
     same = (entry["model_id"], entry["revision"], entry["path"]) == (
-        spec.model_id, spec.revision, spec.path,
+        spec.model_id,
+        spec.revision,
+        spec.path,
     )
     return entry if same else None
 
@@ -206,15 +248,20 @@ def _record(
             records[rel] = previous[rel]
         else:
             records[rel] = {
-                "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256_file(path),
+                "size": st.st_size,
+                "mtime_ns": st.st_mtime_ns,
+                "sha256": sha256_file(path),
             }
     try:
         root_str = root.relative_to(cache_dir).as_posix()
     except ValueError:
         root_str = str(root)
     return {
-        "model_id": spec.model_id, "revision": spec.revision, "path": spec.path,
-        "root": root_str, "files": records,
+        "model_id": spec.model_id,
+        "revision": spec.revision,
+        "path": spec.path,
+        "root": root_str,
+        "files": records,
     }
 
 
@@ -264,8 +311,9 @@ def download_models(
             root = cache_dir / spec.model_id
             _copy_local(spec, local_source, root, link)
         else:
-            logger.info("%s: downloading %s@%s %s", spec.name, spec.model_id, spec.revision,
-                        spec.path)
+            logger.info(
+                "%s: downloading %s@%s %s", spec.name, spec.model_id, spec.revision, spec.path
+            )
             root = Path(
                 snapshot_download(
                     spec.model_id,
@@ -320,6 +368,6 @@ def resolve(spec: ModelSpec | str, cache_dir: Path) -> Path:
 
 def _size_ok(path: Path, record: dict[str, Any]) -> bool:
     try:
-        return path.stat().st_size == record["size"]
+        return bool(path.stat().st_size == record["size"])
     except FileNotFoundError:
         return False

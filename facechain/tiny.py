@@ -1,4 +1,4 @@
-"""The `tiny` profile: seeded random models with the SD1.5 / FACT layout, small enough for CPU tests.
+"""The `tiny` profile: seeded random models with the SD1.5 / FACT layout, small enough for CPU.
 
 Same classes and code paths as the real profile; only the widths and the weights differ. The UNet
 keeps SD1.5's block layout (3 cross-attention down blocks + 1 plain, mid with cross-attention,
@@ -28,7 +28,13 @@ logger = logging.getLogger(__name__)
 CROSS_DIM = 32
 TRANSFACE = TransFaceConfig(embed_dim=32, depth=2, num_heads=2, num_features=32)
 PROJECTOR = ProjectorConfig(
-    dim=32, depth=1, dim_head=8, heads=2, num_queries=16, embedding_dim=32, output_dim=CROSS_DIM,
+    dim=32,
+    depth=1,
+    dim_head=8,
+    heads=2,
+    num_queries=16,
+    embedding_dim=32,
+    output_dim=CROSS_DIM,
     ff_mult=2,
 )
 # SD1.5's scheduler config (scheduler/scheduler_config.json of runwayml/stable-diffusion-v1-5).
@@ -114,7 +120,8 @@ def tokenizer() -> CLIPTokenizer:
         # transformers 5 ignores vocab_file/merges_file kwargs; from_pretrained reads the folder.
         Path(tmp, "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
         Path(tmp, "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
-        return CLIPTokenizer.from_pretrained(tmp, model_max_length=77)  # type: ignore[no-any-return]
+        tok: CLIPTokenizer = CLIPTokenizer.from_pretrained(tmp, model_max_length=77)
+        return tok
 
 
 def text_encoder(seed: int = 0) -> CLIPTextModel:
@@ -196,9 +203,7 @@ def style_lora(
     state: dict[str, torch.Tensor] = {}
     targets: list[tuple[str, nn.Linear]] = []
     for name, module in base_unet.named_modules():
-        if isinstance(module, nn.Linear) and name.endswith(
-            ("to_q", "to_k", "to_v", "to_out.0")
-        ):
+        if isinstance(module, nn.Linear) and name.endswith(("to_q", "to_k", "to_v", "to_out.0")):
             targets.append(("lora_unet_" + name.replace(".", "_"), module))
     for name, module in base_text_encoder.named_modules():
         if isinstance(module, nn.Linear) and name.endswith(("q_proj", "v_proj")):

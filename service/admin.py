@@ -12,24 +12,24 @@ from __future__ import annotations
 import io
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from db.base import utcnow
-from db.models import ACTIVE_STATUSES, Job, JobStatus, Style, StyleOrigin, Template, User
+from db.models import ACTIVE_STATUSES, Job, JobStatus, Photo, Style, StyleOrigin, Template, User
 from db.repositories.audit import AuditRepository
 from db.repositories.jobs import JobRepository
 from db.repositories.stats import StatsRepository
-from db.repositories.styles import StyleRepository
 from db.repositories.templates import TemplateRepository
 from db.repositories.users import UserRepository
 from facechain.errors import NoFace
 from service.blobstore import BlobStore
-from service.errors import AppError, IllegalTransition, NotFound, ValidationFailed
+from service.errors import AppError, Forbidden, IllegalTransition, NotFound, ValidationFailed
 from tasks.webhooks import emit_event, job_event_payload
 
 logger = logging.getLogger(__name__)
@@ -149,101 +149,105 @@ def retry_job(session: Session, job_id: int, actor: str) -> Job:
     return job
 
 
-# ---- styles and templates (the admin-managed catalog) ----
+# ---- templates (styles are managed by service.styles) ----
 
-Item = TypeVar("Item", Style, Template)
+
+def _template(session: Session, template_id: int) -> Template:
+    template = session.get(Template, template_id, with_for_update=True)
+    if template is None:
+        raise NotFound(f"template {template_id} not found", id=template_id)
+    return template
+
+
+def _template_order(session: Session) -> list[Template]:
+    return list(session.scalars(TemplateRepository(session).ordered()).all())
+
+
+def reorder_templates(session: Session, template_ids: Sequence[int], actor: str) -> list[Template]:
+    """Put these templates first, in this order (positions from 1); the rest keep their order."""
+    if len(set(template_ids)) != len(template_ids):
+        raise ValidationFailed("a template appears twice in the new order")
+    current = _template_order(session)
+    by_id = {t.id: t for t in current}
+    missing = [i for i in template_ids if i not in by_id]
+    if missing:
+        raise NotFound(f"templates {missing} not found", ids=missing)
+    wanted = set(template_ids)
+    ordered = [by_id[i] for i in template_ids] + [t for t in current if t.id not in wanted]
+    for position, template in enumerate(ordered, start=1):
+        template.position = position
+    audit(session, actor, "template.reorder", "templates", first=list(template_ids))
+    return ordered
+
+
+def update_template(
+    session: Session,
+    template_id: int,
+    actor: str,
+    *,
+    enabled: bool | None = None,
+    position: int | None = None,
+    names: dict[str, str] | None = None,
+    category: str | None = None,
+) -> Template:
+    """Show/hide, move (1-based position), rename (merged per language) or recategorise."""
+    template = _template(session, template_id)
+    changes: dict[str, Any] = {}
+    if enabled is not None and enabled != template.enabled:
+        template.enabled = changes["enabled"] = enabled
+    if names:
+        merged = {**template.names, **names}
+        if merged != template.names:
+            template.names = changes["names"] = merged
+    if category is not None and category != template.category:
+        template.category = changes["category"] = category
+    if position is not None:
+        ids = [t.id for t in _template_order(session) if t.id != template_id]
+        ids.insert(max(0, min(len(ids), position - 1)), template_id)
+        reorder_templates(session, ids, actor)
+        changes["position"] = position
+    if changes:
+        audit(session, actor, "template.update", f"template:{template_id}", **changes)
+    return template
+
+
+def _blob_in_use(session: Session, key: str) -> bool:
+    """Whether any style, template or photo still points at this blob."""
+    checks = (
+        select(Style.id).where(or_(Style.lora_blob == key, Style.thumbnail_blob == key)),
+        select(Template.id).where(or_(Template.image_blob == key, Template.thumbnail_blob == key)),
+        select(Photo.id).where(Photo.sha256 == key),
+    )
+    return any(session.scalar(stmt.limit(1)) is not None for stmt in checks)
+
+
+def delete_template(session: Session, template_id: int, actor: str) -> list[str]:
+    """Delete an uploaded template; return blob keys nothing else uses (delete them after commit).
+
+    Raises:
+        Forbidden: catalog templates come back on the next import; disable them instead.
+        InUse: queued or running jobs still use it.
+    """
+    template = _template(session, template_id)
+    if template.origin is StyleOrigin.CATALOG:
+        raise Forbidden(f"template {template.slug!r} is from the catalog; disable it instead")
+    active = session.scalar(
+        select(func.count(Job.id)).where(
+            Job.template_id == template_id, Job.status.in_(ACTIVE_STATUSES)
+        )
+    )
+    if active:
+        raise InUse(f"template {template_id} has {active} active jobs; cancel them first")
+    keys = [k for k in (template.image_blob, template.thumbnail_blob) if k]
+    TemplateRepository(session).delete(template)
+    audit(session, actor, "template.delete", f"template:{template_id}", slug=template.slug)
+    return [k for k in keys if not _blob_in_use(session, k)]
 
 
 class InUse(AppError):
     """A catalog item still has queued or running jobs."""
 
     code = "conflict"
-
-
-def _kind(model: type[Style] | type[Template]) -> str:
-    return "style" if model is Style else "template"
-
-
-def _item(session: Session, model: type[Item], item_id: int) -> Item:
-    item = session.get(model, item_id, with_for_update=True)
-    if item is None:
-        raise NotFound(f"{_kind(model)} {item_id} not found", id=item_id)
-    return item
-
-
-def update_item(
-    session: Session, model: type[Item], item_id: int, changes: dict[str, Any], actor: str
-) -> Item:
-    """Change a style's or template's enabled flag, position, names (and a style's weight)."""
-    allowed = {"enabled", "position", "names"} | ({"lora_weight"} if model is Style else set())
-    unknown = sorted(set(changes) - allowed)
-    if unknown:
-        raise ValidationFailed("these fields cannot be changed", fields=unknown)
-    item = _item(session, model, item_id)
-    for key, value in changes.items():
-        if key == "names" and value is not None:
-            value = {**item.names, **value}
-        if value is not None:
-            setattr(item, key, value)
-    audit(session, actor, f"{_kind(model)}.update", f"{_kind(model)}:{item_id}", **changes)
-    return item
-
-
-def set_enabled(session: Session, model: type[Item], item_id: int, enabled: bool, actor: str) -> Item:
-    """Show (enabled) or hide a style or template."""
-    return update_item(session, model, item_id, {"enabled": enabled}, actor)
-
-
-def reorder(session: Session, model: type[Item], ids: list[int], actor: str) -> list[Item]:
-    """Put these items first, in this order (position = index); the rest keep their order after."""
-    if len(set(ids)) != len(ids):
-        raise ValidationFailed("ids must be unique")
-    items = {i.id: i for i in session.scalars(select(model).where(model.id.in_(ids))).all()}
-    missing = [i for i in ids if i not in items]
-    if missing:
-        raise NotFound(f"{_kind(model)} ids not found: {missing}", ids=missing)
-    rest = session.scalars(
-        select(model).where(model.id.not_in(ids)).order_by(model.position, model.id)
-    ).all()
-    ordered = [items[i] for i in ids] + list(rest)
-    for position, item in enumerate(ordered):
-        item.position = position
-    audit(session, actor, f"{_kind(model)}.reorder", None, ids=ids)
-    return ordered[: len(ids)]
-
-
-def delete_item(session: Session, model: type[Item], item_id: int, actor: str) -> list[str]:
-    """Delete a style or template; return its blob keys no other row uses (delete after commit)."""
-    item = _item(session, model, item_id)
-    column = Job.style_id if model is Style else Job.template_id
-    active = session.scalar(
-        select(func.count(Job.id)).where(column == item_id, Job.status.in_(ACTIVE_STATUSES))
-    )
-    if active:
-        raise InUse(f"{_kind(model)} {item_id} has {active} active jobs; cancel them first")
-    keys = [k for k in _blob_keys(item) if k]
-    session.delete(item)
-    session.flush()
-    audit(session, actor, f"{_kind(model)}.delete", f"{_kind(model)}:{item_id}", slug=item.slug)
-    return [k for k in keys if not _blob_in_use(session, k)]
-
-
-def _blob_keys(item: Style | Template) -> list[str | None]:
-    if isinstance(item, Style):
-        return [item.lora_blob, item.thumbnail_blob]
-    return [item.image_blob, item.thumbnail_blob]
-
-
-def _blob_in_use(session: Session, key: str) -> bool:
-    styles = StyleRepository(session)
-    if styles.by_lora_blob(key) or styles.by_thumbnail_blob(key):
-        return True
-    used = session.scalar(
-        select(func.count(Template.id)).where(
-            (Template.image_blob == key) | (Template.thumbnail_blob == key)
-        )
-    )
-    return bool(used)
 
 
 @dataclass(frozen=True)
@@ -258,7 +262,7 @@ class TemplateImage:
 
 
 def analyse_template_image(data: bytes, *, max_bytes: int, max_pixels: int) -> TemplateImage:
-    """Decode an uploaded template and find its faces; NotAnImage/ImageTooLarge/NoFace if unusable."""
+    """Decode an uploaded template and find its faces (NotAnImage, ImageTooLarge, NoFace)."""
     from facechain.imageio import downscale, load_image
     from service.catalog import TEMPLATE_THUMBNAIL_SIDE, detect_template_faces
 
@@ -276,19 +280,28 @@ def add_uploaded_template(
     blobs: BlobStore,
     image: TemplateImage,
     *,
-    slug: str,
-    name: str,
+    names: dict[str, str],
     category: str,
     actor: str,
+    slug: str | None = None,
 ) -> Template:
     """Register an analysed template photo as a new enabled template at the end of the list."""
+    from service.catalog import slugify
+
     repo = TemplateRepository(session)
-    if repo.by_slug(slug) is not None:
+    if not names.get("en"):
+        raise ValidationFailed("a template needs an English name")
+    if slug is None:
+        base = f"uploaded-{slugify(names['en'])}"[:90].strip("-") or "template"
+        slug, n = base, 2
+        while repo.by_slug(slug) is not None:
+            slug, n = f"{base}-{n}", n + 1
+    elif repo.by_slug(slug) is not None:
         raise ValidationFailed(f"slug {slug!r} is taken", slug=slug)
     template = repo.add(
         Template(
             slug=slug,
-            names={"en": name},
+            names=dict(names),
             category=category,
             image_blob=blobs.put(image.data),
             thumbnail_blob=blobs.put(image.thumbnail),
@@ -302,6 +315,11 @@ def add_uploaded_template(
         )
     )
     audit(
-        session, actor, "template.create", f"template:{template.id}", slug=slug, faces=len(image.faces)
+        session,
+        actor,
+        "template.create",
+        f"template:{template.id}",
+        slug=slug,
+        faces=len(image.faces),
     )
     return template

@@ -1,4 +1,4 @@
-"""FaceChain's style and template catalog, shipped in `service/catalog_data/`, imported into the DB.
+"""FaceChain's style and template catalog, shipped in `service/catalog_data/`, put in the DB.
 
 The 75 style JSON files, their thumbnails and the group template photo come from
 modelscope/facechain (Apache-2.0, see `catalog_data/LICENSE` and the repository's NOTICE).
@@ -13,7 +13,6 @@ import io
 import json
 import logging
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -325,9 +324,7 @@ def list_catalog(
     session: Session, language: str = "en", *, enabled_only: bool = False
 ) -> list[CatalogRow]:
     """Every style in display order, named in `language`, for `facechain-bot styles list`."""
-    styles: Sequence[Style] = StyleRepository(session).list(
-        StyleRepository(session).ordered(enabled_only=enabled_only)
-    )
+    styles = session.scalars(StyleRepository(session).ordered(enabled_only=enabled_only)).all()
     return [
         CatalogRow(
             position=s.position,

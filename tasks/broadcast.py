@@ -4,7 +4,10 @@ The sender walks users in id order and commits `sent`, `failed` and `cursor` aft
 message, so a restarted or redelivered task resumes after the last user it reached. Sends are
 spaced to at most `RATE_PER_SECOND` (under Telegram's ~30/s bulk limit), a `RetryAfter` pauses
 for as long as Telegram asks, and a task runs for at most `RUN_BUDGET_SECONDS` before
-re-publishing itself so it stays under the io queue's time limit."""
+re-publishing itself so it stays under the io queue's time limit. Only one task sends a given
+broadcast at a time: it claims the row (queued -> sending), and a second copy finding it
+`sending` with fresh progress leaves it alone. The periodic sweep calls
+`resend_stalled_broadcasts` for queued rows whose task was never published or got lost."""
 
 from __future__ import annotations
 
@@ -34,6 +37,8 @@ logger = logging.getLogger(__name__)
 RATE_PER_SECOND = 25.0
 BATCH_SIZE = 200
 RUN_BUDGET_SECONDS = 90.0
+# A sender that has not saved progress for this long is presumed dead and may be taken over.
+STALE_SENDER_SECONDS = 600.0
 # Tries per recipient on network errors and RetryAfter before counting it as failed.
 SEND_TRIES = 5
 MAX_TEXT_LENGTH = 4096
@@ -74,6 +79,14 @@ def cancel_broadcast(session: Session, broadcast_id: int, actor: str) -> Broadca
     return broadcast
 
 
+def resend_stalled_broadcasts(celery: Celery, db: Database, older_than: timedelta) -> int:
+    """Re-publish queued broadcasts untouched for a while (publish lost, or chain broken)."""
+    ids = db.call(lambda s: [b.id for b in BroadcastRepository(s).stalled(utcnow() - older_than)])
+    for broadcast_id in ids:
+        celery.send_task("broadcast.send", args=[broadcast_id], queue="io")
+    return len(ids)
+
+
 def progress(broadcast: Broadcast) -> dict[str, Any]:
     """The API view of a broadcast and how far it got."""
     done = broadcast.sent + broadcast.failed
@@ -101,11 +114,31 @@ class _State:
     cursor: int
 
 
+def _recipients(session: Session, after_id: int, limit: int) -> list[tuple[int, int]]:
+    return list(UserRepository(session).all_active_ids(after_id, limit))
+
+
 def _start(session: Session, broadcast_id: int) -> _State:
+    """Claim the broadcast: queued -> sending, or take over a sender that went silent."""
     broadcast = BroadcastRepository(session).get_for_update(broadcast_id)
-    if broadcast.status == "queued":
-        broadcast.status = "sending"
-    return _State(broadcast.text, broadcast.status, broadcast.sent, broadcast.failed, broadcast.cursor)
+    status = broadcast.status
+    if status == "queued":
+        broadcast.status = status = "sending"
+    elif status == "sending":
+        # Every sent message touches updated_at; a fresh one means another task is sending.
+        if broadcast.updated_at > utcnow() - timedelta(seconds=STALE_SENDER_SECONDS):
+            status = "busy"
+        else:
+            logger.warning("broadcast %s: taking over from a silent sender", broadcast_id)
+            broadcast.updated_at = utcnow()
+    return _State(broadcast.text, status, broadcast.sent, broadcast.failed, broadcast.cursor)
+
+
+def _release(session: Session, broadcast_id: int) -> None:
+    """Hand the broadcast back to the queue (the next task claims it again)."""
+    broadcast = BroadcastRepository(session).get_for_update(broadcast_id)
+    if broadcast.status == "sending":
+        broadcast.status = "queued"
 
 
 def _save(session: Session, broadcast_id: int, delivered: bool, user_id: int) -> str:
@@ -170,7 +203,8 @@ async def run_broadcast(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> str:
-    """Send from the saved cursor on; return the status, or "more" when the budget ran out."""
+    """Send from the saved cursor on; return the final status, "more" when the budget ran out,
+    or "busy" when another task is sending it."""
     state = db.call(_start, broadcast_id)
     if state.status != "sending":
         return state.status
@@ -179,12 +213,13 @@ async def run_broadcast(
     next_at = clock()
     cursor = state.cursor
     while True:
-        batch = db.call(lambda s: UserRepository(s).all_active_ids(cursor, batch_size))
+        batch = db.call(_recipients, cursor, batch_size)
         if not batch:
             break
         for user_id, telegram_id in batch:
             if clock() - started >= budget_seconds:
                 logger.info("broadcast %s: budget spent at cursor %s", broadcast_id, cursor)
+                db.call(_release, broadcast_id)
                 return "more"
             delay = next_at - clock()
             if delay > 0:

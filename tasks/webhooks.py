@@ -110,7 +110,7 @@ def emit_event(session: Session, event: str, payload: dict[str, Any]) -> list[in
 
 
 def take_emitted(session: Session) -> list[int]:
-    """Delivery ids emitted in this session so far (and forget them), for enqueueing after commit."""
+    """Delivery ids emitted on this session so far (then forgotten), to enqueue after commit."""
     ids: list[int] = session.info.pop(_EMITTED_KEY, [])
     return ids
 
@@ -216,7 +216,7 @@ def attempt_delivery(
     client: httpx.Client | None = None,
     max_attempts: int = MAX_ATTEMPTS,
 ) -> DeliveryOutcome:
-    """Make one POST of a pending delivery and record the result (no transaction held meanwhile)."""
+    """POST a pending delivery once and record the result (no transaction held meanwhile)."""
     prepared = db.call(_prepare, delivery_id)
     if isinstance(prepared, DeliveryOutcome):
         return prepared

@@ -15,8 +15,8 @@ from sqlalchemy.orm import Session, sessionmaker
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from db.session import Database, create_db_engine  # noqa: E402
-from service.blobstore import LocalBlobStore  # noqa: E402
+from db.session import Database, create_db_engine
+from service.blobstore import LocalBlobStore
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -65,15 +65,29 @@ def worker_id_suffix(request: pytest.FixtureRequest) -> str:
     return os.environ.get("PYTEST_XDIST_WORKER", "main")
 
 
+def drop_postgres_database(name: str) -> None:
+    """Drop a test database (at the end of the session)."""
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
 @pytest.fixture(scope="session")
-def database_url(worker_id_suffix: str, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A migrated database for this test worker: PostgreSQL if reachable, else SQLite."""
+def database_url(worker_id_suffix: str, tmp_path_factory: pytest.TempPathFactory
+                 ) -> Iterator[str]:
+    """A migrated database for this test process: PostgreSQL if reachable, else SQLite."""
     if postgres_available():
-        url = fresh_postgres_database(f"facechain_test_{worker_id_suffix}")
+        # The pid keeps concurrent test runs on one server apart.
+        name = f"facechain_test_{worker_id_suffix}_{os.getpid()}"
+        url = fresh_postgres_database(name)
+        migrate(url)
+        yield url
+        drop_postgres_database(name)
     else:
         url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'test.db'}"
-    migrate(url)
-    return url
+        migrate(url)
+        yield url
 
 
 @pytest.fixture(scope="session")

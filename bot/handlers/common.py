@@ -13,6 +13,7 @@ from telegram import Message, Update
 from bot import jobs
 from bot.context import BotContext
 from bot.keyboards import cancel_job_keyboard
+from facechain.faces import BACKGROUND_FACE_RATIO, Face
 from tasks.dispatch import dispatch_job
 
 logger = logging.getLogger(__name__)
@@ -68,6 +69,23 @@ async def start_portrait(
     logger.info("user %s started portrait job %s", context.account.id, created.job_id)
     await announce_and_dispatch(update, context, created)
     return created
+
+
+def face_record(face: Face) -> dict[str, Any]:
+    """A face as stored in `Photo.faces` (JSON)."""
+    return {
+        "box": [round(float(v), 1) for v in face.box],
+        "landmarks": [[round(float(x), 1), round(float(y), 1)] for x, y in face.landmarks],
+        "score": round(float(face.score), 4),
+    }
+
+
+def subject_faces(faces: list[Face]) -> list[Face]:
+    """The faces a user may mean (bystanders far smaller than the largest face left out)."""
+    if not faces:
+        return []
+    largest = max(f.size for f in faces)
+    return [f for f in faces if f.size >= BACKGROUND_FACE_RATIO * largest]
 
 
 @dataclass(frozen=True)

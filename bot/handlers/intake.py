@@ -24,9 +24,11 @@ from bot.handlers.common import (
     IncomingImage,
     cpu,
     download,
+    face_record,
     incoming_image,
     reply,
     start_portrait,
+    subject_faces,
 )
 from bot.handlers.styles import show_styles, use_style
 from bot.images import numbered_faces_preview, validate_image
@@ -36,29 +38,11 @@ from db.models import Photo, PhotoKind
 from db.repositories.jobs import JobRepository
 from db.repositories.photos import PhotoRepository
 from facechain.errors import MultipleFaces
-from facechain.faces import BACKGROUND_FACE_RATIO, Face
 from facechain.quality import SelfieAnalysis, analyze_selfie
 from service.blobstore import BlobStore, sha256_hex
 from service.settings import LimitsSettings
 
 logger = logging.getLogger(__name__)
-
-
-def face_record(face: Face) -> dict[str, Any]:
-    """A face as stored in `Photo.faces` (JSON)."""
-    return {
-        "box": [round(float(v), 1) for v in face.box],
-        "landmarks": [[round(float(x), 1), round(float(y), 1)] for x, y in face.landmarks],
-        "score": round(float(face.score), 4),
-    }
-
-
-def subject_faces(faces: list[Face]) -> list[Face]:
-    """The faces a user may mean (bystanders far smaller than the largest face left out)."""
-    if not faces:
-        return []
-    largest = max(f.size for f in faces)
-    return [f for f in faces if f.size >= BACKGROUND_FACE_RATIO * largest]
 
 
 @dataclass(frozen=True)

@@ -15,21 +15,17 @@ from telegram import InputMediaPhoto, Message, Update
 from bot import callbacks as cb
 from bot import jobs, sessions
 from bot.context import BotContext
-from bot.handlers.common import IncomingImage, announce_and_dispatch, cpu, reply
+from bot.handlers.common import IncomingImage, announce_and_dispatch, cpu, face_record, reply
 from bot.handlers.styles import card_media, remember_file_id
 from bot.images import numbered_faces_preview
-from bot.keyboards import own_template_keyboard, template_carousel_keyboard, template_faces_keyboard
+from bot.keyboards import template_carousel_keyboard, template_faces_keyboard
 from db.base import utcnow
 from db.models import Photo, PhotoKind
 from db.repositories.photos import PhotoRepository
 from db.repositories.templates import TemplateRepository
-from facechain.quality import SelfieAnalysis, analyze_selfie
+from facechain.inpaint import TemplateAnalysis, analyze_template
 
 logger = logging.getLogger(__name__)
-
-# More faces than this would not fit as buttons; the largest ones are offered.
-MAX_TEMPLATE_FACES = 10
-
 
 @dataclass(frozen=True)
 class TemplateCard:
@@ -46,7 +42,7 @@ def _cards(session: Session, user_id: int, language: str) -> list[TemplateCard]:
     ]
 
 
-def _has_selfie(session: Session, user_id: int, max_selfies: int) -> bool:
+def _has_selfie(session: Session, user_id: int) -> bool:
     return bool(PhotoRepository(session).usable_selfies(user_id, utcnow(), 1))
 
 
@@ -78,8 +74,7 @@ async def show_templates(
 
 async def template_command(update: Update, context: BotContext) -> None:
     """/template: needs a selfie first, then shows the catalog."""
-    limits = context.config.limits
-    if not await context.db.run(_has_selfie, context.account.id, limits.max_selfies):
+    if not await context.db.run(_has_selfie, context.account.id):
         await reply(update, context, context.t("error.selfie_required"))
         return
     await show_templates(update, context)
@@ -186,15 +181,13 @@ def _store_template_photo(
     blobs: Any,
     user_id: int,
     data: bytes,
-    analysis: SelfieAnalysis,
+    analysis: TemplateAnalysis,
     image: IncomingImage,
     retention_days: int,
 ) -> tuple[int, list[list[float]]]:
-    from bot.handlers.intake import face_record
-
-    faces = sorted(analysis.faces, key=lambda f: f.size, reverse=True)[:MAX_TEMPLATE_FACES]
-    faces.sort(key=lambda f: (f.box[0], f.box[1]))
-    records = [face_record(f) for f in faces]
+    # Every face, in the detector's left-to-right order: the worker detects them again and
+    # reads the chosen (1-based) numbers in that same order.
+    records = [face_record(f) for f in analysis.faces]
     photo = PhotoRepository(session).add(
         Photo(
             user_id=user_id,
@@ -217,13 +210,12 @@ async def on_template_photo(
 ) -> None:
     """The user's own template photo: find its faces, then start or ask which."""
     limits = context.config.limits
-    analysis: SelfieAnalysis = await cpu(
+    analysis: TemplateAnalysis = await cpu(
         context,
-        analyze_selfie,
+        analyze_template,
         data,
         max_bytes=limits.max_upload_bytes,
         max_pixels=limits.max_image_pixels,
-        min_face_px=limits.min_face_px,
     )
     if not analysis.faces:
         await reply(update, context, context.t("template.no_faces"))

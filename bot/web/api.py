@@ -2,22 +2,25 @@
 
 Handlers are thin: parse (done by the route table), call `service.admin` / task helpers inside
 one `db.run` transaction, then do post-commit work (dispatch a retried job, publish webhook
-deliveries, a broadcast task, blob deletions). Every mutating call writes an AuditEntry."""
+deliveries, a broadcast task, blob deletions). Every mutating call writes an AuditEntry.
+`service.styles` is imported inside the style handlers: LoRA validation pulls in torch, which
+the web process should not pay for at startup."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import tempfile
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiohttp import web
+from celery import Celery
+from kombu.exceptions import OperationalError as KombuOperationalError
 from pydantic import BaseModel
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from bot.web.http import Call, Unavailable, UnsupportedMediaType, validate
+from bot.web.http import Call, UnsupportedMediaType
 from bot.web.keys import OPENAPI
 from bot.web.openapi import API_PREFIX, FileField, Multipart, Route
 from bot.web.schemas import (
@@ -48,7 +51,7 @@ from bot.web.schemas import (
     WebhookIn,
     WebhookOut,
 )
-from db.models import Job, Style, Template, User, WebhookDelivery, WebhookEndpoint
+from db.models import Job, Style, Template, User, WebhookEndpoint
 from db.repositories.audit import AuditRepository
 from db.repositories.broadcasts import BroadcastRepository
 from db.repositories.jobs import JobRepository
@@ -60,6 +63,7 @@ from service import admin
 from service.errors import NotFound
 from service.settings import AppConfig
 from tasks.broadcast import cancel_broadcast, create_broadcast, progress
+from tasks.dispatch import dispatch_job
 from tasks.webhooks import check_events, enqueue_deliveries, take_emitted
 
 logger = logging.getLogger(__name__)
@@ -67,6 +71,14 @@ logger = logging.getLogger(__name__)
 TELEGRAM_ID_BOUNDS = {"telegram_id": (1, INT64_MAX)}
 IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp")
 LORA_TYPES = ("application/octet-stream",)
+
+
+async def _publish(what: str, fn: Callable[..., object], *args: Any) -> None:
+    """Publish to the broker off the loop; if it is down, the committed row waits for the sweep."""
+    try:
+        await asyncio.to_thread(fn, *args)
+    except KombuOperationalError as exc:
+        logger.warning("could not publish %s (the sweep re-sends it): %s", what, exc)
 
 
 def _page(model: type[BaseModel], rows: Sequence[Any], total: int, q: PageQuery) -> Any:
@@ -88,7 +100,9 @@ async def list_audit(call: Call) -> BaseModel:
 
     def fetch(session: Session) -> Any:
         repo = AuditRepository(session)
-        rows, total = repo.page(repo.query(action=q.action, actor=q.actor), limit=q.limit, offset=q.offset)
+        rows, total = repo.page(
+            repo.query(action=q.action, actor=q.actor), limit=q.limit, offset=q.offset
+        )
         return _page(AuditOut, rows, total, q)
 
     result: BaseModel = await call.db.run(fetch)
@@ -172,34 +186,60 @@ async def get_style(call: Call) -> StyleOut:
 
 async def update_style(call: Call) -> StyleOut:
     style_id = call.path_int("style_id")
-    changes = call.body_as(StylePatch).model_dump(exclude_unset=True)
-    return await call.db.run(
-        lambda s: StyleOut.model_validate(admin.update_item(s, Style, style_id, changes, call.actor))
-    )
+    patch = call.body_as(StylePatch)
+
+    def run(session: Session) -> StyleOut:
+        from service import styles
+
+        style = StyleRepository(session).get(style_id)
+        if patch.enabled is not None:
+            styles.set_style_enabled(session, style_id, patch.enabled, actor=call.actor)
+        if any(
+            v is not None for v in (patch.names, patch.prompt, patch.lora_weight, patch.category)
+        ):
+            styles.update_style(
+                session,
+                style_id,
+                actor=call.actor,
+                names=dict(patch.names) if patch.names else None,
+                prompt=patch.prompt,
+                weight=patch.lora_weight,
+                category=patch.category,
+            )
+        if patch.position is not None:
+            styles.move_style(session, style_id, patch.position, actor=call.actor)
+        return StyleOut.model_validate(style)
+
+    return await call.db.run(run)
 
 
 async def reorder_styles(call: Call) -> BaseModel:
     ids = call.body_as(OrderIn).ids
 
-    def run(session: Session) -> Any:
-        rows = admin.reorder(session, Style, ids, call.actor)
+    def run(session: Session) -> BaseModel:
+        from service import styles
+
+        rows = styles.reorder_styles(session, ids, actor=call.actor)
         return Page[StyleOut](
-            items=[StyleOut.model_validate(r) for r in rows], total=len(rows), limit=len(rows), offset=0
+            items=[StyleOut.model_validate(r) for r in rows],
+            total=len(rows),
+            limit=len(rows),
+            offset=0,
         )
 
     result: BaseModel = await call.db.run(run)
     return result
 
 
-async def _delete_blobs(call: Call, keys: list[str]) -> None:
-    for key in keys:
-        await asyncio.to_thread(call.blobs.delete, key)
-
-
 async def delete_style(call: Call) -> None:
     style_id = call.path_int("style_id")
-    keys = await call.db.run(admin.delete_item, Style, style_id, call.actor)
-    await _delete_blobs(call, keys)
+
+    def run(session: Session) -> None:
+        from service import styles
+
+        styles.delete_style(session, call.blobs, style_id, actor=call.actor)
+
+    await call.db.run(run)
 
 
 def _check_image(upload_type: str, data: bytes, what: str) -> None:
@@ -231,29 +271,26 @@ async def upload_style(call: Call) -> StyleOut:
     _check_safetensors(lora.filename, lora.data)
     if thumbnail is not None:
         _check_image(thumbnail.content_type, thumbnail.data, "thumbnail")
-    try:
-        from service import styles as style_service
-    except ImportError:
-        raise Unavailable("style upload is not available yet (service.styles is missing)") from None
-    with tempfile.TemporaryDirectory(prefix="lora-upload-") as tmp:
-        path = Path(tmp) / "upload.safetensors"
-        await asyncio.to_thread(path.write_bytes, lora.data)
-        style = await call.db.run(
-            lambda s: style_service.add_uploaded_style(
-                s,
-                call.blobs,
-                path,
-                slug=fields.slug,
-                name=fields.name,
-                base_model=fields.base_model,
-                category=fields.category,
-                prompt=fields.prompt,
-                lora_weight=fields.lora_weight,
-                thumbnail=thumbnail.data if thumbnail is not None else None,
-                actor=call.actor,
-            )
+
+    def run(session: Session) -> StyleOut:
+        from service import styles
+
+        style = styles.add_uploaded_style(
+            session,
+            call.blobs,
+            lora_bytes=lora.data,
+            thumbnail_bytes=thumbnail.data if thumbnail is not None else None,
+            names=fields.names(),
+            prompt=fields.prompt,
+            base_model=fields.base_model,
+            weight=fields.lora_weight,
+            category=fields.category,
+            actor=call.actor,
+            max_lora_bytes=call.config.limits.max_lora_bytes,
         )
-    return StyleOut.model_validate(style)
+        return StyleOut.model_validate(style)
+
+    return await call.db.run(run)
 
 
 # ---- templates ----
@@ -308,9 +345,19 @@ async def get_template(call: Call) -> TemplateOut:
 
 async def update_template(call: Call) -> TemplateOut:
     template_id = call.path_int("template_id")
-    changes = call.body_as(TemplatePatch).model_dump(exclude_unset=True)
+    patch = call.body_as(TemplatePatch)
     return await call.db.run(
-        lambda s: _template_out(admin.update_item(s, Template, template_id, changes, call.actor))
+        lambda s: _template_out(
+            admin.update_template(
+                s,
+                template_id,
+                call.actor,
+                enabled=patch.enabled,
+                position=patch.position,
+                names=dict(patch.names) if patch.names else None,
+                category=patch.category,
+            )
+        )
     )
 
 
@@ -318,16 +365,21 @@ async def reorder_templates(call: Call) -> BaseModel:
     ids = call.body_as(OrderIn).ids
 
     def run(session: Session) -> BaseModel:
-        rows = admin.reorder(session, Template, ids, call.actor)
+        rows = admin.reorder_templates(session, ids, call.actor)
         return _template_page(rows, len(rows), len(rows), 0)
 
     result: BaseModel = await call.db.run(run)
     return result
 
 
+async def _delete_blobs(call: Call, keys: list[str]) -> None:
+    for key in keys:
+        await asyncio.to_thread(call.blobs.delete, key)
+
+
 async def delete_template(call: Call) -> None:
     template_id = call.path_int("template_id")
-    keys = await call.db.run(admin.delete_item, Template, template_id, call.actor)
+    keys = await call.db.run(admin.delete_template, template_id, call.actor)
     await _delete_blobs(call, keys)
 
 
@@ -348,10 +400,10 @@ async def upload_template(call: Call) -> TemplateOut:
                 s,
                 call.blobs,
                 analysed,
-                slug=fields.slug,
-                name=fields.name,
+                names=fields.names(),
                 category=fields.category,
                 actor=call.actor,
+                slug=fields.slug,
             )
         )
     )
@@ -365,15 +417,14 @@ async def list_jobs(call: Call) -> BaseModel:
 
     def fetch(session: Session) -> Any:
         repo = JobRepository(session)
-        from sqlalchemy import select
-
         stmt = select(Job).order_by(Job.id.desc())
         if q.status is not None:
             stmt = stmt.where(Job.status == q.status)
         if q.kind is not None:
             stmt = stmt.where(Job.kind == q.kind)
         if q.user is not None:
-            stmt = stmt.where(Job.user_id == select(User.id).where(User.telegram_id == q.user).scalar_subquery())
+            user_id = select(User.id).where(User.telegram_id == q.user).scalar_subquery()
+            stmt = stmt.where(Job.user_id == user_id)
         rows, total = repo.page(stmt, limit=q.limit, offset=q.offset)
         return _page(JobOut, rows, total, q)
 
@@ -394,17 +445,15 @@ async def cancel_job(call: Call) -> JobOut:
         return JobOut.model_validate(job), take_emitted(session)
 
     job, deliveries = await call.db.run(run)
-    await asyncio.to_thread(enqueue_deliveries, call.celery, deliveries)
+    await _publish("webhook deliveries", enqueue_deliveries, call.celery, deliveries)
     return job
 
 
 async def retry_job(call: Call) -> JobOut:
     job_id = call.path_int("job_id")
     await call.db.run(admin.retry_job, job_id, call.actor)
-    from tasks.dispatch import dispatch_job
-
     # Committed as queued first: if publishing fails, the outbox sweep re-sends it.
-    await asyncio.to_thread(dispatch_job, call.celery, call.db, job_id)
+    await _publish(f"job {job_id}", dispatch_job, call.celery, call.db, job_id)
     return await call.db.run(lambda s: JobOut.model_validate(JobRepository(s).get(job_id)))
 
 
@@ -416,8 +465,12 @@ async def create_broadcast_route(call: Call) -> BroadcastOut:
     out = await call.db.run(
         lambda s: BroadcastOut.model_validate(progress(create_broadcast(s, text, call.actor)))
     )
-    await asyncio.to_thread(call.celery.send_task, "broadcast.send", args=[out.id], queue="io")
+    await _publish(f"broadcast {out.id}", _send_broadcast_task, call.celery, out.id)
     return out
+
+
+def _send_broadcast_task(celery: Celery, broadcast_id: int) -> None:
+    celery.send_task("broadcast.send", args=[broadcast_id], queue="io")
 
 
 async def list_broadcasts(call: Call) -> BaseModel:
@@ -465,7 +518,12 @@ async def create_webhook(call: Call) -> WebhookOut:
             WebhookEndpoint(url=body.url, secret=body.secret, events=events, enabled=body.enabled)
         )
         admin.audit(
-            session, call.actor, "webhook.create", f"webhook:{endpoint.id}", url=body.url, events=events
+            session,
+            call.actor,
+            "webhook.create",
+            f"webhook:{endpoint.id}",
+            url=body.url,
+            events=events,
         )
         return WebhookOut.model_validate(endpoint)
 
@@ -498,7 +556,9 @@ async def delete_webhook(call: Call) -> None:
         repo = WebhookEndpointRepository(session)
         endpoint = repo.get(webhook_id)
         repo.delete(endpoint)
-        admin.audit(session, call.actor, "webhook.delete", f"webhook:{webhook_id}", url=endpoint.url)
+        admin.audit(
+            session, call.actor, "webhook.delete", f"webhook:{webhook_id}", url=endpoint.url
+        )
 
     await call.db.run(run)
 
@@ -532,47 +592,309 @@ def api_routes(config: AppConfig) -> list[Route]:
     uid = TELEGRAM_ID_BOUNDS
     style_upload = Multipart(
         files=(
-            FileField("lora", "LoRA weights (.safetensors, Kohya or diffusers)", config.limits.max_lora_bytes, True, LORA_TYPES),
-            FileField("thumbnail", "Preview image (JPEG, PNG or WebP)", max_image, False, IMAGE_TYPES),
+            FileField(
+                "lora",
+                "LoRA weights (.safetensors, Kohya or diffusers)",
+                config.limits.max_lora_bytes,
+                True,
+                LORA_TYPES,
+            ),
+            FileField(
+                "thumbnail", "Preview image (JPEG, PNG or WebP)", max_image, False, IMAGE_TYPES
+            ),
         ),
         fields=StyleUploadFields,
     )
     template_upload = Multipart(
-        files=(FileField("image", "Template photo with 1+ faces (JPEG, PNG or WebP)", max_image, True, IMAGE_TYPES),),
+        files=(
+            FileField(
+                "image",
+                "Template photo with 1+ faces (JPEG, PNG or WebP)",
+                max_image,
+                True,
+                IMAGE_TYPES,
+            ),
+        ),
         fields=TemplateUploadFields,
     )
     return [
         Route("GET", f"{p}/openapi.json", get_openapi, "This OpenAPI document", "meta"),
-        Route("GET", f"{p}/stats", get_stats, "Users, jobs, queue depth, durations, workers", "stats", response=StatsOut),
-        Route("GET", f"{p}/audit", list_audit, "Audit log, newest first", "stats", query=AuditQuery, response=Page[AuditOut]),
-        Route("GET", f"{p}/users", list_users, "List or search users", "users", query=UserQuery, response=Page[UserOut]),
-        Route("GET", f"{p}/users/{{telegram_id}}", get_user, "One user", "users", response=UserOut, path_bounds=uid),
-        Route("POST", f"{p}/users/{{telegram_id}}/ban", ban_user, "Ban a user", "users", response=UserOut, path_bounds=uid),
-        Route("POST", f"{p}/users/{{telegram_id}}/unban", unban_user, "Lift a ban", "users", response=UserOut, path_bounds=uid),
-        Route("PUT", f"{p}/users/{{telegram_id}}/quota", set_user_quota, "Set the daily quota (null = default)", "users", body=QuotaIn, response=UserOut, path_bounds=uid),
-        Route("GET", f"{p}/styles", list_styles, "List styles in display order", "styles", query=StyleQuery, response=Page[StyleOut]),
-        Route("POST", f"{p}/styles", upload_style, "Add a style from an uploaded LoRA", "styles", multipart=style_upload, response=StyleOut, status=201, errors=(413, 415)),
-        Route("PUT", f"{p}/styles/order", reorder_styles, "Reorder styles", "styles", body=OrderIn, response=Page[StyleOut], errors=(404,)),
-        Route("GET", f"{p}/styles/{{style_id}}", get_style, "One style", "styles", response=StyleOut),
-        Route("PATCH", f"{p}/styles/{{style_id}}", update_style, "Enable/disable, move, rename, reweight", "styles", body=StylePatch, response=StyleOut),
-        Route("DELETE", f"{p}/styles/{{style_id}}", delete_style, "Delete a style", "styles", status=204, errors=(409,)),
-        Route("GET", f"{p}/templates", list_templates, "List templates in display order", "templates", query=TemplateQuery, response=Page[TemplateOut]),
-        Route("POST", f"{p}/templates", upload_template, "Add a template from an uploaded photo", "templates", multipart=template_upload, response=TemplateOut, status=201, errors=(413, 415)),
-        Route("PUT", f"{p}/templates/order", reorder_templates, "Reorder templates", "templates", body=OrderIn, response=Page[TemplateOut], errors=(404,)),
-        Route("GET", f"{p}/templates/{{template_id}}", get_template, "One template", "templates", response=TemplateOut),
-        Route("PATCH", f"{p}/templates/{{template_id}}", update_template, "Enable/disable, move, rename", "templates", body=TemplatePatch, response=TemplateOut),
-        Route("DELETE", f"{p}/templates/{{template_id}}", delete_template, "Delete a template", "templates", status=204, errors=(409,)),
-        Route("GET", f"{p}/jobs", list_jobs, "List jobs, newest first", "jobs", query=JobQuery, response=Page[JobOut]),
+        Route(
+            "GET",
+            f"{p}/stats",
+            get_stats,
+            "Users, jobs, queue depth, durations, workers",
+            "stats",
+            response=StatsOut,
+        ),
+        Route(
+            "GET",
+            f"{p}/audit",
+            list_audit,
+            "Audit log, newest first",
+            "stats",
+            query=AuditQuery,
+            response=Page[AuditOut],
+        ),
+        Route(
+            "GET",
+            f"{p}/users",
+            list_users,
+            "List or search users",
+            "users",
+            query=UserQuery,
+            response=Page[UserOut],
+        ),
+        Route(
+            "GET",
+            f"{p}/users/{{telegram_id}}",
+            get_user,
+            "One user",
+            "users",
+            response=UserOut,
+            path_bounds=uid,
+        ),
+        Route(
+            "POST",
+            f"{p}/users/{{telegram_id}}/ban",
+            ban_user,
+            "Ban a user",
+            "users",
+            response=UserOut,
+            path_bounds=uid,
+        ),
+        Route(
+            "POST",
+            f"{p}/users/{{telegram_id}}/unban",
+            unban_user,
+            "Lift a ban",
+            "users",
+            response=UserOut,
+            path_bounds=uid,
+        ),
+        Route(
+            "PUT",
+            f"{p}/users/{{telegram_id}}/quota",
+            set_user_quota,
+            "Set the daily quota (null = default)",
+            "users",
+            body=QuotaIn,
+            response=UserOut,
+            path_bounds=uid,
+        ),
+        Route(
+            "GET",
+            f"{p}/styles",
+            list_styles,
+            "List styles in display order",
+            "styles",
+            query=StyleQuery,
+            response=Page[StyleOut],
+        ),
+        Route(
+            "POST",
+            f"{p}/styles",
+            upload_style,
+            "Add a style from an uploaded LoRA",
+            "styles",
+            multipart=style_upload,
+            response=StyleOut,
+            status=201,
+            errors=(413, 415),
+        ),
+        Route(
+            "PUT",
+            f"{p}/styles/order",
+            reorder_styles,
+            "Reorder styles",
+            "styles",
+            body=OrderIn,
+            response=Page[StyleOut],
+            errors=(404,),
+        ),
+        Route(
+            "GET", f"{p}/styles/{{style_id}}", get_style, "One style", "styles", response=StyleOut
+        ),
+        Route(
+            "PATCH",
+            f"{p}/styles/{{style_id}}",
+            update_style,
+            "Enable/disable, move, rename, reweight",
+            "styles",
+            body=StylePatch,
+            response=StyleOut,
+        ),
+        Route(
+            "DELETE",
+            f"{p}/styles/{{style_id}}",
+            delete_style,
+            "Delete an uploaded or trained style",
+            "styles",
+            status=204,
+            errors=(403,),
+        ),
+        Route(
+            "GET",
+            f"{p}/templates",
+            list_templates,
+            "List templates in display order",
+            "templates",
+            query=TemplateQuery,
+            response=Page[TemplateOut],
+        ),
+        Route(
+            "POST",
+            f"{p}/templates",
+            upload_template,
+            "Add a template from an uploaded photo",
+            "templates",
+            multipart=template_upload,
+            response=TemplateOut,
+            status=201,
+            errors=(413, 415),
+        ),
+        Route(
+            "PUT",
+            f"{p}/templates/order",
+            reorder_templates,
+            "Reorder templates",
+            "templates",
+            body=OrderIn,
+            response=Page[TemplateOut],
+            errors=(404,),
+        ),
+        Route(
+            "GET",
+            f"{p}/templates/{{template_id}}",
+            get_template,
+            "One template",
+            "templates",
+            response=TemplateOut,
+        ),
+        Route(
+            "PATCH",
+            f"{p}/templates/{{template_id}}",
+            update_template,
+            "Enable/disable, move, rename",
+            "templates",
+            body=TemplatePatch,
+            response=TemplateOut,
+        ),
+        Route(
+            "DELETE",
+            f"{p}/templates/{{template_id}}",
+            delete_template,
+            "Delete an uploaded template",
+            "templates",
+            status=204,
+            errors=(403, 409),
+        ),
+        Route(
+            "GET",
+            f"{p}/jobs",
+            list_jobs,
+            "List jobs, newest first",
+            "jobs",
+            query=JobQuery,
+            response=Page[JobOut],
+        ),
         Route("GET", f"{p}/jobs/{{job_id}}", get_job, "One job", "jobs", response=JobOut),
-        Route("POST", f"{p}/jobs/{{job_id}}/cancel", cancel_job, "Cancel a queued or running job", "jobs", response=JobOut, errors=(409,)),
-        Route("POST", f"{p}/jobs/{{job_id}}/retry", retry_job, "Re-queue a failed or cancelled job", "jobs", response=JobOut, errors=(409,)),
-        Route("POST", f"{p}/broadcasts", create_broadcast_route, "Send a message to every user (throttled)", "broadcasts", body=BroadcastIn, response=BroadcastOut, status=202),
-        Route("GET", f"{p}/broadcasts", list_broadcasts, "List broadcasts", "broadcasts", query=PageQuery, response=Page[BroadcastOut]),
-        Route("GET", f"{p}/broadcasts/{{broadcast_id}}", get_broadcast, "A broadcast's progress", "broadcasts", response=BroadcastOut),
-        Route("POST", f"{p}/broadcasts/{{broadcast_id}}/cancel", cancel_broadcast_route, "Stop a broadcast", "broadcasts", response=BroadcastOut, errors=(409,)),
-        Route("POST", f"{p}/webhooks", create_webhook, "Register an outgoing webhook", "webhooks", body=WebhookIn, response=WebhookOut, status=201),
-        Route("GET", f"{p}/webhooks", list_webhooks, "List webhooks (secrets never shown)", "webhooks", query=PageQuery, response=Page[WebhookOut]),
-        Route("GET", f"{p}/webhooks/{{webhook_id}}", get_webhook, "One webhook", "webhooks", response=WebhookOut),
-        Route("DELETE", f"{p}/webhooks/{{webhook_id}}", delete_webhook, "Delete a webhook", "webhooks", status=204),
-        Route("GET", f"{p}/webhooks/{{webhook_id}}/deliveries", list_deliveries, "A webhook's deliveries, newest first", "webhooks", query=DeliveryQuery, response=Page[DeliveryOut]),
+        Route(
+            "POST",
+            f"{p}/jobs/{{job_id}}/cancel",
+            cancel_job,
+            "Cancel a queued or running job",
+            "jobs",
+            response=JobOut,
+            errors=(409,),
+        ),
+        Route(
+            "POST",
+            f"{p}/jobs/{{job_id}}/retry",
+            retry_job,
+            "Re-queue a failed or cancelled job",
+            "jobs",
+            response=JobOut,
+            errors=(409,),
+        ),
+        Route(
+            "POST",
+            f"{p}/broadcasts",
+            create_broadcast_route,
+            "Send a message to every user (throttled)",
+            "broadcasts",
+            body=BroadcastIn,
+            response=BroadcastOut,
+            status=202,
+        ),
+        Route(
+            "GET",
+            f"{p}/broadcasts",
+            list_broadcasts,
+            "List broadcasts",
+            "broadcasts",
+            query=PageQuery,
+            response=Page[BroadcastOut],
+        ),
+        Route(
+            "GET",
+            f"{p}/broadcasts/{{broadcast_id}}",
+            get_broadcast,
+            "A broadcast's progress",
+            "broadcasts",
+            response=BroadcastOut,
+        ),
+        Route(
+            "POST",
+            f"{p}/broadcasts/{{broadcast_id}}/cancel",
+            cancel_broadcast_route,
+            "Stop a broadcast",
+            "broadcasts",
+            response=BroadcastOut,
+            errors=(409,),
+        ),
+        Route(
+            "POST",
+            f"{p}/webhooks",
+            create_webhook,
+            "Register an outgoing webhook",
+            "webhooks",
+            body=WebhookIn,
+            response=WebhookOut,
+            status=201,
+        ),
+        Route(
+            "GET",
+            f"{p}/webhooks",
+            list_webhooks,
+            "List webhooks (secrets never shown)",
+            "webhooks",
+            query=PageQuery,
+            response=Page[WebhookOut],
+        ),
+        Route(
+            "GET",
+            f"{p}/webhooks/{{webhook_id}}",
+            get_webhook,
+            "One webhook",
+            "webhooks",
+            response=WebhookOut,
+        ),
+        Route(
+            "DELETE",
+            f"{p}/webhooks/{{webhook_id}}",
+            delete_webhook,
+            "Delete a webhook",
+            "webhooks",
+            status=204,
+        ),
+        Route(
+            "GET",
+            f"{p}/webhooks/{{webhook_id}}/deliveries",
+            list_deliveries,
+            "A webhook's deliveries, newest first",
+            "webhooks",
+            query=DeliveryQuery,
+            response=Page[DeliveryOut],
+        ),
     ]

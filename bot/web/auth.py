@@ -85,7 +85,7 @@ class AuthGuard:
         self.limiter = limiter
 
     def check(self, request: web.Request) -> None:
-        """Raise Unauthorized, RateLimited or AdminDisabled unless the request carries the token."""
+        """Raise Unauthorized, RateLimited or AdminDisabled unless the request has the token."""
         address = request.remote or "unknown"
         wait = self.limiter.retry_after(address)
         if wait > 0:

@@ -66,7 +66,9 @@ async def readyz(call: Call) -> web.Response:
         status="ok" if all(r.ok for r in results) else "unavailable",
         checks=dict(zip(checks, results, strict=True)),
     )
-    return web.json_response(out.model_dump(mode="json"), status=200 if out.status == "ok" else 503)
+    return web.json_response(
+        out.model_dump(mode="json"), status=200 if out.status == "ok" else 503
+    )
 
 
 async def metrics(call: Call) -> web.Response:
@@ -83,7 +85,32 @@ async def metrics(call: Call) -> web.Response:
 def health_routes(config: AppConfig) -> list[Route]:
     """Probe and metrics routes (metrics need the token unless ADMIN_PUBLIC_METRICS)."""
     return [
-        Route("GET", "/healthz", healthz, "Liveness: the process is up", "health", auth=False, response=HealthOut),
-        Route("GET", "/readyz", readyz, "Readiness per dependency", "health", auth=False, response=ReadyOut, errors=(503,)),
-        Route("GET", "/metrics", metrics, "Prometheus metrics", "health", auth=not config.admin.public_metrics, media_type="text/plain"),
+        Route(
+            "GET",
+            "/healthz",
+            healthz,
+            "Liveness: the process is up",
+            "health",
+            auth=False,
+            response=HealthOut,
+        ),
+        Route(
+            "GET",
+            "/readyz",
+            readyz,
+            "Readiness per dependency",
+            "health",
+            auth=False,
+            response=ReadyOut,
+            errors=(503,),
+        ),
+        Route(
+            "GET",
+            "/metrics",
+            metrics,
+            "Prometheus metrics",
+            "health",
+            auth=not config.admin.public_metrics,
+            media_type="text/plain",
+        ),
     ]

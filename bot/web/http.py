@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 from celery import Celery
 from pydantic import BaseModel, ValidationError
 
@@ -132,9 +133,14 @@ async def error_middleware(
         if exc.empty_body or exc.status < 400:
             response = exc
         else:
-            headers = {k: v for k, v in exc.headers.items() if k.lower() != "content-type"}
+            keep = ("Allow", "Retry-After", "WWW-Authenticate")
+            headers = {k: exc.headers[k] for k in keep if k in exc.headers}
             response = error_response(
-                exc.status, exc.reason.lower().replace(" ", "_"), exc.text or exc.reason, None, headers
+                exc.status,
+                exc.reason.lower().replace(" ", "_"),
+                exc.text or exc.reason,
+                None,
+                headers,
             )
     except Exception:
         # The one place an unexpected error stops: logged with its traceback, answered 500.
@@ -297,8 +303,8 @@ async def read_multipart(
                     fields[name] = raw.decode("utf-8")
                 except UnicodeDecodeError:
                     raise BadRequest(f"form field {name} is not UTF-8 text") from None
-    except (ValueError, AssertionError) as exc:
-        # aiohttp's reader raises these on a malformed body (bad boundary, broken headers).
+    except (ValueError, AssertionError, LookupError, HttpProcessingError) as exc:
+        # aiohttp's reader raises these on a malformed body (bad boundary, broken part headers).
         raise BadRequest(f"malformed multipart body: {exc}") from None
     missing = [f.name for f in spec.files if f.required and f.name not in files]
     if missing:

@@ -11,6 +11,7 @@ from telegram.ext import Application
 
 from bot.web.auth import AuthGuard
 from bot.web.metrics import Metrics
+from bot.web.openapi import Route
 from db.session import Database
 from service.blobstore import BlobStore
 from service.settings import AppConfig
@@ -26,3 +27,5 @@ AUTH = web.AppKey("auth", AuthGuard)
 CHECK_EXECUTOR = web.AppKey("check_executor", ThreadPoolExecutor)
 # The OpenAPI document, built once from the route table at startup.
 OPENAPI = web.AppKey("openapi", dict[str, Any])
+# The route table the app serves (and documents).
+ROUTES = web.AppKey("routes", tuple[Route, ...])

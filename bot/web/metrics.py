@@ -124,7 +124,9 @@ class SnapshotCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         snap = self.snapshot
-        jobs = GaugeMetricFamily("facechain_jobs", "Jobs by status and kind", labels=["status", "kind"])
+        jobs = GaugeMetricFamily(
+            "facechain_jobs", "Jobs by status and kind", labels=["status", "kind"]
+        )
         queue = GaugeMetricFamily(
             "facechain_queue_depth", "Jobs queued and not yet started, by kind", labels=["kind"]
         )
@@ -145,7 +147,9 @@ class SnapshotCollector(Collector):
             labels=["kind"],
         )
         for kind, data in sorted(snap.durations.items()):
-            buckets = [(str(float(b)), c) for b, c in zip(DURATION_BUCKETS, data["buckets"], strict=True)]
+            buckets = [
+                (str(float(b)), c) for b, c in zip(DURATION_BUCKETS, data["buckets"], strict=True)
+            ]
             buckets.append(("+Inf", data["count"]))
             hist.add_metric([kind], buckets, sum_value=data["sum"])
         yield hist
@@ -160,7 +164,9 @@ class SnapshotCollector(Collector):
             users.add_metric([state], n)
         yield users
         deliveries = GaugeMetricFamily(
-            "facechain_webhook_deliveries", "Outgoing webhook deliveries by status", labels=["status"]
+            "facechain_webhook_deliveries",
+            "Outgoing webhook deliveries by status",
+            labels=["status"],
         )
         for status, n in sorted(snap.deliveries.items()):
             deliveries.add_metric([status], n)

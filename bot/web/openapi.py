@@ -98,7 +98,9 @@ _ERROR_TEXT = {
 
 
 def _collect_models(routes: Sequence[Route]) -> list[tuple[type[BaseModel], JsonSchemaMode]]:
-    models: dict[tuple[type[BaseModel], JsonSchemaMode], None] = {(ErrorOut, "serialization"): None}
+    models: dict[tuple[type[BaseModel], JsonSchemaMode], None] = {
+        (ErrorOut, "serialization"): None
+    }
     for route in routes:
         if route.body is not None:
             models[(route.body, "validation")] = None
@@ -106,8 +108,6 @@ def _collect_models(routes: Sequence[Route]) -> list[tuple[type[BaseModel], Json
             models[(route.multipart.fields, "validation")] = None
         if route.response is not None:
             models[(route.response, "serialization")] = None
-        if route.query is not None:
-            models[(route.query, "validation")] = None
     return list(models)
 
 
@@ -118,6 +118,8 @@ def _non_null(schema: dict[str, Any]) -> dict[str, Any]:
         rest = [v for v in variants if v.get("type") != "null"]
         if len(rest) == 1:
             merged = {k: v for k, v in schema.items() if k != "anyOf"}
+            if merged.get("default", "") is None:
+                del merged["default"]
             merged.update(rest[0])
             return merged
     return schema
@@ -213,7 +215,9 @@ def build_document(routes: Sequence[Route], *, server_url: str | None = None) ->
         if route.body is not None:
             op["requestBody"] = {
                 "required": True,
-                "content": {"application/json": {"schema": _ref(mapping, route.body, "validation")}},
+                "content": {
+                    "application/json": {"schema": _ref(mapping, route.body, "validation")}
+                },
             }
         elif route.multipart is not None:
             op["requestBody"] = {

@@ -31,8 +31,13 @@ def _clean_text(value: str) -> str:
 
 # Strings as stored: no NUL (the pattern also tells fuzzers), valid Unicode.
 Text = Annotated[str, Field(pattern=r"^[^\x00]*$"), AfterValidator(_clean_text)]
-LanguageCode = Annotated[str, Field(pattern=r"^[a-z]{2}$")]
-Names = Annotated[dict[LanguageCode, Annotated[Text, Field(min_length=1, max_length=96)]], Field(max_length=16)]
+LanguageCode = Annotated[str, Field(pattern=r"^(en|zh|ru)$")]
+Name = Annotated[Text, Field(min_length=1, max_length=96, pattern=r"^[^\x00]*\S[^\x00]*$")]
+Names = Annotated[dict[LanguageCode, Name], Field(min_length=1)]
+Category = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")]
+Slug = Annotated[str, Field(min_length=1, max_length=96, pattern=r"^[a-z0-9][a-z0-9_-]*$")]
+Prompt = Annotated[Text, Field(min_length=1, max_length=2000, pattern=r"^[^\x00]*\S[^\x00]*$")]
+LoraWeight = Annotated[float, Field(gt=0.0, le=1.0)]
 WebhookEvent = Literal[
     "job.succeeded", "job.failed", "job.cancelled", "style.trained", "broadcast.finished"
 ]
@@ -174,7 +179,7 @@ class QuotaIn(Input):
 
 class StyleQuery(PageQuery):
     enabled: bool | None = None
-    category: Annotated[Text, Field(max_length=32)] | None = None
+    category: Category | None = None
     origin: StyleOrigin | None = None
 
 
@@ -197,11 +202,12 @@ class StyleOut(Model):
 
 
 class PatchIn(Input):
-    """Fields to change; at least one."""
+    """Fields to change; at least one. `position` is 1-based in display order."""
 
     enabled: bool | None = None
-    position: int | None = Field(default=None, ge=0, le=MAX_POSITION)
+    position: int | None = Field(default=None, ge=1, le=MAX_POSITION)
     names: Names | None = None
+    category: Category | None = None
 
     @model_validator(mode="after")
     def _not_empty(self) -> PatchIn:
@@ -211,7 +217,8 @@ class PatchIn(Input):
 
 
 class StylePatch(PatchIn):
-    lora_weight: float | None = Field(default=None, ge=0.0, le=2.0)
+    lora_weight: LoraWeight | None = None
+    prompt: Prompt | None = None
 
 
 class TemplatePatch(PatchIn):
@@ -219,7 +226,7 @@ class TemplatePatch(PatchIn):
 
 
 class OrderIn(Input):
-    """Ids in their new display order; each gets position = its index."""
+    """Ids to put first, in this order (positions from 1); the others follow in their order."""
 
     ids: list[Annotated[int, Field(ge=1, le=INT32_MAX)]] = Field(min_length=1, max_length=1000)
 
@@ -230,20 +237,29 @@ class OrderIn(Input):
         return self
 
 
-class StyleUploadFields(Input):
+class UploadNames(Input):
+    name: Name = Field(description="English display name")
+    name_zh: Name | None = None
+    name_ru: Name | None = None
+
+    def names(self) -> dict[str, str]:
+        """The names by language, as stored."""
+        found = {"en": self.name, "zh": self.name_zh, "ru": self.name_ru}
+        return {lang: text for lang, text in found.items() if text}
+
+
+class StyleUploadFields(UploadNames):
     """Text fields of the multipart style upload (files: `lora`, optional `thumbnail`)."""
 
-    slug: Annotated[Text, Field(min_length=1, max_length=96, pattern=r"^[a-z0-9][a-z0-9_-]*$")]
-    name: Annotated[Text, Field(min_length=1, max_length=96)]
+    prompt: Prompt
     base_model: BaseModelName = BaseModelName.MAJIC
-    category: Annotated[Text, Field(min_length=1, max_length=32)] = "other"
-    prompt: Annotated[Text, Field(max_length=2000)] = ""
-    lora_weight: float = Field(default=0.5, ge=0.0, le=2.0)
+    category: Category = "uploaded"
+    lora_weight: LoraWeight = 0.5
 
 
 class TemplateQuery(PageQuery):
     enabled: bool | None = None
-    category: Annotated[Text, Field(max_length=32)] | None = None
+    category: Category | None = None
 
 
 class TemplateOut(Model):
@@ -263,12 +279,11 @@ class TemplateOut(Model):
     created_at: datetime
 
 
-class TemplateUploadFields(Input):
+class TemplateUploadFields(UploadNames):
     """Text fields of the multipart template upload (file: `image`)."""
 
-    slug: Annotated[Text, Field(min_length=1, max_length=96, pattern=r"^[a-z0-9][a-z0-9_-]*$")]
-    name: Annotated[Text, Field(min_length=1, max_length=96)]
-    category: Annotated[Text, Field(min_length=1, max_length=32)] = "other"
+    slug: Slug | None = Field(default=None, description="Derived from the name when omitted")
+    category: Category = "uploaded"
 
 
 # ---- jobs ----

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Select, select
@@ -20,7 +19,9 @@ class AuditRepository(RepositoryBase[AuditEntry]):
         """Append one entry (flushed, not committed)."""
         return self.add(AuditEntry(actor=actor, action=action, target=target, details=details))
 
-    def query(self, *, action: str | None = None, actor: str | None = None) -> Select[tuple[AuditEntry]]:
+    def query(
+        self, *, action: str | None = None, actor: str | None = None
+    ) -> Select[tuple[AuditEntry]]:
         """A select of entries, newest first, optionally filtered."""
         stmt = select(AuditEntry).order_by(AuditEntry.id.desc())
         if action:
@@ -28,6 +29,3 @@ class AuditRepository(RepositoryBase[AuditEntry]):
         if actor:
             stmt = stmt.where(AuditEntry.actor == actor)
         return stmt
-
-    def for_action(self, action: str) -> Sequence[AuditEntry]:
-        return self.session.scalars(self.query(action=action)).all()

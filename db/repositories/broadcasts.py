@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from datetime import datetime
+
 from sqlalchemy import Select, func, select
 
 from db.models import Broadcast, User
@@ -22,6 +25,15 @@ class BroadcastRepository(RepositoryBase[Broadcast]):
             )
             or 0
         )
+
+    def stalled(self, updated_before: datetime, limit: int = 100) -> Sequence[Broadcast]:
+        """Queued broadcasts not touched since a moment (their task may never have run)."""
+        return self.session.scalars(
+            select(Broadcast)
+            .where(Broadcast.status == "queued", Broadcast.updated_at < updated_before)
+            .order_by(Broadcast.id)
+            .limit(limit)
+        ).all()
 
     def counts_by_status(self) -> dict[str, int]:
         rows = self.session.execute(

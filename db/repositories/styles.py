@@ -22,7 +22,7 @@ class StyleRepository(RepositoryBase[Style]):
         enabled_only: bool = False,
         category: str | None = None,
         origin: StyleOrigin | None = None,
-    ) -> Select[tuple[Style]]:
+    ) -> Select[Style]:
         """A select of styles in display order (position, then id)."""
         stmt = select(Style).order_by(Style.position, Style.id)
         if enabled_only:
@@ -95,6 +95,8 @@ class StyleTrainingRepository(RepositoryBase[StyleTraining]):
         """Whether this user already has a training (hence a style) with this name."""
         stmt = select(StyleTraining.id).where(func.lower(StyleTraining.name) == name.lower())
         stmt = stmt.where(
-            StyleTraining.user_id.is_(None) if user_id is None else StyleTraining.user_id == user_id
+            StyleTraining.user_id.is_(None)
+            if user_id is None
+            else StyleTraining.user_id == user_id
         )
         return self.session.scalar(stmt.limit(1)) is not None

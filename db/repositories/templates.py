@@ -16,7 +16,7 @@ class TemplateRepository(RepositoryBase[Template]):
     def by_slug(self, slug: str) -> Template | None:
         return self.session.scalar(select(Template).where(Template.slug == slug))
 
-    def ordered(self, *, enabled_only: bool = False) -> Select[tuple[Template]]:
+    def ordered(self, *, enabled_only: bool = False) -> Select[Template]:
         """A select of templates in display order (position, then id)."""
         stmt = select(Template).order_by(Template.position, Template.id)
         if enabled_only:

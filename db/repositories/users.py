@@ -51,7 +51,7 @@ class UserRepository(RepositoryBase[User]):
         if query:
             like = f"%{query}%"
             conds = [User.username.ilike(like), User.first_name.ilike(like)]
-            if query.isdigit():
+            if query.isascii() and query.isdigit():
                 conds.append(User.telegram_id == int(query))
             stmt = stmt.where(or_(*conds))
         return stmt

@@ -18,7 +18,7 @@ class WebhookEndpointRepository(RepositoryBase[WebhookEndpoint]):
         return select(WebhookEndpoint).order_by(WebhookEndpoint.id)
 
     def subscribed(self, event: str) -> list[WebhookEndpoint]:
-        """Enabled endpoints whose event list contains `event` (filtered here: JSON differs by dialect)."""
+        """Enabled endpoints subscribed to `event` (filtered here: JSON differs by dialect)."""
         rows = self.session.scalars(
             select(WebhookEndpoint)
             .where(WebhookEndpoint.enabled.is_(True))
@@ -41,7 +41,9 @@ class WebhookDeliveryRepository(RepositoryBase[WebhookDelivery]):
             stmt = stmt.where(WebhookDelivery.status == status)
         return stmt
 
-    def stale_pending(self, created_before: datetime, limit: int = 100) -> Sequence[WebhookDelivery]:
+    def stale_pending(
+        self, created_before: datetime, limit: int = 100
+    ) -> Sequence[WebhookDelivery]:
         """Pending deliveries never attempted (their task was lost before reaching the broker)."""
         return self.session.scalars(
             select(WebhookDelivery)

@@ -68,7 +68,8 @@ class PerceiverAttention(nn.Module):
         weight = (q * scale) @ (k * scale).transpose(-2, -1)
         weight = torch.softmax(weight.float(), dim=-1).to(weight.dtype)
         out = (weight @ v).transpose(1, 2).reshape(b, n_lat, -1)
-        return self.to_out(out)
+        result: torch.Tensor = self.to_out(out)
+        return result
 
 
 class FaceProjector(nn.Module):
@@ -105,13 +106,17 @@ class FaceProjector(nn.Module):
         """
         latents = self.latents.expand(x.shape[0], -1, -1)
         x = self.proj_in(x)
-        for attn, ff in self.layers:  # type: ignore[misc]
+        for layer in self.layers:
+            attn, ff = layer[0], layer[1]  # type: ignore[index]
             latents = attn(x, latents) + latents
             latents = ff(latents) + latents
-        return self.norm_out(self.proj_out(latents))
+        out: torch.Tensor = self.norm_out(self.proj_out(latents))
+        return out
 
 
-def projector_state_dict(adapter_state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def projector_state_dict(
+    adapter_state_dict: Mapping[str, torch.Tensor],
+) -> dict[str, torch.Tensor]:
     """The projector's entries of a FACT adapter checkpoint, prefix removed."""
     return {
         key[len(CKPT_PREFIX) :]: value

@@ -51,7 +51,8 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(3, embed_dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x).flatten(2).transpose(1, 2)
+        out: torch.Tensor = self.proj(x)
+        return out.flatten(2).transpose(1, 2)
 
 
 class Attention(nn.Module):
@@ -70,7 +71,8 @@ class Attention(nn.Module):
         # The released model was trained with attention in fp32; half precision shifts the tokens.
         out = F.scaled_dot_product_attention(q, k, v)
         out = out.transpose(1, 2).reshape(b, n, c).to(x.dtype)
-        return self.proj(out)
+        result: torch.Tensor = self.proj(out)
+        return result
 
 
 class Mlp(nn.Module):
@@ -83,7 +85,8 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        out: torch.Tensor = self.fc2(self.act(self.fc1(x)))
+        return out
 
 
 class Block(nn.Module):
@@ -98,7 +101,8 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        out: torch.Tensor = x + self.mlp(self.norm2(x))
+        return out
 
 
 class TransFaceViT(nn.Module):
@@ -144,7 +148,8 @@ class TransFaceViT(nn.Module):
         x = self.patch_embed(x) + self.pos_embed
         for block in self.blocks:
             x = block(x)
-        return self.norm(x.float())
+        tokens: torch.Tensor = self.norm(x.float())
+        return tokens
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Global identity embedding (SE patch weighting + feature head).
@@ -158,7 +163,8 @@ class TransFaceViT(nn.Module):
         tokens = self.forward(x)
         flat = tokens.flatten(1)
         weights = self.senet(flat).unsqueeze(-1)
-        return self.feature((weights * tokens).flatten(1))
+        emb: torch.Tensor = self.feature((weights * tokens).flatten(1))
+        return emb
 
 
 def faces_to_tensor(
@@ -179,7 +185,9 @@ def faces_to_tensor(
     for face in faces:
         arr = np.asarray(face.convert("RGB") if isinstance(face, Image.Image) else face)
         if arr.shape != (FACE_SIZE, FACE_SIZE, 3) or arr.dtype != np.uint8:
-            raise ValueError(f"face crops must be uint8 (112, 112, 3), got {arr.dtype} {arr.shape}")
+            raise ValueError(
+                f"face crops must be uint8 (112, 112, 3), got {arr.dtype} {arr.shape}"
+            )
         arrays.append(arr)
     batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float()
     return ((batch / 255.0 - 0.5) / 0.5).to(device)
@@ -188,7 +196,7 @@ def faces_to_tensor(
 def load_transface(
     path: Path, config: TransFaceConfig | None = None, device: torch.device | str = "cpu"
 ) -> TransFaceViT:
-    """Build TransFace and load a checkpoint strictly (every key, no extras); eval, frozen, fp32."""
+    """Build TransFace and load a checkpoint strictly (all keys, no extras): eval, frozen, fp32."""
     state_dict = torch.load(path, map_location="cpu", weights_only=True)
     model = TransFaceViT(config)
     load_strict(model, state_dict, "TransFace")

@@ -10,7 +10,12 @@ from facechain.training.components import (
     tiny_components,
     training_resolution,
 )
-from facechain.training.dataset import DatasetLimits, StyleDataset, TrainingExample, prepare_dataset
+from facechain.training.dataset import (
+    DatasetLimits,
+    StyleDataset,
+    TrainingExample,
+    prepare_dataset,
+)
 from facechain.training.errors import (
     DatasetRejected,
     DuplicateImages,

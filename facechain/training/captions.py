@@ -63,7 +63,7 @@ def normalise_trigger(trigger_word: str) -> str:
 
 
 def build_caption(trigger: str, tags: Iterable[str] = (), user_caption: str | None = None) -> str:
-    """"trigger" or "trigger, tags"; a user caption takes the place of the tagger's tags."""
+    """ "trigger" or "trigger, tags"; a user caption takes the place of the tagger's tags."""
     parts = [trigger]
     if user_caption and user_caption.strip():
         parts.extend(t for t in split_caption(user_caption) if t != trigger)

@@ -79,7 +79,9 @@ def load_training_components(
         WeightsMissing: the real base is not downloaded.
     """
     if base_model not in BASE_SPECS:
-        raise ValueError(f"unknown base model {base_model!r}; expected one of {sorted(BASE_SPECS)}")
+        raise ValueError(
+            f"unknown base model {base_model!r}; expected one of {sorted(BASE_SPECS)}"
+        )
     if profile == "tiny":
         return tiny_components(base_model)
     pipe = StableDiffusionPipeline.from_pretrained(

@@ -44,7 +44,9 @@ def export_lora(
 ) -> ExportedLoRA:
     """Write the UNet LoRA (PEFT keys, no `unet.` prefix) in diffusers and Kohya formats."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in peft_state_dict.items()}
+    tensors = {
+        k: v.detach().to("cpu", torch.float32).contiguous() for k, v in peft_state_dict.items()
+    }
     StableDiffusionPipeline.save_lora_weights(
         save_directory=str(output_dir),
         unet_lora_layers=convert_state_dict_to_diffusers(dict(tensors)),
@@ -52,7 +54,8 @@ def export_lora(
     )
     kohya = convert_state_dict_to_kohya({f"unet.{k}": v for k, v in tensors.items()})
     kohya = {
-        k: (v.to(torch.float32) if k.endswith(".alpha") else v).contiguous() for k, v in kohya.items()
+        k: (v.to(torch.float32) if k.endswith(".alpha") else v).contiguous()
+        for k, v in kohya.items()
     }
     metadata = {
         "ss_network_module": "networks.lora",

@@ -197,8 +197,8 @@ def _encode_captions(
         truncation=True,
         return_tensors="pt",
     ).input_ids
-    out: torch.Tensor = components.text_encoder(ids.to(device), return_dict=False)[0]
-    return out.to(dtype)
+    out: torch.Tensor = components.text_encoder(ids.to(device), return_dict=False)[0].to(dtype)
+    return out
 
 
 def _target(
@@ -207,11 +207,13 @@ def _target(
     noise: torch.Tensor,
     timesteps: torch.Tensor,
 ) -> torch.Tensor:
+    """What the UNet learns to predict: the noise (SD1.5) or the velocity (v-models)."""
     prediction = components.noise_scheduler.config.prediction_type
     if prediction == "epsilon":
         return noise
     if prediction == "v_prediction":
-        return components.noise_scheduler.get_velocity(latents, noise, timesteps)
+        velocity: torch.Tensor = components.noise_scheduler.get_velocity(latents, noise, timesteps)
+        return velocity
     raise ValueError(f"unknown prediction type {prediction!r}")
 
 
@@ -280,8 +282,8 @@ def train_style_lora(
     Args:
         config: hyper-parameters; `config.base_model` names the base `components` hold.
         dataset: checked, captioned images at `config.resolution` (see `prepare_dataset`).
-        components: a plain SD1.5 base (no adapters). Used in place: moved to the device,
-            frozen, and a LoRA adapter is added then removed again before returning.
+        components: a plain SD1.5 base (no adapters). Used in place: moved to the device and
+            dtype and frozen; the LoRA adapter is added and removed again before returning.
         checkpoint_dir: where resumable checkpoints go; an earlier run's checkpoint for the
             same config and dataset is resumed from.
         output_dir: where the final files go (default `checkpoint_dir / "final"`).
@@ -313,20 +315,26 @@ def train_style_lora(
         module.to(device, dtype=weight_dtype)
     total_steps = config.total_steps(len(dataset))
     mean, std = _encode_latents(components, _pixels(dataset), device, weight_dtype)
-    embeds = _encode_captions(components, [e.caption for e in dataset.examples], device, weight_dtype)
+    embeds = _encode_captions(
+        components, [e.caption for e in dataset.examples], device, weight_dtype
+    )
     scaling = components.vae.config.scaling_factor
     num_train_timesteps = components.noise_scheduler.config.num_train_timesteps
     fingerprint = config.fingerprint(dataset)
 
-    unet.add_adapter(
-        LoraConfig(
-            r=config.rank,
-            lora_alpha=config.rank,
-            init_lora_weights="gaussian",
-            target_modules=list(config.target_modules),
-        ),
-        adapter_name=ADAPTER_NAME,
-    )
+    # The gaussian init draws from the global RNG; seed it so a run is reproducible.
+    rng_devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=rng_devices):
+        torch.manual_seed(config.seed)
+        unet.add_adapter(
+            LoraConfig(
+                r=config.rank,
+                lora_alpha=config.rank,
+                init_lora_weights="gaussian",
+                target_modules=list(config.target_modules),
+            ),
+            adapter_name=ADAPTER_NAME,
+        )
     try:
         if use_fp16:
             # Only the LoRA parameters train; fp32 masters keep AdamW's small updates.
@@ -381,15 +389,15 @@ def train_style_lora(
             latents = (mean[flips, idx] + std[flips, idx] * eps_latent.to(device)) * scaling
             latents = latents.to(weight_dtype)
             noise = torch.randn(latents.shape, generator=generator).to(device, weight_dtype)
-            timesteps = torch.randint(
-                0, num_train_timesteps, (len(idx),), generator=generator
-            ).to(device)
+            timesteps = torch.randint(0, num_train_timesteps, (len(idx),), generator=generator).to(
+                device
+            )
             noisy = components.noise_scheduler.add_noise(latents, noise, timesteps)
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_fp16):
                 pred = unet(noisy, timesteps, embeds[idx.to(device)], return_dict=False)[0]
             target = _target(components, latents, noise, timesteps)
             loss = F.mse_loss(pred.float(), target.float(), reduction="mean")
-            scaler.scale(loss).backward()
+            scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
             scaler.step(optimizer)
@@ -441,11 +449,17 @@ def train_style_lora(
         )
     finally:
         unet.eval()
-        unet.delete_adapters(ADAPTER_NAME)
+        # Unwraps the LoRA layers too (delete_adapters would leave `base_layer` wrappers),
+        # so the caller gets back the very module tree it passed in.
+        unet.unload_lora()
     steps_run = total_steps - start_step
     logger.info(
         "trained %d steps (%d this run) on %s: eval loss %.5f -> %.5f",
-        total_steps, steps_run, config.base_model, eval_before, eval_after,
+        total_steps,
+        steps_run,
+        config.base_model,
+        eval_before,
+        eval_after,
     )
     return TrainingResult(
         lora_path=exported.diffusers_path,

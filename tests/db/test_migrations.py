@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from tests.conftest import fresh_postgres_database, postgres_available
 def _urls(tmp_path: Path) -> list[str]:
     urls = [f"sqlite:///{tmp_path / 'm.db'}"]
     if postgres_available():
-        urls.append(fresh_postgres_database("facechain_migrations_test"))
+        urls.append(fresh_postgres_database(f"facechain_migrations_test_{os.getpid()}"))
     return urls
 
 

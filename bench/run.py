@@ -1,0 +1,275 @@
+"""Benchmark runner: every benchmark in `bench/` as a subprocess, figures into `bench/RESULTS.md`.
+
+Runs the engine (`bench/engine.py`), template (`bench/template.py`), training
+(`bench/training.py`) and load (`bench/load.py`) benchmarks that exist, collects their
+`label: value` lines, and writes a dated Markdown section with the machine (CPU, cores, RAM,
+GPU), the library versions and the figures, plus the commands that reproduce them. A section
+from another machine (say, a GPU box) is kept; a re-run on the same machine replaces its own.
+The benchmarks run their CUDA parts only when CUDA is present and print a `skipped` line
+otherwise; this runner says so in the section too.
+
+Run: `python bench/run.py [--only engine load] [--out bench/RESULTS.md]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+ROOT = BENCH_DIR.parent
+DEFAULT_OUT = BENCH_DIR / "RESULTS.md"
+
+# name -> (script, arguments, what it measures). Only scripts that exist are run.
+BENCHMARKS: dict[str, tuple[str, list[str], str]] = {
+    "engine": (
+        "engine.py",
+        ["--repeats", "3"],
+        "FACT adapter cost per UNet step (CPU); 512px sets and peak VRAM (CUDA)",
+    ),
+    "template": ("template.py", [], "template face inpainting (seconds per template)"),
+    "training": ("training.py", [], "style LoRA training (seconds per step, peak memory)"),
+    "load": (
+        "load.py",
+        ["--users", "50", "--seconds", "20"],
+        "the full service under N simulated users (bot + Redis + workers, tiny profile)",
+    ),
+}
+VERSIONED = ("python-telegram-bot", "torch", "diffusers", "transformers", "celery", "SQLAlchemy")
+# `label: value` lines: a label without leading spaces, then ": ", then the figure.
+KEY_LINE = re.compile(r"^(?P<label>[A-Za-z][\w ,./()+\-]{0,80}?):\s+(?P<value>\S.*)$")
+SECTION = re.compile(r"<!-- run: (?P<key>[^>]*) -->.*?<!-- end run -->\n?", re.DOTALL)
+
+
+@dataclass
+class Outcome:
+    """One benchmark's run: its figures and how it ended."""
+
+    name: str
+    command: list[str]
+    seconds: float
+    returncode: int
+    figures: list[tuple[str, str]] = field(default_factory=list)
+    tail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def machine() -> dict[str, str]:
+    """CPU model, cores, RAM, OS and GPU of this machine."""
+    cpu = platform.processor() or platform.machine()
+    for line in _read("/proc/cpuinfo").splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    ram = "?"
+    match = re.search(r"MemTotal:\s+(\d+) kB", _read("/proc/meminfo"))
+    if match:
+        ram = f"{int(match.group(1)) / 2**20:.1f} GiB"
+    return {
+        "cpu": cpu,
+        "cores": str(os.cpu_count() or "?"),
+        "ram": ram,
+        "os": f"{platform.system()} {platform.release()}",
+        "gpu": gpu_summary(),
+    }
+
+
+def gpu_summary() -> str:
+    """The CUDA device as torch sees it, or why there is none (asked in a child process)."""
+    probe = (
+        "import json, torch\n"
+        "ok = torch.cuda.is_available()\n"
+        "print(json.dumps({'ok': ok, 'name': torch.cuda.get_device_name() if ok else None,\n"
+        "  'mem': torch.cuda.get_device_properties(0).total_memory if ok else 0,\n"
+        "  'cuda': torch.version.cuda}))\n"
+    )
+    try:
+        out = (
+            subprocess.run(
+                [sys.executable, "-c", probe],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=True,
+            )
+            .stdout.strip()
+            .splitlines()[-1]
+        )
+        info = json.loads(out)
+    except (subprocess.SubprocessError, ValueError, IndexError) as exc:
+        return f"unknown (torch probe failed: {exc})"
+    if not info["ok"]:
+        return "none (no CUDA device; GPU parts skipped)"
+    return f"{info['name']}, {info['mem'] / 2**30:.0f} GiB, CUDA {info['cuda']}"
+
+
+def versions() -> dict[str, str]:
+    """Python and the libraries whose versions move the figures."""
+    found = {"python": platform.python_version()}
+    for dist in VERSIONED:
+        try:
+            found[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            found[dist] = "not installed"
+    return found
+
+
+def parse_figures(output: str) -> list[tuple[str, str]]:
+    """Every `label: value` line of a benchmark's stdout, in order (labels kept verbatim)."""
+    figures = []
+    for line in output.splitlines():
+        match = KEY_LINE.match(line.rstrip())
+        if match:
+            figures.append((match.group("label").strip(), match.group("value").strip()))
+    return figures
+
+
+def run_one(name: str, script: Path, args: list[str], timeout: float) -> Outcome:
+    """Run one benchmark script and collect its figures."""
+    command = [sys.executable, str(script.relative_to(ROOT)), *args]
+    print(f"==> {name}: {' '.join(command)}", flush=True)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    started = time.monotonic()
+    try:
+        proc = subprocess.run(
+            command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+        )
+        stdout, returncode = proc.stdout, proc.returncode
+        tail = (proc.stdout + proc.stderr)[-3000:]
+    except subprocess.TimeoutExpired as exc:
+        stdout = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        returncode, tail = 124, stdout[-3000:] + f"\n(timed out after {timeout:.0f} s)"
+    seconds = time.monotonic() - started
+    outcome = Outcome(name, command, seconds, returncode, parse_figures(stdout), tail)
+    for label, value in outcome.figures:
+        print(f"    {label}: {value}", flush=True)
+    if not outcome.ok:
+        print(f"    FAILED with exit status {returncode}:\n{tail}", flush=True)
+    return outcome
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def render(
+    key: str,
+    when: dt.datetime,
+    box: dict[str, str],
+    libs: dict[str, str],
+    outcomes: list[Outcome],
+    missing: list[str],
+) -> str:
+    """The Markdown section of one run."""
+    lines = [
+        f"<!-- run: {key} -->",
+        f"## {when:%Y-%m-%d %H:%M} UTC: {box['cpu']}, {box['cores']} cores, "
+        f"GPU: {box['gpu'].split(',')[0]}",
+        "",
+        "| machine | |",
+        "|---|---|",
+        *(f"| {k} | {_cell(v)} |" for k, v in box.items()),
+        "",
+        "| versions | |",
+        "|---|---|",
+        *(f"| {k} | {_cell(v)} |" for k, v in libs.items()),
+        "",
+        "| benchmark | figure | value |",
+        "|---|---|---|",
+    ]
+    for outcome in outcomes:
+        if not outcome.ok:
+            lines.append(
+                f"| {outcome.name} | **failed** (exit {outcome.returncode}) | "
+                f"{_cell(outcome.tail.strip().splitlines()[-1] if outcome.tail.strip() else '')} |"
+            )
+        for label, value in outcome.figures:
+            lines.append(f"| {outcome.name} | {_cell(label)} | {_cell(value)} |")
+        lines.append(f"| {outcome.name} | wall time of the benchmark | {outcome.seconds:.0f} s |")
+    lines.append("")
+    if "none" in box["gpu"]:
+        lines.append(
+            "No CUDA device on this machine: the GPU parts (512px sets, peak VRAM, GPU training) "
+            "were skipped; see the `skipped` lines above."
+        )
+        lines.append("")
+    if missing:
+        lines.append("Not run (script not present yet): " + ", ".join(missing) + ".")
+        lines.append("")
+    lines += [
+        "Reproduce:",
+        "",
+        "```bash",
+        "python bench/run.py   # all of the below, then this file",
+        *(" ".join(["python", *o.command[1:]]) for o in outcomes),
+        "```",
+        "<!-- end run -->",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+HEADER = """# Benchmark results
+
+Written by `python bench/run.py` (see `bench/README.md`). One section per machine; a re-run on
+the same machine replaces its section. Figures are medians unless the label says otherwise.
+
+"""
+
+
+def write_results(out: Path, key: str, section: str) -> None:
+    """Replace this machine's section in `out` (or add it first), keeping the others."""
+    old = out.read_text(encoding="utf-8") if out.exists() else ""
+    others = [m.group(0) for m in SECTION.finditer(old) if m.group("key") != key]
+    out.write_text(HEADER + section + "\n" + "\n".join(others), encoding="utf-8")
+
+
+def main() -> int:
+    """Run the benchmarks that exist and write the results file."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", nargs="*", choices=sorted(BENCHMARKS), help="these only")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results file")
+    parser.add_argument(
+        "--timeout", type=float, default=1800, help="seconds per benchmark (default 1800)"
+    )
+    args = parser.parse_args()
+    when = dt.datetime.now(dt.UTC)
+    box, libs = machine(), versions()
+    print("machine: " + ", ".join(f"{k} {v}" for k, v in box.items()), flush=True)
+    outcomes, missing = [], []
+    for name in args.only or list(BENCHMARKS):
+        script, bench_args, _ = BENCHMARKS[name]
+        path = BENCH_DIR / script
+        if not path.exists():
+            missing.append(f"{name} (bench/{script})")
+            print(f"==> {name}: skipped, bench/{script} does not exist", flush=True)
+            continue
+        outcomes.append(run_one(name, path, bench_args, args.timeout))
+    key = f"{box['cpu']} x{box['cores']} / {box['gpu'].split(',')[0]}"
+    write_results(args.out, key, render(key, when, box, libs, outcomes, missing))
+    print(f"wrote {args.out}", flush=True)
+    return 0 if all(o.ok for o in outcomes) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,159 @@
+"""Builds the python-telegram-bot Application: typed context, handlers per flow, error handler.
+
+The caller owns the lifecycle (`async with application`, then `start()` plus
+`updater.start_polling()` in polling mode; in webhook mode there is no updater and the aiohttp
+route feeds `bot.webhook.process_webhook_update`)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any
+
+from celery import Celery
+from telegram import BotCommand, Update
+from telegram.error import TelegramError
+from telegram.ext import (
+    Application,
+    ApplicationBuilder,
+    CallbackQueryHandler,
+    CommandHandler,
+    ContextTypes,
+    MessageHandler,
+    TypeHandler,
+    filters,
+)
+
+from bot.context import DEPS_KEY, BotContext, BotDeps
+from bot.errors import error_handler
+from bot.handlers import (
+    admin,
+    callbacks,
+    fallback,
+    gate,
+    intake,
+    photos,
+    privacy,
+    results,
+    start,
+    styles,
+    template,
+    training,
+)
+from bot.i18n import DEFAULT_LANGUAGE, LANGUAGES, translate
+from bot.processor import PerUserUpdateProcessor
+from bot.ratelimit import TelegramRetry, UpdateRateLimiter
+from db.session import Database
+from service.blobstore import BlobStore
+from service.errors import ConfigError
+from service.settings import AppConfig
+
+logger = logging.getLogger(__name__)
+
+# Commands in the client's menu; each has a `cmd.<name>` description in every language.
+MENU_COMMANDS = ("start", "style", "template", "photos", "history", "lang", "forget", "help")
+ADMIN_COMMANDS = ("stats", "ban", "unban", "quota", "broadcast")
+MAX_CONCURRENT_UPDATES = 256
+
+
+async def _post_init(application: Application[Any, Any, Any, Any, Any, Any]) -> None:
+    """Publish the command menu in every language (best effort: a failure only logs)."""
+    bot = application.bot
+    try:
+        for language in LANGUAGES:
+            commands = [BotCommand(c, translate(language, f"cmd.{c}")) for c in MENU_COMMANDS]
+            code = None if language == DEFAULT_LANGUAGE else language
+            await bot.set_my_commands(commands, language_code=code)
+    except TelegramError as exc:
+        logger.warning("could not set the command menu: %s", exc)
+    logger.info("bot @%s ready", bot.username)
+
+
+def register_handlers(
+    application: Application[Any, Any, Any, Any, Any, Any], config: AppConfig
+) -> None:
+    """Wire every flow; groups -2 and -1 run first for every update (flood, user, ban)."""
+    application.add_handler(TypeHandler(Update, gate.rate_limit), group=-2)
+    application.add_handler(TypeHandler(Update, gate.load_account), group=-1)
+
+    new_message = filters.UpdateType.MESSAGE
+    commands = {
+        "start": start.start,
+        "help": start.help_command,
+        "lang": start.lang_command,
+        "cancel": start.cancel_command,
+        "style": styles.style_command,
+        "template": template.template_command,
+        "photos": photos.photos_command,
+        "history": results.history_command,
+        "forget": privacy.forget_command,
+        "train_style": training.train_command,
+        "done": training.done_command,
+    }
+    for name, callback in commands.items():
+        application.add_handler(CommandHandler(name, callback, filters=new_message))
+
+    # An empty admin list matches nobody, so these fall through to "unknown command".
+    admins = filters.User(user_id=config.telegram.admin_ids, allow_empty=False)
+    admin_commands = {
+        "stats": admin.stats_command,
+        "ban": admin.ban_command,
+        "unban": admin.unban_command,
+        "quota": admin.quota_command,
+        "broadcast": admin.broadcast_command,
+    }
+    for name, callback in admin_commands.items():
+        application.add_handler(CommandHandler(name, callback, filters=new_message & admins))
+
+    application.add_handler(CallbackQueryHandler(callbacks.on_callback))
+    application.add_handler(
+        MessageHandler(new_message & (filters.PHOTO | filters.Document.ALL), intake.on_image)
+    )
+    application.add_handler(
+        MessageHandler(new_message & filters.TEXT & ~filters.COMMAND, fallback.on_text)
+    )
+    application.add_handler(MessageHandler(new_message & filters.COMMAND, fallback.on_unknown_command))
+    application.add_handler(MessageHandler(new_message, fallback.on_other))
+    application.add_error_handler(error_handler)
+
+
+def build_application(
+    config: AppConfig,
+    db: Database,
+    blobs: BlobStore,
+    celery: Celery,
+) -> Application[Any, Any, Any, Any, Any, Any]:
+    """The bot Application for this configuration (not yet initialised or started)."""
+    telegram = config.telegram
+    if telegram.token is None:
+        raise ConfigError("TELEGRAM_TOKEN is not set")
+    builder = (
+        ApplicationBuilder()
+        .token(telegram.token.get_secret_value())
+        .base_url(telegram.api_base_url)
+        .base_file_url(telegram.file_base_url)
+        .context_types(ContextTypes(context=BotContext))
+        .concurrent_updates(PerUserUpdateProcessor(MAX_CONCURRENT_UPDATES))
+        .rate_limiter(TelegramRetry())
+        .connection_pool_size(64)
+        .media_write_timeout(60)
+        .post_init(_post_init)
+    )
+    if telegram.mode == "webhook":
+        # Updates arrive through the aiohttp route (bot.webhook), not getUpdates.
+        builder = builder.updater(None)
+    application = builder.build()
+    application.bot_data[DEPS_KEY] = BotDeps(
+        config=config,
+        db=db,
+        blobs=blobs,
+        celery=celery,
+        rate_limiter=UpdateRateLimiter(config.limits.updates_per_minute),
+        cpu_slots=asyncio.Semaphore(max(1, os.cpu_count() or 1)),
+    )
+    register_handlers(application, config)
+    return application
+
+
+__all__ = ["ADMIN_COMMANDS", "BotContext", "build_application", "register_handlers"]

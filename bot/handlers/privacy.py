@@ -1,0 +1,38 @@
+"""/forget: after confirmation, erase the user's photos, results, trainings and styles."""
+
+from __future__ import annotations
+
+import logging
+
+from telegram import Message, Update
+
+from bot import callbacks as cb
+from bot.context import BotContext
+from bot.handlers.common import reply
+from bot.keyboards import forget_keyboard
+from bot.privacy import ForgetReport, forget_user
+
+logger = logging.getLogger(__name__)
+
+
+async def forget_command(update: Update, context: BotContext) -> None:
+    """Ask for confirmation."""
+    await reply(
+        update, context, context.t("forget.confirm"), reply_markup=forget_keyboard(context.language)
+    )
+
+
+async def on_forget(update: Update, context: BotContext, data: cb.Forget) -> None:
+    """Yes: erase everything; no: keep it."""
+    message = update.callback_query.message
+    if data.answer == "yes":
+        report: ForgetReport = await context.db.run(forget_user, context.blobs, context.account.id)
+        text = context.t("forget.done", photos=report.photos, jobs=report.jobs)
+    elif data.answer == "no":
+        text = context.t("forget.kept")
+    else:
+        text = context.t("callback.stale")
+    if isinstance(message, Message):
+        await message.edit_text(text)
+    else:
+        await reply(update, context, text)

@@ -1,0 +1,224 @@
+"""Job buttons: Cancel on the status message; more like this / another style / use a pose
+under results; and /history, which lists past jobs and sends their results again."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session
+from telegram import InputMediaPhoto, Message, Update
+
+from bot import callbacks as cb
+from bot import jobs, sessions
+from bot.context import BotContext
+from bot.handlers.common import cpu, reply, start_portrait
+from bot.handlers.styles import show_styles
+from bot.handlers.template import show_templates, start_template
+from bot.keyboards import HISTORY_PAGE, history_keyboard, result_keyboard
+from db.models import JobKind, JobStatus, Style, Template
+from db.repositories.jobs import JobRepository
+from tasks.webhooks import enqueue_deliveries
+
+logger = logging.getLogger(__name__)
+
+SHOWABLE = (JobStatus.SUCCEEDED, JobStatus.DELIVERED)
+
+
+async def on_cancel_job(update: Update, context: BotContext, data: cb.CancelJob) -> None:
+    """Cancel: a queued job stops now, a running one at its next step."""
+    outcome, deliveries = await context.db.run(
+        jobs.cancel_for_user, context.account.id, data.job_id
+    )
+    if deliveries:
+        await asyncio.to_thread(enqueue_deliveries, context.celery, deliveries)
+    message = update.callback_query.message
+    if outcome == jobs.CancelOutcome.CANCELLED:
+        if isinstance(message, Message):
+            await message.edit_text(context.t("job.cancelled"))
+        logger.info("user %s cancelled job %s", context.account.id, data.job_id)
+    elif outcome == jobs.CancelOutcome.REQUESTED:
+        if isinstance(message, Message):
+            await message.edit_text(context.t("job.cancelling"))
+    elif outcome == jobs.CancelOutcome.FINISHED:
+        await reply(update, context, context.t("job.already_finished"))
+    else:
+        await reply(update, context, context.t("callback.stale"))
+
+
+@dataclass(frozen=True)
+class JobFacts:
+    kind: JobKind
+    style_id: int | None
+    template_id: int | None
+    template_photo_id: int | None
+    faces: list[int]
+
+
+def _facts(session: Session, user_id: int, job_id: int) -> JobFacts | None:
+    job = jobs.owned_job(session, user_id, job_id)
+    if job is None:
+        return None
+    params = job.params or {}
+    return JobFacts(
+        kind=job.kind,
+        style_id=job.style_id if job.style_id is not None else params.get("style_id"),
+        template_id=params.get("template_id"),
+        template_photo_id=params.get("template_photo_id"),
+        faces=[int(f) - 1 for f in params.get("faces", [])],
+    )
+
+
+async def on_more_like_this(update: Update, context: BotContext, data: cb.MoreLikeThis) -> None:
+    """The same style (or template and faces) again, with a new seed."""
+    facts = await context.db.run(_facts, context.account.id, data.job_id)
+    if facts is None:
+        await reply(update, context, context.t("callback.stale"))
+    elif facts.kind is JobKind.PORTRAIT and facts.style_id is not None:
+        await start_portrait(update, context, facts.style_id)
+    elif facts.kind is JobKind.TEMPLATE and facts.faces:
+        await start_template(
+            update,
+            context,
+            facts.faces,
+            template_id=facts.template_id,
+            template_photo_id=facts.template_photo_id,
+        )
+    else:
+        await reply(update, context, context.t("callback.stale"))
+
+
+async def on_another_style(update: Update, context: BotContext, data: cb.AnotherStyle) -> None:
+    """Open the picker again (templates for a template job)."""
+    facts = await context.db.run(_facts, context.account.id, data.job_id)
+    if facts is not None and facts.kind is JobKind.TEMPLATE:
+        await show_templates(update, context)
+    else:
+        await show_styles(update, context)
+
+
+async def on_use_pose(update: Update, context: BotContext, data: cb.UsePose) -> None:
+    """Ask for a photo whose pose the next portrait copies."""
+    facts = await context.db.run(_facts, context.account.id, data.job_id)
+    if facts is None or facts.style_id is None:
+        await reply(update, context, context.t("callback.stale"))
+        return
+    await context.db.run(
+        sessions.update,
+        context.account.id,
+        sessions.State.AWAIT_POSE,
+        end_flow=True,
+        pose_style_id=facts.style_id,
+    )
+    await reply(update, context, context.t("pose.send"))
+
+
+@dataclass(frozen=True)
+class HistoryRow:
+    job_id: int
+    kind: JobKind
+    status: JobStatus
+    created: str
+    title: str
+    results: int
+
+
+def _history(
+    session: Session, user_id: int, language: str, offset: int
+) -> tuple[list[HistoryRow], bool]:
+    found = JobRepository(session).for_user(user_id, limit=HISTORY_PAGE + 1, offset=offset)
+    rows = []
+    for job in found[:HISTORY_PAGE]:
+        title = ""
+        if job.style_id is not None:
+            style = session.get(Style, job.style_id)
+            title = style.name_for(language) if style else ""
+        elif job.template_id is not None:
+            template = session.get(Template, job.template_id)
+            title = template.name_for(language) if template else ""
+        rows.append(
+            HistoryRow(
+                job.id,
+                job.kind,
+                job.status,
+                job.created_at.strftime("%Y-%m-%d %H:%M"),
+                title,
+                len(job.result_blobs or []),
+            )
+        )
+    return rows, len(found) > HISTORY_PAGE
+
+
+async def show_history(
+    update: Update, context: BotContext, offset: int = 0, *, edit: Message | None = None
+) -> None:
+    """Send (or edit into) one page of the user's jobs, newest first."""
+    rows, has_more = await context.db.run(
+        _history, context.account.id, context.language, offset
+    )
+    if not rows and offset == 0:
+        await reply(update, context, context.t("history.empty"))
+        return
+    lines = [context.t("history.title")]
+    shows = []
+    for n, row in enumerate(rows, start=offset + 1):
+        lines.append(
+            context.t(
+                "history.row",
+                n=n,
+                date=row.created,
+                kind=context.t(f"kind.{row.kind.value}"),
+                title=row.title or "—",
+                status=context.t(f"status.{row.status.value}"),
+            )
+        )
+        if row.status in SHOWABLE and row.results:
+            shows.append((n, row.job_id))
+    markup = history_keyboard(shows, offset, has_more, context.language)
+    text = "\n".join(lines)
+    if edit is None:
+        await reply(update, context, text, reply_markup=markup)
+    else:
+        await edit.edit_text(text, reply_markup=markup)
+
+
+async def history_command(update: Update, context: BotContext) -> None:
+    """/history."""
+    await show_history(update, context)
+
+
+async def on_history_page(update: Update, context: BotContext, data: cb.HistoryPage) -> None:
+    """Newer / older."""
+    message = update.callback_query.message
+    await show_history(
+        update, context, data.offset, edit=message if isinstance(message, Message) else None
+    )
+
+
+def _results(session: Session, user_id: int, job_id: int) -> tuple[list[str], int | None] | None:
+    job = jobs.owned_job(session, user_id, job_id)
+    if job is None or job.status not in SHOWABLE:
+        return None
+    return list(job.result_blobs or []), job.style_id
+
+
+async def on_history_show(update: Update, context: BotContext, data: cb.HistoryShow) -> None:
+    """Send a past job's images again."""
+    found = await context.db.run(_results, context.account.id, data.job_id)
+    if not found or not found[0]:
+        await reply(update, context, context.t("callback.stale"))
+        return
+    keys, style_id = found
+    images = [await cpu(context, context.blobs.get, key) for key in keys[:10]]
+    chat_id = update.effective_chat.id
+    if len(images) == 1:
+        await context.bot.send_photo(chat_id, images[0])
+    else:
+        await context.bot.send_media_group(chat_id, [InputMediaPhoto(i) for i in images])
+    await reply(
+        update,
+        context,
+        context.t("job.next"),
+        reply_markup=result_keyboard(data.job_id, style_id, context.language),
+    )

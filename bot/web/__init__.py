@@ -1,0 +1,1 @@
+"""The aiohttp admin web server: admin API, probes, metrics and the Telegram webhook route."""

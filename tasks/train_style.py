@@ -1,0 +1,240 @@
+"""gpu task `style.train`: a user's pictures in, a new style (LoRA) of origin `trained` out.
+
+Checkpoints live under `<DATA_DIR>/trainings/<training id>/`, so a redelivery after a worker
+crash resumes where the last checkpoint left off; they are removed once the style is stored.
+The style is registered in its own transaction before the job is marked succeeded, and a
+redelivery that finds it registered only finishes the job.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from celery import Task, shared_task
+
+from db.models import Job, JobStatus
+from db.repositories.styles import StyleTrainingRepository
+from facechain.errors import Cancelled
+from facechain.training import (
+    DatasetLimits,
+    TrainingConfig,
+    TrainingProgress,
+    TrainingResult,
+    load_training_components,
+    prepare_dataset,
+    train_style_lora,
+    training_resolution,
+)
+from service.styles import add_trained_style
+from tasks.context import WorkerContext
+from tasks.jobs import JobOutcome, JobSnapshot, ProgressReporter, run_gpu_job
+
+logger = logging.getLogger(__name__)
+
+# Share of the job's progress bar the optimizer steps fill; export and registration the rest.
+TRAIN_PROGRESS_SHARE = 0.95
+TRAINING_ROW_INTERVAL_S = 5.0
+
+
+@dataclass(frozen=True)
+class TrainingInputs:
+    """A StyleTraining row's inputs, read in one short transaction."""
+
+    id: int
+    user_id: int | None
+    name: str
+    trigger_word: str
+    base_model: str
+    image_blobs: list[str]
+    captions: list[str]
+    config: dict[str, object]
+
+
+def checkpoint_dir(ctx: WorkerContext, training_id: int) -> Path:
+    """Worker-local folder of a training's checkpoints and final files."""
+    return ctx.config.storage.data_dir / "trainings" / str(training_id)
+
+
+def _load_inputs(ctx: WorkerContext, job: JobSnapshot, folder: Path) -> TrainingInputs | int:
+    """The training's inputs, or the id of the style it already produced (redelivery)."""
+    training_id = int(job.params["training_id"])
+    with ctx.db.session() as session:
+        row = StyleTrainingRepository(session).get(training_id)
+        if row.style_id is not None:
+            return row.style_id
+        row.job_id = row.job_id or job.id
+        row.checkpoint_path = str(folder)
+        return TrainingInputs(
+            id=row.id,
+            user_id=row.user_id,
+            name=row.name,
+            trigger_word=row.trigger_word,
+            base_model=row.base_model,
+            image_blobs=list(row.image_blobs),
+            captions=list(row.captions or []),
+            config=dict(row.config or {}),
+        )
+
+
+def _training_config(
+    ctx: WorkerContext, inputs: TrainingInputs, device: torch.device
+) -> TrainingConfig:
+    """Stored overrides on top of the defaults; base, resolution and precision from the worker."""
+    profile = ctx.config.engine.profile
+    values = dict(inputs.config)
+    values["base_model"] = inputs.base_model
+    values["resolution"] = training_resolution(profile)
+    values["mixed_precision"] = "fp16" if device.type == "cuda" and profile == "real" else "no"
+    return TrainingConfig.from_dict(values)
+
+
+class _TrainingReporter:
+    """Maps optimizer steps onto the job's progress and the training row (throttled)."""
+
+    def __init__(self, ctx: WorkerContext, training_id: int, reporter: ProgressReporter) -> None:
+        self.ctx = ctx
+        self.training_id = training_id
+        self.reporter = reporter
+        self._last_row = 0.0
+
+    def __call__(self, p: TrainingProgress) -> None:
+        self.reporter.report(TRAIN_PROGRESS_SHARE * p.fraction)
+        now = time.monotonic()
+        if now - self._last_row >= TRAINING_ROW_INTERVAL_S or p.step == p.total_steps:
+            self._last_row = now
+            with self.ctx.db.session() as session:
+                row = StyleTrainingRepository(session).get(self.training_id)
+                row.step = p.step
+                row.last_loss = p.loss
+
+
+def _register(
+    ctx: WorkerContext,
+    job: JobSnapshot,
+    inputs: TrainingInputs,
+    result: TrainingResult,
+    thumbnail: bytes,
+) -> int:
+    """Store the LoRA and add the user's new style; returns its id."""
+    with ctx.db.session() as session:
+        row = StyleTrainingRepository(session).get_for_update(inputs.id)
+        if row.style_id is not None:
+            return row.style_id
+        style = add_trained_style(
+            session,
+            ctx.blobs,
+            lora_bytes=result.lora_path.read_bytes(),
+            kohya_bytes=result.kohya_path.read_bytes(),
+            thumbnail_bytes=thumbnail,
+            name=inputs.name,
+            prompt=result.style_prompt,
+            base_model=result.base_model,
+            owner_id=inputs.user_id,
+            training_id=inputs.id,
+            trigger_word=result.trigger_word,
+        )
+        style.extra = {
+            **style.extra,
+            "steps": result.steps,
+            "rank": result.rank,
+            "eval_loss_before": round(result.eval_loss_before, 6),
+            "eval_loss_after": round(result.eval_loss_after, 6),
+        }
+        row.style_id = style.id
+        row.style_prompt = result.style_prompt
+        row.step = result.steps
+        row.last_loss = result.losses[-1] if result.losses else None
+        job_row = session.get(Job, job.id)
+        if job_row is not None:
+            job_row.style_id = style.id
+        return style.id
+
+
+def _outcome(style_id: int, result: TrainingResult | None = None) -> JobOutcome:
+    meta: dict[str, object] = {"style_id": style_id}
+    if result is not None:
+        meta.update(
+            steps=result.steps,
+            resumed_from_step=result.resumed_from_step,
+            eval_loss_before=round(result.eval_loss_before, 6),
+            eval_loss_after=round(result.eval_loss_after, 6),
+            style_prompt=result.style_prompt,
+            base_model=result.base_model,
+            steps_per_second=round(result.steps_per_second, 3),
+        )
+    return JobOutcome(result_blobs=[], result_meta=meta)
+
+
+def train(ctx: WorkerContext, job: JobSnapshot, reporter: ProgressReporter) -> JobOutcome:
+    """Run one style training job: check the pictures, train (resuming), register the style."""
+    folder = checkpoint_dir(ctx, int(job.params["training_id"]))
+    loaded = _load_inputs(ctx, job, folder)
+    if isinstance(loaded, int):
+        logger.info("training job %s already produced style %s", job.id, loaded)
+        shutil.rmtree(folder, ignore_errors=True)
+        return _outcome(loaded)
+    inputs = loaded
+    limits = ctx.config.limits
+    images = [ctx.blobs.get(key) for key in inputs.image_blobs]
+    dataset = prepare_dataset(
+        images,
+        trigger_word=inputs.trigger_word,
+        captions=inputs.captions or None,
+        resolution=training_resolution(ctx.config.engine.profile),
+        limits=DatasetLimits(
+            min_images=limits.training_min_images,
+            max_images=limits.training_max_images,
+            max_bytes=limits.max_upload_bytes,
+            max_pixels=limits.max_image_pixels,
+        ),
+    )
+    device = ctx.engine.device
+    config = _training_config(ctx, inputs, device)
+    components = load_training_components(
+        config.base_model,
+        profile=ctx.config.engine.profile,
+        models_dir=ctx.config.engine.models_dir,
+        dtype=torch.float16 if config.mixed_precision == "fp16" else torch.float32,
+    )
+    logger.info(
+        "training style %r (job %s) on %s: %d images, %d steps",
+        inputs.name,
+        job.id,
+        config.base_model,
+        len(dataset),
+        config.total_steps(len(dataset)),
+    )
+    try:
+        result = train_style_lora(
+            config,
+            dataset,
+            components,
+            checkpoint_dir=folder,
+            output_dir=folder / "final",
+            device=device,
+            progress=_TrainingReporter(ctx, inputs.id, reporter),
+            cancel=reporter.cancelled,
+        )
+    except Cancelled:
+        # The user gave up on this training; a retry starts afresh.
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    finally:
+        del components
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    style_id = _register(ctx, job, inputs, result, images[0])
+    shutil.rmtree(folder, ignore_errors=True)
+    return _outcome(style_id, result)
+
+
+@shared_task(name="style.train", bind=True, acks_late=True)
+def train_style(self: Task, job_id: int) -> str | None:
+    """Train a style LoRA for a job (idempotent; resumes from a checkpoint on redelivery)."""
+    status: JobStatus | None = run_gpu_job(self, job_id, train)
+    return status.value if status else None

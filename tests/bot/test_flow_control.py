@@ -1,0 +1,131 @@
+"""Flood and failure handling: users don't block each other, per-user rate limit, banned users
+answered once, Telegram's 429 and 5xx retried, private chats only."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from bot.handlers import intake
+from bot.i18n import translate
+from bot.ratelimit import UpdateRateLimiter, Verdict
+from facechain.quality import analyze_selfie
+from tests.bot.conftest import BotHarness, give_selfie
+
+
+class TestConcurrency:
+    async def test_a_slow_selfie_does_not_block_another_user(
+        self, bot: BotHarness, face_bytes, monkeypatch
+    ) -> None:
+        def slow_analysis(*args, **kwargs):
+            time.sleep(1.5)
+            return analyze_selfie(*args, **kwargs)
+
+        monkeypatch.setattr(intake, "analyze_selfie", slow_analysis)
+        tg = bot.tg
+        ann, bob = tg.user(5001, "Ann", "en"), tg.user(5002, "Bob", "en")
+        tg.send_photo(ann, face_bytes("man_pose1.png"))
+        await tg.wait_for("sendChatAction", chat_id=ann.id)
+        tg.send_text(bob, "/start")
+        bob_reply = await tg.wait_for("sendMessage", chat_id=bob.id)
+        ann_reply = await tg.wait_text(ann.id, "Selfie saved")
+        assert bob_reply.at < ann_reply.at - 1.0
+
+    async def test_one_users_updates_keep_their_order(self, bot: BotHarness, face_bytes) -> None:
+        tg = bot.tg
+        ann = tg.user(5003, "Ann", "en")
+        tg.send_photo(ann, face_bytes("man_pose1.png"))
+        tg.send_text(ann, "/photos")
+        listing = await tg.wait_text(ann.id, "Your selfies (1 of 5)")
+        saved = await tg.wait_text(ann.id, "Selfie saved")
+        assert saved.at < listing.at
+
+
+class TestRateLimit:
+    def test_limiter_warns_once_then_drops(self) -> None:
+        now = [0.0]
+        limiter = UpdateRateLimiter(2, clock=lambda: now[0])
+        verdicts = [limiter.check(1) for _ in range(5)]
+        assert verdicts == [Verdict.ALLOW, Verdict.ALLOW, Verdict.WARN, Verdict.DROP, Verdict.DROP]
+        assert limiter.check(2) == Verdict.ALLOW  # other users unaffected
+        now[0] = 61.0
+        assert limiter.check(1) == Verdict.ALLOW  # a new window
+
+    async def test_flood_gets_one_slow_down(self, harness: BotHarness) -> None:
+        await harness.start(updates_per_minute=3)
+        tg = harness.tg
+        ann = tg.user(5101, "Ann", "ru")
+        for i in range(8):
+            tg.send_text(ann, f"hello {i}")
+        await tg.wait_text(ann.id, translate("ru", "error.rate_limited"))
+        await tg.idle()
+        texts = tg.sent_texts(ann.id)
+        assert texts.count(translate("ru", "fallback.text")) == 3
+        assert texts.count(translate("ru", "error.rate_limited")) == 1
+        bob = tg.user(5102, "Bob", "en")
+        tg.send_text(bob, "/help")
+        await tg.wait_for("sendMessage", chat_id=bob.id)
+
+
+class TestBanned:
+    async def test_banned_user_is_answered_once(self, bot: BotHarness) -> None:
+        tg = bot.tg
+        eve = tg.user(5201, "Eve", "en")
+        give_selfie(bot, eve.id, is_banned=True)
+        for text in ("/start", "hi", "/style"):
+            tg.send_text(eve, text)
+        tg.send_sticker(eve)
+        await tg.wait_text(eve.id, translate("en", "error.banned"))
+        await tg.idle()
+        assert tg.sent_texts(eve.id) == [translate("en", "error.banned")]
+
+
+class TestTelegramFailures:
+    async def test_429_is_retried_after_the_asked_delay(self, bot: BotHarness) -> None:
+        tg = bot.tg
+        ann = tg.user(5301, "Ann", "en")
+        tg.fail_next("sendMessage", 429, retry_after=1)
+        tg.send_text(ann, "/start")
+        ok = await tg.wait_text(ann.id, "Hi Ann")
+        [failed, _] = tg.calls_to("sendMessage", chat_id=ann.id)
+        assert ok.at - failed.at >= 0.9
+
+    async def test_5xx_is_retried(self, bot: BotHarness) -> None:
+        tg = bot.tg
+        ann = tg.user(5302, "Ann", "en")
+        tg.fail_next("sendMessage", 502, times=2)
+        tg.send_text(ann, "/help")
+        await tg.wait_text(ann.id, "/style")
+        assert len(tg.calls_to("sendMessage", chat_id=ann.id)) == 3
+
+    async def test_a_failing_update_does_not_stop_the_next(self, bot: BotHarness) -> None:
+        tg = bot.tg
+        ann = tg.user(5303, "Ann", "en")
+        tg.fail_next("sendMessage", 500, times=4)  # the first try and all three retries
+        tg.send_text(ann, "/help")
+        deadline = time.monotonic() + 15
+        while len(tg.calls_to("sendMessage")) < 4 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        tg.send_text(ann, "/start")
+        await tg.wait_text(ann.id, "Hi Ann")
+        assert not [t for t in tg.sent_texts(ann.id) if "/style" in t]  # /help's reply was lost
+
+
+class TestChats:
+    async def test_group_chats_are_ignored(self, bot: BotHarness) -> None:
+        tg = bot.tg
+        ann = tg.user(5401, "Ann", "en")
+        tg.send_raw(
+            {
+                "message": {
+                    "message_id": 1,
+                    "date": int(time.time()),
+                    "chat": {"id": -100123, "type": "supergroup", "title": "G"},
+                    "from": ann.to_dict(),
+                    "text": "/start",
+                    "entities": [{"type": "bot_command", "offset": 0, "length": 6}],
+                }
+            }
+        )
+        await tg.idle()
+        assert not tg.calls_to("sendMessage")

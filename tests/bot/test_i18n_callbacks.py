@@ -1,0 +1,161 @@
+"""Catalog completeness, callback data strictness, keyboards the workers import, webhooks."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import string
+from pathlib import Path
+
+import pytest
+from telegram import Update
+
+from bot import callbacks as cb
+from bot.app import ADMIN_COMMANDS, MENU_COMMANDS, build_application
+from bot.errors import SelfieRequired
+from bot.i18n import LANGUAGES, catalog, translate
+from bot.keyboards import cancel_job_keyboard, result_keyboard
+from bot.webhook import process_webhook_update, secret_matches
+from db.models import JobKind, JobStatus
+from facechain import errors as fc_errors
+from service import errors as app_errors
+from tests.bot.conftest import BotHarness
+
+ROOT = Path(__file__).resolve().parents[2]
+# context.t("key", ...), translate(lang, "key", ...), error_text(lang, "code") take literal keys.
+LITERAL_KEY = re.compile(r"""(?:\.t|translate)\(\s*(?:[\w.\[\]"]+\s*,\s*)?"([a-z0-9_]+\.[a-z0-9_.]+)\"""")
+
+
+def placeholders(text: str) -> set[str]:
+    return {name for _, name, _, _ in string.Formatter().parse(text) if name}
+
+
+def keys_used_in_code() -> set[str]:
+    keys: set[str] = set()
+    for folder in ("bot", "tasks"):
+        for path in (ROOT / folder).rglob("*.py"):
+            keys |= set(LITERAL_KEY.findall(path.read_text(encoding="utf-8")))
+    # Keys built at run time from a closed set of values.
+    keys |= {f"kind.{k.value}" for k in JobKind}
+    keys |= {f"status.{s.value}" for s in JobStatus}
+    keys |= {f"cmd.{c}" for c in MENU_COMMANDS}
+    keys |= {f"admin.{op}_{part}" for op in ("ban", "unban") for part in ("usage", "done")}
+    return keys
+
+
+def user_facing_error_codes() -> set[str]:
+    codes = set()
+    for module in (app_errors, fc_errors):
+        for obj in vars(module).values():
+            if isinstance(obj, type) and issubclass(obj, app_errors.AppError | fc_errors.FaceChainError):
+                codes.add(obj.code)
+    codes.add(SelfieRequired.code)
+    return codes - {"config"}
+
+
+class TestCatalogs:
+    def test_same_keys_in_every_language(self) -> None:
+        en = set(catalog("en"))
+        for lang in LANGUAGES:
+            assert set(catalog(lang)) == en, lang
+
+    def test_same_placeholders_in_every_language(self) -> None:
+        for key, text in catalog("en").items():
+            for lang in LANGUAGES:
+                assert placeholders(catalog(lang)[key]) == placeholders(text), (lang, key)
+
+    def test_every_key_used_in_code_exists(self) -> None:
+        used = keys_used_in_code()
+        assert len(used) > 80
+        missing = sorted(k for k in used if k not in catalog("en"))
+        assert missing == []
+
+    def test_every_error_code_has_a_sentence(self) -> None:
+        missing = sorted(c for c in user_facing_error_codes() if f"error.{c}" not in catalog("en"))
+        assert missing == []
+
+    def test_every_text_formats(self) -> None:
+        for lang in LANGUAGES:
+            for key, text in catalog(lang).items():
+                params = {name: "1" for name in placeholders(text)}
+                assert translate(lang, key, **params)
+
+
+class TestCallbackData:
+    def test_every_payload_round_trips(self) -> None:
+        for cls in cb.CallbackData.registry.values():
+            values = {
+                f.name: (7 if f.type in (int, "int") else "all") for f in dataclasses.fields(cls)
+            }
+            payload = cls(**values)
+            assert cb.parse(payload.pack()) == payload
+            assert len(payload.pack().encode()) <= cb.MAX_BYTES
+
+    @pytest.mark.parametrize(
+        "data",
+        [None, "", "x" * 65, "nope:1", "jc", "jc:", "jc:1:1", "jc:1.5", "jc:+1", "jc:0x1",
+         "jc:１", "sp:All:0", "sp:a b:0", "sp:all:-1", "face:1", "lang:e n"],
+    )
+    def test_forged_data_is_rejected(self, data: str | None) -> None:
+        with pytest.raises(cb.BadCallback):
+            cb.parse(data)
+
+    def test_unpack_checks_the_kind(self) -> None:
+        assert cb.CancelJob.unpack("jc:5") == cb.CancelJob(5)
+        with pytest.raises(cb.BadCallback):
+            cb.CancelJob.unpack("rm:5")
+
+
+class TestWorkerKeyboards:
+    def test_cancel_keyboard(self) -> None:
+        markup = cancel_job_keyboard(12, "ru")
+        [[button]] = markup.inline_keyboard
+        assert button.callback_data == "jc:12" and button.text == translate("ru", "btn.cancel")
+
+    def test_result_keyboards(self) -> None:
+        data = [b.callback_data for row in result_keyboard(3, 9, "zh").inline_keyboard for b in row]
+        assert data == ["rm:3", "ra:3", "rp:3"]
+        data = [b.callback_data for row in result_keyboard(3, None, "en").inline_keyboard for b in row]
+        assert data == ["rm:3", "ra:3"]
+
+
+class TestWebhook:
+    def test_secret_is_compared_exactly(self) -> None:
+        assert secret_matches("s3cret", "s3cret")
+        assert not secret_matches("s3cret", "s3cre")
+        assert not secret_matches("s3cret", None)
+        assert not secret_matches(None, "anything")
+
+    async def test_webhook_update_is_processed(self, harness: BotHarness) -> None:
+        from tests.bot.conftest import make_config
+
+        config = make_config(harness.tg, harness.database_url, harness.tmp_path)
+        config.telegram.mode = "webhook"
+        from tasks.celery_app import create_celery
+
+        app = build_application(config, harness.db, harness.blobs, create_celery(config))
+        assert app.updater is None
+        async with app:
+            await app.start()
+            try:
+                ann = harness.tg.user(9001, "Ann", "ru")
+                body = {
+                    "update_id": 1,
+                    "message": {
+                        "message_id": 1,
+                        "date": 0,
+                        "chat": ann.chat(),
+                        "from": ann.to_dict(),
+                        "text": "/help",
+                        "entities": [{"type": "bot_command", "offset": 0, "length": 5}],
+                    },
+                }
+                update = await process_webhook_update(app, body)
+                assert isinstance(update, Update)
+                await harness.tg.wait_text(ann.id, "/style")
+                assert await process_webhook_update(app, {"nonsense": True}) is None
+            finally:
+                await app.stop()
+
+    def test_admin_commands_are_not_in_the_public_menu(self) -> None:
+        assert not set(ADMIN_COMMANDS) & set(MENU_COMMANDS)

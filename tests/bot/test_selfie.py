@@ -1,0 +1,112 @@
+"""Selfie intake: a good selfie is stored with its face; group photos ask which face; every bad
+input gets its own reply and no traceback."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from sqlalchemy import select
+
+from bot.i18n import translate
+from db.models import Photo, PhotoKind
+from tests.bot.conftest import BotHarness
+from tests.facechain.face_data import encode, landscape_rgb
+from tests.facechain.test_imageio import png_with_declared_size
+from tests.utils.fake_telegram import buttons
+
+
+def selfies(bot: BotHarness, telegram_id: int) -> list[Photo]:
+    row = bot.user_row(telegram_id)
+    with bot.db.session() as s:
+        return list(
+            s.scalars(
+                select(Photo).where(Photo.user_id == row.id, Photo.kind == PhotoKind.SELFIE)
+            )
+        )
+
+
+class TestGoodSelfie:
+    async def test_selfie_is_stored_with_its_face_and_the_picker_opens(
+        self, bot: BotHarness, face_bytes
+    ) -> None:
+        ann = bot.tg.user(2001, "Ann", "en")
+        data = face_bytes("man_pose1.png")
+        bot.tg.send_photo(ann, data)
+        await bot.tg.wait_text(ann.id, translate("en", "selfie.saved", count=1, max=5))
+        picker = await bot.tg.wait_for("sendPhoto", chat_id=ann.id)
+        assert "Armor" in picker.params["caption"]
+        [photo] = selfies(bot, ann.id)
+        assert photo.selected_face == 0
+        assert len(photo.faces) == 1 and len(photo.faces[0]["landmarks"]) == 5
+        assert photo.expires_at is not None
+        assert bot.blobs.get(photo.sha256) == data
+
+    async def test_image_sent_as_a_document_is_accepted(self, bot: BotHarness, face_bytes) -> None:
+        ann = bot.tg.user(2002, "Ann", "ru")
+        bot.tg.send_document(ann, face_bytes("woman_pose1.png"), file_name="me.png", mime_type="image/png")
+        await bot.tg.wait_text(ann.id, translate("ru", "selfie.saved", count=1, max=5))
+        assert len(selfies(bot, ann.id)) == 1
+
+
+class TestGroupPhoto:
+    async def test_group_photo_asks_which_face(self, bot: BotHarness, face_bytes) -> None:
+        ann = bot.tg.user(2003, "Ann", "en")
+        bot.tg.send_photo(ann, face_bytes("template_group.jpg"), width=1680, height=1260)
+        preview = await bot.tg.wait_for("sendPhoto", chat_id=ann.id)
+        assert preview.params["caption"] == translate("en", "selfie.choose_face", count=2)
+        assert preview.files  # the preview with numbered boxes was uploaded
+        [photo] = selfies(bot, ann.id)
+        assert photo.selected_face is None and len(photo.faces) == 2
+        message = bot.tg.bot_messages(ann.id)[-1]
+        assert [label for label, _ in buttons(message)] == ["1", "2"]
+        since = len(bot.tg.calls)
+        bot.tg.press_button(ann, message, "2")
+        await bot.tg.wait_text(ann.id, translate("en", "selfie.face_chosen", n=2), since=since)
+        await bot.tg.wait_for("sendPhoto", chat_id=ann.id, since=since)  # the style picker
+        [photo] = selfies(bot, ann.id)
+        assert photo.selected_face == 1
+
+
+class TestBadInput:
+    @pytest.mark.parametrize(
+        ("kind", "key"),
+        [
+            ("no_face", "error.no_face"),
+            ("text_as_jpg", "error.not_an_image"),
+            ("zero_bytes", "error.not_an_image"),
+            ("huge_png", "error.image_too_large"),
+            ("declared_too_big", "error.image_too_large"),
+            ("pdf", "error.not_an_image"),
+            ("sticker", "fallback.media"),
+            ("voice", "fallback.media"),
+        ],
+    )
+    async def test_bad_input_gets_its_reply(
+        self, bot: BotHarness, caplog: pytest.LogCaptureFixture, kind: str, key: str
+    ) -> None:
+        caplog.set_level(logging.INFO)
+        ann = bot.tg.user(2100, "Ann", "zh")
+        tg = bot.tg
+        if kind == "no_face":
+            tg.send_photo(ann, encode(landscape_rgb()))
+        elif kind == "text_as_jpg":
+            tg.send_document(ann, b"this is not a picture\n", file_name="selfie.jpg")
+        elif kind == "zero_bytes":
+            tg.send_document(ann, b"", file_name="empty.png", mime_type="image/png")
+        elif kind == "huge_png":
+            tg.send_document(ann, png_with_declared_size(100_000, 100_000), file_name="big.png")
+        elif kind == "declared_too_big":
+            tg.send_document(ann, b"x" * 100, file_name="big.jpg", file_size=50 * 1024 * 1024)
+        elif kind == "pdf":
+            tg.send_document(ann, b"%PDF-1.4", file_name="cv.pdf", mime_type="application/pdf")
+        elif kind == "sticker":
+            tg.send_sticker(ann)
+        else:
+            tg.send_voice(ann)
+        call = await tg.wait_for("sendMessage", chat_id=ann.id)
+        assert call.params["text"] == translate("zh", key)
+        await tg.idle()
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert not [r for r in caplog.records if r.exc_info]
+        assert selfies(bot, ann.id) == []

@@ -1,0 +1,183 @@
+"""Model registry: fake ModelScope download, local source, checksums, resume, offline resolve."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from facechain import registry
+from facechain.errors import WeightsMissing
+from facechain.registry import (
+    ADAPTER_FILM,
+    BASE_FILM,
+    REGISTRY,
+    TRANSFACE,
+    download_models,
+    resolve,
+    verify_models,
+)
+
+# What the fake hub serves: per repo, relative path -> bytes.
+REMOTE: dict[str, dict[str, bytes]] = {
+    "ly261666/cv_portrait_model": {
+        "film/film/unet/diffusion_pytorch_model.safetensors": b"unet" * 100,
+        "film/film/model_index.json": b"{}",
+        "realistic/unet/other.bin": b"not requested",
+    },
+    "yucheng1996/FaceChain-FACT": {
+        ADAPTER_FILM.path: b"adapter" * 50,
+        TRANSFACE.path: b"transface" * 50,
+        ADAPTER_FILM.path.replace("film", "maj"): b"other adapter",
+    },
+}
+
+
+class FakeHub:
+    """Stands in for modelscope's snapshot_download, honouring allow_file_pattern."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+
+    def __call__(self, model_id: str, **kwargs: Any) -> str:
+        self.calls.append({"model_id": model_id, **kwargs})
+        root = Path(kwargs["cache_dir"]) / model_id
+        for rel, data in REMOTE[model_id].items():
+            if fnmatch.fnmatch(rel, kwargs["allow_file_pattern"]):
+                path = root / rel
+                if not path.exists():
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.write_bytes(data)
+        return str(root)
+
+
+@pytest.fixture
+def hub(monkeypatch: pytest.MonkeyPatch) -> FakeHub:
+    fake = FakeHub()
+    monkeypatch.setattr(registry, "snapshot_download", fake)
+    return fake
+
+
+def corrupt_same_size(path: Path) -> None:
+    """Flip the first byte in place (size unchanged), and keep the recorded mtime."""
+    st = path.stat()
+    data = bytearray(path.read_bytes())
+    data[0] ^= 0xFF
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+class TestRegistry:
+    def test_every_model_named_once_with_pinned_revision(self) -> None:
+        assert set(REGISTRY) == {
+            "base_film",
+            "base_majic",
+            "adapter_film",
+            "adapter_majic",
+            "transface",
+            "controlnet_openpose",
+            "openpose_annotator",
+            "controlnet_canny",
+            "default_style_lora",
+        }
+        assert all(spec.revision.startswith("v") for spec in REGISTRY.values())
+        locations = [(s.model_id, s.revision, s.path) for s in REGISTRY.values()]
+        assert len(set(locations)) == len(locations)
+        assert BASE_FILM.pattern == "film/film/*"
+        assert TRANSFACE.pattern == "ms1mv2_model_TransFace_S.pt"
+
+
+class TestDownload:
+    def test_download_records_checksums_and_resolves(self, tmp_path: Path, hub: FakeHub) -> None:
+        paths = download_models(tmp_path, only=["base_film", "transface"])
+
+        assert [c["model_id"] for c in hub.calls] == [BASE_FILM.model_id, TRANSFACE.model_id]
+        assert hub.calls[0]["revision"] == "v2.0"
+        assert hub.calls[0]["allow_file_pattern"] == "film/film/*"
+        manifest = json.loads((tmp_path / "manifest.json").read_text())
+        files = manifest["models"]["base_film"]["files"]
+        assert set(files) == {
+            "film/film/unet/diffusion_pytorch_model.safetensors",
+            "film/film/model_index.json",
+        }
+        assert files["film/film/model_index.json"]["size"] == 2
+        assert resolve(BASE_FILM, tmp_path) == paths["base_film"]
+        assert (
+            resolve("transface", tmp_path).read_bytes()
+            == REMOTE[TRANSFACE.model_id][TRANSFACE.path]
+        )
+        assert verify_models(tmp_path, only=["base_film", "transface"]) == {}
+
+    def test_resume_skips_good_models(self, tmp_path: Path, hub: FakeHub, monkeypatch) -> None:
+        download_models(tmp_path, only=["base_film", "transface"])
+        hashed: list[Path] = []
+        real_sha = registry.sha256_file
+        monkeypatch.setattr(registry, "sha256_file", lambda p: hashed.append(p) or real_sha(p))
+
+        download_models(tmp_path, only=["base_film", "transface"])
+        assert len(hub.calls) == 2
+        assert hashed == []
+
+        # A deleted file: only its model is fetched again, only that file is hashed again.
+        gone = tmp_path / BASE_FILM.model_id / "film/film/model_index.json"
+        gone.unlink()
+        download_models(tmp_path, only=["base_film", "transface"])
+        assert [c["model_id"] for c in hub.calls[2:]] == [BASE_FILM.model_id]
+        assert hashed == [gone]
+
+    def test_checksum_catches_corruption_and_verify_refetches(
+        self, tmp_path: Path, hub: FakeHub
+    ) -> None:
+        download_models(tmp_path, only=["adapter_film"])
+        ckpt = resolve(ADAPTER_FILM, tmp_path)
+        corrupt_same_size(ckpt)
+
+        assert verify_models(tmp_path, only=["adapter_film"]) == {"adapter_film": [ckpt]}
+        download_models(tmp_path, only=["adapter_film"])  # cheap check cannot see it
+        assert len(hub.calls) == 1
+        download_models(tmp_path, only=["adapter_film"], verify=True)
+        assert len(hub.calls) == 2
+        assert ckpt.read_bytes() == REMOTE[ADAPTER_FILM.model_id][ADAPTER_FILM.path]
+        assert verify_models(tmp_path, only=["adapter_film"]) == {}
+
+    def test_local_source(self, tmp_path: Path, hub: FakeHub) -> None:
+        source = tmp_path / "usb"
+        for model_id, files in REMOTE.items():
+            for rel, data in files.items():
+                (source / model_id / rel).parent.mkdir(parents=True, exist_ok=True)
+                (source / model_id / rel).write_bytes(data)
+        cache = tmp_path / "cache"
+
+        download_models(cache, only=["base_film", "adapter_film"], local_source=source)
+
+        assert hub.calls == []
+        assert resolve(BASE_FILM, cache).is_dir()
+        assert not (cache / BASE_FILM.model_id / "realistic").exists()
+        adapter = resolve(ADAPTER_FILM, cache)
+        corrupt_same_size(adapter)
+        download_models(cache, only=["adapter_film"], local_source=source, verify=True)
+        assert verify_models(cache, only=["adapter_film"]) == {}
+        with pytest.raises(WeightsMissing, match="local source"):
+            download_models(cache, only=["controlnet_canny"], local_source=source)
+
+
+class TestResolve:
+    def test_missing_weights_name_the_download_command(self, tmp_path: Path) -> None:
+        with pytest.raises(WeightsMissing, match="facechain-bot models download") as exc:
+            resolve(BASE_FILM, tmp_path)
+        assert exc.value.code == "weights_missing"
+
+    def test_truncated_file_is_missing(self, tmp_path: Path, hub: FakeHub) -> None:
+        download_models(tmp_path, only=["transface"])
+        path = resolve(TRANSFACE, tmp_path)
+        path.write_bytes(b"short")
+        with pytest.raises(WeightsMissing, match="facechain-bot models download"):
+            resolve(TRANSFACE, tmp_path)
+
+    def test_unknown_name(self, tmp_path: Path) -> None:
+        with pytest.raises(ValueError, match="unknown models"):
+            download_models(tmp_path, only=["sdxl"])

@@ -1,0 +1,228 @@
+"""gpu task `style.train` on the tiny profile: trains, registers the user's style bound to its
+base, the portrait pipeline then paints with it; idempotent, resumes after a crash, refuses a
+bad picture set before training."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from db.models import BaseModel, Job, JobKind, JobStatus, Style, StyleOrigin, StyleTraining
+from db.session import Database
+from facechain.engine import Engine, EngineConfig, PortraitRequest
+from service.blobstore import LocalBlobStore
+from service.settings import AppConfig
+from tasks import train_style as train_module
+from tasks.context import set_context
+from tasks.generate import style_spec
+from tasks.train_style import train_style
+from tests.facechain.face_data import PORTRAITS, fixture_bytes
+from tests.utils.factories import make_user
+
+TRAINING_CONFIG = {
+    "rank": 4,
+    "max_train_steps": 6,
+    "learning_rate": 1e-3,
+    "checkpointing_steps": 2,
+}
+
+
+class WorkerDied(BaseException):
+    """A worker process dying mid-task: nothing in the task catches it, the job stays running."""
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_engine() -> Engine:
+    return Engine.from_config(EngineConfig(profile="tiny", device="cpu", steps=3))
+
+
+@pytest.fixture
+def ctx(
+    db: Database,
+    blobs: LocalBlobStore,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    tiny_engine: Engine,
+) -> Iterator[SimpleNamespace]:
+    monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("ENGINE_PROFILE", "tiny")
+    monkeypatch.setenv("ENGINE_DEVICE", "cpu")
+    monkeypatch.setenv("ENGINE_MODELS_DIR", str(tmp_path / "models"))
+    context = SimpleNamespace(
+        config=AppConfig(), db=db, blobs=blobs, engine=tiny_engine, celery=mock.Mock()
+    )
+    set_context(context)  # type: ignore[arg-type]
+    yield context
+    set_context(None)
+
+
+def make_training(
+    session: Session, blobs: LocalBlobStore, images: list[bytes], base_model: str = "film"
+) -> tuple[int, int]:
+    """A user's queued training job; returns (job id, training id)."""
+    user = make_user(session, 4242)
+    training = StyleTraining(
+        user_id=user.id,
+        name="Ink wash",
+        trigger_word="zkstyle",
+        base_model=base_model,
+        image_blobs=[blobs.put(data) for data in images],
+        captions=[],
+        config=TRAINING_CONFIG,
+    )
+    session.add(training)
+    session.flush()
+    job = Job(user_id=user.id, kind=JobKind.TRAINING, params={"training_id": training.id})
+    session.add(job)
+    session.flush()
+    training.job_id = job.id
+    session.flush()
+    return job.id, training.id
+
+
+def portraits() -> list[bytes]:
+    return [fixture_bytes(name) for name in PORTRAITS]
+
+
+class TestTrainStyle:
+    def test_trains_registers_and_the_style_is_used(
+        self, ctx: SimpleNamespace, session: Session
+    ) -> None:
+        assert train_style.name == "style.train"
+        job_id, training_id = make_training(session, ctx.blobs, portraits())
+        session.commit()
+
+        assert train_style(job_id) == "succeeded"
+
+        session.expire_all()
+        job = session.get(Job, job_id)
+        training = session.get(StyleTraining, training_id)
+        assert job is not None
+        assert training is not None
+        assert job.status is JobStatus.SUCCEEDED
+        assert job.progress == 1.0
+        style = session.get(Style, job.result_meta["style_id"])
+        assert style is not None
+        assert job.style_id == style.id == training.style_id
+        assert style.origin is StyleOrigin.TRAINED
+        assert style.owner_id == job.user_id
+        # Bound to the base it was trained on.
+        assert style.base_model is BaseModel.FILM
+        assert job.result_meta["base_model"] == "film"
+        assert (style.prompt, style.prompt_template, style.category) == (
+            "zkstyle",
+            "style",
+            "trained",
+        )
+        assert ctx.blobs.exists(style.lora_blob)
+        assert ctx.blobs.exists(style.extra["kohya_blob"])
+        assert style.thumbnail_blob
+        assert ctx.blobs.exists(style.thumbnail_blob)
+        assert (training.step, training.style_prompt) == (6, "zkstyle")
+        assert training.last_loss is not None
+        meta = job.result_meta
+        assert meta["steps"] == 6
+        assert meta["eval_loss_after"] < meta["eval_loss_before"]
+        assert not Path(training.checkpoint_path).exists()
+
+        # The portrait pipeline paints with it: the output differs from the bare base.
+        spec = style_spec(ctx, style.id)  # type: ignore[arg-type]
+        assert spec.lora_path is not None
+        assert spec.base_model == "film"
+        selfie = np.asarray(
+            Image.open(io.BytesIO(fixture_bytes("man_pose1"))).convert("RGB").resize((112, 112))
+        )
+        images = {}
+        for weight in (0.0, 1.0):
+            request = PortraitRequest(
+                selfies=[selfie], style=dataclasses.replace(spec, lora_weight=weight), seed=3
+            )
+            images[weight] = np.asarray(ctx.engine.portraits(request)[0].image, np.int16)
+        assert np.abs(images[1.0] - images[0.0]).max() > 5
+
+        # Redelivered after success: nothing happens.
+        assert train_style(job_id) is None
+        assert session.scalar(select(func.count(Style.id))) == 1
+
+    def test_crash_mid_training_resumes_on_redelivery(
+        self, ctx: SimpleNamespace, session: Session, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        job_id, training_id = make_training(session, ctx.blobs, portraits(), base_model="majic")
+        session.commit()
+        report = train_module._TrainingReporter.__call__
+
+        def dies_at_step_3(self, progress):  # type: ignore[no-untyped-def]
+            if progress.step == 3:
+                raise WorkerDied
+            report(self, progress)
+
+        monkeypatch.setattr(train_module._TrainingReporter, "__call__", dies_at_step_3)
+        with pytest.raises(WorkerDied):
+            train_style(job_id)
+        session.expire_all()
+        job = session.get(Job, job_id)
+        training = session.get(StyleTraining, training_id)
+        assert job is not None
+        assert training is not None
+        assert job.status is JobStatus.RUNNING
+        assert job.attempts == 1
+        folder = Path(training.checkpoint_path)
+        assert [p.name for p in folder.iterdir() if p.name.startswith("checkpoint-")] == [
+            "checkpoint-0000002"
+        ]
+
+        monkeypatch.setattr(train_module._TrainingReporter, "__call__", report)
+        assert train_style(job_id) == "succeeded"
+        session.expire_all()
+        job = session.get(Job, job_id)
+        assert job is not None
+        assert job.attempts == 2
+        assert job.result_meta["resumed_from_step"] == 2
+        assert job.result_meta["steps"] == 6
+        style = session.get(Style, job.result_meta["style_id"])
+        assert style is not None
+        assert style.base_model is BaseModel.MAJIC
+
+    def test_bad_pictures_fail_before_training(
+        self, ctx: SimpleNamespace, session: Session
+    ) -> None:
+        job_id, _ = make_training(session, ctx.blobs, portraits()[:3])
+        session.commit()
+        with mock.patch.object(train_module, "train_style_lora") as trainer:
+            assert train_style(job_id) == "failed"
+        trainer.assert_not_called()
+        session.expire_all()
+        job = session.get(Job, job_id)
+        assert job is not None
+        assert job.error_code == "training_too_few_images"
+        assert "at least 5" in (job.error_detail or "")
+        assert session.scalar(select(func.count(Style.id))) == 0
+
+    def test_cancelled_before_start(self, ctx: SimpleNamespace, session: Session) -> None:
+        job_id, _ = make_training(session, ctx.blobs, portraits())
+        job = session.get(Job, job_id)
+        assert job is not None
+        job.cancel_requested = True
+        session.commit()
+        assert train_style(job_id) is None
+        session.expire_all()
+        assert session.get(Job, job_id).status is JobStatus.CANCELLED  # type: ignore[union-attr]
