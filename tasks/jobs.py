@@ -161,24 +161,17 @@ def finish(
             JobStatus.CANCELLED: "job.cancelled",
         }[status]
         delivery_ids = emit_job_event(session, job, event)
-    for delivery_id in delivery_ids:
-        send_io(ctx.celery, "webhooks.deliver", delivery_id)
+    from tasks.webhooks import enqueue_deliveries
+
+    enqueue_deliveries(ctx.celery, delivery_ids)
     return status
 
 
 def emit_job_event(session: Any, job: Job, event: str) -> list[int]:
-    """Record outgoing webhook deliveries for a job event (sent after commit)."""
-    from tasks.webhooks import emit_event
+    """Record outgoing webhook deliveries for a job event (published after commit)."""
+    from tasks.webhooks import emit_event, job_event_payload
 
-    payload = {
-        "job_id": job.id,
-        "kind": job.kind.value,
-        "status": job.status.value,
-        "user_id": job.user_id,
-        "error_code": job.error_code,
-        "results": len(job.result_blobs or []),
-    }
-    return list(emit_event(session, event, payload))
+    return list(emit_event(session, event, job_event_payload(job)))
 
 
 def run_gpu_job(task: Task, job_id: int, work: Work) -> JobStatus | None:

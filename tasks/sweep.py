@@ -61,9 +61,20 @@ def sweep_once(
     sent = sum(dispatch_job(ctx.celery, ctx.db, job_id) for job_id in dict.fromkeys(resend))
     for job_id in notify:
         send_io(ctx.celery, "delivery.send_result", job_id)
-    if sent or notify:
-        logger.info("sweep: re-sent %d jobs, failed %d", sent, len(notify))
-    return {"resent": sent, "failed": len(notify)}
+    from tasks.broadcast import resend_stalled_broadcasts
+    from tasks.webhooks import resend_stale_deliveries
+
+    webhooks = resend_stale_deliveries(ctx.celery, ctx.db, outbox_grace)
+    broadcasts = resend_stalled_broadcasts(ctx.celery, ctx.db, requeue_after)
+    if sent or notify or webhooks or broadcasts:
+        logger.info(
+            "sweep: re-sent %d jobs, %d webhook deliveries, %d broadcasts; failed %d",
+            sent,
+            webhooks,
+            broadcasts,
+            len(notify),
+        )
+    return {"resent": sent, "failed": len(notify), "webhooks": webhooks, "broadcasts": broadcasts}
 
 
 @shared_task(name="maintenance.sweep", bind=True, ignore_result=True)

@@ -16,6 +16,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -204,6 +205,8 @@ class Stack:
     blobs: LocalBlobStore
     logs: Path
     limits: dict[str, Any] = field(default_factory=dict)
+    # The bot's own Database when it must reach PostgreSQL another way (through a proxy).
+    bot_db: Database | None = None
     style_ids: list[int] = field(default_factory=list)
     workers: dict[str, WorkerProcess] = field(default_factory=dict)
     config: AppConfig | None = None
@@ -263,7 +266,7 @@ class Stack:
         self.config = config_from_env(self.env, **self.limits)
         if self.celery is None:
             self.celery = create_celery(self.config)
-        self.app = build_application(self.config, self.db, self.blobs, self.celery)
+        self.app = build_application(self.config, self.bot_db or self.db, self.blobs, self.celery)
         self._runner = running_bot(self.app, poll_timeout=1)
         await self._runner.__aenter__()
         return self.app
@@ -316,6 +319,26 @@ class Stack:
         """Successful calls of `method` to a chat."""
         return [c for c in self.tg.calls_to(method) if c.ok and c.chat_id == chat_id]
 
+    def sweep(self, **limits: timedelta) -> dict[str, int]:
+        """One outbox/stuck-job sweep from this process, as beat would run it."""
+        from tasks.context import WorkerContext, set_context
+        from tasks.sweep import sweep_once
+
+        assert self.config is not None, "start the bot first"
+        assert self.celery is not None
+        ctx = WorkerContext(self.config, self.celery)
+        ctx.db.dispose()
+        ctx.db, ctx.blobs = self.db, self.blobs
+        set_context(ctx)
+        try:
+            return sweep_once(
+                outbox_grace=limits.pop("outbox_grace", timedelta(0)),
+                time_limit=limits.pop("time_limit", timedelta(minutes=15)),
+                **limits,
+            )
+        finally:
+            set_context(None)
+
     async def wait(self, predicate: Callable[[], object], seconds: float, what: str) -> Any:
         """`wait_until`, watching this stack's workers."""
         return await wait_until(predicate, seconds, what, workers=self.workers.values())
@@ -330,9 +353,14 @@ async def open_stack(
     queues: Iterable[str] = ("gpu", "io"),
     bot: bool = True,
     limits: dict[str, Any] | None = None,
+    service_database_url: str | None = None,
     **env: str,
 ) -> AsyncIterator[Stack]:
-    """Fake Telegram, workers and (optionally) the bot on an emptied database; stopped after."""
+    """Fake Telegram, workers and (optionally) the bot on an emptied database; stopped after.
+
+    The bot and the workers reach the database at `service_database_url` (default
+    `database_url`); the test itself always uses `database_url` directly.
+    """
     from tests.conftest import truncate_all
 
     data_dir = workdir / "data"
@@ -345,9 +373,14 @@ async def open_stack(
         stack = Stack(
             tg=tg,
             env=service_env(
-                tg, database_url=database_url, broker_url=broker_url, data_dir=data_dir, **env
+                tg,
+                database_url=service_database_url or database_url,
+                broker_url=broker_url,
+                data_dir=data_dir,
+                **env,
             ),
             db=db,
+            bot_db=Database.from_url(service_database_url) if service_database_url else None,
             blobs=blobs,
             logs=logs,
             limits=dict(limits or {}),
@@ -365,3 +398,5 @@ async def open_stack(
             stack.stop_workers()
             truncate_all(db.engine)
             db.dispose()
+            if stack.bot_db is not None:
+                stack.bot_db.dispose()
