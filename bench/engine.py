@@ -7,7 +7,7 @@ several repeats is kept (the run least disturbed by other load). The last line i
 CUDA part (when available): seconds per 4-image set at 512x512, 30 steps, CFG, fp16, with and
 without the OpenPose ControlNet, and peak VRAM; random full-size weights, same compute as real.
 
-Run: `python bench/engine.py [--repeats N]`.
+Run: `python bench/engine.py [--repeats N] [--threads T]`.
 """
 
 from __future__ import annotations
@@ -189,7 +189,10 @@ def main() -> None:
     """Run the CPU comparison, the CUDA sets when possible, and print the ratio last."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     args = parser.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)
     ratio = cpu_overhead(args.repeats)
     if torch.cuda.is_available():

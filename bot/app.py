@@ -113,7 +113,9 @@ def register_handlers(
     application.add_handler(
         MessageHandler(new_message & filters.TEXT & ~filters.COMMAND, fallback.on_text)
     )
-    application.add_handler(MessageHandler(new_message & filters.COMMAND, fallback.on_unknown_command))
+    application.add_handler(
+        MessageHandler(new_message & filters.COMMAND, fallback.on_unknown_command)
+    )
     application.add_handler(MessageHandler(new_message, fallback.on_other))
     application.add_error_handler(error_handler)
 

@@ -23,6 +23,12 @@ logger = logging.getLogger(__name__)
 
 # At most one admin alert per this many seconds, so an outage does not flood the admin chat.
 ADMIN_ALERT_INTERVAL = 30.0
+# Telegram's wording when a message a button belongs to can no longer be edited.
+STALE_MESSAGE = (
+    "message to edit not found",
+    "message can't be edited",
+    "message to delete not found",
+)
 
 
 class SelfieRequired(AppError):
@@ -109,10 +115,19 @@ async def error_handler(update: object, context: Any) -> None:
         # The user blocked the bot; nothing to send and nothing to fix.
         logger.info("forbidden: %s", error)
         return
-    if isinstance(error, BadRequest) and "not modified" in str(error).lower():
-        # A double press re-rendered the same content; harmless.
-        logger.debug("ignored: %s", error)
-        return
+    if isinstance(error, BadRequest):
+        text = str(error).lower()
+        if "not modified" in text:
+            # A double press re-rendered the same content; harmless.
+            logger.debug("ignored: %s", error)
+            return
+        if any(reason in text for reason in STALE_MESSAGE):
+            # The button's message was deleted or is too old to edit.
+            logger.info("stale message: %s", error)
+            await _tell_user(
+                update, context, translate(_language(update, context), "callback.stale")
+            )
+            return
     if isinstance(error, RetryAfter | NetworkError) and not isinstance(error, BadRequest):
         # Already retried by TelegramRetry; Telegram or the network is having a bad moment.
         logger.warning("telegram unavailable while handling an update: %s", error)

@@ -136,7 +136,13 @@ def create_portrait_job(
     }
     return _add(
         session,
-        Job(user_id=user_id, kind=JobKind.PORTRAIT, params=params, style_id=style.id, chat_id=chat_id),
+        Job(
+            user_id=user_id,
+            kind=JobKind.PORTRAIT,
+            params=params,
+            style_id=style.id,
+            chat_id=chat_id,
+        ),
     )
 
 

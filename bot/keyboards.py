@@ -101,9 +101,7 @@ def style_carousel_keyboard(
 
 def style_categories_keyboard(categories: Sequence[str], language: str) -> InlineKeyboardMarkup:
     """One button per category (two a row), then "All styles"."""
-    buttons = [
-        _button(category_label(language, c), cb.StylePage(c, 0)) for c in categories
-    ]
+    buttons = [_button(category_label(language, c), cb.StylePage(c, 0)) for c in categories]
     rows = [buttons[i : i + 2] for i in range(0, len(buttons), 2)]
     rows.append([_button(translate(language, "btn.all_categories"), cb.StylePage(cb.ALL, 0))])
     return InlineKeyboardMarkup(rows)
@@ -180,10 +178,14 @@ def history_keyboard(
     paging = []
     if offset > 0:
         paging.append(
-            _button(translate(language, "btn.newer"), cb.HistoryPage(max(0, offset - HISTORY_PAGE)))
+            _button(
+                translate(language, "btn.newer"), cb.HistoryPage(max(0, offset - HISTORY_PAGE))
+            )
         )
     if has_more:
-        paging.append(_button(translate(language, "btn.older"), cb.HistoryPage(offset + HISTORY_PAGE)))
+        paging.append(
+            _button(translate(language, "btn.older"), cb.HistoryPage(offset + HISTORY_PAGE))
+        )
     if paging:
         rows.append(paging)
     return InlineKeyboardMarkup(rows) if rows else None

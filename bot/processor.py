@@ -20,7 +20,9 @@ logger = logging.getLogger(__name__)
 class PerUserUpdateProcessor(BaseUpdateProcessor):
     """Parallel across users, sequential per user."""
 
-    def __init__(self, max_concurrent_updates: int = 256, *, max_waiting_per_user: int = 8) -> None:
+    def __init__(
+        self, max_concurrent_updates: int = 256, *, max_waiting_per_user: int = 8
+    ) -> None:
         super().__init__(max_concurrent_updates)
         # Beyond this many queued updates of one user (a flood) the extra ones skip the queue:
         # the rate limiter drops them at once, and they must not hold concurrency slots that

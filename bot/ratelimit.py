@@ -41,9 +41,7 @@ class Verdict:
 class UpdateRateLimiter:
     """Fixed one-minute windows per user: over the limit, warn once then drop the rest."""
 
-    def __init__(
-        self, per_minute: int, *, clock: Callable[[], float] = time.monotonic
-    ) -> None:
+    def __init__(self, per_minute: int, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.per_minute = per_minute
         self.clock = clock
         self._windows: dict[int, _Window] = {}

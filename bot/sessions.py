@@ -80,6 +80,7 @@ def update(
     session: Session,
     user_id: int,
     state: State | None = None,
+    /,
     *,
     end_flow: bool = False,
     **changes: Any,

@@ -51,5 +51,9 @@ def models_command(config: AppConfig, args: argparse.Namespace) -> int:
                 fetched = download_style_loras(session, cache)
         finally:
             db.dispose()
-        sys.stdout.write(f"style LoRAs: {fetched}\n")
+        sys.stdout.write(f"style LoRAs: {fetched.summary()}\n")
+        for ref, reason in fetched.failed.items():
+            sys.stdout.write(f"  failed: {ref}: {reason}\n")
+        if fetched.failed:
+            return 1
     return 0

@@ -124,6 +124,8 @@ class BrokerSettings(BaseSettings):
     url: str | None = None
     # Seconds a gpu task may run before Celery kills it (soft limit raises inside the task).
     gpu_time_limit: int = 900
+    # Style trainings (thousands of steps at FaceChain's defaults) get their own limit.
+    train_time_limit: int = 6 * 3600
     io_time_limit: int = 120
     # A job queued this long without reaching the broker is re-sent by the sweep.
     outbox_grace_seconds: int = 30

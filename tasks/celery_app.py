@@ -27,6 +27,18 @@ TASK_MODULES = (
 )
 
 GPU_TASKS = ("portrait.generate", "template.inpaint", "style.train")
+IO_TASKS = (
+    "delivery.send_result",
+    "delivery.progress",
+    "webhooks.deliver",
+    "broadcast.send",
+    "maintenance.sweep",
+    "maintenance.expire",
+)
+
+
+def _limits(seconds: int) -> dict[str, int]:
+    return {"soft_time_limit": seconds, "time_limit": seconds + 30}
 
 
 def create_celery(config: AppConfig) -> Celery:
@@ -35,8 +47,11 @@ def create_celery(config: AppConfig) -> Celery:
     app = Celery("facechain_bot", broker=broker.effective_url, set_as_current=True)
     transport_options: dict[str, object] = {}
     if broker.effective_url.startswith(("redis://", "rediss://")):
-        # An unacked message comes back this long after its worker vanished (SIGKILL, power).
-        transport_options = {"visibility_timeout": broker.gpu_time_limit + 120}
+        # An unacked message comes back this long after its worker vanished; it must outlast the
+        # longest task, or Redis hands a running job to a second worker. Faster crash recovery
+        # comes from the sweep, which re-sends jobs whose progress stopped (tasks/sweep.py).
+        longest = max(broker.gpu_time_limit, broker.train_time_limit)
+        transport_options = {"visibility_timeout": longest + 300}
     app.conf.update(
         imports=TASK_MODULES,
         task_serializer="json",
@@ -49,6 +64,13 @@ def create_celery(config: AppConfig) -> Celery:
         task_queues=(Queue("gpu"), Queue("io")),
         task_default_queue="io",
         task_routes={name: {"queue": "gpu"} for name in GPU_TASKS},
+        # The soft limit raises inside the task (the job fails as timed_out); the hard one kills.
+        task_annotations={
+            "portrait.generate": _limits(broker.gpu_time_limit),
+            "template.inpaint": _limits(broker.gpu_time_limit),
+            "style.train": _limits(broker.train_time_limit),
+            **{name: _limits(broker.io_time_limit) for name in IO_TASKS},
+        },
         worker_prefetch_multiplier=1,
         worker_hijack_root_logger=False,
         worker_send_task_events=True,

@@ -1,22 +1,28 @@
 """io tasks that talk to Telegram: the result album and the live status message.
 
-Delivery is at-least-once: the album is sent, then the job is marked delivered. Telegram's
-429 (RetryAfter) and network errors retry the task after the delay Telegram asks for."""
+Delivery is at-least-once: the album is sent, then the job is marked delivered. Every Bot API
+call is retried in place on 429 (after the delay Telegram asks for) and on 5xx/network errors
+(`bot.ratelimit.TelegramRetry`); when the result itself still cannot be sent, the task retries
+later. Once the result is out, the follow-ups (status edit, "what next" buttons) never cause it
+to be sent a second time."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
 from celery import Task, shared_task
 from telegram import Bot, InputMediaPhoto
 from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TimedOut
+from telegram.ext import ExtBot
 from telegram.request import HTTPXRequest
 
 from bot.i18n import error_text, translate
 from bot.keyboards import cancel_job_keyboard, result_keyboard
+from bot.ratelimit import TelegramRetry
 from db.models import Job, JobKind, JobStatus, User
 from db.repositories import JobRepository
 from service.settings import TelegramSettings
@@ -28,16 +34,17 @@ MAX_RETRIES = 12
 
 
 def make_bot(settings: TelegramSettings) -> Bot:
-    """A Bot for the configured (possibly self-hosted) Bot API server."""
+    """A Bot for the configured (possibly self-hosted) Bot API server, retrying each call."""
     if settings.token is None:
         raise RuntimeError("TELEGRAM_TOKEN is not set")
-    return Bot(
+    return ExtBot(
         settings.token.get_secret_value(),
         base_url=settings.api_base_url,
         base_file_url=settings.file_base_url,
         request=HTTPXRequest(
             connection_pool_size=4, read_timeout=30, write_timeout=120, media_write_timeout=120
         ),
+        rate_limiter=TelegramRetry(),
     )
 
 
@@ -94,6 +101,14 @@ async def _edit_status(bot: Bot, d: Delivery, text: str, markup: Any = None) -> 
         logger.debug("status edit for job %s skipped: %s", d.job_id, exc)
 
 
+async def _follow_up(d: Delivery, call: Awaitable[Any]) -> None:
+    """A call made after the result was sent: its failure must not send the result again."""
+    try:
+        await call
+    except (RetryAfter, NetworkError) as exc:
+        logger.warning("job %s: result sent, but a follow-up failed: %s", d.job_id, exc)
+
+
 async def _send_result(bot: Bot, d: Delivery) -> None:
     ctx = get_context()
     lang = d.language
@@ -106,17 +121,23 @@ async def _send_result(bot: Bot, d: Delivery) -> None:
             )
         elif d.kind is JobKind.TEMPLATE and images:
             await bot.send_photo(d.chat_id, images[0])
-            await bot.send_document(d.chat_id, images[0], filename=f"template-{d.job_id}.png")
+            await _follow_up(
+                d,
+                bot.send_document(d.chat_id, images[0], filename=f"template-{d.job_id}.png"),
+            )
         elif len(images) == 1:
             await bot.send_photo(d.chat_id, images[0])
         elif images:
             await bot.send_media_group(d.chat_id, [InputMediaPhoto(img) for img in images[:10]])
-        await _edit_status(bot, d, translate(lang, "job.done", count=len(images)))
+        await _follow_up(d, _edit_status(bot, d, translate(lang, "job.done", count=len(images))))
         if d.kind is JobKind.PORTRAIT:
-            await bot.send_message(
-                d.chat_id,
-                translate(lang, "job.next"),
-                reply_markup=result_keyboard(d.job_id, d.style_id, lang),
+            await _follow_up(
+                d,
+                bot.send_message(
+                    d.chat_id,
+                    translate(lang, "job.next"),
+                    reply_markup=result_keyboard(d.job_id, d.style_id, lang),
+                ),
             )
     elif d.status is JobStatus.FAILED:
         reason = error_text(lang, d.error_code)

@@ -51,18 +51,19 @@ def style_spec(ctx: WorkerContext, style_id: int | None) -> StyleSpec:
         style = session.get(Style, style_id) if style_id is not None else None
         if style is None:
             raise NotFound(f"style {style_id} is gone", style_id=style_id)
-        if ctx.config.engine.profile == "tiny" and style.lora_model_id and not style.lora_blob:
-            lora_path: Path | None = tiny_catalog_lora(models_dir, style.slug)
-        else:
-            lora_path = resolve_style_lora(style, models_dir, ctx.blobs)
-        return StyleSpec(
-            name=style.slug,
-            base_model=style.base_model.value,
-            prompt=style.prompt,
-            template=style.prompt_template,
-            lora_path=lora_path,
-            lora_weight=style.lora_weight,
-        )
+    # Resolved outside the transaction: a first use may download the LoRA.
+    if ctx.config.engine.profile == "tiny" and style.lora_model_id and not style.lora_blob:
+        lora_path: Path | None = tiny_catalog_lora(models_dir, style.slug)
+    else:
+        lora_path = resolve_style_lora(style, models_dir, ctx.blobs)
+    return StyleSpec(
+        name=style.slug,
+        base_model=style.base_model.value,
+        prompt=style.prompt,
+        template=style.prompt_template,
+        lora_path=lora_path,
+        lora_weight=style.lora_weight,
+    )
 
 
 def generate(ctx: WorkerContext, job: JobSnapshot, reporter: ProgressReporter) -> JobOutcome:

@@ -7,14 +7,17 @@ message for a job that is running elsewhere is a redelivery after a crash (attem
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
+from db.base import utcnow
 from db.models import FINAL_STATUSES, Job, JobStatus
 from service.errors import AppError
 from tasks.context import WorkerContext, get_context
@@ -27,6 +30,8 @@ logger = logging.getLogger(__name__)
 PROGRESS_DB_INTERVAL_S = 1.0
 PROGRESS_EDIT_INTERVAL_S = 3.0
 MAX_ATTEMPTS = 3
+# A running job whose row has not been touched (progress writes) for this long lost its worker.
+STALE_AFTER = timedelta(minutes=3)
 
 
 @dataclass
@@ -96,6 +101,28 @@ class ProgressReporter:
 Work = Callable[[WorkerContext, JobSnapshot, ProgressReporter], JobOutcome]
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def owner_alive(job: Job, hostname: str | None) -> bool:
+    """Whether the process that marked this job running may still be working on it.
+
+    A pool child killed on this node is known dead at once (its pid is gone), so its job is
+    taken over immediately; an owner on another node counts as alive until the row has gone
+    `STALE_AFTER` without a progress write."""
+    node, _, pid = (job.worker or "").rpartition(":")
+    if node and node == hostname and pid.isdigit():
+        return int(pid) != os.getpid() and _pid_alive(int(pid))
+    return job.updated_at > utcnow() - STALE_AFTER
+
+
 def claim(ctx: WorkerContext, job_id: int, hostname: str | None) -> JobSnapshot | None:
     """Move the job to running and snapshot its inputs; None when there is nothing to do."""
     ended_here = False
@@ -107,6 +134,9 @@ def claim(ctx: WorkerContext, job_id: int, hostname: str | None) -> JobSnapshot 
         if job.status in FINAL_STATUSES:
             logger.info("job %s already %s; redelivery ignored", job_id, job.status.value)
             return None
+        if job.status is JobStatus.RUNNING and owner_alive(job, hostname):
+            logger.info("job %s is running on %s; duplicate message ignored", job_id, job.worker)
+            return None
         if job.cancel_requested:
             job.transition(JobStatus.CANCELLED)
             ended_here = True
@@ -115,7 +145,7 @@ def claim(ctx: WorkerContext, job_id: int, hostname: str | None) -> JobSnapshot 
             ended_here = True
         else:
             job.transition(JobStatus.RUNNING)
-            job.worker = hostname
+            job.worker = f"{hostname}:{os.getpid()}"
             snapshot = JobSnapshot(
                 id=job.id,
                 user_id=job.user_id,

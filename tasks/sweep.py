@@ -9,25 +9,24 @@ from celery import Task, shared_task
 from sqlalchemy import select
 
 from db.base import utcnow
-from db.models import Job, JobStatus
+from db.models import Job, JobKind, JobStatus
 from db.repositories import JobRepository
 from tasks.context import get_context
 from tasks.dispatch import dispatch_job, send_io
-from tasks.jobs import MAX_ATTEMPTS
+from tasks.jobs import MAX_ATTEMPTS, STALE_AFTER
 
 logger = logging.getLogger(__name__)
 
 # A queued job whose message may have been lost with the broker (e.g. Redis restarted without
 # persistence) is re-sent after this long; duplicates are harmless (tasks are idempotent).
 REQUEUE_AFTER = timedelta(minutes=5)
-# A running job whose row has not been touched (progress writes) for this long lost its worker.
-STALE_AFTER = timedelta(minutes=3)
 
 
 def sweep_once(
     *,
     outbox_grace: timedelta,
     time_limit: timedelta,
+    train_time_limit: timedelta | None = None,
     requeue_after: timedelta = REQUEUE_AFTER,
     stale_after: timedelta = STALE_AFTER,
 ) -> dict[str, int]:
@@ -47,8 +46,11 @@ def sweep_once(
             )
         )
         for job in repo.stuck_running(now - time_limit):
-            job.fail("timed_out", f"running for more than {time_limit}")
-            notify.append(job.id)
+            # Style trainings legitimately run for hours; they have their own limit.
+            limit = train_time_limit or time_limit if job.kind is JobKind.TRAINING else time_limit
+            if job.started_at is not None and job.started_at < now - limit:
+                job.fail("timed_out", f"running for more than {limit}")
+                notify.append(job.id)
         stalled = session.scalars(
             select(Job).where(Job.status == JobStatus.RUNNING, Job.updated_at < now - stale_after)
         ).all()
@@ -84,6 +86,7 @@ def sweep(self: Task) -> dict[str, int]:
     return sweep_once(
         outbox_grace=timedelta(seconds=broker.outbox_grace_seconds),
         time_limit=timedelta(seconds=broker.gpu_time_limit + 60),
+        train_time_limit=timedelta(seconds=broker.train_time_limit + 60),
     )
 
 

@@ -13,6 +13,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Tests run two xdist workers (plus worker processes) on two cores: one torch thread each
+# avoids oversubscription that makes tiny models 10-40x slower. Children inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from db.session import Database, create_db_engine

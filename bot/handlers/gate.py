@@ -22,9 +22,11 @@ logger = logging.getLogger(__name__)
 
 
 async def rate_limit(update: Update, context: BotContext) -> None:
-    """Drop a user's updates beyond the per-minute limit, after one "slow down" reply."""
+    """Drop a user's updates beyond the per-minute limit, after one "slow down" reply.
+
+    Admins are exempt (they run /broadcast and /stats in bursts)."""
     user = update.effective_user
-    if user is None:
+    if user is None or user.id in context.config.telegram.admin_ids:
         return
     verdict = context.deps.rate_limiter.check(user.id)
     if verdict == Verdict.ALLOW:

@@ -186,9 +186,7 @@ async def _ask_which_face(
         image,
         limits,
     )
-    await context.db.run(
-        sessions.update, context.account.id, pending_photo_id=stored.photo_id
-    )
+    await context.db.run(sessions.update, context.account.id, pending_photo_id=stored.photo_id)
     preview: bytes = await cpu(
         context,
         numbered_faces_preview,
@@ -240,9 +238,7 @@ async def on_choose_face(update: Update, context: BotContext, data: cb.ChooseFac
     await after_selfie(update, context)
 
 
-async def on_pose(
-    update: Update, context: BotContext, image: IncomingImage, data: bytes
-) -> None:
+async def on_pose(update: Update, context: BotContext, image: IncomingImage, data: bytes) -> None:
     """The pose photo asked for by "Use a pose": start the portrait with it."""
     limits = context.config.limits
     await cpu(

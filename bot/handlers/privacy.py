@@ -18,7 +18,10 @@ logger = logging.getLogger(__name__)
 async def forget_command(update: Update, context: BotContext) -> None:
     """Ask for confirmation."""
     await reply(
-        update, context, context.t("forget.confirm"), reply_markup=forget_keyboard(context.language)
+        update,
+        context,
+        context.t("forget.confirm"),
+        reply_markup=forget_keyboard(context.language),
     )
 
 

@@ -154,9 +154,7 @@ async def show_history(
     update: Update, context: BotContext, offset: int = 0, *, edit: Message | None = None
 ) -> None:
     """Send (or edit into) one page of the user's jobs, newest first."""
-    rows, has_more = await context.db.run(
-        _history, context.account.id, context.language, offset
-    )
+    rows, has_more = await context.db.run(_history, context.account.id, context.language, offset)
     if not rows and offset == 0:
         await reply(update, context, context.t("history.empty"))
         return

@@ -31,9 +31,7 @@ class StyleCard:
 
 
 def _cards(session: Session, user_id: int, language: str, category: str) -> list[StyleCard]:
-    styles = StyleRepository(session).visible_to(
-        user_id, None if category == cb.ALL else category
-    )
+    styles = StyleRepository(session).visible_to(user_id, None if category == cb.ALL else category)
     return [StyleCard(s.id, s.name_for(language), s.category, s.thumbnail_blob) for s in styles]
 
 
@@ -83,9 +81,12 @@ async def show_styles(
         return
     index %= len(cards)
     card = cards[index]
-    caption = context.t("styles.card", name=card.name, category=category_label(lang, card.category))
+    caption = context.t(
+        "styles.card", name=card.name, category=category_label(lang, card.category)
+    )
     markup = style_carousel_keyboard(card.id, category, index, len(cards), lang)
     media = await card_media(context, card.thumbnail_blob, card.name)
+    sent: Message | bool
     if edit is None:
         sent = await context.bot.send_photo(
             update.effective_chat.id, media, caption=caption, reply_markup=markup
@@ -134,5 +135,5 @@ async def use_style(update: Update, context: BotContext, style_id: int) -> None:
 
 
 async def on_use_style(update: Update, context: BotContext, data: cb.UseStyle) -> None:
-    """"Use this style"."""
+    """The "Use this style" button."""
     await use_style(update, context, data.style_id)

@@ -27,6 +27,7 @@ from facechain.inpaint import TemplateAnalysis, analyze_template
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class TemplateCard:
     id: int
@@ -37,7 +38,9 @@ class TemplateCard:
 
 def _cards(session: Session, user_id: int, language: str) -> list[TemplateCard]:
     return [
-        TemplateCard(t.id, t.name_for(language), len(t.faces or []), t.thumbnail_blob or t.image_blob)
+        TemplateCard(
+            t.id, t.name_for(language), len(t.faces or []), t.thumbnail_blob or t.image_blob
+        )
         for t in TemplateRepository(session).visible_to(user_id)
     ]
 
@@ -63,6 +66,7 @@ async def show_templates(
     caption = context.t("template.card", name=card.name, faces=card.faces)
     markup = template_carousel_keyboard(card.id, cb.ALL, index, len(cards), lang)
     media = await card_media(context, card.thumbnail_blob, card.name)
+    sent: Message | bool
     if edit is None:
         sent = await context.bot.send_photo(
             update.effective_chat.id, media, caption=caption, reply_markup=markup
@@ -89,7 +93,7 @@ async def on_template_page(update: Update, context: BotContext, data: cb.Templat
 
 
 async def on_own_template(update: Update, context: BotContext, data: cb.OwnTemplate) -> None:
-    """"My own photo": the next image is the template."""
+    """The "My own photo" button: the next image is the template."""
     await context.db.run(
         sessions.update, context.account.id, sessions.State.AWAIT_TEMPLATE_PHOTO, end_flow=True
     )
@@ -164,7 +168,7 @@ async def _ask_faces(
 
 
 async def on_use_template(update: Update, context: BotContext, data: cb.UseTemplate) -> None:
-    """"Use this template": one face starts at once, several ask which."""
+    """The "Use this template" button: one face starts at once, several ask which."""
     blob, boxes = await context.db.run(_template_faces, context.account.id, data.template_id)
     if not boxes:
         await reply(update, context, context.t("template.no_faces"))
@@ -239,9 +243,7 @@ def _pending(conv: sessions.Conversation, nonce: int) -> bool:
     return conv.state is sessions.State.TEMPLATE_FACES and conv.data.get("nonce") == nonce
 
 
-async def on_toggle_face(
-    update: Update, context: BotContext, data: cb.ToggleTemplateFace
-) -> None:
+async def on_toggle_face(update: Update, context: BotContext, data: cb.ToggleTemplateFace) -> None:
     """Select or deselect one face of the pending template."""
     conv = await context.db.run(sessions.load, context.account.id)
     count = int(conv.data.get("template_faces", 0))
@@ -250,16 +252,14 @@ async def on_toggle_face(
         return
     selected = set(conv.data.get("selected_faces", []))
     selected ^= {data.index}
-    await context.db.run(
-        sessions.update, context.account.id, selected_faces=sorted(selected)
-    )
+    await context.db.run(sessions.update, context.account.id, selected_faces=sorted(selected))
     await update.callback_query.edit_message_reply_markup(
         template_faces_keyboard(count, sorted(selected), context.language, data.nonce)
     )
 
 
 async def on_start_template(update: Update, context: BotContext, data: cb.StartTemplate) -> None:
-    """▶ Start: run the pending template with the selected faces."""
+    """The ▶ Start button: run the pending template with the selected faces."""
     conv = await context.db.run(sessions.load, context.account.id)
     if not _pending(conv, data.nonce):
         await reply(update, context, context.t("callback.stale"))

@@ -44,7 +44,9 @@ def may_train(context: BotContext) -> bool:
     )
 
 
-def _discard_images(session: Session, blobs: BlobStore, user_id: int, photo_ids: list[int]) -> None:
+def _discard_images(
+    session: Session, blobs: BlobStore, user_id: int, photo_ids: list[int]
+) -> None:
     """Forget collected training images the user abandoned."""
     repo = PhotoRepository(session)
     keys = []

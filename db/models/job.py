@@ -9,8 +9,7 @@ from typing import Any
 from sqlalchemy import BigInteger, Float, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from db.base import Base, JSONType, TimestampMixin, UTCDateTime, utcnow
-from db.models.style import _enum
+from db.base import Base, JSONType, TimestampMixin, UTCDateTime, str_enum, utcnow
 from service.errors import IllegalTransition
 
 
@@ -58,8 +57,10 @@ class Job(TimestampMixin, Base):
     user_id: Mapped[int | None] = mapped_column(
         ForeignKey("users.id", ondelete="CASCADE"), index=True
     )
-    kind: Mapped[JobKind] = mapped_column(_enum(JobKind))
-    status: Mapped[JobStatus] = mapped_column(_enum(JobStatus), default=JobStatus.QUEUED, index=True)
+    kind: Mapped[JobKind] = mapped_column(str_enum(JobKind))
+    status: Mapped[JobStatus] = mapped_column(
+        str_enum(JobStatus), default=JobStatus.QUEUED, index=True
+    )
     params: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     attempts: Mapped[int] = mapped_column(Integer, default=0)

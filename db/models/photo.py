@@ -6,10 +6,10 @@ import enum
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Enum, ForeignKey, Integer, String
+from sqlalchemy import ForeignKey, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from db.base import Base, JSONType, TimestampMixin, UTCDateTime
+from db.base import Base, JSONType, TimestampMixin, UTCDateTime, str_enum
 
 
 class PhotoKind(enum.StrEnum):
@@ -25,9 +25,7 @@ class Photo(TimestampMixin, Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
-    kind: Mapped[PhotoKind] = mapped_column(
-        Enum(PhotoKind, native_enum=False, length=16, values_callable=lambda e: [m.value for m in e])
-    )
+    kind: Mapped[PhotoKind] = mapped_column(str_enum(PhotoKind))
     telegram_file_id: Mapped[str | None] = mapped_column(String(256))
     telegram_file_unique_id: Mapped[str | None] = mapped_column(String(128))
     sha256: Mapped[str] = mapped_column(String(64), index=True)

@@ -5,14 +5,10 @@ from __future__ import annotations
 import enum
 from typing import Any
 
-from sqlalchemy import Boolean, Enum, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import Boolean, Float, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from db.base import Base, JSONType, TimestampMixin
-
-
-def _enum(cls: type[enum.Enum], length: int = 16) -> Enum:
-    return Enum(cls, native_enum=False, length=length, values_callable=lambda e: [m.value for m in e])
+from db.base import Base, JSONType, TimestampMixin, str_enum
 
 
 class StyleOrigin(enum.StrEnum):
@@ -38,7 +34,7 @@ class Style(TimestampMixin, Base):
     # {"en": ..., "zh": ..., "ru": ...}
     names: Mapped[dict[str, str]] = mapped_column(JSONType, default=dict)
     category: Mapped[str] = mapped_column(String(32), default="other", index=True)
-    base_model: Mapped[BaseModel] = mapped_column(_enum(BaseModel))
+    base_model: Mapped[BaseModel] = mapped_column(str_enum(BaseModel))
     prompt: Mapped[str] = mapped_column(Text, default="")
     # "cloth" (no LoRA: FaceChain's cloth template) or "style" (LoRA styles).
     prompt_template: Mapped[str] = mapped_column(String(16), default="style")
@@ -51,7 +47,7 @@ class Style(TimestampMixin, Base):
     thumbnail_blob: Mapped[str | None] = mapped_column(String(64))
     enabled: Mapped[bool] = mapped_column(Boolean, default=True, index=True)
     position: Mapped[int] = mapped_column(Integer, default=0)
-    origin: Mapped[StyleOrigin] = mapped_column(_enum(StyleOrigin))
+    origin: Mapped[StyleOrigin] = mapped_column(str_enum(StyleOrigin))
     # Trained styles belong to their trainer (shown only to them unless an admin publishes).
     owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     extra: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)

@@ -7,8 +7,8 @@ from typing import Any
 from sqlalchemy import Boolean, ForeignKey, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from db.base import Base, JSONType, TimestampMixin
-from db.models.style import StyleOrigin, _enum
+from db.base import Base, JSONType, TimestampMixin, str_enum
+from db.models.style import StyleOrigin
 
 
 class Template(TimestampMixin, Base):
@@ -27,7 +27,7 @@ class Template(TimestampMixin, Base):
     faces: Mapped[list[dict[str, Any]]] = mapped_column(JSONType, default=list)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True, index=True)
     position: Mapped[int] = mapped_column(Integer, default=0)
-    origin: Mapped[StyleOrigin] = mapped_column(_enum(StyleOrigin))
+    origin: Mapped[StyleOrigin] = mapped_column(str_enum(StyleOrigin))
     owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
 
     def name_for(self, language: str) -> str:

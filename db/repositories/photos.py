@@ -72,29 +72,33 @@ class PhotoRepository(RepositoryBase[Photo]):
         """
         free = []
         for key in dict.fromkeys(keys):
-            used = self.session.scalar(
-                select(Photo.id).where(Photo.sha256 == key).limit(1)
-            ) or self.session.scalar(
-                select(Style.id)
-                .where(or_(Style.thumbnail_blob == key, Style.lora_blob == key))
-                .limit(1)
-            ) or self.session.scalar(
-                select(Template.id)
-                .where(or_(Template.image_blob == key, Template.thumbnail_blob == key))
-                .limit(1)
-            ) or self.session.scalar(
-                select(Job.id)
-                .where(
-                    or_(
-                        cast(Job.result_blobs, String).contains(key),
-                        cast(Job.params, String).contains(key),
-                    )
+            used = (
+                self.session.scalar(select(Photo.id).where(Photo.sha256 == key).limit(1))
+                or self.session.scalar(
+                    select(Style.id)
+                    .where(or_(Style.thumbnail_blob == key, Style.lora_blob == key))
+                    .limit(1)
                 )
-                .limit(1)
-            ) or self.session.scalar(
-                select(StyleTraining.id)
-                .where(cast(StyleTraining.image_blobs, String).contains(key))
-                .limit(1)
+                or self.session.scalar(
+                    select(Template.id)
+                    .where(or_(Template.image_blob == key, Template.thumbnail_blob == key))
+                    .limit(1)
+                )
+                or self.session.scalar(
+                    select(Job.id)
+                    .where(
+                        or_(
+                            cast(Job.result_blobs, String).contains(key),
+                            cast(Job.params, String).contains(key),
+                        )
+                    )
+                    .limit(1)
+                )
+                or self.session.scalar(
+                    select(StyleTraining.id)
+                    .where(cast(StyleTraining.image_blobs, String).contains(key))
+                    .limit(1)
+                )
             )
             if not used:
                 free.append(key)

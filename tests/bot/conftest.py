@@ -37,9 +37,14 @@ FACES = Path(__file__).resolve().parents[1] / "fixtures" / "faces"
 
 
 def make_config(
-    tg: FakeTelegram, database_url: str, tmp_path: Path, **limits: Any
+    tg: FakeTelegram,
+    database_url: str,
+    tmp_path: Path,
+    *,
+    broker_url: str = "memory://",
+    **limits: Any,
 ) -> AppConfig:
-    """A config pointing at the fake server and the test database."""
+    """A config pointing at the fake server, the test database and a broker (in-memory)."""
     return AppConfig(
         telegram=TelegramSettings(
             token=TOKEN,
@@ -49,7 +54,7 @@ def make_config(
             admin_chat_id=ADMIN_ID,
         ),
         database=DatabaseSettings(url=database_url),
-        broker=BrokerSettings(url="memory://"),
+        broker=BrokerSettings(url=broker_url),
         storage=StorageSettings(DATA_DIR=tmp_path, blob_dir=tmp_path / "blobs"),
         engine=EngineSettings(profile="tiny", num_images=2),
         limits=LimitsSettings(**limits),
@@ -111,6 +116,8 @@ class BotHarness:
     database_url: str
     tmp_path: Path
     limits: dict[str, Any] = field(default_factory=dict)
+    # A Redis URL when a real worker consumes the jobs (end-to-end tests).
+    broker_url: str = "memory://"
     config: AppConfig | None = None
     celery: Celery | None = None
     app: Application[Any, Any, Any, Any, Any, Any] | None = None
@@ -120,12 +127,15 @@ class BotHarness:
     async def start(self, **limits: Any) -> Application[Any, Any, Any, Any, Any, Any]:
         """Build and run a fresh Application (same DB, blobs and broker as before)."""
         self.limits.update(limits)
-        self.config = make_config(self.tg, self.database_url, self.tmp_path, **self.limits)
+        self.config = make_config(
+            self.tg, self.database_url, self.tmp_path, broker_url=self.broker_url, **self.limits
+        )
         if self.celery is None:
             self.celery = create_celery(self.config)
-            # The in-memory broker is shared by the whole process: start from empty queues.
-            for queue in ("gpu", "io"):
-                published(self.celery, queue)
+            if self.broker_url.startswith("memory://"):
+                # The in-memory broker is shared by the whole process: start from empty queues.
+                for queue in ("gpu", "io"):
+                    published(self.celery, queue)
         self.app = build_application(self.config, self.db, self.blobs, self.celery)
         self._runner = running_bot(self.app)
         await self._runner.__aenter__()

@@ -3,7 +3,6 @@ answered once, Telegram's 429 and 5xx retried, private chats only."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 from bot.handlers import intake
@@ -103,9 +102,7 @@ class TestTelegramFailures:
         ann = tg.user(5303, "Ann", "en")
         tg.fail_next("sendMessage", 500, times=4)  # the first try and all three retries
         tg.send_text(ann, "/help")
-        deadline = time.monotonic() + 15
-        while len(tg.calls_to("sendMessage")) < 4 and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        await tg.wait_count("sendMessage", 4)
         tg.send_text(ann, "/start")
         await tg.wait_text(ann.id, "Hi Ann")
         assert not [t for t in tg.sent_texts(ann.id) if "/style" in t]  # /help's reply was lost

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import re
 import string
@@ -23,7 +24,10 @@ from tests.bot.conftest import BotHarness
 
 ROOT = Path(__file__).resolve().parents[2]
 # context.t("key", ...), translate(lang, "key", ...), error_text(lang, "code") take literal keys.
-LITERAL_KEY = re.compile(r"""(?:\.t|translate)\(\s*(?:[\w.\[\]"]+\s*,\s*)?"([a-z0-9_]+\.[a-z0-9_.]+)\"""")
+KEY_SHAPE = re.compile(r"^[a-z0-9_]+\.[a-z0-9_.]+$")
+LITERAL_KEY = re.compile(
+    r"""(?:\.t|translate)\(\s*(?:[\w.\[\]"]+\s*,\s*)?"([a-z0-9_]+\.[a-z0-9_.]+)\""""
+)
 
 
 def placeholders(text: str) -> set[str]:
@@ -32,9 +36,23 @@ def placeholders(text: str) -> set[str]:
 
 def keys_used_in_code() -> set[str]:
     keys: set[str] = set()
-    for folder in ("bot", "tasks"):
-        for path in (ROOT / folder).rglob("*.py"):
-            keys |= set(LITERAL_KEY.findall(path.read_text(encoding="utf-8")))
+    # In the bot, any string literal shaped like a key of a catalog namespace is a key
+    # (this also catches keys chosen into a variable first).
+    namespaces = {k.split(".")[0] for k in catalog("en")}
+    for path in (ROOT / "bot").rglob("*.py"):
+        if "web" in path.relative_to(ROOT).parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (
+                isinstance(node, ast.Constant)
+                and isinstance(node.value, str)
+                and KEY_SHAPE.match(node.value)
+                and node.value.split(".")[0] in namespaces
+            ):
+                keys.add(node.value)
+    # The workers use task names shaped like keys, so only literal translate() calls count.
+    for path in (ROOT / "tasks").rglob("*.py"):
+        keys |= set(LITERAL_KEY.findall(path.read_text(encoding="utf-8")))
     # Keys built at run time from a closed set of values.
     keys |= {f"kind.{k.value}" for k in JobKind}
     keys |= {f"status.{s.value}" for s in JobStatus}
@@ -47,7 +65,9 @@ def user_facing_error_codes() -> set[str]:
     codes = set()
     for module in (app_errors, fc_errors):
         for obj in vars(module).values():
-            if isinstance(obj, type) and issubclass(obj, app_errors.AppError | fc_errors.FaceChainError):
+            if isinstance(obj, type) and issubclass(
+                obj, app_errors.AppError | fc_errors.FaceChainError
+            ):
                 codes.add(obj.code)
     codes.add(SelfieRequired.code)
     return codes - {"config"}
@@ -69,6 +89,13 @@ class TestCatalogs:
         assert len(used) > 80
         missing = sorted(k for k in used if k not in catalog("en"))
         assert missing == []
+
+    def test_no_unused_keys(self) -> None:
+        used = keys_used_in_code()
+        unused = sorted(
+            k for k in catalog("en") if k not in used and not k.startswith(("error.", "category."))
+        )
+        assert unused == []
 
     def test_every_error_code_has_a_sentence(self) -> None:
         missing = sorted(c for c in user_facing_error_codes() if f"error.{c}" not in catalog("en"))
@@ -93,8 +120,24 @@ class TestCallbackData:
 
     @pytest.mark.parametrize(
         "data",
-        [None, "", "x" * 65, "nope:1", "jc", "jc:", "jc:1:1", "jc:1.5", "jc:+1", "jc:0x1",
-         "jc:１", "sp:All:0", "sp:a b:0", "sp:all:-1", "face:1", "lang:e n"],
+        [
+            None,
+            "",
+            "x" * 65,
+            "nope:1",
+            "jc",
+            "jc:",
+            "jc:1:1",
+            "jc:1.5",
+            "jc:+1",
+            "jc:0x1",
+            "jc:１",
+            "sp:All:0",
+            "sp:a b:0",
+            "sp:all:-1",
+            "face:1",
+            "lang:e n",
+        ],
     )
     def test_forged_data_is_rejected(self, data: str | None) -> None:
         with pytest.raises(cb.BadCallback):
@@ -110,12 +153,17 @@ class TestWorkerKeyboards:
     def test_cancel_keyboard(self) -> None:
         markup = cancel_job_keyboard(12, "ru")
         [[button]] = markup.inline_keyboard
-        assert button.callback_data == "jc:12" and button.text == translate("ru", "btn.cancel")
+        assert button.callback_data == "jc:12"
+        assert button.text == translate("ru", "btn.cancel")
 
     def test_result_keyboards(self) -> None:
-        data = [b.callback_data for row in result_keyboard(3, 9, "zh").inline_keyboard for b in row]
+        data = [
+            b.callback_data for row in result_keyboard(3, 9, "zh").inline_keyboard for b in row
+        ]
         assert data == ["rm:3", "ra:3", "rp:3"]
-        data = [b.callback_data for row in result_keyboard(3, None, "en").inline_keyboard for b in row]
+        data = [
+            b.callback_data for row in result_keyboard(3, None, "en").inline_keyboard for b in row
+        ]
         assert data == ["rm:3", "ra:3"]
 
 

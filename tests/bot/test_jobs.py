@@ -35,18 +35,24 @@ class TestCreateJob:
         _, photo_id = give_selfie(bot, ann.id)
         await pick_first_style(bot, ann)
         status = await tg.wait_text(ann.id, "#1 in the queue")
-        assert status.params["reply_markup"]["inline_keyboard"][0][0]["callback_data"].startswith("jc:")
+        assert status.params["reply_markup"]["inline_keyboard"][0][0]["callback_data"].startswith(
+            "jc:"
+        )
         await tg.idle()
         [job] = jobs_of(bot, ann.id)
-        assert job.kind is JobKind.PORTRAIT and job.status is JobStatus.QUEUED
+        assert job.kind is JobKind.PORTRAIT
+        assert job.status is JobStatus.QUEUED
         assert job.params["photo_ids"] == [photo_id]
         assert job.params["style_id"] == bot.style_ids[0] == job.style_id
         assert job.params["num_images"] == 2
-        assert job.chat_id == ann.id and job.status_message_id is not None
+        assert job.chat_id == ann.id
+        assert job.status_message_id is not None
         assert job.dispatched_at is not None
         assert published(bot.celery) == [("portrait.generate", [job.id])]
 
-    async def test_style_first_then_selfie_starts_the_job(self, bot: BotHarness, face_bytes) -> None:
+    async def test_style_first_then_selfie_starts_the_job(
+        self, bot: BotHarness, face_bytes
+    ) -> None:
         tg = bot.tg
         ann = tg.user(4002, "Ann", "en")
         await pick_first_style(bot, ann)
@@ -112,7 +118,8 @@ class TestCancel:
         call = await tg.wait_for("editMessageText", chat_id=ann.id, since=since)
         assert call.params["text"] == translate("ru", "job.cancelled")
         [job] = jobs_of(bot, ann.id)
-        assert job.status is JobStatus.CANCELLED and job.error_code == "cancelled"
+        assert job.status is JobStatus.CANCELLED
+        assert job.error_code == "cancelled"
 
     async def test_cancel_a_running_job_asks_the_worker(self, bot: BotHarness) -> None:
         tg = bot.tg
@@ -126,7 +133,8 @@ class TestCancel:
         tg.press_button(ann, tg.bot_messages(ann.id)[-1], "Cancel")
         await tg.wait_text(ann.id, translate("en", "job.cancelling"), since=since)
         [job] = jobs_of(bot, ann.id)
-        assert job.status is JobStatus.RUNNING and job.cancel_requested
+        assert job.status is JobStatus.RUNNING
+        assert job.cancel_requested
 
     async def test_cancel_after_finish_says_so(self, bot: BotHarness) -> None:
         tg = bot.tg
@@ -174,7 +182,8 @@ class TestResultButtons:
         bot.tg.press_button(ann, message, "More like this")
         await bot.tg.wait_text(ann.id, "in the queue", since=since)
         jobs = jobs_of(bot, ann.id)
-        assert len(jobs) == 2 and jobs[1].style_id == job.style_id
+        assert len(jobs) == 2
+        assert jobs[1].style_id == job.style_id
 
     async def test_use_a_pose(self, bot: BotHarness, face_bytes) -> None:
         ann = bot.tg.user(4202, "Ann", "en")
@@ -186,7 +195,8 @@ class TestResultButtons:
         bot.tg.send_photo(ann, pose)
         await bot.tg.wait_text(ann.id, "in the queue", since=since)
         new = jobs_of(bot, ann.id)[-1]
-        assert new.params["pose_blob"] and bot.blobs.get(new.params["pose_blob"]) == pose
+        assert new.params["pose_blob"]
+        assert bot.blobs.get(new.params["pose_blob"]) == pose
         assert new.style_id == job.style_id
 
     async def test_another_style_opens_the_picker(self, bot: BotHarness) -> None:
@@ -224,7 +234,8 @@ class TestRestart:
         tg.press_button(ann, picker, translate("en", "btn.use_style"))
         await tg.wait_text(ann.id, "in the queue", since=since)
         [job] = jobs_of(bot, ann.id)
-        assert job.style_id == bot.style_ids[1] and len(job.params["photo_ids"]) == 1
+        assert job.style_id == bot.style_ids[1]
+        assert len(job.params["photo_ids"]) == 1
 
     async def test_style_then_restart_then_selfie(self, bot: BotHarness, face_bytes) -> None:
         tg = bot.tg
@@ -237,7 +248,9 @@ class TestRestart:
         [job] = jobs_of(bot, ann.id)
         assert job.style_id == bot.style_ids[0]
 
-    async def test_pending_face_choice_survives_a_restart(self, bot: BotHarness, face_bytes) -> None:
+    async def test_pending_face_choice_survives_a_restart(
+        self, bot: BotHarness, face_bytes
+    ) -> None:
         tg = bot.tg
         ann = tg.user(4303, "Ann", "en")
         tg.send_photo(ann, face_bytes("template_group.jpg"))
@@ -249,4 +262,5 @@ class TestRestart:
         await tg.wait_text(ann.id, translate("en", "selfie.face_chosen", n=1), since=since)
         with bot.db.session() as s:
             user = s.scalar(select(User).where(User.telegram_id == ann.id))
-            assert user is not None and user.last_seen_at <= utcnow()
+            assert user is not None
+            assert user.last_seen_at <= utcnow()

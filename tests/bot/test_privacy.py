@@ -44,7 +44,8 @@ class TestForgetCommand:
             assert s.scalar(select(func.count(Photo.id)).where(Photo.user_id == user_id)) == 0
             assert s.get(UserSession, user_id) is None
             user = s.get(User, user_id)
-            assert user is not None and user.username is None
+            assert user is not None
+            assert user.username is None
         assert jobs_of(bot, ann.id) == []
         for key in [selfie_key, *result_keys]:
             assert not bot.blobs.exists(key)
@@ -62,7 +63,9 @@ class TestForgetCommand:
 
 
 class TestForgetUser:
-    def test_trained_styles_and_shared_blobs(self, session: Session, blobs: LocalBlobStore) -> None:
+    def test_trained_styles_and_shared_blobs(
+        self, session: Session, blobs: LocalBlobStore
+    ) -> None:
         ann, bob = make_user(session, 6101), make_user(session, 6102)
         mine = make_selfie(session, blobs, ann)
         shared = make_selfie(session, blobs, bob)  # same fixture bytes as Ann's: one blob
@@ -75,7 +78,9 @@ class TestForgetUser:
         session.add(running)
         session.flush()
         report = forget_user(session, blobs, ann.id)
-        assert report.photos == 1 and report.styles == 1 and report.jobs == 0
+        assert report.photos == 1
+        assert report.styles == 1
+        assert report.jobs == 0
         assert session.get(Style, style.id) is None
         assert not blobs.exists(lora)
         assert blobs.exists(mine.sha256)  # Bob still uses these bytes
@@ -94,4 +99,5 @@ class TestExpire:
         assert expire_photos(session, blobs, utcnow()) == 1
         kinds = session.scalars(select(Photo.kind).where(Photo.user_id == ann.id)).all()
         assert kinds == [PhotoKind.SELFIE]
-        assert not blobs.exists(old_key) and blobs.exists(new.sha256)
+        assert not blobs.exists(old_key)
+        assert blobs.exists(new.sha256)

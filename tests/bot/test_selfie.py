@@ -6,23 +6,26 @@ from __future__ import annotations
 import logging
 
 import pytest
+from PIL import Image, ImageFilter
 from sqlalchemy import select
 
 from bot.i18n import translate
 from db.models import Photo, PhotoKind
-from tests.bot.conftest import BotHarness
+from tests.bot.conftest import FACES, BotHarness
 from tests.facechain.face_data import encode, landscape_rgb
 from tests.facechain.test_imageio import png_with_declared_size
 from tests.utils.fake_telegram import buttons
+
+
+def portrait() -> Image.Image:
+    return Image.open(FACES / "man_pose1.png").convert("RGB")
 
 
 def selfies(bot: BotHarness, telegram_id: int) -> list[Photo]:
     row = bot.user_row(telegram_id)
     with bot.db.session() as s:
         return list(
-            s.scalars(
-                select(Photo).where(Photo.user_id == row.id, Photo.kind == PhotoKind.SELFIE)
-            )
+            s.scalars(select(Photo).where(Photo.user_id == row.id, Photo.kind == PhotoKind.SELFIE))
         )
 
 
@@ -38,13 +41,16 @@ class TestGoodSelfie:
         assert "Armor" in picker.params["caption"]
         [photo] = selfies(bot, ann.id)
         assert photo.selected_face == 0
-        assert len(photo.faces) == 1 and len(photo.faces[0]["landmarks"]) == 5
+        assert len(photo.faces) == 1
+        assert len(photo.faces[0]["landmarks"]) == 5
         assert photo.expires_at is not None
         assert bot.blobs.get(photo.sha256) == data
 
     async def test_image_sent_as_a_document_is_accepted(self, bot: BotHarness, face_bytes) -> None:
         ann = bot.tg.user(2002, "Ann", "ru")
-        bot.tg.send_document(ann, face_bytes("woman_pose1.png"), file_name="me.png", mime_type="image/png")
+        bot.tg.send_document(
+            ann, face_bytes("woman_pose1.png"), file_name="me.png", mime_type="image/png"
+        )
         await bot.tg.wait_text(ann.id, translate("ru", "selfie.saved", count=1, max=5))
         assert len(selfies(bot, ann.id)) == 1
 
@@ -57,7 +63,8 @@ class TestGroupPhoto:
         assert preview.params["caption"] == translate("en", "selfie.choose_face", count=2)
         assert preview.files  # the preview with numbered boxes was uploaded
         [photo] = selfies(bot, ann.id)
-        assert photo.selected_face is None and len(photo.faces) == 2
+        assert photo.selected_face is None
+        assert len(photo.faces) == 2
         message = bot.tg.bot_messages(ann.id)[-1]
         assert [label for label, _ in buttons(message)] == ["1", "2"]
         since = len(bot.tg.calls)
@@ -73,6 +80,8 @@ class TestBadInput:
         ("kind", "key"),
         [
             ("no_face", "error.no_face"),
+            ("small_face", "error.face_too_small"),
+            ("blurry", "error.poor_quality"),
             ("text_as_jpg", "error.not_an_image"),
             ("zero_bytes", "error.not_an_image"),
             ("huge_png", "error.image_too_large"),
@@ -90,6 +99,10 @@ class TestBadInput:
         tg = bot.tg
         if kind == "no_face":
             tg.send_photo(ann, encode(landscape_rgb()))
+        elif kind == "small_face":
+            tg.send_photo(ann, encode(portrait().resize((160, 160))))
+        elif kind == "blurry":
+            tg.send_photo(ann, encode(portrait().filter(ImageFilter.GaussianBlur(4))))
         elif kind == "text_as_jpg":
             tg.send_document(ann, b"this is not a picture\n", file_name="selfie.jpg")
         elif kind == "zero_bytes":

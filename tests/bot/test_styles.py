@@ -6,7 +6,7 @@ import pytest
 
 from bot.i18n import translate
 from tests.bot.conftest import BotHarness
-from tests.utils.fake_telegram import buttons
+from tests.utils.fake_telegram import button_data, buttons
 
 
 async def open_picker(bot: BotHarness, user) -> dict:
@@ -66,6 +66,17 @@ class TestCarousel:
         call = await tg.wait_for("editMessageMedia", since=since)
         assert "Осень" in call.params["media"]["caption"]
         assert ("1/1", "nop:pos") in buttons(tg.current(picker))
+
+
+class TestStaleMessages:
+    async def test_pressing_a_button_of_a_deleted_message(self, bot: BotHarness) -> None:
+        tg = bot.tg
+        ann = tg.user(3020, "Ann", "en")
+        picker = await open_picker(bot, ann)
+        tg.messages.pop((ann.id, picker["message_id"]))  # the user deleted it
+        since = len(tg.calls)
+        tg.press(ann, picker, button_data(picker, "▶"))
+        await tg.wait_text(ann.id, translate("en", "callback.stale"), since=since)
 
 
 class TestForgedCallbacks:

@@ -55,8 +55,10 @@ class TestTemplate:
         await tg.idle()
         [job] = jobs_of(bot, ann.id)
         assert job.kind is JobKind.TEMPLATE
-        assert job.params["faces"] == [2] and job.params["photo_ids"] == [selfie_id]
-        assert job.params["template_photo_id"] and job.params["template_id"] is None
+        assert job.params["faces"] == [2]
+        assert job.params["photo_ids"] == [selfie_id]
+        assert job.params["template_photo_id"]
+        assert job.params["template_id"] is None
         assert published(bot.celery) == [("template.inpaint", [job.id])]
 
     async def test_catalog_template_with_both_faces(self, bot: BotHarness) -> None:
@@ -79,7 +81,8 @@ class TestTemplate:
         tg.press_button(ann, preview, translate("en", "btn.start_template"))
         await tg.wait_text(ann.id, "in the queue", since=since)
         [job] = jobs_of(bot, ann.id)
-        assert job.template_id == template_id and job.params["faces"] == [1, 2]
+        assert job.template_id == template_id
+        assert job.params["faces"] == [1, 2]
         assert len(job.params["photo_ids"]) == 2
 
     async def test_stale_face_buttons_are_refused(self, bot: BotHarness, face_bytes) -> None:

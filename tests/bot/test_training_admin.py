@@ -6,6 +6,7 @@ from sqlalchemy import select
 
 from bot.i18n import translate
 from db.models import AuditEntry, Broadcast, JobKind, Photo, StyleTraining, User
+from service.blobstore import sha256_hex
 from tests.bot.conftest import ADMIN_ID, BotHarness, give_selfie, jobs_of, published
 from tests.facechain.face_data import encode, landscape_rgb
 
@@ -36,7 +37,8 @@ class TestTraining:
         await tg.wait_text(admin.id, translate("en", "training.bad_trigger"))
         tg.send_text(admin, "InkWash")
         confirm = await tg.wait_text(
-            admin.id, translate("en", "training.confirm", name="Ink wash", trigger="inkwash", count=2)
+            admin.id,
+            translate("en", "training.confirm", name="Ink wash", trigger="inkwash", count=2),
         )
         assert confirm.params["reply_markup"]
         tg.press_button(admin, tg.bot_messages(admin.id)[-1], translate("en", "btn.train_yes"))
@@ -46,8 +48,10 @@ class TestTraining:
         assert job.kind is JobKind.TRAINING
         with harness.db.session() as s:
             training = s.get(StyleTraining, job.params["training_id"])
-            assert training.name == "Ink wash" and training.trigger_word == "inkwash"
-            assert training.job_id == job.id and len(training.image_blobs) == 2
+            assert training.name == "Ink wash"
+            assert training.trigger_word == "inkwash"
+            assert training.job_id == job.id
+            assert len(training.image_blobs) == 2
         assert published(harness.celery) == [("style.train", [job.id])]
 
     async def test_user_with_can_train(self, bot: BotHarness) -> None:
@@ -73,7 +77,8 @@ class TestPhotos:
         tg.press_button(ann, listing, translate("en", "btn.delete_photo", n=1))
         await tg.wait_text(ann.id, "Your selfies (1 of 5)")
         with bot.db.session() as s:
-            assert s.get(Photo, first) is None and s.get(Photo, second) is not None
+            assert s.get(Photo, first) is None
+            assert s.get(Photo, second) is not None
         assert not bot.blobs.exists(key)
 
     async def test_oldest_selfie_makes_room(self, harness: BotHarness, face_bytes) -> None:
@@ -87,7 +92,7 @@ class TestPhotos:
         with harness.db.session() as s:
             kept = s.scalars(select(Photo.sha256).order_by(Photo.id)).all()
         assert len(kept) == 2
-        assert not harness.blobs.exists(__import__("hashlib").sha256(face_bytes("man_pose1.png")).hexdigest())
+        assert not harness.blobs.exists(sha256_hex(face_bytes("man_pose1.png")))
 
 
 class TestAdmin:

@@ -59,8 +59,8 @@ class TestPortrait:
 
         await use_style(tg, ann, picker)
         images = await album_of(stack, ann)
-        await tg.wait_text(ann.id, text(ann, "job.done", count=2), timeout=30)
-        follow_up = await tg.wait_text(ann.id, text(ann, "job.next"), timeout=30)
+        await tg.wait_text(ann.id, text(ann, "job.done", count=2), within=30)
+        follow_up = await tg.wait_text(ann.id, text(ann, "job.next"), within=30)
         labels = [
             b["text"] for row in follow_up.params["reply_markup"]["inline_keyboard"] for b in row
         ]
@@ -176,7 +176,7 @@ class TestCancel:
         await stack.wait(
             lambda: stack.job(running.id).status is JobStatus.CANCELLED, 60, "running job stops"
         )
-        await tg.wait_text(cat.id, text(cat, "job.cancelled"), since=since, timeout=60)
+        await tg.wait_text(cat.id, text(cat, "job.cancelled"), since=since, within=60)
         # The cancelled queued job's message still reaches the worker, which leaves it alone.
         gpu = stack.workers["gpu"]
         await stack.wait(
@@ -227,9 +227,9 @@ class TestConcurrency:
         tg.send_photo(fay, face("woman_pose3.png"))
         tg.send_text(gus, "/start")
         greeting = await tg.wait_text(gus.id, prefix(gus, "start.welcome"), since=since)
-        saved = await tg.wait_text(fay.id, prefix(fay, "selfie.saved"), since=since, timeout=60)
+        saved = await tg.wait_text(fay.id, prefix(fay, "selfie.saved"), since=since, within=60)
         assert greeting.at <= saved.at
-        await tg.wait_for("sendPhoto", chat_id=fay.id, since=since, timeout=30)
+        await tg.wait_for("sendPhoto", chat_id=fay.id, since=since, within=30)
 
         async def flow(user: FakeUser, selfie: str | None) -> list[bytes]:
             picker = await send_selfie(tg, user, selfie) if selfie else _picker(tg, user)
@@ -268,7 +268,7 @@ class TestRestart:
         await use_style(tg, hal, picker)
         since = len(tg.calls)
         tg.send_photo(ivy, face("man_pose3.png"))
-        await tg.wait_text(ivy.id, prefix(ivy, "job.queued"), since=since, timeout=60)
+        await tg.wait_text(ivy.id, prefix(ivy, "job.queued"), since=since, within=60)
         await album_of(stack, hal)
         await album_of(stack, ivy)
         [hal_job] = stack.jobs_of(hal.id)

@@ -27,8 +27,8 @@ async def send_selfie(tg: FakeTelegram, user: FakeUser, name: str = "man_pose1.p
     """Send a fixture selfie; returns the style picker message the bot answers with."""
     since = len(tg.calls)
     tg.send_photo(user, face(name))
-    await tg.wait_text(user.id, prefix(user, "selfie.saved"), since=since, timeout=60)
-    call = await tg.wait_for("sendPhoto", chat_id=user.id, since=since, timeout=60)
+    await tg.wait_text(user.id, prefix(user, "selfie.saved"), since=since, within=60)
+    call = await tg.wait_for("sendPhoto", chat_id=user.id, since=since, within=60)
     return picker_of(tg, user, call)
 
 
@@ -47,7 +47,7 @@ async def press(
     query_id = tg.press(user, message, button_data(tg.current(message), label))
     if answer:
         await tg.wait_for(
-            "answerCallbackQuery", since=since, timeout=30, callback_query_id=query_id
+            "answerCallbackQuery", since=since, within=30, callback_query_id=query_id
         )
     return since
 
@@ -55,7 +55,7 @@ async def press(
 async def use_style(tg: FakeTelegram, user: FakeUser, picker: dict) -> ApiCall:
     """Press "Use this style"; returns the status message call (queue position)."""
     since = await press(tg, user, picker, text(user, "btn.use_style"))
-    return await tg.wait_text(user.id, prefix(user, "job.queued"), since=since, timeout=60)
+    return await tg.wait_text(user.id, prefix(user, "job.queued"), since=since, within=60)
 
 
 def status_message(tg: FakeTelegram, user: FakeUser, call: ApiCall) -> dict:

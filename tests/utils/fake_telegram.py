@@ -177,7 +177,7 @@ class FakeTelegram:
     def fail_next(
         self, method: str, status: int = 429, *, retry_after: int | None = 1, times: int = 1
     ) -> None:
-        """Answer the next `times` calls of `method` with HTTP `status` (429 carries retry_after)."""
+        """Answer the next `times` calls of `method` with HTTP `status` (429: retry_after)."""
         queue = self._failures.setdefault(method, deque())
         for _ in range(times):
             queue.append((status, retry_after))
@@ -359,12 +359,12 @@ class FakeTelegram:
         method: str,
         predicate: Callable[[ApiCall], bool] | None = None,
         *,
-        timeout: float = 15.0,
+        within: float = 15.0,
         since: int = 0,
         **match: Any,
     ) -> ApiCall:
         """The first call of `method` (from index `since`) matching params and predicate."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + within
         while True:
             for call in self.calls[since:]:
                 if call.ok and call.method == method and _matches(call, match):
@@ -379,7 +379,7 @@ class FakeTelegram:
                     await asyncio.wait_for(self._changed.wait(), min(remaining, 0.5))
 
     async def wait_text(
-        self, chat_id: int, contains: str, *, timeout: float = 15.0, since: int = 0
+        self, chat_id: int, contains: str, *, within: float = 15.0, since: int = 0
     ) -> ApiCall:
         """The first message/edit/caption to `chat_id` whose text contains `contains`."""
 
@@ -391,7 +391,7 @@ class FakeTelegram:
                 text = call.params.get("media", {}).get("caption", "")
             return contains in str(text)
 
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + within
         while True:
             for call in self.calls[since:]:
                 if has_text(call):
@@ -404,9 +404,20 @@ class FakeTelegram:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), 0.5)
 
-    async def idle(self, quiet: float = 0.3, timeout: float = 15.0) -> None:
+    async def wait_count(self, method: str, count: int, *, within: float = 15.0) -> None:
+        """Wait until `method` was called `count` times (failed calls included)."""
+        deadline = time.monotonic() + within
+        while len(self.calls_to(method)) < count:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"{method} called {len(self.calls_to(method))} times")
+            async with self._changed:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), min(remaining, 0.5))
+
+    async def idle(self, quiet: float = 0.3, within: float = 15.0) -> None:
         """Wait until all updates were fetched and the bot made no call for `quiet` seconds."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + within
         while time.monotonic() < deadline:
             last = self.calls[-1].at if self.calls else 0.0
             if not self._unfetched() and time.monotonic() - last >= quiet:

@@ -13,6 +13,8 @@ import io
 import logging
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
@@ -193,6 +195,51 @@ async def wait_until(
             logs = "".join(f"\n--- {w.log_path.name} ---\n{w.log()[-3000:]}" for w in watched)
             raise AssertionError(f"timed out after {seconds}s waiting for {what}{logs}")
         await asyncio.sleep(interval)
+
+
+class BotProcess:
+    """`facechain-bot bot` as a child process (long polling), to be SIGKILLed like a crash."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        self._log = log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "bot"],
+            env={**os.environ, **env},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    async def ready(self, seconds: float = 120.0) -> None:
+        """Until the bot logged that it polls."""
+
+        def up() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"bot exited ({self.proc.returncode}):\n{self.log()[-4000:]}")
+            return "ready" in self.log()
+
+        await wait_until(up, seconds, "bot ready")
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs, like a power cut."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        self._log.close()
+
+    def stop(self, seconds: float = 20) -> None:
+        """SIGTERM and wait (end of a test)."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(seconds)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._log.close()
 
 
 @dataclass

@@ -1,0 +1,158 @@
+"""Crashes and a flaky Telegram, with the real bot, real workers, PostgreSQL and Redis: a gpu
+worker SIGKILLed mid-job, the bot process SIGKILLed mid-conversation, and the Bot API answering
+429 and 5xx while results are delivered. Each user still gets exactly one result."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import pytest
+import pytest_asyncio
+from PIL import Image
+
+from db.base import utcnow
+from db.models import JobKind, JobStatus
+from tests.e2e.test_chat import album_of, delivered
+from tests.utils.chat import JOB_SECONDS, prefix, press, send_selfie, text, use_style
+from tests.utils.fake_telegram import FakeTelegram, FakeUser
+from tests.utils.stack import BotProcess, Stack, child_pids, face, open_stack
+from tests.utils.workers import redis_available, redis_test_url
+
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def stack(
+    database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Stack]:
+    """Bot + gpu and io workers on this test worker's Redis database."""
+    if not redis_available():
+        pytest.skip("worker crash recovery is tested on Redis (127.0.0.1:6379)")
+    async with open_stack(database_url, redis_test_url(), tmp_path_factory.mktemp("crash")) as s:
+        yield s
+
+
+async def running_job(stack: Stack, user: FakeUser, selfie: str) -> int:
+    """The user sends a selfie and picks a style; returns the job id once it runs."""
+    picker = await send_selfie(stack.tg, user, selfie)
+    await use_style(stack.tg, user, picker)
+    [job] = stack.jobs_of(user.id)
+    await stack.wait(
+        lambda: stack.job(job.id).status is JobStatus.RUNNING, JOB_SECONDS, "job running"
+    )
+    return job.id
+
+
+class TestGpuWorkerKilled:
+    async def test_pool_process_sigkilled_mid_job(self, stack: Stack) -> None:
+        user = stack.tg.user(830001, "Kim", "en")
+        job_id = await running_job(stack, user, "man_pose1.png")
+        gpu = stack.workers["gpu"]
+        [child] = child_pids(gpu.proc.pid)
+        os.kill(child, signal.SIGKILL)
+        # task_reject_on_worker_lost puts the message back; the new pool process runs it again.
+        await album_of(stack, user)
+        await delivered(stack, job_id)
+        job = stack.job(job_id)
+        assert job.attempts == 2
+        assert job.error_code is None
+        assert len(stack.albums(user.id)) == 1
+        assert "WorkerLostError" in gpu.log()
+        assert gpu.proc.poll() is None
+
+    async def test_whole_worker_sigkilled_then_swept(self, stack: Stack) -> None:
+        user = stack.tg.user(830002, "Lee", "en")
+        job_id = await running_job(stack, user, "woman_pose1.png")
+        old = stack.workers["gpu"]
+        old.kill()
+        old.stop()
+        # The message stays unacked in Redis until its visibility timeout; a fresh worker
+        # gets the job from the sweep, which re-sends running jobs whose row went stale.
+        stack.start_worker("gpu", name="gpu")
+        await stack.wait_workers_ready()
+        await stack.wait(
+            lambda: stack.job(job_id).updated_at < utcnow() - timedelta(seconds=1), 30, "stale"
+        )
+        assert stack.sweep(stale_after=timedelta(seconds=1))["resent"] == 1
+        await album_of(stack, user)
+        await delivered(stack, job_id)
+        assert stack.job(job_id).attempts == 2
+        assert len(stack.albums(user.id)) == 1
+
+
+class TestBotKilled:
+    async def test_bot_sigkilled_mid_conversation_keeps_state(self, stack: Stack) -> None:
+        tg = stack.tg
+        mia = tg.user(830101, "Mia", "en")
+        await stack.stop_bot()
+        bot = BotProcess(stack.env, stack.logs / "bot-1.log")
+        try:
+            await bot.ready()
+            picker = await send_selfie(tg, mia, "man_pose2.png")
+            tg.send_text(mia, "/template")
+            await tg.wait_text(mia.id, text(mia, "template.send_own"))
+            since = len(tg.calls)
+            tg.send_photo(mia, face("template_group.jpg"), width=1680, height=1260)
+            await tg.wait_text(mia.id, text(mia, "template.choose_faces", count=2), since=since)
+            preview = [m for m in tg.bot_messages(mia.id) if m.get("photo")][-1]
+            since = await press(tg, mia, preview, "2")
+            await tg.wait_for("editMessageReplyMarkup", since=since, chat_id=mia.id)
+            await tg.idle()
+            bot.kill()
+
+            bot = BotProcess(stack.env, stack.logs / "bot-2.log")
+            await bot.ready()
+            # The face picked before the crash is still selected.
+            since = await press(tg, mia, preview, text(mia, "btn.start_template"))
+            await tg.wait_text(mia.id, prefix(mia, "job.queued"), since=since, within=60)
+            await stack.wait(lambda: stack.results(mia.id, "sendDocument"), JOB_SECONDS, "result")
+            [template_job] = stack.jobs_of(mia.id)
+            assert template_job.kind is JobKind.TEMPLATE
+            assert template_job.params["faces"] == [2]
+            await delivered(stack, template_job.id)
+            # And the selfie sent before the crash still makes portraits.
+            await use_style(tg, mia, picker)
+            await album_of(stack, mia)
+            portrait = stack.jobs_of(mia.id)[-1]
+            assert portrait.kind is JobKind.PORTRAIT
+            [selfie] = [p for p in stack.photos_of(mia.id) if p.kind.value == "selfie"]
+            assert portrait.params["photo_ids"] == [selfie.id]
+        finally:
+            bot.stop()
+            await stack.start_bot()
+
+
+def failed(tg: FakeTelegram, method: str) -> int:
+    return len([c for c in tg.calls_to(method) if not c.ok])
+
+
+class TestTelegramFailures:
+    async def test_429_and_5xx_while_delivering(self, stack: Stack) -> None:
+        tg = stack.tg
+        users = [tg.user(830201, "Ned", "en"), tg.user(830202, "Ola", "ru")]
+        for user, selfie in zip(users, ("woman_pose2.png", "man_pose3.png"), strict=True):
+            picker = await send_selfie(tg, user, selfie)
+            await use_style(tg, user, picker)
+        # From here on only the workers talk to Telegram.
+        tg.fail_next("sendMediaGroup", 429, retry_after=1, times=2)
+        tg.fail_next("sendMediaGroup", 502, times=2)
+        tg.fail_next("editMessageText", 429, retry_after=1, times=2)
+        tg.fail_next("sendMessage", 500, times=1)
+        for user in users:
+            await album_of(stack, user)
+            [job] = stack.jobs_of(user.id)
+            await delivered(stack, job.id)
+        assert failed(tg, "sendMediaGroup") == 4
+        assert failed(tg, "sendMessage") == 1
+        for user in users:
+            assert len(stack.albums(user.id)) == 1
+            assert len([t for t in tg.sent_texts(user.id) if t == text(user, "job.next")]) == 1
+            [job] = stack.jobs_of(user.id)
+            status = tg.messages[(user.id, job.status_message_id)]
+            assert status["text"] == text(user, "job.done", count=2)
+            for data in await album_of(stack, user):
+                assert Image.open(io.BytesIO(data)).size == (64, 64)
