@@ -1,8 +1,9 @@
 """FACT adapter cost: one SD1.5 UNet step with and without the face adapter, plus GPU sets.
 
 CPU part: full-size SD1.5 UNet (random weights), latents 2x4x32x32 (CFG batch), context 77 text
-tokens (plain) or 77 + 16 face tokens (adapter); plain and adapter steps alternate and the best of
-several repeats is kept (the run least disturbed by other load). The last line is
+tokens (plain) or 77 + 16 face tokens (adapter); plain and adapter steps alternate, on one thread
+by default, and the ratio uses the median process CPU time per step, which other load on the
+machine does not inflate the way it inflates wall time. The last line is
 `adapter_overhead_ratio: X.XX` (adapter step time / plain step time; target <= 1.5).
 CUDA part (when available): seconds per 4-image set at 512x512, 30 steps, CFG, fp16, with and
 without the OpenPose ControlNet, and peak VRAM; random full-size weights, same compute as real.
@@ -92,26 +93,30 @@ def cpu_overhead(repeats: int) -> float:
         f"latents {tuple(latents.shape)}, threads {torch.get_num_threads()}, repeats {repeats}"
     )
 
-    plain, adapter = [], []
+    runs: dict[str, list[tuple[float, float]]] = {"plain": [], "adapter": []}
     with torch.inference_mode():
         plain_unet(latents, t, text)
         adapter_unet(latents, t, context)
         # Alternating steps, so load from other processes hits both sides alike.
         for _ in range(repeats):
-            start = time.perf_counter()
-            plain_unet(latents, t, text)
-            plain.append(time.perf_counter() - start)
-            start = time.perf_counter()
-            adapter_unet(latents, t, context)
-            adapter.append(time.perf_counter() - start)
-    # The fastest of several alternating runs is the least disturbed by other processes.
-    plain_s, adapter_s = min(plain), min(adapter)
-    print(f"cpu plain UNet step:   best {plain_s:.3f} s  ({', '.join(f'{x:.2f}' for x in plain)})")
-    print(
-        f"cpu adapter UNet step: best {adapter_s:.3f} s  "
-        f"({', '.join(f'{x:.2f}' for x in adapter)})"
-    )
-    return adapter_s / plain_s
+            runs["plain"].append(timed(lambda: plain_unet(latents, t, text)))
+            runs["adapter"].append(timed(lambda: adapter_unet(latents, t, context)))
+    cpu_s = {}
+    for name, values in runs.items():
+        wall = statistics.median(w for w, _ in values)
+        cpu_s[name] = statistics.median(c for _, c in values)
+        print(
+            f"cpu {name:7s} UNet step: median {wall:.3f} s wall, {cpu_s[name]:.3f} s CPU "
+            f"(wall {', '.join(f'{w:.2f}' for w, _ in values)})"
+        )
+    return cpu_s["adapter"] / cpu_s["plain"]
+
+
+def timed(fn: Callable[[], object]) -> tuple[float, float]:
+    """(wall, process CPU) seconds of one call."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def cuda_sets(repeats: int) -> None:
@@ -189,7 +194,7 @@ def main() -> None:
     """Run the CPU comparison, the CUDA sets when possible, and print the ratio last."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads (0: torch default)")
     args = parser.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)

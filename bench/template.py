@@ -8,7 +8,10 @@ threads) and the wall time beside it; template analysis (YuNet) is timed on its 
 CUDA part (when available): the same job with full-size SD1.5 parts (random weights, same
 compute as the real checkpoints), fp16, 512 px working crops, peak VRAM.
 
-Run: `python bench/template.py [--repeats N] [--steps N]`.
+Tiny models are dominated by per-op overhead, where extra intra-op threads only spin (and on a
+shared machine inflate CPU time many times over), so the CPU part runs on `--threads` (default 1).
+
+Run: `python bench/template.py [--repeats N] [--steps N] [--threads N]`.
 """
 
 from __future__ import annotations
@@ -100,7 +103,7 @@ def cpu_part(repeats: int, steps: int) -> None:
         f"{detect_wall:.3f} s wall"
     )
     engine = Engine.from_config(EngineConfig(profile="tiny", device="cpu", steps=steps))
-    print(f"cpu: tiny profile, 64 px crops, {steps} steps, {torch.get_num_threads()} threads")
+    print(f"cpu: tiny profile, 64 px crops, {steps} steps, {torch.get_num_threads()} thread(s)")
     run_jobs(TemplateInpainter.of(engine), "cpu", repeats, steps, sync=False)
 
 
@@ -207,8 +210,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    previous = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
     cpu_part(args.repeats, args.steps)
+    torch.set_num_threads(previous)
     if torch.cuda.is_available():
         cuda_part(args.repeats)
     else:

@@ -57,8 +57,21 @@ ADMIN_COMMANDS = ("stats", "ban", "unban", "quota", "broadcast")
 MAX_CONCURRENT_UPDATES = 256
 
 
-async def _post_init(application: Application[Any, Any, Any, Any, Any, Any]) -> None:
-    """Publish the command menu in every language (best effort: a failure only logs)."""
+class FaceChainApplication(Application[Any, Any, Any, Any, Any, Any]):
+    """PTB's Application that also publishes the command menu when initialised.
+
+    PTB runs `post_init` only inside `run_polling`/`run_webhook`; the service drives the
+    application itself (`async with application`), so the menu is set up here instead.
+    """
+
+    async def initialize(self) -> None:
+        """Initialise PTB, then publish the menu (best effort: a failure only logs)."""
+        await super().initialize()
+        await publish_commands(self)
+
+
+async def publish_commands(application: Application[Any, Any, Any, Any, Any, Any]) -> None:
+    """The command menu in every language."""
     bot = application.bot
     try:
         for language in LANGUAGES:
@@ -132,6 +145,7 @@ def build_application(
         raise ConfigError("TELEGRAM_TOKEN is not set")
     builder = (
         ApplicationBuilder()
+        .application_class(FaceChainApplication)
         .token(telegram.token.get_secret_value())
         .base_url(telegram.api_base_url)
         .base_file_url(telegram.file_base_url)
@@ -140,7 +154,6 @@ def build_application(
         .rate_limiter(TelegramRetry())
         .connection_pool_size(64)
         .media_write_timeout(60)
-        .post_init(_post_init)
     )
     if telegram.mode == "webhook":
         # Updates arrive through the aiohttp route (bot.webhook), not getUpdates.

@@ -12,8 +12,11 @@ import time
 import traceback
 from typing import Any
 
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from telegram import Update
 from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TelegramError
+from telegram.ext import ApplicationHandlerStop
 
 from bot.i18n import DEFAULT_LANGUAGE, catalog, normalize_language, translate
 from facechain.errors import FaceChainError
@@ -102,11 +105,34 @@ async def _alert_admin(update: object, context: Any, error: BaseException) -> No
         logger.warning("could not alert the admin chat: %s", exc)
 
 
+def database_unavailable(error: BaseException) -> bool:
+    """Whether the database could not be reached (down, restarting, connections exhausted)."""
+    if isinstance(error, OperationalError | PoolTimeout):
+        return True
+    return isinstance(error, DBAPIError) and error.connection_invalidated
+
+
+async def _answer_query(update: object) -> None:
+    """Stop the client's spinner on a button press that could not be served."""
+    if isinstance(update, Update) and update.callback_query is not None:
+        try:
+            await update.callback_query.answer()
+        except TelegramError as exc:
+            logger.debug("could not answer a callback query: %s", exc)
+
+
 async def error_handler(update: object, context: Any) -> None:
     """The application's one error handler."""
     error = context.error
     if error is None:
         return
+    if database_unavailable(error):
+        # An outage, not a bug: say so and log one line. Raising ApplicationHandlerStop ends the
+        # update here, so no flow handler runs after a gate that could not load the user.
+        logger.warning("database unavailable while handling an update: %s", type(error).__name__)
+        await _answer_query(update)
+        await _tell_user(update, context, translate(_language(update, context), "error.busy"))
+        raise ApplicationHandlerStop
     if isinstance(error, AppError | FaceChainError):
         logger.info("typed error %s: %s", getattr(error, "code", "?"), error)
         await _tell_user(update, context, describe_error(_language(update, context), error))
@@ -135,3 +161,5 @@ async def error_handler(update: object, context: Any) -> None:
     logger.error("unhandled error while handling an update", exc_info=error)
     await _tell_user(update, context, translate(_language(update, context), "error.internal"))
     await _alert_admin(update, context, error)
+    # One apology per update: a failed gate must not let flow handlers run without a user.
+    raise ApplicationHandlerStop

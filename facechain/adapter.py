@@ -288,7 +288,7 @@ def load_face_adapter(
     """Install the FACT adapter into a UNet and load its weights strictly.
 
     Args:
-        unet: SD1.5-layout nn.Module (16 cross-attention blocks).
+        unet: SD1.5-layout UNet2DConditionModel (16 cross-attention blocks).
         state_dict: FACT checkpoint: `...attn2.processor.*` keys for the UNet and
             `local_fac_prj.*` keys for the projector; other keys are ignored.
         projector: FaceProjector whose sizes match the checkpoint; loaded in place.

@@ -2,17 +2,17 @@
 
 Defaults, chosen against FaceChain's (reference §3):
 
-- Scheduler: DPM++ 2M Karras, 30 steps (FaceChain: PNDM, 50 steps). DPM++ 2M reaches PNDM-50
-  quality in 20-30 steps on SD1.5 portraits, so this is ~40 % less UNet time per image; `pndm`
-  and `ddim` stay selectable for side-by-side comparisons.
+- Scheduler: DPM++ 2M Karras, 30 steps (FaceChain: PNDM, 50 steps). DPM++ 2M is the usual
+  SD1.5 sampler for 20-30 steps at a quality comparable to PNDM's at 50, so an image costs 40 %
+  fewer UNet calls; `pndm` (with steps=50 for FaceChain parity) and `ddim` stay selectable.
 - Guidance 7.0 and adapter scale 0.5: FaceChain's txt2img values, kept (the adapter was trained
   and tuned for them; a higher scale copies the selfie's expression and lighting).
 - 512x512 output, CFG on the face too (negative face tokens = projector(zeros)), as FaceChain.
 - ControlNet runs only when a pose map is given; FaceChain always runs it and sets its scale to 0
-  without a pose, which gives the same images for about a third more UNet-side compute.
+  without a pose, which gives the same images but pays a ControlNet pass at every step.
 - Styles without their own LoRA get the default style LoRA, as FaceChain does.
-- Seeds: every candidate i has seed `seed + i` and its own CPU generator, so an image can be
-  reproduced alone, on any device, whatever batch it was generated in (FaceChain: no seed).
+- Seeds: every candidate i has seed `seed + i` and its own CPU generator, so its initial noise
+  is the same alone or in any batch, on any device (FaceChain: no seed).
 - Several selfies: their projected face tokens are averaged into one 16-token face (FaceChain
   concatenates 16 tokens per face, but always passes one face).
 - Ranking: `num_candidates` images are generated and the `num_images` best by the caller's ID

@@ -184,14 +184,13 @@ def adapter_state_dict(base_unet: UNet2DConditionModel, seed: int = 0) -> dict[s
             # `ln` = the base norm2, so that scale 0 reproduces plain SD exactly.
             state[key] = base[key.replace("attn2.processor.ln.", "norm2.")].clone()
         elif key.endswith(("alpha_attn", "alpha_dense")):
-            state[key] = 0.5 + 0.1 * noise  # open gates; real checkpoints are trained away from 0
+            state[key] = 0.5 + 0.1 * noise  # open gates: at 0 (their init) the adapter is inert
         elif value.ndim == 1 and ".norm" in key and key.endswith("weight"):
             state[key] = 1.0 + 0.1 * noise
         elif value.ndim == 1:
             state[key] = 0.05 * noise
         else:
-            fan_in = value[0].numel() if value.ndim > 1 else 1
-            state[key] = noise / fan_in**0.5
+            state[key] = noise / value[0].numel() ** 0.5
     return state
 
 
@@ -207,7 +206,8 @@ def style_lora(
             targets.append(("lora_unet_" + name.replace(".", "_"), module))
     for name, module in base_text_encoder.named_modules():
         if isinstance(module, nn.Linear) and name.endswith(("q_proj", "v_proj")):
-            targets.append(("lora_te_" + name.replace(".", "_"), module))
+            # Kohya names keep CLIP's `text_model.` level, which transformers 5 no longer has.
+            targets.append(("lora_te_text_model_" + name.replace(".", "_"), module))
     for key, module in targets:
         state[f"{key}.lora_down.weight"] = 0.3 * torch.randn(
             rank, module.in_features, generator=gen

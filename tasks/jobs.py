@@ -16,9 +16,12 @@ from typing import Any
 
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
+from kombu.exceptions import KombuError
+from sqlalchemy.exc import SQLAlchemyError
 
 from db.base import utcnow
 from db.models import FINAL_STATUSES, Job, JobStatus
+from facechain.errors import FaceChainError
 from service.errors import AppError
 from tasks.context import WorkerContext, get_context
 from tasks.dispatch import send_io
@@ -77,24 +80,39 @@ class ProgressReporter:
         if now - self._last_db < PROGRESS_DB_INTERVAL_S and fraction < 1.0:
             return
         self._last_db = now
-        with self.ctx.db.session() as session:
-            job = session.get(Job, self.job_id)
-            if job is None:
-                return
-            job.progress = max(0.0, min(1.0, float(fraction)))
-            self._cancelled = job.cancel_requested
+        # Progress is best effort: a database or broker blip must not kill a generation that
+        # is otherwise fine (its outcome is recorded by `finish`, which does not swallow errors).
+        try:
+            with self.ctx.db.session() as session:
+                job = session.get(Job, self.job_id)
+                if job is None:
+                    return
+                job.progress = max(0.0, min(1.0, float(fraction)))
+                self._cancelled = job.cancel_requested
+        except SQLAlchemyError as exc:
+            logger.warning("job %s: progress not recorded (%s)", self.job_id, type(exc).__name__)
+            return
         if now - self._last_edit >= PROGRESS_EDIT_INTERVAL_S:
             self._last_edit = now
-            send_io(self.ctx.celery, "delivery.progress", self.job_id)
+            try:
+                send_io(self.ctx.celery, "delivery.progress", self.job_id)
+            except (KombuError, OSError) as exc:
+                logger.warning("job %s: progress edit not queued (%s)", self.job_id, exc)
 
     def cancelled(self) -> bool:
         """Whether the user asked to cancel (read fresh at most once a second)."""
         now = time.monotonic()
         if now - self._last_db >= PROGRESS_DB_INTERVAL_S:
             self._last_db = now
-            with self.ctx.db.session() as session:
-                job = session.get(Job, self.job_id)
-                self._cancelled = bool(job and job.cancel_requested)
+            try:
+                with self.ctx.db.session() as session:
+                    job = session.get(Job, self.job_id)
+                    self._cancelled = bool(job and job.cancel_requested)
+            except SQLAlchemyError as exc:
+                # Keep the last answer; the next check reads again.
+                logger.warning(
+                    "job %s: progress not recorded (%s)", self.job_id, type(exc).__name__
+                )
         return self._cancelled
 
 
@@ -233,7 +251,8 @@ def run_gpu_job(task: Task, job_id: int, work: Work) -> JobStatus | None:
     except SoftTimeLimitExceeded:
         error = ("timed_out", "soft time limit exceeded")
     except Exception as exc:  # the task is the boundary: every failure becomes a job error
-        code = getattr(exc, "code", None)
+        # Only our typed errors carry user-facing codes (SQLAlchemy's `code` is a docs link id).
+        code = getattr(exc, "code", None) if isinstance(exc, AppError | FaceChainError) else None
         if code == "cancelled":
             cancelled = True
         elif isinstance(code, str):
@@ -244,7 +263,11 @@ def run_gpu_job(task: Task, job_id: int, work: Work) -> JobStatus | None:
             error = ("internal", f"{type(exc).__name__}: {exc}")
     status = finish(ctx, job_id, outcome, error, cancelled)
     logger.info("job %s %s in %.1fs", job_id, status.value, time.monotonic() - started)
-    send_io(ctx.celery, "delivery.send_result", job_id)
+    try:
+        send_io(ctx.celery, "delivery.send_result", job_id)
+    except (KombuError, OSError) as exc:
+        # The outcome is committed; the sweep re-queues deliveries that never happened.
+        logger.warning("job %s: delivery not queued now, the sweep will (%s)", job_id, exc)
     return status
 
 

@@ -20,6 +20,10 @@ logger = logging.getLogger(__name__)
 # A queued job whose message may have been lost with the broker (e.g. Redis restarted without
 # persistence) is re-sent after this long; duplicates are harmless (tasks are idempotent).
 REQUEUE_AFTER = timedelta(minutes=5)
+# A finished job still not delivered this long after it finished lost its delivery message (the
+# broker restarted, or was down when the worker finished). Longer than a delivery's own retries
+# take, so a delivery that is merely waiting out a 429 is not sent twice.
+REDELIVER_AFTER = timedelta(minutes=15)
 
 
 def sweep_once(
@@ -29,8 +33,10 @@ def sweep_once(
     train_time_limit: timedelta | None = None,
     requeue_after: timedelta = REQUEUE_AFTER,
     stale_after: timedelta = STALE_AFTER,
+    redeliver_after: timedelta = REDELIVER_AFTER,
 ) -> dict[str, int]:
-    """One pass: re-send lost jobs, redeliver stalled ones, fail those past their limit."""
+    """One pass: re-send lost jobs, redeliver stalled ones, fail those past their limit, and
+    re-queue the delivery of finished jobs whose result never reached the user."""
     ctx = get_context()
     now = utcnow()
     resend: list[int] = []
@@ -60,23 +66,39 @@ def sweep_once(
                 notify.append(job.id)
             else:
                 resend.append(job.id)
+        undelivered = list(
+            session.scalars(
+                select(Job.id).where(
+                    Job.status.in_((JobStatus.SUCCEEDED, JobStatus.FAILED)),
+                    Job.chat_id.is_not(None),
+                    Job.finished_at <= now - redeliver_after,
+                )
+            )
+        )
     sent = sum(dispatch_job(ctx.celery, ctx.db, job_id) for job_id in dict.fromkeys(resend))
-    for job_id in notify:
+    for job_id in dict.fromkeys(notify + undelivered):
         send_io(ctx.celery, "delivery.send_result", job_id)
     from tasks.broadcast import resend_stalled_broadcasts
     from tasks.webhooks import resend_stale_deliveries
 
     webhooks = resend_stale_deliveries(ctx.celery, ctx.db, outbox_grace)
     broadcasts = resend_stalled_broadcasts(ctx.celery, ctx.db, requeue_after)
-    if sent or notify or webhooks or broadcasts:
+    if sent or notify or undelivered or webhooks or broadcasts:
         logger.info(
-            "sweep: re-sent %d jobs, %d webhook deliveries, %d broadcasts; failed %d",
+            "sweep: re-sent %d jobs, %d results, %d webhook deliveries, %d broadcasts; failed %d",
             sent,
+            len(undelivered),
             webhooks,
             broadcasts,
             len(notify),
         )
-    return {"resent": sent, "failed": len(notify), "webhooks": webhooks, "broadcasts": broadcasts}
+    return {
+        "resent": sent,
+        "failed": len(notify),
+        "redelivered": len(undelivered),
+        "webhooks": webhooks,
+        "broadcasts": broadcasts,
+    }
 
 
 @shared_task(name="maintenance.sweep", bind=True, ignore_result=True)

@@ -6,6 +6,7 @@ preview with numbered boxes and numbered buttons. Anything else: a reply saying 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
@@ -254,7 +255,7 @@ async def on_pose(update: Update, context: BotContext, image: IncomingImage, dat
     if not isinstance(style_id, int):
         await reply(update, context, context.t("callback.stale"))
         return
-    pose_blob: str = await cpu(context, context.blobs.put, data)
+    pose_blob: str = await asyncio.to_thread(context.blobs.put, data)
     await start_portrait(update, context, style_id, pose_blob=pose_blob)
 
 

@@ -13,7 +13,7 @@ from telegram import InputMediaPhoto, Message, Update
 from bot import callbacks as cb
 from bot import jobs, sessions
 from bot.context import BotContext
-from bot.handlers.common import cpu, reply, start_portrait
+from bot.handlers.common import reply, start_portrait
 from bot.handlers.styles import show_styles
 from bot.handlers.template import show_templates, start_template
 from bot.keyboards import HISTORY_PAGE, history_keyboard, result_keyboard
@@ -208,7 +208,7 @@ async def on_history_show(update: Update, context: BotContext, data: cb.HistoryS
         await reply(update, context, context.t("callback.stale"))
         return
     keys, style_id = found
-    images = [await cpu(context, context.blobs.get, key) for key in keys[:10]]
+    images = [await asyncio.to_thread(context.blobs.get, key) for key in keys[:10]]
     chat_id = update.effective_chat.id
     if len(images) == 1:
         await context.bot.send_photo(chat_id, images[0])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 
@@ -52,7 +53,7 @@ async def card_media(context: BotContext, blob: str | None, title: str) -> str |
     cached = context.deps.file_ids.get(blob)
     if cached is not None:
         return cached
-    data = await cpu(context, context.blobs.get, blob)
+    data = await asyncio.to_thread(context.blobs.get, blob)
     return data
 
 

@@ -3,6 +3,7 @@ faces are replaced by the user's; with several faces the user picks which (one o
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 from dataclasses import dataclass
@@ -23,9 +24,29 @@ from db.base import utcnow
 from db.models import Photo, PhotoKind
 from db.repositories.photos import PhotoRepository
 from db.repositories.templates import TemplateRepository
-from facechain.inpaint import TemplateAnalysis, analyze_template
+from facechain.faces import Face, default_detector
+from facechain.imageio import load_image, to_rgb_array
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TemplateAnalysis:
+    width: int
+    height: int
+    faces: list[Face]
+
+
+def analyze_template(data: bytes, *, max_bytes: int, max_pixels: int) -> TemplateAnalysis:
+    """Decode a template photo and find its faces, left to right (CPU; call in a thread).
+
+    The same steps as `facechain.inpaint.analyze_template`, which the worker runs again on
+    the same bytes, so face numbers agree; importing that module would load torch and
+    diffusers into the bot process.
+    """
+    rgb = to_rgb_array(load_image(data, max_bytes=max_bytes, max_pixels=max_pixels))
+    faces = default_detector().detect_faces(rgb)
+    return TemplateAnalysis(width=rgb.shape[1], height=rgb.shape[0], faces=faces)
 
 
 @dataclass(frozen=True)
@@ -176,7 +197,7 @@ async def on_use_template(update: Update, context: BotContext, data: cb.UseTempl
     if len(boxes) == 1:
         await start_template(update, context, [0], template_id=data.template_id)
         return
-    image: bytes = await cpu(context, context.blobs.get, blob)
+    image: bytes = await asyncio.to_thread(context.blobs.get, blob)
     await _ask_faces(update, context, image, boxes, template_id=data.template_id)
 
 
@@ -243,18 +264,25 @@ def _pending(conv: sessions.Conversation, nonce: int) -> bool:
     return conv.state is sessions.State.TEMPLATE_FACES and conv.data.get("nonce") == nonce
 
 
+def _toggle(session: Session, user_id: int, nonce: int, index: int) -> tuple[int, list[int]]:
+    """Flip one face in the pending selection under the session's row lock; (0, []) if stale."""
+    conv = sessions.update(session, user_id)  # locks the row before reading the selection
+    count = int(conv.data.get("template_faces", 0))
+    if not _pending(conv, nonce) or not 0 <= index < count:
+        return 0, []
+    selected = sorted(set(conv.data.get("selected_faces", [])) ^ {index})
+    sessions.update(session, user_id, selected_faces=selected)
+    return count, selected
+
+
 async def on_toggle_face(update: Update, context: BotContext, data: cb.ToggleTemplateFace) -> None:
     """Select or deselect one face of the pending template."""
-    conv = await context.db.run(sessions.load, context.account.id)
-    count = int(conv.data.get("template_faces", 0))
-    if not _pending(conv, data.nonce) or not 0 <= data.index < count:
+    count, selected = await context.db.run(_toggle, context.account.id, data.nonce, data.index)
+    if not count:
         await reply(update, context, context.t("callback.stale"))
         return
-    selected = set(conv.data.get("selected_faces", []))
-    selected ^= {data.index}
-    await context.db.run(sessions.update, context.account.id, selected_faces=sorted(selected))
     await update.callback_query.edit_message_reply_markup(
-        template_faces_keyboard(count, sorted(selected), context.language, data.nonce)
+        template_faces_keyboard(count, selected, context.language, data.nonce)
     )
 
 

@@ -33,7 +33,8 @@ from tasks.celery_app import create_celery
 from tests.utils.fake_telegram import TOKEN, FakeTelegram, running_bot
 
 ADMIN_ID = 990001
-FACES = Path(__file__).resolve().parents[1] / "fixtures" / "faces"
+ROOT_DIR = Path(__file__).resolve().parents[2]
+FACES = ROOT_DIR / "tests" / "fixtures" / "faces"
 
 
 def make_config(

@@ -93,7 +93,9 @@ class TestPortraits:
         pose = Image.fromarray(crop(5)).resize((48, 80))
         assert np.abs(image(pose=pose) - ref).max() > 2
         assert np.abs(image(style=StyleSpec(name="no lora", lora_weight=0.0)) - ref).max() > 2
-        assert np.abs(image(adapter_scale=0.0) - ref).max() > 2
+        no_face = image(adapter_scale=0.0)
+        assert np.abs(no_face - ref).max() > 2
+        assert np.array_equal(image(adapter_scale=0.0, selfies=[crop(1)]), no_face)
 
     def test_ranking_keeps_best_and_applies_floor(self, engine: Engine) -> None:
         def brightness(img: Image.Image) -> float:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import cv2
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from facechain.engine import Engine, EngineConfig, id_crop
@@ -49,8 +52,12 @@ def analysis(template: np.ndarray) -> TemplateAnalysis:
 
 
 @pytest.fixture(scope="module")
-def engine() -> Engine:
-    return Engine.from_config(EngineConfig(profile="tiny", steps=2))
+def engine() -> Iterator[Engine]:
+    # Tiny models are per-op overhead: extra intra-op threads only spin (badly so on a busy box).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield Engine.from_config(EngineConfig(profile="tiny", steps=2))
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -98,9 +98,11 @@ class TestRedisRestart:
         [late] = stack.jobs_of(late_user.id)
         assert stack.job(late.id).dispatched_at is None
         # The running job finishes, but its delivery cannot be queued.
+        gpu = stack.workers["gpu"]
         await stack.wait(
-            lambda: stack.job(running.id).status is JobStatus.SUCCEEDED, JOB_SECONDS, "finished"
+            lambda: f"job {running.id}: delivery not queued" in gpu.log(), JOB_SECONDS, "finished"
         )
+        assert stack.job(running.id).status is JobStatus.SUCCEEDED
         before = reconnects(stack)
         own_redis.start()
         await stack.wait(lambda: reconnects(stack) >= before + 2, 60, "workers reconnect")
