@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -74,11 +75,14 @@ def run_portrait_cli(argv: Sequence[str] | None = None) -> int:
             request, progress=lambda done, total: logger.info("step %d/%d", done, total)
         )
     except FaceChainError as exc:
-        logger.error("portrait failed [%s]: %s", exc.code, exc)
+        # One readable line for the person at the terminal; no traceback for their mistake.
+        sys.stderr.write(f"error [{exc.code}]: {exc}\n")
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     for rank, portrait in enumerate(portraits):
         path = args.out / f"portrait_{rank}_seed{portrait.seed}.png"
         portrait.image.save(path)
-        logger.info("wrote %s (similarity %s)", path, portrait.similarity)
+        score = "n/a" if portrait.similarity is None else f"{portrait.similarity:.4f}"
+        # The result listing is the command's output, so it goes to stdout, not the log.
+        sys.stdout.write(f"{path}\tsimilarity={score}\n")
     return 0

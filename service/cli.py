@@ -233,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "portrait", help="generate portraits from a selfie", description=cmd_portrait.__doc__
     )
-    p.add_argument("selfie", type=Path, nargs="+", help="selfie image(s) of one person")
+    p.add_argument("selfie", type=Path, help="a photo with one face")
     p.add_argument("--style", help="style name or slug from the catalog (default: a neutral one)")
     p.add_argument("--pose", type=Path, help="pose reference (OpenPose map image)")
     p.add_argument("--num", type=int, default=4, help="number of portraits (default 4)")

@@ -43,13 +43,24 @@ def inpaint(ctx: WorkerContext, job: JobSnapshot, reporter: ProgressReporter) ->
     template = load_blob_image(ctx.blobs, template_blob(ctx, job))
     selfies = load_selfies(ctx, job.user_id, params["photo_ids"])
     faces = [int(f) for f in params.get("faces") or [1]]
-    result = ctx.engine.inpaint(
-        InpaintRequest(
+    # One selfie per chosen face puts a different person into each; otherwise every chosen
+    # face gets the same identity (all the user's selfies averaged).
+    if len(selfies) == len(faces) and len({s.aligned.tobytes() for s in selfies}) > 1:
+        request = InpaintRequest(
+            template=template,
+            identities=[[s.aligned] for s in selfies],
+            faces=faces,
+            seed=params.get("seed"),
+        )
+    else:
+        request = InpaintRequest(
             template=template,
             selfies=[s.aligned for s in selfies],
             faces=faces,
             seed=params.get("seed"),
-        ),
+        )
+    result = ctx.engine.inpaint(
+        request,
         progress=reporter,
         cancel=reporter.cancelled,
     )

@@ -50,6 +50,11 @@ async def rate_limit(update: Update, context: BotContext) -> None:
     raise ApplicationHandlerStop
 
 
+def storable(text: str | None) -> str | None:
+    """Text as the database can keep it: PostgreSQL refuses NUL characters in strings."""
+    return text.replace("\x00", "") if text else text
+
+
 def _touch_user(
     session: Session,
     telegram_id: int,
@@ -60,8 +65,8 @@ def _touch_user(
     """Create or refresh the user; also whether a banned user must now be told (once)."""
     user = UserRepository(session).get_or_create(
         telegram_id,
-        username=username,
-        first_name=first_name,
+        username=storable(username),
+        first_name=storable(first_name),
         language=normalize_language(language_code),
     )
     tell = user.is_banned and not user.ban_notified

@@ -181,7 +181,7 @@ async def on_training_text(
     update: Update, context: BotContext, conv: sessions.Conversation
 ) -> None:
     """The name, then the trigger word."""
-    text = (update.effective_message.text or "").strip()
+    text = (update.effective_message.text or "").replace("\x00", "").strip()
     if conv.state is sessions.State.TRAIN_NAME:
         if not 1 <= len(text) <= MAX_NAME:
             await reply(update, context, context.t("training.bad_name", max=MAX_NAME))
