@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -136,9 +137,14 @@ def owner_alive(job: Job, hostname: str | None) -> bool:
     taken over immediately; an owner on another node counts as alive until the row has gone
     `STALE_AFTER` without a progress write."""
     node, _, pid = (job.worker or "").rpartition(":")
-    if node and node == hostname and pid.isdigit():
+    if node and node == _node(hostname) and pid.isdigit():
+        # This process runs one task at a time, so its own earlier attempt has ended.
         return int(pid) != os.getpid() and _pid_alive(int(pid))
     return job.updated_at > utcnow() - STALE_AFTER
+
+
+def _node(hostname: str | None) -> str:
+    return hostname or socket.gethostname()
 
 
 def claim(ctx: WorkerContext, job_id: int, hostname: str | None) -> JobSnapshot | None:
@@ -163,7 +169,7 @@ def claim(ctx: WorkerContext, job_id: int, hostname: str | None) -> JobSnapshot 
             ended_here = True
         else:
             job.transition(JobStatus.RUNNING)
-            job.worker = f"{hostname}:{os.getpid()}"
+            job.worker = f"{_node(hostname)}:{os.getpid()}"
             snapshot = JobSnapshot(
                 id=job.id,
                 user_id=job.user_id,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -59,18 +58,17 @@ class TestPortraitCli:
         assert all("_seed1" in f.name for f in files)
 
     def test_no_face_is_a_typed_failure(
-        self, tmp_path: Path, caplog: pytest.LogCaptureFixture
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
         blank = tmp_path / "blank.png"
         buf = io.BytesIO()
         Image.new("RGB", (256, 256), (90, 120, 200)).save(buf, format="PNG")
         blank.write_bytes(buf.getvalue())
-        with caplog.at_level(logging.ERROR):
-            code = run_portrait_cli(
-                [str(blank), "--out", str(tmp_path / "o"), "--profile", "tiny"]
-            )
+        code = run_portrait_cli([str(blank), "--out", str(tmp_path / "o"), "--profile", "tiny"])
         assert code == 2
-        assert "[no_face]" in caplog.text
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1
+        assert err[0].startswith("error [no_face]")
         assert not (tmp_path / "o").exists()
 
 

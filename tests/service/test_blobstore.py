@@ -53,8 +53,11 @@ class TestS3BlobStore:
         with moto.mock_aws():
             boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="blobs")
             settings = StorageSettings(
-                backend="s3", s3_bucket="blobs", s3_access_key="k" * 16,
-                s3_secret_key="s" * 16, s3_region="us-east-1",
+                backend="s3",
+                s3_bucket="blobs",
+                s3_access_key="k" * 16,
+                s3_secret_key="s" * 16,
+                s3_region="us-east-1",
             )
             yield S3BlobStore(settings)
 

@@ -10,8 +10,18 @@ import pytest
 
 from service.cli import build_parser, main
 
-SUBCOMMANDS = ["run", "bot", "web", "worker", "beat", "migrate", "models", "styles", "portrait",
-               "inpaint"]
+SUBCOMMANDS = [
+    "run",
+    "bot",
+    "web",
+    "worker",
+    "beat",
+    "migrate",
+    "models",
+    "styles",
+    "portrait",
+    "inpaint",
+]
 
 
 class TestHelp:
@@ -33,8 +43,12 @@ class TestHelp:
         assert len(out.splitlines()) >= 3
 
     def test_console_script_runs(self) -> None:
-        proc = subprocess.run([sys.executable, "-m", "service.cli", "--help"],
-                              capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            [sys.executable, "-m", "service.cli", "--help"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert proc.returncode == 0
         assert "FaceChain Bot" in proc.stdout
 
@@ -42,18 +56,34 @@ class TestHelp:
 class TestFailures:
     def test_run_without_token_explains_and_exits_2(self, tmp_path: Path) -> None:
         env = {"PATH": "/usr/bin:/bin", "DATA_DIR": str(tmp_path), "HOME": str(tmp_path)}
-        proc = subprocess.run([sys.executable, "-m", "service.cli", "run"], capture_output=True,
-                              text=True, timeout=60, env=env, cwd=tmp_path)
+        proc = subprocess.run(
+            [sys.executable, "-m", "service.cli", "run"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+            cwd=tmp_path,
+        )
         assert proc.returncode == 2
         assert "@BotFather" in proc.stderr
         assert "TELEGRAM_TOKEN=" in proc.stderr
         assert "Traceback" not in proc.stderr
 
     def test_bad_setting_is_one_readable_line(self, tmp_path: Path) -> None:
-        env = {"PATH": "/usr/bin:/bin", "DATA_DIR": str(tmp_path), "ENGINE_PROFILE": "huge",
-               "HOME": str(tmp_path)}
-        proc = subprocess.run([sys.executable, "-m", "service.cli", "migrate"],
-                              capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "DATA_DIR": str(tmp_path),
+            "ENGINE_PROFILE": "huge",
+            "HOME": str(tmp_path),
+        }
+        proc = subprocess.run(
+            [sys.executable, "-m", "service.cli", "migrate"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+            cwd=tmp_path,
+        )
         assert proc.returncode == 2
         assert "ENGINE_PROFILE:" in proc.stderr
         assert "Traceback" not in proc.stderr

@@ -37,11 +37,24 @@ class TestFindStyle:
 
 
 class TestPortrait:
-    def test_writes_n_images_and_prints_scores(self, tmp_path: Path,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+    def test_writes_n_images_and_prints_scores(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
         out = tmp_path / "out"
-        code = main(["portrait", str(FACES / "man_pose1.png"), "--style", "polaroid-style",
-                     "--num", "3", "--seed", "5", "--out", str(out)])
+        code = main(
+            [
+                "portrait",
+                str(FACES / "man_pose1.png"),
+                "--style",
+                "polaroid-style",
+                "--num",
+                "3",
+                "--seed",
+                "5",
+                "--out",
+                str(out),
+            ]
+        )
         assert code == 0
         written = sorted(out.glob("*.png"))
         assert len(written) == 3
@@ -49,8 +62,9 @@ class TestPortrait:
         assert len(lines) == 3
         assert all(Image.open(p).size == (64, 64) for p in written)
 
-    def test_no_face_is_one_line_and_exit_2(self, tmp_path: Path,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
+    def test_no_face_is_one_line_and_exit_2(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
         landscape = tmp_path / "landscape.png"
         gradient = np.linspace(0, 255, 256 * 256 * 3).reshape(256, 256, 3).astype(np.uint8)
         Image.fromarray(gradient).save(landscape)
@@ -62,15 +76,36 @@ class TestPortrait:
 
 
 class TestInpaint:
-    def test_template_size_and_bad_index(self, tmp_path: Path,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
+    def test_template_size_and_bad_index(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
         out = tmp_path / "out"
-        code = main(["inpaint", str(FACES / "template_group.jpg"), str(FACES / "woman_pose1.png"),
-                     "--face", "1", "--seed", "1", "--out", str(out)])
+        code = main(
+            [
+                "inpaint",
+                str(FACES / "template_group.jpg"),
+                str(FACES / "woman_pose1.png"),
+                "--face",
+                "1",
+                "--seed",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
         assert code == 0
         (result,) = out.glob("*.png")
         assert Image.open(result).size == Image.open(FACES / "template_group.jpg").size
-        code = main(["inpaint", str(FACES / "template_group.jpg"), str(FACES / "man_pose1.png"),
-                     "--face", "7", "--out", str(out)])
+        code = main(
+            [
+                "inpaint",
+                str(FACES / "template_group.jpg"),
+                str(FACES / "man_pose1.png"),
+                "--face",
+                "7",
+                "--out",
+                str(out),
+            ]
+        )
         assert code == 2
         assert "face_index_out_of_range" in capsys.readouterr().err

@@ -10,9 +10,19 @@ from service.errors import ConfigError
 from service.settings import AppConfig, load_config
 
 ENV_NAMES = [
-    "TELEGRAM_TOKEN", "TELEGRAM_API_BASE_URL", "TELEGRAM_FILE_BASE_URL", "TELEGRAM_ADMIN_IDS",
-    "TELEGRAM_MODE", "TELEGRAM_WEBHOOK_URL", "TELEGRAM_WEBHOOK_SECRET", "DATABASE_URL",
-    "BROKER_URL", "ENGINE_PROFILE", "ADMIN_TOKEN", "DATA_DIR", "STORAGE_BACKEND",
+    "TELEGRAM_TOKEN",
+    "TELEGRAM_API_BASE_URL",
+    "TELEGRAM_FILE_BASE_URL",
+    "TELEGRAM_ADMIN_IDS",
+    "TELEGRAM_MODE",
+    "TELEGRAM_WEBHOOK_URL",
+    "TELEGRAM_WEBHOOK_SECRET",
+    "DATABASE_URL",
+    "BROKER_URL",
+    "ENGINE_PROFILE",
+    "ADMIN_TOKEN",
+    "DATA_DIR",
+    "STORAGE_BACKEND",
 ]
 
 
@@ -24,8 +34,9 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 class TestDefaults:
-    def test_embedded_defaults_live_under_data_dir(self, monkeypatch: pytest.MonkeyPatch,
-                                                   tmp_path: Path) -> None:
+    def test_embedded_defaults_live_under_data_dir(
+        self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    ) -> None:
         monkeypatch.setenv("DATA_DIR", str(tmp_path / "d"))
         config = AppConfig()
         assert config.database.url == f"sqlite:///{tmp_path / 'd' / 'facechain.db'}"
@@ -69,8 +80,9 @@ class TestValidation:
             ("DATABASE_URL", "mysql://x/y", "DATABASE_URL: only sqlite:/// and postgresql://"),
         ],
     )
-    def test_errors_name_the_variable(self, monkeypatch: pytest.MonkeyPatch, name: str,
-                                      value: str, expected: str) -> None:
+    def test_errors_name_the_variable(
+        self, monkeypatch: pytest.MonkeyPatch, name: str, value: str, expected: str
+    ) -> None:
         monkeypatch.setenv(name, value)
         with pytest.raises(ConfigError) as info:
             load_config()

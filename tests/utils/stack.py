@@ -27,7 +27,6 @@ from PIL import Image
 from sqlalchemy import select
 from telegram.ext import Application
 
-from bot.app import build_application
 from db.models import BaseModel, Job, Photo, Style, StyleOrigin, User
 from db.session import Database
 from service.blobstore import LocalBlobStore
@@ -309,6 +308,8 @@ class Stack:
 
     async def start_bot(self, **limits: Any) -> Application[Any, Any, Any, Any, Any, Any]:
         """Build and run the real Application (long polling against the fake server)."""
+        from bot.app import build_application
+
         self.limits.update(limits)
         self.config = config_from_env(self.env, **self.limits)
         if self.celery is None:

@@ -1,0 +1,121 @@
+"""`facechain-bot run` with the embedded defaults (SQLite, SQLite broker, local blobs): it
+starts every role, a user gets an album through it, and Ctrl-C stops everything cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from bot.i18n import translate
+from tests.utils.fake_telegram import TOKEN, FakeTelegram
+
+FACES = Path(__file__).resolve().parents[1] / "fixtures" / "faces"
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+async def tg() -> AsyncIterator[FakeTelegram]:
+    async with FakeTelegram() as server:
+        yield server
+
+
+async def wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+    async with aiohttp.ClientSession() as http:
+        for _ in range(300):
+            if proc.poll() is not None:
+                raise AssertionError(f"run exited early:\n{log.read_text()[-3000:]}")
+            try:
+                async with http.get(url) as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.2)
+    raise AssertionError(f"web never became healthy:\n{log.read_text()[-3000:]}")
+
+
+async def test_run_serves_a_user_and_stops_on_ctrl_c(tg: FakeTelegram, tmp_path: Path) -> None:
+    port = free_port()
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DATABASE_", "BROKER_", "TELEGRAM_", "STORAGE_", "ENGINE_"))
+    }
+    env.update(
+        {
+            "TELEGRAM_TOKEN": TOKEN,
+            "TELEGRAM_API_BASE_URL": tg.api_base_url,
+            "TELEGRAM_FILE_BASE_URL": tg.file_base_url,
+            "DATA_DIR": str(tmp_path / "data"),
+            "ADMIN_PORT": str(port),
+            "ENGINE_PROFILE": "tiny",
+            "ENGINE_STEPS": "2",
+            "ENGINE_NUM_IMAGES": "2",
+            "ENGINE_NUM_CANDIDATES": "2",
+            "ENGINE_SIMILARITY_FLOOR": "-1",
+        }
+    )
+    log = tmp_path / "run.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "run"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+        )
+    try:
+        await wait_healthy(f"http://127.0.0.1:{port}/healthz", proc, log)
+        user = tg.user(9001, "Ann", "en")
+        tg.send_text(user, "/start")
+        await tg.wait_for("sendMessage", chat_id=user.id, within=30)
+        tg.send_photo(user, (FACES / "woman_pose1.png").read_bytes())
+        await tg.wait_for("sendPhoto", chat_id=user.id, within=60)
+        picker = tg.bot_messages(user.id)[-1]
+        tg.press_button(user, picker, translate("en", "btn.use_style"))
+        album = await tg.wait_for("sendMediaGroup", chat_id=user.id, within=180)
+        assert album.ok
+        assert (tmp_path / "data" / "facechain.db").exists()
+        assert (tmp_path / "data" / "broker.db").exists()
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n--- run log ---\n{log.read_text()[-4000:]}") from None
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            code = proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert code == 0, log.read_text()[-3000:]
+    assert processes_with_env(f"DATA_DIR={tmp_path / 'data'}") == []
+
+
+def processes_with_env(entry: str) -> list[int]:
+    """Pids of live processes whose environment holds `entry` (the run's worker children)."""
+    pids = []
+    needle = entry.encode()
+    for proc_dir in Path("/proc").iterdir():
+        if not proc_dir.name.isdigit():
+            continue
+        try:
+            environ = (proc_dir / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if needle in environ:
+            pids.append(int(proc_dir.name))
+    return pids
