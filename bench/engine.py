@@ -20,9 +20,9 @@ import statistics
 import time
 from collections.abc import Callable
 
+import sd15
 import torch
 from diffusers import (
-    AutoencoderKL,
     ControlNetModel,
     DPMSolverMultistepScheduler,
     StableDiffusionControlNetPipeline,
@@ -30,7 +30,6 @@ from diffusers import (
     UNet2DConditionModel,
 )
 from PIL import Image
-from transformers import CLIPTextConfig, CLIPTextModel
 
 from facechain import tiny
 from facechain.adapter import (
@@ -40,8 +39,6 @@ from facechain.adapter import (
     load_face_adapter,
 )
 from facechain.models.projector import CKPT_PREFIX, FaceProjector
-
-SD15_UNET = {"cross_attention_dim": 768, "attention_head_dim": 8, "sample_size": 64}
 
 
 def random_adapter_state(
@@ -77,7 +74,7 @@ def median_seconds(fn: Callable[[], object], repeats: int, sync: bool = False) -
 def cpu_overhead(repeats: int) -> float:
     """Adapter/plain ratio of one CFG UNet step on CPU."""
     torch.manual_seed(0)
-    plain_unet = UNet2DConditionModel(**SD15_UNET).eval()
+    plain_unet = sd15.unet().eval()
     # Same weights in a second UNet that gets the adapter, so the two can be timed alternately.
     adapter_unet = copy.deepcopy(plain_unet)
     projector = FaceProjector()
@@ -123,25 +120,9 @@ def cuda_sets(repeats: int) -> None:
     """Seconds per 4-image 512px set (30 steps, CFG, fp16) with/without ControlNet; peak VRAM."""
     device, dtype = torch.device("cuda"), torch.float16
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(**SD15_UNET)
-    vae = AutoencoderKL(
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(128, 256, 512, 512),
-        layers_per_block=2,
-        latent_channels=4,
-        sample_size=512,
-    )
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            hidden_size=768,
-            intermediate_size=3072,
-            num_hidden_layers=12,
-            num_attention_heads=12,
-            max_position_embeddings=77,
-            vocab_size=49408,
-        )
-    )
+    unet = sd15.unet()
+    vae = sd15.vae()
+    text_encoder = sd15.text_encoder()
     controlnet = ControlNetModel.from_unet(unet)
     projector = FaceProjector()
     state = random_adapter_state(unet, projector)

@@ -109,14 +109,12 @@ def cpu_part(repeats: int, steps: int) -> None:
 
 def full_size_inpainter(device: torch.device, size: int) -> TemplateInpainter:
     """An inpainter whose engine base and ControlNets have SD1.5's full sizes, random weights."""
+    import sd15
     from diffusers import (
-        AutoencoderKL,
         ControlNetModel,
         StableDiffusionControlNetPipeline,
         StableDiffusionPipeline,
-        UNet2DConditionModel,
     )
-    from transformers import CLIPTextConfig, CLIPTextModel
 
     from facechain.adapter import adapter_state_dict_template, load_face_adapter
     from facechain.engine import _Base, make_scheduler
@@ -127,25 +125,9 @@ def full_size_inpainter(device: torch.device, size: int) -> TemplateInpainter:
     config = EngineConfig(profile="real", device=device.type, image_size=size, steps=30)
     dtype = config.torch_dtype(device)
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(cross_attention_dim=768, attention_head_dim=8, sample_size=64)
-    vae = AutoencoderKL(
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(128, 256, 512, 512),
-        layers_per_block=2,
-        latent_channels=4,
-        sample_size=512,
-    )
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            hidden_size=768,
-            intermediate_size=3072,
-            num_hidden_layers=12,
-            num_attention_heads=12,
-            max_position_embeddings=77,
-            vocab_size=49408,
-        )
-    )
+    unet = sd15.unet()
+    vae = sd15.vae()
+    text_encoder = sd15.text_encoder()
     openpose = ControlNetModel.from_unet(unet).to(device, dtype)
     canny = ControlNetModel.from_unet(unet)
     projector = FaceProjector()

@@ -16,9 +16,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import sd15
 import torch
-from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel
+from diffusers import DDPMScheduler
 
 from facechain import tiny
 from facechain.training import (
@@ -42,28 +42,9 @@ def fixture_dataset(resolution: int) -> StyleDataset:
 
 def full_size_components(dtype: torch.dtype) -> TrainingComponents:
     """SD1.5-sized parts with random weights (no download needed for a speed figure)."""
-    unet = UNet2DConditionModel(cross_attention_dim=768, attention_head_dim=8, sample_size=64)
-    vae = AutoencoderKL(
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(128, 256, 512, 512),
-        layers_per_block=2,
-        latent_channels=4,
-        sample_size=512,
-    )
-    text = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=514,
-            hidden_size=768,
-            intermediate_size=3072,
-            num_hidden_layers=12,
-            num_attention_heads=12,
-            max_position_embeddings=77,
-            bos_token_id=512,
-            eos_token_id=513,
-            pad_token_id=513,
-        )
-    )
+    unet = sd15.unet()
+    vae = sd15.vae()
+    text = sd15.text_encoder(vocab_size=514, bos_token_id=512, eos_token_id=513, pad_token_id=513)
     return TrainingComponents(
         unet=unet.to(dtype),
         vae=vae.to(dtype),
