@@ -24,29 +24,9 @@ from db.base import utcnow
 from db.models import Photo, PhotoKind
 from db.repositories.photos import PhotoRepository
 from db.repositories.templates import TemplateRepository
-from facechain.faces import Face, default_detector
-from facechain.imageio import load_image, to_rgb_array
+from facechain.templates import TemplateAnalysis, analyze_template
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TemplateAnalysis:
-    width: int
-    height: int
-    faces: list[Face]
-
-
-def analyze_template(data: bytes, *, max_bytes: int, max_pixels: int) -> TemplateAnalysis:
-    """Decode a template photo and find its faces, left to right (CPU; call in a thread).
-
-    The same steps as `facechain.inpaint.analyze_template`, which the worker runs again on
-    the same bytes, so face numbers agree; importing that module would load torch and
-    diffusers into the bot process.
-    """
-    rgb = to_rgb_array(load_image(data, max_bytes=max_bytes, max_pixels=max_pixels))
-    faces = default_detector().detect_faces(rgb)
-    return TemplateAnalysis(width=rgb.shape[1], height=rgb.shape[0], faces=faces)
 
 
 @dataclass(frozen=True)
