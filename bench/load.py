@@ -70,9 +70,15 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds a process used so far (from /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds a process and its live children used so far (from /proc)."""
+    from tests.utils.stack import child_pids
+
+    total = 0.0
+    for each in (pid, *child_pids(pid)):
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 @dataclass
@@ -346,15 +352,23 @@ class LoadTest:
         setup_started = time.monotonic()
         await asyncio.gather(*(u.setup() for u in users))
         setup_s = time.monotonic() - setup_started
-        bot_cpu = cpu_seconds(self.bot.proc.pid)
+        pids = {
+            "bot": self.bot.proc.pid,
+            "gpu worker": self.workers[0].proc.pid,
+            "io worker": self.workers[1].proc.pid,
+            "load generator + fake Telegram": os.getpid(),
+        }
+        before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         start = time.monotonic()
         self.window = (start, start + self.args.seconds)
         await asyncio.gather(*(u.browse(self.window[1]) for u in users))
         end = time.monotonic()
-        bot_cpu = cpu_seconds(self.bot.proc.pid) - bot_cpu
+        cpu = {
+            name: (cpu_seconds(pid) - before[name]) / (end - start) for name, pid in pids.items()
+        }
         if self.args.drain:
             await self.until_albums(users, self.args.drain)
-        return self.report(users, start, end, setup_s, bot_cpu)
+        return self.report(users, start, end, setup_s, cpu)
 
     async def until_albums(self, users: list[SimUser], seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -364,7 +378,7 @@ class LoadTest:
             await asyncio.sleep(0.2)
 
     def report(
-        self, users: list[SimUser], start: float, end: float, setup_s: float, bot_cpu: float
+        self, users: list[SimUser], start: float, end: float, setup_s: float, cpu: dict[str, float]
     ) -> dict[str, Any]:
         from sqlalchemy import select
 
@@ -421,7 +435,7 @@ class LoadTest:
             "generation_share": generation / busy if busy else 0.0,
             "delivery_share": delivery / busy if busy else 0.0,
             "generation_mean_s": generation / len(finished) if finished else math.nan,
-            "bot_cpu_share": bot_cpu / seconds,
+            "cpu": cpu,
             "bot_rss_mib": _rss_mib(self.bot.proc.pid),
         }
 
@@ -460,7 +474,11 @@ def print_report(r: dict[str, Any], args: argparse.Namespace) -> None:
         f"delivery {r['delivery_share']:.0%} (of {r['finished']} finished jobs; "
         f"{r['generation_mean_s']:.1f} s generation each)"
     )
-    print(f"bot process: {r['bot_cpu_share']:.0%} of one core, RSS {r['bot_rss_mib']:.0f} MiB")
+    print(
+        "cpu, share of one core: "
+        + ", ".join(f"{name} {share:.0%}" for name, share in r["cpu"].items())
+        + f" (machine: {os.cpu_count()} cores); bot RSS {r['bot_rss_mib']:.0f} MiB"
+    )
     print(f"accepted_updates_per_s: {r['accepted_per_s']:.1f} p99_first_reply_ms: {r['p99']:.0f}")
 
 

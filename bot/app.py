@@ -44,6 +44,7 @@ from bot.handlers import (
 from bot.i18n import DEFAULT_LANGUAGE, LANGUAGES, translate
 from bot.processor import PerUserUpdateProcessor
 from bot.ratelimit import TelegramRetry, UpdateRateLimiter
+from bot.transport import AiohttpRequest
 from db.session import Database
 from service.blobstore import BlobStore
 from service.errors import ConfigError
@@ -152,8 +153,9 @@ def build_application(
         .context_types(ContextTypes(context=BotContext))
         .concurrent_updates(PerUserUpdateProcessor(MAX_CONCURRENT_UPDATES))
         .rate_limiter(TelegramRetry())
-        .connection_pool_size(64)
-        .media_write_timeout(60)
+        # aiohttp, not PTB's default httpx: a fifth of the CPU per Bot API call (bot/transport.py).
+        .request(AiohttpRequest(connection_pool_size=64, media_write_timeout=60))
+        .get_updates_request(AiohttpRequest(connection_pool_size=1))
     )
     if telegram.mode == "webhook":
         # Updates arrive through the aiohttp route (bot.webhook), not getUpdates.

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import functools
 import logging
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -88,8 +87,11 @@ class Database:
             self._executor = ThreadPoolExecutor(self._threads, thread_name_prefix="db")
         loop = asyncio.get_running_loop()
         ctx = contextvars.copy_context()
-        call = functools.partial(ctx.run, self.call, fn, *args, **kw)
-        return await loop.run_in_executor(self._executor, call)
+
+        def job() -> T:
+            return self.call(fn, *args, **kw)
+
+        return await loop.run_in_executor(self._executor, ctx.run, job)
 
     def ping(self) -> None:
         """Raise if the database cannot be reached."""

@@ -38,8 +38,10 @@ def models_command(config: AppConfig, args: argparse.Namespace) -> int:
             return 1
         sys.stdout.write(f"all models present and intact in {cache}\n")
         return 0
-    paths = registry.download_models(cache, only=args.only, local_source=args.local_source)
-    for name, path in paths.items():
+    fetched_models = registry.download_models(
+        cache, only=args.only, local_source=args.local_source
+    )
+    for name, path in fetched_models.items():
         sys.stdout.write(f"{name}: {path}\n")
     if args.styles:
         from db.session import Database

@@ -110,15 +110,14 @@ def inpaint_command(config: AppConfig, args: argparse.Namespace) -> int:
             identities.append([id_crop(rgb, face)])
         if len(identities) == 1:
             identities = identities * len(faces)
-        overrides = {"steps": config.engine.steps} if config.engine.steps else {}
-        engine = Engine.from_config(
-            EngineConfig(
-                profile=args.profile or config.engine.profile,
-                models_dir=config.engine.models_dir,
-                device=config.engine.device,
-                **overrides,
-            )
+        engine_config = EngineConfig(
+            profile=args.profile or config.engine.profile,
+            models_dir=config.engine.models_dir,
+            device=config.engine.device,
         )
+        if config.engine.steps:
+            engine_config.steps = config.engine.steps
+        engine = Engine.from_config(engine_config)
         result = inpaint_template(engine, template, identities, faces, seed=args.seed)
     except FaceChainError as exc:
         sys.stderr.write(f"error [{exc.code}]: {exc}\n")

@@ -12,17 +12,23 @@ import signal
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, suppress
+from typing import Any
 
 from aiohttp import web
+from telegram.error import InvalidToken, NetworkError
+from telegram.ext import Application
 
 from db.session import Database
 from service.blobstore import create_blob_store
+from service.errors import AppError, ConfigError
 from service.settings import AppConfig
 
 logger = logging.getLogger(__name__)
 
 CHILD_STOP_TIMEOUT_S = 20
+# getMe attempts at startup (1 + 2 + 4 s of back-off) before giving up with a clear error.
+STARTUP_ATTEMPTS = 4
 
 
 def _resources(config: AppConfig):  # type: ignore[no-untyped-def]
@@ -58,6 +64,7 @@ async def _serve(
         application = None
         if bot:
             application = build_application(config, db, blobs, celery)
+            await connect_telegram(application, config.telegram.api_base_url)
             await stack.enter_async_context(application)
             await application.start()
             stack.push_async_callback(application.stop)
@@ -87,6 +94,32 @@ async def _serve(
         await _wait_for_stop()
 
 
+async def connect_telegram(
+    application: Application[Any, Any, Any, Any, Any, Any], api_base_url: str
+) -> None:
+    """Initialise the bot (getMe), retrying a flaky network; readable errors when it can't."""
+    for attempt in range(STARTUP_ATTEMPTS):
+        try:
+            await application.initialize()
+            return
+        except (InvalidToken, NetworkError) as exc:
+            # The HTTP clients were opened before getMe failed; close them first.
+            await application.bot.shutdown()
+            if isinstance(exc, InvalidToken):
+                raise ConfigError(
+                    f"TELEGRAM_TOKEN was rejected by the Bot API at {api_base_url}; "
+                    "copy the token again from @BotFather"
+                ) from None
+            if attempt == STARTUP_ATTEMPTS - 1:
+                raise AppError(
+                    f"cannot reach the Telegram Bot API at {api_base_url} ({exc}); check the "
+                    "network or TELEGRAM_API_BASE_URL"
+                ) from None
+            delay = 2.0**attempt
+            logger.warning("Telegram unreachable; retrying in %.0fs", delay)
+            await asyncio.sleep(delay)
+
+
 def run_bot(config: AppConfig, *, with_web: bool = False) -> int:
     """The bot role."""
     asyncio.run(_serve(config, bot=True, web_server=with_web))
@@ -106,21 +139,30 @@ def start_worker(
     cmd = [sys.executable, "-m", "service.cli", "worker", f"--queues={queues}"]
     if beat:
         cmd.append("--beat")
-    return subprocess.Popen(cmd, env={**os.environ, **(env or {})})
+    # A session of its own, so stopping it reaches its pool children and embedded beat too.
+    return subprocess.Popen(cmd, env={**os.environ, **(env or {})}, start_new_session=True)
+
+
+def _signal_group(child: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    with suppress(ProcessLookupError):
+        os.killpg(child.pid, sig)
 
 
 def stop_children(children: list[subprocess.Popen[bytes]]) -> None:
-    """Warm-stop children (they finish the task in hand), then kill stragglers."""
+    """Warm-stop children (they finish the task in hand), then kill stragglers.
+
+    Each worker leads its own process group; the whole group is signalled, then killed, so
+    no pool child or embedded beat outlives `run`."""
     for child in children:
-        if child.poll() is None:
-            child.send_signal(signal.SIGTERM)
+        _signal_group(child, signal.SIGTERM)
     for child in children:
         try:
             child.wait(CHILD_STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             logger.warning("worker %s did not stop in time; killing it", child.pid)
-            child.kill()
-            child.wait()
+        # Whatever is left of the group (an orphaned beat or pool process) goes too.
+        _signal_group(child, signal.SIGKILL)
+        child.wait()
 
 
 def prepare(config: AppConfig) -> None:
@@ -148,11 +190,13 @@ def run_all(config: AppConfig, *, with_workers: bool = True) -> int:
     """`facechain-bot run`: migrate, start workers, serve bot + web until Ctrl-C."""
     prepare(config)
     children: list[subprocess.Popen[bytes]] = []
-    if with_workers:
-        children.append(start_worker("gpu"))
-        children.append(start_worker("io", beat=True))
 
     async def watch_children() -> None:
+        # Started only once Telegram answered, so a bad token stops everything at once.
+        if with_workers:
+            children.append(start_worker("gpu"))
+            children.append(start_worker("io", beat=True))
+
         async def watch() -> None:
             while True:
                 await asyncio.sleep(2)

@@ -51,15 +51,12 @@ def build_engine(config: AppConfig) -> Engine:
 
     settings = config.engine
     logger.info("building %s engine from %s", settings.profile, settings.models_dir)
-    overrides = {"steps": settings.steps} if settings.steps else {}
-    return Engine.from_config(
-        EngineConfig(
-            profile=settings.profile,
-            models_dir=settings.models_dir,
-            device=settings.device,
-            **overrides,
-        )
+    engine_config = EngineConfig(
+        profile=settings.profile, models_dir=settings.models_dir, device=settings.device
     )
+    if settings.steps:
+        engine_config.steps = settings.steps
+    return Engine.from_config(engine_config)
 
 
 _lock = threading.Lock()

@@ -60,7 +60,7 @@ def style_spec(ctx: WorkerContext, style_id: int | None) -> StyleSpec:
         name=style.slug,
         base_model=style.base_model.value,
         prompt=style.prompt,
-        template=style.prompt_template,
+        template="cloth" if style.prompt_template == "cloth" else "style",
         lora_path=lora_path,
         lora_weight=style.lora_weight,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -28,15 +29,15 @@ class Selfie:
     aligned: np.ndarray
 
 
-def face_from_row(row: dict[str, object]) -> Face:
+def face_from_row(row: dict[str, Any]) -> Face:
     """A Face from its JSON form in `Photo.faces`."""
-    box = [float(v) for v in row["box"]]  # type: ignore[union-attr]
+    box = [float(v) for v in row["box"]]
     landmarks = np.asarray(row["landmarks"], dtype=np.float32).reshape(5, 2)
     return Face(
         box=(box[0], box[1], box[2], box[3]),
         landmarks=landmarks,
         score=float(row.get("score", 1.0)),
-    )  # type: ignore[arg-type]
+    )
 
 
 def load_selfies(

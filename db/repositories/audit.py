@@ -19,9 +19,7 @@ class AuditRepository(RepositoryBase[AuditEntry]):
         """Append one entry (flushed, not committed)."""
         return self.add(AuditEntry(actor=actor, action=action, target=target, details=details))
 
-    def query(
-        self, *, action: str | None = None, actor: str | None = None
-    ) -> Select[tuple[AuditEntry]]:
+    def query(self, *, action: str | None = None, actor: str | None = None) -> Select[AuditEntry]:
         """A select of entries, newest first, optionally filtered."""
         stmt = select(AuditEntry).order_by(AuditEntry.id.desc())
         if action:

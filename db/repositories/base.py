@@ -49,14 +49,15 @@ class RepositoryBase(Generic[M]):
         self.session.delete(obj)
         self.session.flush()
 
-    def list(self, stmt: Select[tuple[M]] | None = None) -> Sequence[M]:
+    def list(self, stmt: Select[M] | None = None) -> Sequence[M]:
         return self.session.scalars(stmt if stmt is not None else select(self.model)).all()
 
     def count(self, stmt: Select[Any] | None = None) -> int:
         base = stmt if stmt is not None else select(self.model)
         return int(self.session.scalar(select(func.count()).select_from(base.subquery())) or 0)
 
-    def page(self, stmt: Select[tuple[M]], *, limit: int, offset: int) -> tuple[Sequence[M], int]:
+    def page(self, stmt: Select[M], *, limit: int, offset: int) -> tuple[Sequence[M], int]:
         """One page of results and the total count."""
         total = self.count(stmt)
-        return self.session.scalars(stmt.limit(limit).offset(offset)).all(), total
+        rows: Sequence[M] = self.session.scalars(stmt.limit(limit).offset(offset)).all()
+        return rows, total

@@ -14,7 +14,7 @@ from db.repositories.base import RepositoryBase
 class BroadcastRepository(RepositoryBase[Broadcast]):
     model = Broadcast
 
-    def query(self) -> Select[tuple[Broadcast]]:
+    def query(self) -> Select[Broadcast]:
         return select(Broadcast).order_by(Broadcast.id.desc())
 
     def count_recipients(self, after_id: int = 0) -> int:

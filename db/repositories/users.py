@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import ColumnElement, or_, select
 from sqlalchemy.exc import IntegrityError
 
 from db.base import utcnow
@@ -50,7 +50,10 @@ class UserRepository(RepositoryBase[User]):
         stmt = select(User).order_by(User.id.desc())
         if query:
             like = f"%{query}%"
-            conds = [User.username.ilike(like), User.first_name.ilike(like)]
+            conds: list[ColumnElement[bool]] = [
+                User.username.ilike(like),
+                User.first_name.ilike(like),
+            ]
             if query.isascii() and query.isdigit():
                 conds.append(User.telegram_id == int(query))
             stmt = stmt.where(or_(*conds))

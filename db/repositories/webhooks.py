@@ -14,7 +14,7 @@ from db.repositories.base import RepositoryBase
 class WebhookEndpointRepository(RepositoryBase[WebhookEndpoint]):
     model = WebhookEndpoint
 
-    def query(self) -> Select[tuple[WebhookEndpoint]]:
+    def query(self) -> Select[WebhookEndpoint]:
         return select(WebhookEndpoint).order_by(WebhookEndpoint.id)
 
     def subscribed(self, event: str) -> list[WebhookEndpoint]:
@@ -32,7 +32,7 @@ class WebhookDeliveryRepository(RepositoryBase[WebhookDelivery]):
 
     def query(
         self, *, endpoint_id: int | None = None, status: str | None = None
-    ) -> Select[tuple[WebhookDelivery]]:
+    ) -> Select[WebhookDelivery]:
         """A select of deliveries, newest first, optionally filtered."""
         stmt = select(WebhookDelivery).order_by(WebhookDelivery.id.desc())
         if endpoint_id is not None:

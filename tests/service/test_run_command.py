@@ -102,7 +102,11 @@ async def test_run_serves_a_user_and_stops_on_ctrl_c(tg: FakeTelegram, tmp_path:
             proc.kill()
             raise
     assert code == 0, log.read_text()[-3000:]
-    assert processes_with_env(f"DATA_DIR={tmp_path / 'data'}") == []
+    leftovers = processes_with_env(f"DATA_DIR={tmp_path / 'data'}")
+    described = [
+        Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ") for pid in leftovers
+    ]
+    assert leftovers == [], described
 
 
 def processes_with_env(entry: str) -> list[int]:
@@ -119,3 +123,55 @@ def processes_with_env(entry: str) -> list[int]:
         if needle in environ:
             pids.append(int(proc_dir.name))
     return pids
+
+
+def _run_env(tmp_path: Path, api_base_url: str, token: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "BROKER_"))}
+    env.update(
+        {
+            "TELEGRAM_TOKEN": token,
+            "TELEGRAM_API_BASE_URL": api_base_url,
+            "DATA_DIR": str(tmp_path / "data"),
+            "ADMIN_PORT": str(free_port()),
+            "ENGINE_PROFILE": "tiny",
+        }
+    )
+    return env
+
+
+async def test_rejected_token_is_one_readable_line(tg: FakeTelegram, tmp_path: Path) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "service.cli",
+        "run",
+        env=_run_env(tmp_path, tg.api_base_url, "999:not-the-token"),
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 2
+    text = err.decode()
+    assert "TELEGRAM_TOKEN was rejected" in text
+    assert "Traceback" not in text
+    assert processes_with_env(f"DATA_DIR={tmp_path / 'data'}") == []
+
+
+async def test_unreachable_api_is_one_readable_line(tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{free_port()}/bot"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "service.cli",
+        "run",
+        env=_run_env(tmp_path, url, TOKEN),
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 1
+    text = err.decode()
+    assert f"cannot reach the Telegram Bot API at {url}" in text
+    assert "Traceback" not in text
