@@ -11,6 +11,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -112,6 +113,21 @@ class Face:
             landmarks=(self.landmarks - offset).astype(np.float32),
             score=self.score,
         )
+
+    def to_record(self) -> dict[str, Any]:
+        """JSON form, as stored with a photo: box, 5 landmarks and score (0.01 px precision)."""
+        return {
+            "box": [round(float(v), 2) for v in self.box],
+            "landmarks": [[round(float(x), 2), round(float(y), 2)] for x, y in self.landmarks],
+            "score": round(float(self.score), 4),
+        }
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Face:
+        """The face back from its JSON form."""
+        x, y, w, h = (float(v) for v in record["box"])
+        landmarks = np.asarray(record["landmarks"], dtype=np.float32).reshape(5, 2)
+        return cls(box=(x, y, w, h), landmarks=landmarks, score=float(record.get("score", 1.0)))
 
     def yunet_row(self) -> np.ndarray:
         """The 15-value row YuNet emits (box, 5 landmarks, score), for OpenCV's recognizer."""

@@ -295,14 +295,7 @@ def detect_template_faces(image: Image.Image) -> list[dict[str, Any]]:
     from facechain.faces import default_detector
 
     faces = default_detector().detect_faces(to_rgb_array(image))
-    return [
-        {
-            "box": [round(float(v), 2) for v in face.box],
-            "landmarks": [[round(float(x), 2), round(float(y), 2)] for x, y in face.landmarks],
-            "score": round(float(face.score), 4),
-        }
-        for face in faces
-    ]
+    return [face.to_record() for face in faces]
 
 
 def _jpeg(image: Image.Image, quality: int = 90) -> bytes:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -29,17 +28,6 @@ class Selfie:
     aligned: np.ndarray
 
 
-def face_from_row(row: dict[str, Any]) -> Face:
-    """A Face from its JSON form in `Photo.faces`."""
-    box = [float(v) for v in row["box"]]
-    landmarks = np.asarray(row["landmarks"], dtype=np.float32).reshape(5, 2)
-    return Face(
-        box=(box[0], box[1], box[2], box[3]),
-        landmarks=landmarks,
-        score=float(row.get("score", 1.0)),
-    )
-
-
 def load_selfies(
     ctx: WorkerContext, user_id: int | None, photo_ids: Sequence[int]
 ) -> list[Selfie]:
@@ -53,7 +41,7 @@ def load_selfies(
             raise NotFound(f"photo {pid} is gone", photo_id=pid)
         sha, faces, selected, _ = photos[pid]
         image = to_rgb_array(load_image(ctx.blobs.get(sha)))
-        face = face_from_row(faces[selected or 0])
+        face = Face.from_record(faces[selected or 0])
         selfies.append(Selfie(image=image, face=face, aligned=id_crop(image, face)))
     return selfies
 

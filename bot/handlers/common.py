@@ -71,15 +71,6 @@ async def start_portrait(
     return created
 
 
-def face_record(face: Face) -> dict[str, Any]:
-    """A face as stored in `Photo.faces` (JSON)."""
-    return {
-        "box": [round(float(v), 1) for v in face.box],
-        "landmarks": [[round(float(x), 1), round(float(y), 1)] for x, y in face.landmarks],
-        "score": round(float(face.score), 4),
-    }
-
-
 def subject_faces(faces: list[Face]) -> list[Face]:
     """The faces a user may mean (bystanders far smaller than the largest face left out)."""
     if not faces:

@@ -16,7 +16,7 @@ from telegram import InputMediaPhoto, Message, Update
 from bot import callbacks as cb
 from bot import jobs, sessions
 from bot.context import BotContext
-from bot.handlers.common import IncomingImage, announce_and_dispatch, cpu, face_record, reply
+from bot.handlers.common import IncomingImage, announce_and_dispatch, cpu, reply
 from bot.handlers.styles import card_media, remember_file_id
 from bot.images import numbered_faces_preview
 from bot.keyboards import template_carousel_keyboard, template_faces_keyboard
@@ -192,7 +192,7 @@ def _store_template_photo(
 ) -> tuple[int, list[list[float]]]:
     # Every face, in the detector's left-to-right order: the worker detects them again and
     # reads the chosen (1-based) numbers in that same order.
-    records = [face_record(f) for f in analysis.faces]
+    records = [f.to_record() for f in analysis.faces]
     photo = PhotoRepository(session).add(
         Photo(
             user_id=user_id,

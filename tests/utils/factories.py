@@ -27,10 +27,7 @@ def face_rows(data: bytes) -> tuple[int, int, list[dict[str, Any]]]:
 
     image = load_image(data)
     faces = default_detector().detect_faces(to_rgb_array(image))
-    rows = [
-        {"box": [float(v) for v in f.box], "landmarks": f.landmarks.tolist(), "score": f.score}
-        for f in faces
-    ]
+    rows = [f.to_record() for f in faces]
     return image.width, image.height, rows
 
 
