@@ -1,9 +1,10 @@
 """Load test: N simulated users through the fake Bot API server against the full service.
 
-What runs (all on this machine, loopback only): a redis-server of its own, PostgreSQL when it
-answers on 127.0.0.1:5432 (a fresh `facechain_bench` database; else a SQLite file), the bot as a
-`facechain-bot bot` process (long polling), one gpu worker (tiny profile, one thread, prefork 1)
-and one io worker. This process is Telegram: the fake Bot API server plus the users.
+What runs (all on this machine, loopback only): a redis-server of its own (the embedded SQLite
+broker when redis-server is not installed), PostgreSQL when it answers on 127.0.0.1:5432 (a fresh
+`facechain_bench` database; else a SQLite file), the bot as a `facechain-bot bot` process (long
+polling), one gpu worker (tiny profile, one thread, prefork 1) and one io worker. This process is
+Telegram: the fake Bot API server plus the users.
 
 Each user first says /start, sends a selfie and asks for portraits (so the gpu worker is busy the
 whole time and the queue is long), then keeps using the bot for `--seconds`: browsing the style
@@ -104,13 +105,13 @@ class Recorder:
         if call.method == "sendMessage" and call.params.get("text") == self.job_next_text:
             return  # the io worker's "what next?" after an album
         pending = self.follow_ups.get(chat) if chat is not None else None
-        if pending is not None and call.method in pending[0]:
+        if chat is not None and pending is not None and call.method in pending[0]:
             del self.follow_ups[chat]
             if not pending[1].done():
                 pending[1].set_result(call.at)
             return
         if call.method == "answerCallbackQuery":
-            key: int | str | None = str(call.params.get("callback_query_id"))
+            key: int | str = str(call.params.get("callback_query_id"))
         elif call.method in FIRST_REPLY_METHODS and chat is not None:
             key = chat
         else:
@@ -128,6 +129,7 @@ class HookedCalls(list):  # type: ignore[type-arg]
         self.hook = hook
 
     def append(self, item: Any) -> None:
+        """Record the call, then tell the hook."""
         super().append(item)
         self.hook(item)
 
@@ -178,9 +180,11 @@ class SimUser:
             self.samples.append(Sample(kind, sent, replied))
 
     async def text(self, kind: str, text: str) -> None:
+        """Send a text message (or command) and wait for its reply."""
+
         def act() -> int:
             self.load.tg.send_text(self.user, text)
-            return self.user.id
+            return int(self.user.id)
 
         await self.send(kind, act)
 
@@ -200,7 +204,7 @@ class SimUser:
 
         def photo() -> int:
             tg.send_photo(self.user, selfie)
-            return self.user.id
+            return int(self.user.id)
 
         await self.send("selfie", photo)
         await self.load.until(lambda: self.find_picker() is not None, 60)
@@ -209,6 +213,7 @@ class SimUser:
         await self.press("use_style", f"su:{self.load.style_ids[0]}", "sendMessage")
 
     def find_picker(self) -> dict[str, Any] | None:
+        """The newest photo message (the style carousel) the bot sent this user."""
         photos = [m for m in self.load.tg.bot_messages(self.user.id) if m.get("photo")]
         return photos[-1] if photos else None
 
@@ -254,9 +259,11 @@ class LoadTest:
         self.db: Any = None
 
     def measuring(self, at: float) -> bool:
+        """Whether a moment falls in the measured window."""
         return self.window[0] <= at < self.window[1]
 
     async def until(self, predicate: Callable[[], object], seconds: float) -> None:
+        """Poll until `predicate()` holds; TimeoutError after `seconds`."""
         deadline = time.monotonic() + seconds
         while not predicate():
             if time.monotonic() > deadline:
@@ -281,13 +288,18 @@ class LoadTest:
         from db.session import Database
         from service.blobstore import LocalBlobStore
         from tests.utils.fake_telegram import FakeTelegram
-        from tests.utils.redis_server import OwnRedis
+        from tests.utils.redis_server import OwnRedis, redis_server_available
         from tests.utils.stack import BotProcess, seed_styles, service_env
         from tests.utils.workers import WorkerProcess
 
-        redis = OwnRedis(self.workdir / "redis")
-        redis.start()
-        self.cleanup.append(redis.stop)
+        if redis_server_available():
+            redis = OwnRedis(self.workdir / "redis")
+            redis.start()
+            self.cleanup.append(redis.stop)
+            broker_url = redis.url
+        else:
+            print("redis-server is not installed: using the embedded SQLite broker (slower)")
+            broker_url = f"sqla+sqlite:///{self.workdir / 'broker.db'}"
         url = self.database()
         self.db = Database.from_url(url)
         self.cleanup.append(self.db.dispose)
@@ -311,7 +323,7 @@ class LoadTest:
         env = service_env(
             self.tg,
             database_url=url,
-            broker_url=redis.url,
+            broker_url=broker_url,
             data_dir=data_dir,
             LIMITS_UPDATES_PER_MINUTE="1000000",
             LIMITS_DAILY_QUOTA="1000",
@@ -333,6 +345,7 @@ class LoadTest:
         self.workers = workers
 
     async def stop(self) -> None:
+        """Stop every process, drop the database, remove the work folder."""
         for step in reversed(self.cleanup):
             with contextlib.suppress(Exception):
                 step()
@@ -371,6 +384,7 @@ class LoadTest:
         return self.report(users, start, end, setup_s, cpu)
 
     async def until_albums(self, users: list[SimUser], seconds: float) -> None:
+        """Wait up to `seconds` for every user's first album."""
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             if all(u.user.id in self.recorder.albums for u in users):
@@ -483,6 +497,7 @@ def print_report(r: dict[str, Any], args: argparse.Namespace) -> None:
 
 
 async def main_async(args: argparse.Namespace) -> int:
+    """Start the service, run the users, stop everything, print the report."""
     load = LoadTest(args)
     try:
         await load.start()

@@ -48,6 +48,8 @@ BENCHMARKS: dict[str, tuple[str, list[str], str]] = {
 VERSIONED = ("python-telegram-bot", "torch", "diffusers", "transformers", "celery", "SQLAlchemy")
 # `label: value` lines: a label without leading spaces, then ": ", then the figure.
 KEY_LINE = re.compile(r"^(?P<label>[A-Za-z][\w ,./()+\-]{0,80}?):\s+(?P<value>\S.*)$")
+SUMMARY_LINE = re.compile(r"^[a-z0-9_]+: \S+( [a-z0-9_]+: \S+)+$")
+SUMMARY_PAIR = re.compile(r"([a-z0-9_]+): (\S+)")
 SECTION = re.compile(r"<!-- run: (?P<key>[^>]*) -->.*?<!-- end run -->\n?", re.DOTALL)
 
 
@@ -64,6 +66,7 @@ class Outcome:
 
     @property
     def ok(self) -> bool:
+        """Whether the benchmark exited cleanly."""
         return self.returncode == 0
 
 
@@ -135,13 +138,42 @@ def versions() -> dict[str, str]:
 
 
 def parse_figures(output: str) -> list[tuple[str, str]]:
-    """Every `label: value` line of a benchmark's stdout, in order (labels kept verbatim)."""
+    """Every `label: value` line of a benchmark's stdout, in order (labels kept verbatim); a
+    summary line of several `key: value` pairs (`a: 1 b: 2`) gives one figure per pair."""
     figures = []
     for line in output.splitlines():
-        match = KEY_LINE.match(line.rstrip())
+        line = line.rstrip()
+        if SUMMARY_LINE.match(line):
+            figures += [(k, v) for k, v in SUMMARY_PAIR.findall(line)]
+            continue
+        match = KEY_LINE.match(line)
         if match:
             figures.append((match.group("label").strip(), match.group("value").strip()))
     return figures
+
+
+def _number(figures: dict[str, str], label: str) -> float | None:
+    match = re.match(r"-?\d+(\.\d+)?", figures.get(label, ""))
+    return float(match.group(0)) if match else None
+
+
+def targets(outcomes: list[Outcome]) -> list[str]:
+    """The project's stated targets, checked against the figures that were measured."""
+    found = {label: value for o in outcomes for label, value in o.figures}
+    lines = []
+    ratio = _number(found, "adapter_overhead_ratio")
+    if ratio is not None:
+        verdict = "met" if ratio <= 1.5 else "NOT met"
+        lines.append(f"FACT adapter step cost <= 1.5x a plain UNet step: {ratio:.2f}x, {verdict}")
+    rate = _number(found, "accepted_updates_per_s")
+    p99 = _number(found, "p99_first_reply_ms")
+    if rate is not None and p99 is not None:
+        verdict = "met" if rate >= 200 and p99 < 500 else "NOT met"
+        lines.append(
+            f">= 200 updates/s accepted with p99 first reply < 500 ms while workers are busy: "
+            f"{rate:.0f}/s, p99 {p99:.0f} ms, {verdict}"
+        )
+    return lines
 
 
 def run_one(name: str, script: Path, args: list[str], timeout: float) -> Outcome:
@@ -207,6 +239,9 @@ def render(
             lines.append(f"| {outcome.name} | {_cell(label)} | {_cell(value)} |")
         lines.append(f"| {outcome.name} | wall time of the benchmark | {outcome.seconds:.0f} s |")
     lines.append("")
+    checked = targets(outcomes)
+    if checked:
+        lines += ["Targets:", "", *(f"- {line}" for line in checked), ""]
     if "none" in box["gpu"]:
         lines.append(
             "No CUDA device on this machine: the GPU parts (512px sets, peak VRAM, GPU training) "

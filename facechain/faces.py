@@ -53,6 +53,9 @@ FINE_SIDE = 1280
 FINE_MAX_FACE_PX = 256
 # Two detections from different passes overlapping more than this are the same face.
 MERGE_IOU = 0.3
+# YuNet's coarsest feature map has a stride of 32: on a smaller input its output is not
+# defined (a 1x1 upload sometimes came back with a "face"), and no face fits in it anyway.
+MIN_DETECT_SIDE = 32
 
 # Selection: a face narrower than this cannot carry identity through the 112 px ID crop.
 MIN_FACE_PX = 64
@@ -241,6 +244,8 @@ class FaceDetector:
     def detect_faces(self, image_rgb: np.ndarray) -> list[Face]:
         """All faces in an (H, W, 3) uint8 RGB image, sorted left to right by box x."""
         _check_rgb(image_rgb)
+        if min(image_rgb.shape[:2]) < MIN_DETECT_SIDE:
+            return []
         bgr = np.ascontiguousarray(image_rgb[:, :, ::-1])
         longest = max(bgr.shape[:2])
         faces = self._detect_at(bgr, min(1.0, self.coarse_side / longest))

@@ -10,6 +10,7 @@ import hashlib
 import io
 import os
 import signal
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -39,6 +40,7 @@ async def album_of(stack: Stack, user: FakeUser) -> list[bytes]:
 
 
 async def delivered(stack: Stack, job_id: int) -> None:
+    """Until the job is marked delivered."""
     await stack.wait(
         lambda: stack.job(job_id).status is JobStatus.DELIVERED, 60, f"job {job_id} delivered"
     )
@@ -126,7 +128,7 @@ def _no_open_transactions(stack: Stack) -> bool:
                 "AND pid <> pg_backend_pid() AND state IN ('active', 'idle in transaction')"
             )
         ).scalar_one()
-    return busy == 0
+    return int(busy) == 0
 
 
 async def freeze_gpu_child(stack: Stack) -> int:
@@ -242,7 +244,7 @@ class TestConcurrency:
         assert len(stack.jobs_of(fay.id)) == len(stack.jobs_of(gus.id)) == 1
 
 
-def _picker(tg: FakeTelegram, user: FakeUser) -> dict:
+def _picker(tg: FakeTelegram, user: FakeUser) -> dict[str, Any]:
     """The style picker the bot already sent to this user."""
     return [m for m in tg.bot_messages(user.id) if m.get("photo")][-1]
 

@@ -127,6 +127,7 @@ class TestBotKilled:
 
 
 def failed(tg: FakeTelegram, method: str) -> int:
+    """How many calls of `method` the fake server answered with an error."""
     return len([c for c in tg.calls_to(method) if not c.ok])
 
 
@@ -152,6 +153,7 @@ class TestTelegramFailures:
             assert len(stack.albums(user.id)) == 1
             assert len([t for t in tg.sent_texts(user.id) if t == text(user, "job.next")]) == 1
             [job] = stack.jobs_of(user.id)
+            assert job.status_message_id is not None
             status = tg.messages[(user.id, job.status_message_id)]
             assert status["text"] == text(user, "job.done", count=2)
             for data in await album_of(stack, user):

@@ -15,7 +15,7 @@ import pytest_asyncio
 from sqlalchemy.engine import make_url
 
 from db.models import JobStatus
-from tests.e2e.test_chat import album_of, freeze_gpu_child
+from tests.e2e.test_chat import album_of, delivered, freeze_gpu_child
 from tests.utils.chat import JOB_SECONDS, prefix, press, send_selfie, text, use_style
 from tests.utils.redis_server import OwnRedis, redis_server_available
 from tests.utils.stack import Stack, open_stack
@@ -54,6 +54,7 @@ async def stack(
     db_proxy: TcpProxy,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[Stack]:
+    """Bot and workers on the module's own Redis and, through the proxy, the test database."""
     proxied = make_url(database_url).set(port=db_proxy.port).render_as_string(False)
     async with open_stack(
         database_url,
@@ -84,19 +85,28 @@ class TestRedisRestart:
         await stack.wait(
             lambda: stack.job(running.id).status is JobStatus.RUNNING, JOB_SECONDS, "running"
         )
-        assert own_redis.queue_length("gpu") >= 1  # the two others wait in Redis
+        queued = [stack.jobs_of(u.id)[0].id for u in users[1:3]]
+        await stack.wait(
+            lambda: all(stack.job(j).dispatched_at for j in queued), 30, "jobs published"
+        )
+        assert own_redis.queue_length("gpu") == 2  # the two others wait in Redis
 
         caplog.set_level(logging.INFO)
-        own_redis.kill()
-        # A style picked while Redis is down: the job is committed; the outbox sends it later.
-        await use_style(tg, late_user, pickers[3])
-        await stack.wait(
-            lambda: any("not dispatched now" in r.getMessage() for r in caplog.records),
-            60,
-            "the bot gives up publishing",
-        )
-        [late] = stack.jobs_of(late_user.id)
-        assert stack.job(late.id).dispatched_at is None
+        # Hold the running job still, so it is surely in flight when Redis goes away.
+        child = await freeze_gpu_child(stack)
+        try:
+            own_redis.kill()
+            # A style picked while Redis is down: the job is committed; the outbox sends it later.
+            await use_style(tg, late_user, pickers[3])
+            await stack.wait(
+                lambda: any("not dispatched now" in r.getMessage() for r in caplog.records),
+                60,
+                "the bot gives up publishing",
+            )
+            [late] = stack.jobs_of(late_user.id)
+            assert stack.job(late.id).dispatched_at is None
+        finally:
+            os.kill(child, signal.SIGCONT)
         # The running job finishes, but its delivery cannot be queued.
         gpu = stack.workers["gpu"]
         await stack.wait(
@@ -114,11 +124,7 @@ class TestRedisRestart:
             await album_of(stack, user)
         for user in users:
             [job] = stack.jobs_of(user.id)
-            await stack.wait(
-                lambda job_id=job.id: stack.job(job_id).status is JobStatus.DELIVERED,
-                60,
-                "delivered",
-            )
+            await delivered(stack, job.id)
             assert len(stack.albums(user.id)) == 1
             assert stack.job(job.id).attempts == 1
 

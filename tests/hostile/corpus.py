@@ -30,11 +30,13 @@ class Upload:
 
 
 def selfie_image(name: str = SELFIE) -> Image.Image:
+    """A fixture portrait as RGB."""
     with Image.open(FACES / name) as im:
         return im.convert("RGB")
 
 
 def encode(image: Image.Image, fmt: str, **params: object) -> bytes:
+    """An image encoded in a format."""
     buf = io.BytesIO()
     image.save(buf, fmt, **params)
     return buf.getvalue()
@@ -70,11 +72,13 @@ def real_png(width: int, height: int) -> bytes:
 
 
 def truncated_jpeg() -> bytes:
+    """The first half of a JPEG selfie."""
     data = encode(selfie_image(), "JPEG", quality=90)
     return data[: len(data) // 2]
 
 
 def one_pixel_png() -> bytes:
+    """A valid 1x1 PNG."""
     return encode(Image.new("RGB", (1, 1), (200, 150, 120)), "PNG")
 
 
@@ -86,6 +90,7 @@ def animated(fmt: str) -> bytes:
 
 
 def cmyk_jpeg() -> bytes:
+    """The selfie as a CMYK JPEG (print workflows)."""
     return encode(selfie_image().convert("CMYK"), "JPEG", quality=92)
 
 
@@ -119,6 +124,7 @@ def ico() -> bytes:
 
 
 def svg() -> bytes:
+    """An SVG with a script: a vector format we never render."""
     return (
         b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10">'
         b"<script>alert(1)</script></svg>"

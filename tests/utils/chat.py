@@ -23,7 +23,9 @@ def prefix(user: FakeUser, key: str) -> str:
     return translate(user.language_code, key).split("{")[0]
 
 
-async def send_selfie(tg: FakeTelegram, user: FakeUser, name: str = "man_pose1.png") -> dict:
+async def send_selfie(
+    tg: FakeTelegram, user: FakeUser, name: str = "man_pose1.png"
+) -> dict[str, Any]:
     """Send a fixture selfie; returns the style picker message the bot answers with."""
     since = len(tg.calls)
     tg.send_photo(user, face(name))
@@ -32,15 +34,16 @@ async def send_selfie(tg: FakeTelegram, user: FakeUser, name: str = "man_pose1.p
     return picker_of(tg, user, call)
 
 
-def picker_of(tg: FakeTelegram, user: FakeUser, call: ApiCall) -> dict:
+def picker_of(tg: FakeTelegram, user: FakeUser, call: ApiCall) -> dict[str, Any]:
     """The bot message a sendPhoto call created (the newest photo message in the chat)."""
     photos = [m for m in tg.bot_messages(user.id) if m.get("photo")]
     assert photos, f"no photo message for {call}"
-    return photos[-1]
+    picker: dict[str, Any] = photos[-1]
+    return picker
 
 
 async def press(
-    tg: FakeTelegram, user: FakeUser, message: dict, label: str, *, answer: bool = True
+    tg: FakeTelegram, user: FakeUser, message: dict[str, Any], label: str, *, answer: bool = True
 ) -> int:
     """Press the button labelled `label` (substring); returns the call index before the press."""
     since = len(tg.calls)
@@ -52,22 +55,23 @@ async def press(
     return since
 
 
-async def use_style(tg: FakeTelegram, user: FakeUser, picker: dict) -> ApiCall:
+async def use_style(tg: FakeTelegram, user: FakeUser, picker: dict[str, Any]) -> ApiCall:
     """Press "Use this style"; returns the status message call (queue position)."""
     since = await press(tg, user, picker, text(user, "btn.use_style"))
     return await tg.wait_text(user.id, prefix(user, "job.queued"), since=since, within=60)
 
 
-def status_message(tg: FakeTelegram, user: FakeUser, call: ApiCall) -> dict:
+def status_message(tg: FakeTelegram, user: FakeUser, call: ApiCall) -> dict[str, Any]:
     """The status message (with its Cancel button) a job announcement created."""
     wanted = call.params["text"]
     for message in reversed(tg.bot_messages(user.id)):
         if message.get("text") == wanted or _has_cancel(message):
-            return message
+            found: dict[str, Any] = message
+            return found
     raise AssertionError(f"no status message for {wanted!r}")
 
 
-def _has_cancel(message: dict) -> bool:
+def _has_cancel(message: dict[str, Any]) -> bool:
     markup = message.get("reply_markup") or {}
     return any(
         str(b.get("callback_data", "")).startswith("jc:")

@@ -40,6 +40,7 @@ class OwnRedis:
 
     @property
     def url(self) -> str:
+        """The broker URL of this server."""
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> None:

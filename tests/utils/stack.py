@@ -24,6 +24,7 @@ from typing import Any
 
 from celery import Celery
 from PIL import Image
+from pydantic import SecretStr
 from sqlalchemy import select
 from telegram.ext import Application
 
@@ -133,13 +134,16 @@ def config_from_env(env: dict[str, str], **limits: Any) -> AppConfig:
     data_dir = Path(env["DATA_DIR"])
     return AppConfig(
         telegram=TelegramSettings(
-            token=env["TELEGRAM_TOKEN"],
+            token=SecretStr(env["TELEGRAM_TOKEN"]),
             api_base_url=env["TELEGRAM_API_BASE_URL"],
             file_base_url=env["TELEGRAM_FILE_BASE_URL"],
         ),
         database=DatabaseSettings(url=env["DATABASE_URL"]),
         broker=BrokerSettings(url=env["BROKER_URL"]),
-        storage=StorageSettings(DATA_DIR=data_dir, blob_dir=Path(env["STORAGE_BLOB_DIR"])),
+        storage=StorageSettings(
+            DATA_DIR=data_dir,  # type: ignore[call-arg]  # the field's env alias
+            blob_dir=Path(env["STORAGE_BLOB_DIR"]),
+        ),
         engine=EngineSettings(
             profile="tiny",
             models_dir=Path(env["ENGINE_MODELS_DIR"]),
@@ -211,6 +215,7 @@ class BotProcess:
         )
 
     def log(self) -> str:
+        """Everything the bot printed so far."""
         return self.log_path.read_text(errors="replace")
 
     async def ready(self, seconds: float = 120.0) -> None:
@@ -320,6 +325,7 @@ class Stack:
         return self.app
 
     async def stop_bot(self) -> None:
+        """Stop polling and shut the Application down cleanly."""
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.__aexit__(None, None, None)
@@ -333,6 +339,7 @@ class Stack:
     # the database, seen from the test -----------------------------------------------------
 
     def user(self, telegram_id: int) -> User | None:
+        """The user row of a Telegram id (detached), if any."""
         with self.db.session() as s:
             return s.scalar(select(User).where(User.telegram_id == telegram_id))
 
@@ -345,12 +352,14 @@ class Stack:
             return list(s.scalars(select(Job).where(Job.user_id == user.id).order_by(Job.id)))
 
     def job(self, job_id: int) -> Job:
+        """A fresh, detached copy of a job row."""
         with self.db.session() as s:
             job = s.get(Job, job_id)
             assert job is not None, f"job {job_id} is gone"
             return job
 
     def photos_of(self, telegram_id: int) -> list[Photo]:
+        """The user's photos of every kind (detached)."""
         with self.db.session() as s:
             user = s.scalar(select(User).where(User.telegram_id == telegram_id))
             if user is None:

@@ -48,12 +48,21 @@ class TcpProxy:
     def close(self) -> None:
         """Stop everything (end of the test)."""
         with contextlib.suppress(RuntimeError):
-            self._call(self._cut())
+            self._call(self._shutdown())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+        self._loop.close()
+
+    async def _shutdown(self) -> None:
+        await self._cut()
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     @property
     def is_cut(self) -> bool:
+        """Whether connections are refused right now."""
         return self._server is None
 
     def _call(self, coro: Any) -> Any:
