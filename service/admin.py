@@ -30,6 +30,7 @@ from db.repositories.users import UserRepository
 from facechain.errors import NoFace
 from service.blobstore import BlobStore
 from service.errors import AppError, Forbidden, IllegalTransition, NotFound, ValidationFailed
+from service.ordering import put_first
 from tasks.webhooks import emit_event, job_event_payload
 
 logger = logging.getLogger(__name__)
@@ -165,17 +166,7 @@ def _template_order(session: Session) -> list[Template]:
 
 def reorder_templates(session: Session, template_ids: Sequence[int], actor: str) -> list[Template]:
     """Put these templates first, in this order (positions from 1); the rest keep their order."""
-    if len(set(template_ids)) != len(template_ids):
-        raise ValidationFailed("a template appears twice in the new order")
-    current = _template_order(session)
-    by_id = {t.id: t for t in current}
-    missing = [i for i in template_ids if i not in by_id]
-    if missing:
-        raise NotFound(f"templates {missing} not found", ids=missing)
-    wanted = set(template_ids)
-    ordered = [by_id[i] for i in template_ids] + [t for t in current if t.id not in wanted]
-    for position, template in enumerate(ordered, start=1):
-        template.position = position
+    ordered = put_first(_template_order(session), template_ids, "template")
     audit(session, actor, "template.reorder", "templates", first=list(template_ids))
     return ordered
 

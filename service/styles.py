@@ -34,6 +34,7 @@ from facechain.lora import LoRAInfo, inspect_lora
 from service.blobstore import BlobStore, sha256_hex
 from service.catalog import category_name, slugify
 from service.errors import AppError, BlobMissing, Forbidden, NotFound, ValidationFailed
+from service.ordering import put_first
 from service.settings import LimitsSettings
 
 logger = logging.getLogger(__name__)
@@ -520,18 +521,8 @@ def update_style(
 
 def reorder_styles(session: Session, style_ids: Sequence[int], *, actor: str) -> list[Style]:
     """Put these styles first, in this order; the others follow in their current order."""
-    if len(set(style_ids)) != len(style_ids):
-        raise ValidationFailed("a style appears twice in the new order")
-    repo = StyleRepository(session)
-    current = list(session.scalars(repo.ordered()).all())
-    by_id = {s.id: s for s in current}
-    missing = [i for i in style_ids if i not in by_id]
-    if missing:
-        raise NotFound(f"styles {missing} not found", ids=missing)
-    wanted = set(style_ids)
-    ordered = [by_id[i] for i in style_ids] + [s for s in current if s.id not in wanted]
-    for position, style in enumerate(ordered, start=1):
-        style.position = position
+    current = list(session.scalars(StyleRepository(session).ordered()).all())
+    ordered = put_first(current, style_ids, "style")
     session.add(
         AuditEntry(
             actor=actor,

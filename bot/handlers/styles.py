@@ -7,7 +7,7 @@ import logging
 from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
-from telegram import InputMediaPhoto, Message, Update
+from telegram import InlineKeyboardMarkup, InputMediaPhoto, Message, Update
 
 from bot import callbacks as cb
 from bot import sessions
@@ -86,7 +86,20 @@ async def show_styles(
         "styles.card", name=card.name, category=category_label(lang, card.category)
     )
     markup = style_carousel_keyboard(card.id, category, index, len(cards), lang)
-    media = await card_media(context, card.thumbnail_blob, card.name)
+    await show_card(update, context, edit, card.thumbnail_blob, card.name, caption, markup)
+
+
+async def show_card(
+    update: Update,
+    context: BotContext,
+    edit: Message | None,
+    blob: str | None,
+    title: str,
+    caption: str,
+    markup: InlineKeyboardMarkup,
+) -> None:
+    """Send a carousel card, or turn the existing card message into this one."""
+    media = await card_media(context, blob, title)
     sent: Message | bool
     if edit is None:
         sent = await context.bot.send_photo(
@@ -94,7 +107,7 @@ async def show_styles(
         )
     else:
         sent = await edit.edit_media(InputMediaPhoto(media, caption=caption), reply_markup=markup)
-    remember_file_id(context, card.thumbnail_blob, sent)
+    remember_file_id(context, blob, sent)
 
 
 async def style_command(update: Update, context: BotContext) -> None:

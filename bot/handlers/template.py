@@ -11,13 +11,13 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy.orm import Session
-from telegram import InputMediaPhoto, Message, Update
+from telegram import Message, Update
 
 from bot import callbacks as cb
 from bot import jobs, sessions
 from bot.context import BotContext
 from bot.handlers.common import IncomingImage, announce_and_dispatch, cpu, reply
-from bot.handlers.styles import card_media, remember_file_id
+from bot.handlers.styles import show_card
 from bot.images import numbered_faces_preview
 from bot.keyboards import template_carousel_keyboard, template_faces_keyboard
 from db.base import utcnow
@@ -66,15 +66,7 @@ async def show_templates(
     card = cards[index]
     caption = context.t("template.card", name=card.name, faces=card.faces)
     markup = template_carousel_keyboard(card.id, cb.ALL, index, len(cards), lang)
-    media = await card_media(context, card.thumbnail_blob, card.name)
-    sent: Message | bool
-    if edit is None:
-        sent = await context.bot.send_photo(
-            update.effective_chat.id, media, caption=caption, reply_markup=markup
-        )
-    else:
-        sent = await edit.edit_media(InputMediaPhoto(media, caption=caption), reply_markup=markup)
-    remember_file_id(context, card.thumbnail_blob, sent)
+    await show_card(update, context, edit, card.thumbnail_blob, card.name, caption, markup)
 
 
 async def template_command(update: Update, context: BotContext) -> None:
