@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import re
 import tempfile
 from collections.abc import Sequence
@@ -31,7 +30,7 @@ from facechain import registry
 from facechain.errors import FaceChainError, InvalidLoRA
 from facechain.imageio import downscale, load_image
 from facechain.lora import LoRAInfo, inspect_lora
-from service.blobstore import BlobStore, sha256_hex
+from service.blobstore import BlobStore, sha256_hex, write_atomic
 from service.catalog import category_name, slugify
 from service.errors import AppError, BlobMissing, Forbidden, NotFound, ValidationFailed
 from service.ordering import put_first
@@ -161,15 +160,7 @@ def _blob_lora_path(models_dir: Path, blobs: BlobStore, key: str) -> Path:
     data = blobs.get(key)
     if sha256_hex(data) != key:
         raise StyleLoRAMissing(f"LoRA blob {key} is corrupt (checksum mismatch)", blob=key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, data)
     return path
 
 
