@@ -31,6 +31,10 @@ from tasks.context import get_context
 logger = logging.getLogger(__name__)
 
 MAX_RETRIES = 12
+# Failures users cannot fix themselves: the admin chat hears about these.
+OPERATOR_CODES = frozenset(
+    {"internal", "weights_missing", "engine_unavailable", "style_lora_missing", "timed_out"}
+)
 
 
 def make_bot(settings: TelegramSettings) -> Bot:
@@ -60,6 +64,7 @@ class Delivery:
     language: str
     style_id: int | None
     error_code: str | None
+    error_detail: str | None = None
     result_blobs: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
     position: int = 0
@@ -82,6 +87,7 @@ def _snapshot(job_id: int) -> Delivery | None:
             language=user.language if user else "en",
             style_id=job.style_id,
             error_code=job.error_code,
+            error_detail=job.error_detail,
             result_blobs=list(job.result_blobs or []),
             meta=dict(job.result_meta or {}),
             position=JobRepository(session).queue_position(job),
@@ -142,8 +148,20 @@ async def _send_result(bot: Bot, d: Delivery) -> None:
     elif d.status is JobStatus.FAILED:
         reason = error_text(lang, d.error_code)
         await _edit_status(bot, d, translate(lang, "job.failed", reason=reason))
+        await _follow_up(d, _alert_operator(bot, d))
     elif d.status is JobStatus.CANCELLED:
         await _edit_status(bot, d, translate(lang, "job.cancelled"))
+
+
+async def _alert_operator(bot: Bot, d: Delivery) -> None:
+    """Tell the admin chat about failures only the operator can fix (weights, crashes)."""
+    admin_chat = get_context().config.telegram.admin_chat_id
+    if admin_chat is None or d.error_code not in OPERATOR_CODES:
+        return
+    detail = (d.error_detail or "")[:500]
+    await bot.send_message(
+        admin_chat, f"⚠️ job {d.job_id} ({d.kind.value}) failed: {d.error_code}\n{detail}"
+    )
 
 
 def _mark_delivered(job_id: int) -> None:
