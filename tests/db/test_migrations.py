@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,19 +14,28 @@ from sqlalchemy import create_engine, inspect
 
 from db.base import Base
 from service.migrate import alembic_config, downgrade, upgrade
-from tests.conftest import fresh_postgres_database, postgres_available
+from tests.conftest import (
+    drop_postgres_database,
+    fresh_postgres_database,
+    postgres_available,
+)
 
 
-def _urls(tmp_path: Path) -> list[str]:
-    urls = [f"sqlite:///{tmp_path / 'm.db'}"]
+@pytest.fixture
+def urls(tmp_path: Path) -> Iterator[list[str]]:
+    """A fresh SQLite file and, when the server answers, a fresh PostgreSQL database."""
+    found = [f"sqlite:///{tmp_path / 'm.db'}"]
+    name = f"facechain_migrations_test_{os.getpid()}"
     if postgres_available():
-        urls.append(fresh_postgres_database(f"facechain_migrations_test_{os.getpid()}"))
-    return urls
+        found.append(fresh_postgres_database(name))
+    yield found
+    if len(found) > 1:
+        drop_postgres_database(name)
 
 
 class TestMigrations:
-    def test_up_down_up_matches_models(self, tmp_path: Path) -> None:
-        for url in _urls(tmp_path):
+    def test_up_down_up_matches_models(self, urls: list[str]) -> None:
+        for url in urls:
             upgrade(url)
             engine = create_engine(url)
             tables = set(inspect(engine).get_table_names())
