@@ -13,8 +13,6 @@ import io
 import logging
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
@@ -42,7 +40,7 @@ from service.settings import (
 )
 from tasks.celery_app import create_celery
 from tests.utils.fake_telegram import TOKEN, ApiCall, FakeTelegram, running_bot
-from tests.utils.workers import WorkerProcess
+from tests.utils.workers import CliProcess, WorkerProcess
 
 logger = logging.getLogger(__name__)
 
@@ -200,23 +198,11 @@ async def wait_until(
         await asyncio.sleep(interval)
 
 
-class BotProcess:
+class BotProcess(CliProcess):
     """`facechain-bot bot` as a child process (long polling), to be SIGKILLed like a crash."""
 
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.log_path = log_path
-        self._log = log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "bot"],
-            env={**os.environ, **env},
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def log(self) -> str:
-        """Everything the bot printed so far."""
-        return self.log_path.read_text(errors="replace")
+        super().__init__(["bot"], env, log_path)
 
     async def ready(self, seconds: float = 120.0) -> None:
         """Until the bot logged that it polls."""
@@ -227,23 +213,6 @@ class BotProcess:
             return "ready" in self.log()
 
         await wait_until(up, seconds, "bot ready")
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown code runs, like a power cut."""
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-        self._log.close()
-
-    def stop(self, seconds: float = 20) -> None:
-        """SIGTERM and wait (end of a test)."""
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(seconds)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self._log.close()
 
 
 @dataclass

@@ -32,25 +32,14 @@ def redis_test_url() -> str:
     return url
 
 
-class WorkerProcess:
-    """A running `facechain-bot worker`; stop() warm-stops it, kill() is SIGKILL."""
+class CliProcess:
+    """A `facechain-bot ...` child in its own process group; stop() is SIGTERM, kill() SIGKILL."""
 
-    def __init__(
-        self, env: dict[str, str], queues: str, log_path: Path, concurrency: int = 1
-    ) -> None:
+    def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
         self.log_path = log_path
         self._log = log_path.open("ab")
-        cmd = [
-            sys.executable,
-            "-m",
-            "service.cli",
-            "worker",
-            f"--queues={queues}",
-            f"--concurrency={concurrency}",
-            f"--hostname=test-{queues}-{os.getpid()}@%h",
-        ]
         self.proc = subprocess.Popen(
-            cmd,
+            [sys.executable, "-m", "service.cli", *args],
             env={**os.environ, **env},
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -58,9 +47,11 @@ class WorkerProcess:
         )
 
     def log(self) -> str:
+        """Everything the process printed so far."""
         return self.log_path.read_text(errors="replace")
 
     def stop(self, timeout: float = 20) -> None:
+        """SIGTERM the group and wait (warm shutdown); SIGKILL if it hangs."""
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:
@@ -70,10 +61,29 @@ class WorkerProcess:
         self._log.close()
 
     def kill(self) -> None:
-        """SIGKILL the whole worker (parent and pool children)."""
+        """SIGKILL the whole group (parent and children): no shutdown code runs."""
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
+        self._log.close()
+
+
+class WorkerProcess(CliProcess):
+    """A running `facechain-bot worker`."""
+
+    def __init__(
+        self, env: dict[str, str], queues: str, log_path: Path, concurrency: int = 1
+    ) -> None:
+        super().__init__(
+            [
+                "worker",
+                f"--queues={queues}",
+                f"--concurrency={concurrency}",
+                f"--hostname=test-{queues}-{os.getpid()}@%h",
+            ],
+            env,
+            log_path,
+        )
 
 
 def wait_for(
