@@ -38,6 +38,11 @@ BENCHMARKS: dict[str, tuple[str, list[str], str]] = {
         "FACT adapter cost per UNet step (CPU); 512px sets and peak VRAM (CUDA)",
     ),
     "template": ("template.py", [], "template face inpainting (seconds per template)"),
+    "annotators": (
+        "annotators.py",
+        [],
+        "OpenPose body/hand/face, FairFace and RRDB upscale at full size (seconds, peak memory)",
+    ),
     "training": ("training.py", [], "style LoRA training (seconds per step, peak memory)"),
     "load": (
         "load.py",

@@ -38,6 +38,7 @@ from bot.handlers import (
     results,
     start,
     styles,
+    subject,
     template,
     training,
 )
@@ -53,7 +54,17 @@ from service.settings import AppConfig
 logger = logging.getLogger(__name__)
 
 # Commands in the client's menu; each has a `cmd.<name>` description in every language.
-MENU_COMMANDS = ("start", "style", "template", "photos", "history", "lang", "forget", "help")
+MENU_COMMANDS = (
+    "start",
+    "style",
+    "template",
+    "photos",
+    "history",
+    "subject",
+    "lang",
+    "forget",
+    "help",
+)
 ADMIN_COMMANDS = ("stats", "ban", "unban", "quota", "broadcast")
 MAX_CONCURRENT_UPDATES = 256
 
@@ -101,6 +112,7 @@ def register_handlers(
         "template": template.template_command,
         "photos": photos.photos_command,
         "history": results.history_command,
+        "subject": subject.subject_command,
         "forget": privacy.forget_command,
         "train_style": training.train_command,
         "done": training.done_command,

@@ -112,6 +112,13 @@ class SetLanguage(CallbackData, prefix="lang"):
 
 
 @dataclasses.dataclass(frozen=True)
+class SetSubject(CallbackData, prefix="sj"):
+    """/subject choice: `auto` or a subject name (`man`, `mature_woman`, …)."""
+
+    subject: str
+
+
+@dataclasses.dataclass(frozen=True)
 class ChooseFace(CallbackData, prefix="face"):
     """Pick face `index` (0-based) of selfie `photo_id` that had several faces."""
 
@@ -157,6 +164,14 @@ class AnotherStyle(CallbackData, prefix="ra"):
 @dataclasses.dataclass(frozen=True)
 class UsePose(CallbackData, prefix="rp"):
     job_id: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Upscale(CallbackData, prefix="hd"):
+    """HD (×4) version of portrait `index` (0-based) of the user's finished job `job_id`."""
+
+    job_id: int
+    index: int
 
 
 @dataclasses.dataclass(frozen=True)

@@ -56,6 +56,12 @@ class NotAllowedToTrain(AppError):
     code = "training_not_allowed"
 
 
+class ResultUnavailable(AppError):
+    """The portrait behind a result button is gone, not finished, or not this user's."""
+
+    code = "result_unavailable"
+
+
 def describe_error(language: str | None, error: BaseException) -> str:
     """A translated sentence for a typed error (its `code`, with its details as parameters)."""
     code = getattr(error, "code", "internal")

@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from bot.errors import SelfieRequired, StyleUnavailable, TemplateUnavailable
+from bot.errors import ResultUnavailable, SelfieRequired, StyleUnavailable, TemplateUnavailable
 from db.base import utcnow
 from db.models import (
     Job,
@@ -33,6 +33,7 @@ from tasks.webhooks import emit_event, job_event_payload, take_emitted
 
 # Without history, assume a job takes this long (the tiny profile is faster, real is ~1 min).
 DEFAULT_JOB_SECONDS = 60.0
+# HD (upscale) jobs are free: see `create_upscale_job`.
 QUOTA_KINDS = {JobKind.PORTRAIT, JobKind.TEMPLATE}
 
 
@@ -133,6 +134,8 @@ def create_portrait_job(
         "num_images": num_images,
         "seed": seed,
         "pose_blob": pose_blob,
+        # The user's /subject choice at creation (None: FairFace decides on the worker).
+        "subject": user.subject,
     }
     return _add(
         session,
@@ -180,6 +183,7 @@ def create_template_job(
         "template_photo_id": template_photo_id,
         "faces": [i + 1 for i in chosen],
         "seed": seed,
+        "subject": user.subject,
     }
     return _add(
         session,
@@ -228,6 +232,39 @@ def create_training_job(
     )
     training.job_id = created.job_id
     return created
+
+
+def create_upscale_job(
+    session: Session,
+    user_id: int,
+    *,
+    source_job_id: int,
+    index: int,
+    size: int,
+    chat_id: int,
+    limits: LimitsSettings,
+    is_admin: bool,
+) -> CreatedJob:
+    """A queued HD (×4) job for portrait `index` (0-based) of the user's finished portrait job.
+
+    HD does not count against the daily quota: it costs about 1% of a generation (one RRDB
+    pass against 30 denoising steps for several candidates) and only enlarges a portrait the
+    user already has. The one-active-job rule still applies, so it cannot flood the gpu queue.
+    """
+    user = _lock_user(session, user_id)
+    check_can_start(session, user, limits, is_admin=is_admin, quota=False)
+    source = owned_job(session, user_id, source_job_id)
+    if (
+        source is None
+        or source.kind is not JobKind.PORTRAIT
+        or source.status not in (JobStatus.SUCCEEDED, JobStatus.DELIVERED)
+        or not 0 <= index < len(source.result_blobs or [])
+    ):
+        raise ResultUnavailable(f"job {source_job_id} has no portrait {index}")
+    params: dict[str, Any] = {"source_job_id": source.id, "index": index, "size": size}
+    return _add(
+        session, Job(user_id=user_id, kind=JobKind.UPSCALE, params=params, chat_id=chat_id)
+    )
 
 
 def set_status_message(session: Session, job_id: int, message_id: int) -> None:

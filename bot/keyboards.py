@@ -35,20 +35,27 @@ def cancel_job_keyboard(job_id: int, language: str) -> InlineKeyboardMarkup:
     )
 
 
-def result_keyboard(job_id: int, style_id: int | None, language: str) -> InlineKeyboardMarkup:
-    """Buttons after an album: more like this, another style (or template), use a pose."""
+def result_keyboard(
+    job_id: int, style_id: int | None, language: str, count: int = 0
+) -> InlineKeyboardMarkup:
+    """Buttons after an album: more like this, another style (or template), use a pose, and
+    for portraits one "HD n" button per image (`count` images, at most 8 a row)."""
     more = _button(translate(language, "btn.more_like_this"), cb.MoreLikeThis(job_id))
     if style_id is None:
         # Template results: there is no style to vary and no pose to apply.
         return InlineKeyboardMarkup(
             [[more, _button(translate(language, "btn.another_template"), cb.AnotherStyle(job_id))]]
         )
-    return InlineKeyboardMarkup(
-        [
-            [more, _button(translate(language, "btn.another_style"), cb.AnotherStyle(job_id))],
-            [_button(translate(language, "btn.use_pose"), cb.UsePose(job_id))],
-        ]
-    )
+    rows = [
+        [more, _button(translate(language, "btn.another_style"), cb.AnotherStyle(job_id))],
+        [_button(translate(language, "btn.use_pose"), cb.UsePose(job_id))],
+    ]
+    hd = [
+        _button(translate(language, "btn.hd", n=i + 1), cb.Upscale(job_id, i))
+        for i in range(count)
+    ]
+    rows += [hd[i : i + 8] for i in range(0, len(hd), 8)]
+    return InlineKeyboardMarkup(rows)
 
 
 def language_keyboard(current: str) -> InlineKeyboardMarkup:
@@ -59,6 +66,48 @@ def language_keyboard(current: str) -> InlineKeyboardMarkup:
                 _button(("✓ " if code == current else "") + name, cb.SetLanguage(code))
                 for code, name in LANGUAGE_NAMES.items()
             ]
+        ]
+    )
+
+
+# /subject buttons: stored value ("auto" = None in `users.subject`) -> label key, in rows.
+AUTO_SUBJECT = "auto"
+SUBJECT_LABELS = {
+    AUTO_SUBJECT: "subject.auto",
+    "man": "subject.man",
+    "woman": "subject.woman",
+    "boy": "subject.boy",
+    "girl": "subject.girl",
+    "mature_man": "subject.mature_man",
+    "mature_woman": "subject.mature_woman",
+}
+_SUBJECT_ROWS = (
+    (AUTO_SUBJECT,),
+    ("man", "woman"),
+    ("boy", "girl"),
+    ("mature_man", "mature_woman"),
+)
+
+
+def subject_label(language: str, subject: str | None) -> str:
+    """A subject's display name (None = auto)."""
+    key = SUBJECT_LABELS.get(subject or AUTO_SUBJECT, SUBJECT_LABELS[AUTO_SUBJECT])
+    return translate(language, key)
+
+
+def subject_keyboard(current: str | None, language: str) -> InlineKeyboardMarkup:
+    """Auto plus the six subjects, the current choice (None = auto) marked."""
+    chosen = current or AUTO_SUBJECT
+    return InlineKeyboardMarkup(
+        [
+            [
+                _button(
+                    ("✓ " if value == chosen else "") + subject_label(language, value),
+                    cb.SetSubject(value),
+                )
+                for value in row
+            ]
+            for row in _SUBJECT_ROWS
         ]
     )
 

@@ -55,9 +55,11 @@ def forget_user(session: Session, blobs: BlobStore, user_id: int) -> ForgetRepor
     removed_jobs = 0
     for job in jobs:
         keys += list(job.result_blobs or [])
-        pose = (job.params or {}).get("pose_blob")
-        if isinstance(pose, str):
-            keys.append(pose)
+        # The pose the user sent and the skeleton map a worker extracted from it.
+        for name in ("pose_blob", "pose_map_blob"):
+            pose = (job.params or {}).get(name)
+            if isinstance(pose, str):
+                keys.append(pose)
         if job.status is JobStatus.RUNNING:
             job.cancel_requested = True
             continue

@@ -10,8 +10,10 @@ from pathlib import Path
 
 from facechain.engine import Engine, EngineConfig, PortraitRequest, StyleSpec, id_crop
 from facechain.errors import FaceChainError
-from facechain.faces import default_detector, select_single_face
+from facechain.faces import align_face, default_detector, select_single_face
 from facechain.imageio import downscale, load_image, to_rgb_array
+from facechain.posemap import is_skeleton_map
+from facechain.prompts import SUBJECTS, SubjectPrompt, subject_prompt
 from facechain.similarity import IdentityScorer
 
 logger = logging.getLogger(__name__)
@@ -32,7 +34,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--lora", type=Path, default=None, help="style LoRA (default LoRA if unset)"
     )
     parser.add_argument("--lora-weight", type=float, default=0.25)
-    parser.add_argument("--pose", type=Path, default=None, help="OpenPose control map image")
+    parser.add_argument(
+        "--pose",
+        type=Path,
+        default=None,
+        help="pose: a photo of a person (OpenPose-annotated first) or a ready skeleton map",
+    )
+    parser.add_argument(
+        "--subject",
+        choices=["auto", *SUBJECTS],
+        default="auto",
+        help="who the portrait shows; auto = FairFace decides from the selfie",
+    )
     parser.add_argument("--num", type=int, default=1, help="portraits to write")
     parser.add_argument("--candidates", type=int, default=None, help="images to rank (>= --num)")
     parser.add_argument("--seed", type=int, default=None)
@@ -50,9 +63,19 @@ def run_portrait_cli(argv: Sequence[str] | None = None) -> int:
         image = downscale(load_image(args.selfie.read_bytes()), SELFIE_MAX_SIDE)
         rgb = to_rgb_array(image)
         face = select_single_face(default_detector().detect_faces(rgb), image.size)
-        pose = load_image(args.pose.read_bytes()) if args.pose is not None else None
         engine = Engine.from_config(
             EngineConfig(profile=args.profile, models_dir=args.models_dir, device=args.device)
+        )
+        pose = None
+        if args.pose is not None:
+            # The same steps as the gpu worker: a ready map as is, a photo through OpenPose.
+            pose = load_image(args.pose.read_bytes())
+            if not is_skeleton_map(pose):
+                pose = engine.extract_pose(pose).map
+        subject: SubjectPrompt | None = (
+            engine.subject_for([align_face(rgb, face.landmarks)])
+            if args.subject == "auto"
+            else subject_prompt(args.subject)
         )
         request = PortraitRequest(
             selfies=[id_crop(rgb, face)],
@@ -70,7 +93,11 @@ def run_portrait_cli(argv: Sequence[str] | None = None) -> int:
             seed=args.seed,
             scorer=IdentityScorer.from_images([rgb]),
             steps=args.steps,
+            prompt_prefix=subject.prefix if subject else "",
+            negative_suffix=subject.negative_suffix if subject else "",
         )
+        if subject is not None:
+            logger.info("subject: %s", subject.prefix.strip(", "))
         portraits = engine.portraits(
             request, progress=lambda done, total: logger.info("step %d/%d", done, total)
         )

@@ -10,15 +10,24 @@ Defaults, chosen against FaceChain's (reference §3):
 - 512x512 output, CFG on the face too (negative face tokens = projector(zeros)), as FaceChain.
 - ControlNet runs only when a pose map is given; FaceChain always runs it and sets its scale to 0
   without a pose, which gives the same images but pays a ControlNet pass at every step.
+- Pose photos (`extract_pose`): letterboxed into 512x512 and turned into a body + hands map
+  by the OpenPose annotator (`facechain.annotators.openpose`), as FaceChain does; the letterbox
+  is centred where FaceChain's `img_pad` puts a wide photo at the bottom. A photo with nobody
+  in it is refused (FaceChain would paint with an empty map).
 - Styles without their own LoRA get the default style LoRA, as FaceChain does.
 - Seeds: every candidate i has seed `seed + i` and its own CPU generator, so its initial noise
   is the same alone or in any batch, on any device (FaceChain: no seed).
 - Several selfies: their projected face tokens are averaged into one 16-token face (FaceChain
   concatenates 16 tokens per face, but always passes one face).
 - Ranking: `num_candidates` images are generated and the `num_images` best by the caller's ID
-  similarity are kept, dropping any below `min_similarity` (FaceChain: no ranking).
-- FairFace prompt prefix: no FairFace model is available here, so there is no automatic
-  `a handsome man, ` style prefix; `PortraitRequest.prompt_prefix` is the hook for one.
+  similarity are kept (FaceChain: no ranking). A likeness floor never empties a set: portraits
+  under `min_similarity` fill it when too few pass, flagged `low_likeness` for the caller.
+- Subject prompt: FairFace (`facechain.annotators.fairface`) classifies the selfies' aligned
+  crops and FaceChain's table (`facechain.prompts.subject_from_prediction`) turns gender and age
+  into `a handsome man, 25-year-old, ` style words and the `, children` negative suffix
+  (`Engine.subject_for`; the caller puts them in `prompt_prefix` / `negative_suffix`). Several
+  selfies: one decision from the averaged probabilities. Without the FairFace weights there is
+  no subject prefix (a warning at build); FaceChain would not start.
 - Face fusion and skin retouching (FaceChain post-processing) are not part of this engine.
 """
 
@@ -27,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,14 +63,27 @@ from facechain.adapter import (
     load_face_adapter,
     set_adapter_scale,
 )
-from facechain.errors import Cancelled
+from facechain.annotators.fairface import FairFace, mean_prediction
+from facechain.errors import (
+    Cancelled,
+    NoPersonInPose,
+    PoseAnnotatorMissing,
+    WeightsMissing,
+)
 from facechain.faces import Face, align_face, head_mask
 from facechain.lora import LoRAWeights, merged_lora, parse_lora
 from facechain.models.projector import FaceProjector
 from facechain.models.transface import TransFaceViT, faces_to_tensor, load_transface
-from facechain.prompts import DEFAULT_NEGATIVE, Template, build_prompt
+from facechain.prompts import (
+    DEFAULT_NEGATIVE,
+    SubjectPrompt,
+    Template,
+    build_prompt,
+    subject_from_prediction,
+)
 
 if TYPE_CHECKING:
+    from facechain.annotators.openpose import OpenposeAnnotator
     from facechain.inpaint import InpaintRequest
 
 logger = logging.getLogger(__name__)
@@ -75,6 +98,9 @@ _BASE_SPECS = {"film": registry.BASE_FILM, "majic": registry.BASE_MAJIC}
 _ADAPTER_SPECS = {"film": registry.ADAPTER_FILM, "majic": registry.ADAPTER_MAJIC}
 # Distinct seeds so the two tiny bases (and the shared tiny parts) are different networks.
 _TINY_SEEDS = {"film": 1, "majic": 2}
+_TINY_ANNOTATOR_SEED = 8
+# FaceChain's pose maps are 512 x 512 (`img_pad` to 512, annotator, `.resize((512, 512))`).
+POSE_MAP_SIZE = 512
 
 
 @dataclass
@@ -140,9 +166,11 @@ class PortraitRequest:
         num_candidates: images to generate and rank (>= num_images; default num_images).
         seed: base seed (random when None); candidate i uses seed + i.
         scorer: ID similarity of a generated image to the user; needed for ranking.
-        min_similarity: candidates scoring below are dropped.
-        prompt_prefix: subject words put before the template (the FairFace hook).
+        min_similarity: likeness floor; portraits under it are still returned when too few
+            candidates pass, flagged `low_likeness` (a set is never refused for likeness).
+        prompt_prefix: subject words put before the template (`SubjectPrompt.prefix`).
         negative_prompt: replaces FaceChain's default negative prompt.
+        negative_suffix: appended to the negative prompt (`SubjectPrompt.negative_suffix`).
         steps, guidance_scale, adapter_scale: per-request overrides of the config defaults.
     """
 
@@ -156,6 +184,7 @@ class PortraitRequest:
     min_similarity: float | None = None
     prompt_prefix: str = ""
     negative_prompt: str | None = None
+    negative_suffix: str = ""
     steps: int | None = None
     guidance_scale: float | None = None
     adapter_scale: float | None = None
@@ -168,6 +197,16 @@ class Portrait:
     image: Image.Image
     seed: int
     similarity: float | None = None
+    # Under the request's `min_similarity`: kept only because too few candidates passed.
+    low_likeness: bool = False
+
+
+@dataclass(frozen=True)
+class PoseExtraction:
+    """A pose photo's OpenPose map (body + hands, 512 x 512 RGB) and how many people it shows."""
+
+    map: Image.Image
+    people: int
 
 
 @dataclass
@@ -208,6 +247,21 @@ def id_crop(image_rgb: np.ndarray, face: Face) -> np.ndarray:
     return align_face(np.where(mask, image_rgb, 0).astype(np.uint8), face.landmarks)
 
 
+def _load_fairface(config: EngineConfig, device: torch.device) -> FairFace | None:
+    """The subject classifier: seeded and narrow for `tiny`; None when the real file is absent."""
+    if config.profile == "tiny":
+        return FairFace.random(seed=7, width=8, device=device)
+    try:
+        path = registry.resolve(registry.FAIRFACE, config.models_dir)
+    except WeightsMissing:
+        logger.warning(
+            "fairface weights missing: portraits get no subject prefix; run %s",
+            registry.DOWNLOAD_COMMAND,
+        )
+        return None
+    return FairFace.from_file(path, device)
+
+
 def letterbox(image: Image.Image, size: int) -> Image.Image:
     """Fit an image into a black size x size square, centred, aspect kept."""
     image = image.convert("RGB")
@@ -220,6 +274,26 @@ def letterbox(image: Image.Image, size: int) -> Image.Image:
     return canvas
 
 
+def pose_pad(image: Image.Image, size: int) -> Image.Image:
+    """FaceChain's pose letterbox (`img_pad`) into a black size x size square.
+
+    Taller than wide (relative to the square): fit the height, pad left and right evenly.
+    Otherwise: fit the width and pad the top only, so the photo sits on the bottom edge.
+    """
+    image = image.convert("RGB")
+    if image.height >= image.width:
+        w = max(1, round(image.width * size / image.height))
+        resized = image.resize((w, size), Image.Resampling.BILINEAR)
+        offset = ((size - w) // 2, 0)
+    else:
+        h = max(1, round(image.height * size / image.width))
+        resized = image.resize((size, h), Image.Resampling.BILINEAR)
+        offset = (0, size - h)
+    canvas = Image.new("RGB", (size, size))
+    canvas.paste(resized, offset)
+    return canvas
+
+
 class Engine:
     """Resident FACT engine; build once with `from_config`, then call `portraits` per job."""
 
@@ -229,6 +303,7 @@ class Engine:
         transface: TransFaceViT,
         controlnet: ControlNetModel,
         default_lora: LoRAWeights,
+        fairface: FairFace | None = None,
     ) -> None:
         self.config = config
         self.device = config.torch_device()
@@ -236,7 +311,13 @@ class Engine:
         self.transface = transface.to(self.device)
         self.controlnet = controlnet
         self.default_lora = default_lora
+        # None: no subject prefix (the weights are missing).
+        self.fairface = fairface
         self._bases: dict[str, _Base] = {}
+        # The OpenPose annotator is built on first use (`pose_annotator`); None = unavailable.
+        self._pose_annotator: OpenposeAnnotator | None = None
+        self._pose_annotator_built = False
+        self._pose_annotator_lock = threading.Lock()
 
     @classmethod
     def from_config(cls, config: EngineConfig) -> Engine:
@@ -258,7 +339,98 @@ class Engine:
         # The ControlNet is shared by both bases and always sees [text; face] contexts.
         hide_face_tokens(controlnet, TOKENS_PER_FACE)
         logger.info("engine (%s) on %s/%s", config.profile, device, dtype)
-        return cls(config, transface, controlnet, lora)
+        return cls(config, transface, controlnet, lora, _load_fairface(config, device))
+
+    def subject_for(self, aligned_faces: Sequence[np.ndarray]) -> SubjectPrompt | None:
+        """FaceChain's subject words for one person, or None without a FairFace model.
+
+        Args:
+            aligned_faces: (112, 112, 3) uint8 RGB ArcFace crops of the same person, unmasked
+                (`facechain.faces.align_face`); probabilities are averaged, then argmax.
+        """
+        if self.fairface is None or not aligned_faces:
+            return None
+        prediction = mean_prediction(self.fairface.predict(aligned_faces))
+        subject = subject_from_prediction(prediction.gender, prediction.age)
+        logger.info(
+            "subject %s (gender %s, age %s, %d selfies)",
+            subject.subject,
+            np.round(prediction.gender_probs, 3).tolist(),
+            np.round(prediction.age_probs, 3).tolist(),
+            len(aligned_faces),
+        )
+        return subject
+
+    def pose_annotator(self) -> OpenposeAnnotator | None:
+        """The resident OpenPose annotator, built on first use; None when its weights are missing.
+
+        The tiny profile gets seeded random weights of the full-size networks. Without the real
+        weights, pose photos are refused (`PoseAnnotatorMissing`) and template inpainting draws
+        its face keypoints from the 5 detected landmarks (`facechain.openpose`).
+        """
+        with self._pose_annotator_lock:
+            if not self._pose_annotator_built:
+                self._pose_annotator = self._load_pose_annotator()
+                self._pose_annotator_built = True
+            return self._pose_annotator
+
+    def set_pose_annotator(self, annotator: OpenposeAnnotator | None) -> None:
+        """Use this annotator (None: none) instead of building one; for tests and sharing."""
+        with self._pose_annotator_lock:
+            self._pose_annotator = annotator
+            self._pose_annotator_built = True
+
+    def _load_pose_annotator(self) -> OpenposeAnnotator | None:
+        if self.config.profile == "tiny":
+            from facechain.annotators.openpose import OpenposeAnnotator
+
+            return OpenposeAnnotator.random(_TINY_ANNOTATOR_SEED, self.device)
+        try:
+            folder = registry.resolve(registry.OPENPOSE_ANNOTATOR, self.config.models_dir)
+        except WeightsMissing:
+            logger.warning(
+                "openpose annotator weights missing: pose photos are refused, template faces "
+                "use 5-landmark keypoints; run %s",
+                registry.DOWNLOAD_COMMAND,
+            )
+            return None
+        from facechain.annotators.openpose import OpenposeAnnotator
+
+        annotator = OpenposeAnnotator.from_dir(folder, self.device)
+        logger.info("openpose annotator loaded from %s", folder)
+        return annotator
+
+    def extract_pose(self, photo: Image.Image) -> PoseExtraction:
+        """FaceChain's pose preprocessing: letterbox to 512 x 512, OpenPose body + hands.
+
+        The photo is padded as FaceChain's `img_pad` does (`pose_pad`): a tall photo fills the
+        height, centred; a wide one fills the width and sits at the bottom of the square (padding
+        on top only), so the annotator sees people where FaceChain's does.
+
+        Args:
+            photo: a photo of one or more people (PIL, any mode and size).
+
+        Returns:
+            The 512 x 512 RGB skeleton map and the number of people found.
+
+        Raises:
+            PoseAnnotatorMissing: the annotator's weights are not installed.
+            NoPersonInPose: nobody was found in the photo.
+        """
+        annotator = self.pose_annotator()
+        if annotator is None:
+            raise PoseAnnotatorMissing(
+                f"pose photos need the OpenPose annotator; run {registry.DOWNLOAD_COMMAND}"
+            )
+        square = pose_pad(photo, POSE_MAP_SIZE)
+        pose_map, people = annotator(np.asarray(square), include_body=True, include_hand=True)
+        if not people:
+            raise NoPersonInPose("no person found in the pose photo")
+        pose_map = pose_map.convert("RGB")
+        if pose_map.size != (POSE_MAP_SIZE, POSE_MAP_SIZE):
+            pose_map = pose_map.resize((POSE_MAP_SIZE, POSE_MAP_SIZE))
+        logger.info("pose photo: %d people found", len(people))
+        return PoseExtraction(map=pose_map, people=len(people))
 
     def warmup(self, bases: Sequence[BaseModel] = ("film", "majic")) -> None:
         """Load base models now instead of on their first request."""
@@ -404,6 +576,7 @@ class Engine:
         seed = random.SystemRandom().randrange(2**31) if request.seed is None else request.seed
         prompt = build_prompt(style.prompt, style.template, request.prompt_prefix)
         negative = DEFAULT_NEGATIVE if request.negative_prompt is None else request.negative_prompt
+        negative += request.negative_suffix
         lora = self.default_lora if style.lora_path is None else parse_lora(style.lora_path)
         face = self.face_tokens(request.selfies, style.base_model)
         extra: dict[str, Any] = {}
@@ -477,7 +650,12 @@ class Engine:
     def _rank(
         images: list[tuple[int, Image.Image]], seed: int, request: PortraitRequest
     ) -> list[Portrait]:
-        """Score, drop those under the floor, keep the best `num_images`."""
+        """Score and keep the best `num_images`; never refuse a set for likeness alone.
+
+        Candidates at or above `min_similarity` come first (they are the best-scored); when fewer
+        than `num_images` pass, the best of the rest fill the set, flagged `low_likeness`, so the
+        caller can say so instead of sending nothing.
+        """
         portraits = [Portrait(image=img, seed=seed + i) for i, img in images]
         if request.scorer is None:
             return portraits[: request.num_images]
@@ -485,12 +663,18 @@ class Engine:
             portrait.similarity = float(request.scorer(portrait.image))
         # Stable sort: equal scores keep generation order.
         ranked = sorted(portraits, key=lambda p: p.similarity or 0.0, reverse=True)
+        kept = ranked[: request.num_images]
         if request.min_similarity is not None:
             floor = request.min_similarity
-            kept = [p for p in ranked if p.similarity is not None and p.similarity >= floor]
-            if len(kept) < len(ranked):
+            for portrait in kept:
+                portrait.low_likeness = portrait.similarity is None or portrait.similarity < floor
+            low = sum(p.low_likeness for p in kept)
+            if low:
                 logger.info(
-                    "dropped %d candidates under similarity %.3f", len(ranked) - len(kept), floor
+                    "%d of %d portraits under similarity %.3f (best %.3f): sent, flagged",
+                    low,
+                    len(kept),
+                    floor,
+                    kept[0].similarity or 0.0,
                 )
-            ranked = kept
-        return ranked[: request.num_images]
+        return kept

@@ -55,6 +55,18 @@ class WeightsMissing(FaceChainError):
     code = "weights_missing"
 
 
+class DownloadFailed(WeightsMissing):
+    """A model could not be fetched from its hub (no network, unknown revision, hub error)."""
+
+    code = "weights_missing"
+
+
+class WeightsInvalid(FaceChainError):
+    """A weight file is present but does not match its network (keys, shapes or format)."""
+
+    code = "weights_invalid"
+
+
 class Cancelled(FaceChainError):
     """The caller cancelled the generation."""
 
@@ -99,3 +111,15 @@ class FeatureUnavailable(FaceChainError):
     """A requested option needs a model this installation does not have."""
 
     code = "feature_unavailable"
+
+
+class NoPersonInPose(FaceChainError):
+    """The pose photo shows no person the OpenPose annotator can find."""
+
+    code = "pose_no_person"
+
+
+class PoseAnnotatorMissing(FaceChainError):
+    """A pose photo needs the OpenPose annotator, whose weights are not installed."""
+
+    code = "pose_annotator_missing"

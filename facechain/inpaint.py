@@ -7,9 +7,12 @@ faces are done one after another on the same working image, one identity each.
 
 Where this differs from FaceChain, and why:
 
-- Face keypoints: no OpenPose annotator is available, so the face control is drawn from the
-  detected 5 landmarks (`facechain.openpose`); stage 1 is guided by the crop's face keypoints
-  instead of an OpenPose body+hands map (no body estimator either).
+- OpenPose control maps: with the engine's annotator (`Engine.pose_annotator`) they are
+  FaceChain's: body + hands of the crop for stage 1, hands + face of the masked warped stage-1
+  face for the inpaint pass and of the inpaint result for the refine pass. Without its weights
+  (logged once) the face keypoints are synthesised from the 5 detected landmarks
+  (`facechain.openpose`) and drawn instead, stage 1 included. When stage 1 has no detectable
+  face, the annotator sees the crop's own face (masked) in place of the warped one.
 - Face and human masks: no M2FP parsing; the face mask is the hull of the synthesised jaw line
   and raised brows, and the "human mask" of the drift fix is the softened edit region.
 - Stage 1 only yields the generated face's landmarks and its warped face mask (as in FaceChain,
@@ -34,7 +37,7 @@ import math
 import random
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import cv2
@@ -62,6 +65,7 @@ from facechain.errors import (
 from facechain.faces import Face, FaceDetector, default_detector, similarity_transform
 from facechain.imageio import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 from facechain.openpose import draw_face_pose, face_keypoints, face_region_mask
+from facechain.prompts import SubjectPrompt
 from facechain.templates import TemplateAnalysis, analyze_template, as_rgb
 
 logger = logging.getLogger(__name__)
@@ -305,7 +309,10 @@ class InpaintRequest:
         num_faces: keep only the N largest template faces (FaceChain's `num_faces`); None keeps
             all. Kept faces that are not selected are protected from any change.
         seed: base seed (random when None); the k-th selected face uses seed + k.
-        prompt, prompt_prefix, negative_prompt: text conditioning (prefix = FairFace hook).
+        prompt, prompt_prefix, negative_prompt: text conditioning (prefix = subject words).
+        negative_suffix: appended to the negative prompt (FaceChain's ", children" for men).
+        subjects: per selected face, its own subject (prefix and suffix) instead of
+            prompt_prefix / negative_suffix; None entries use those.
         steps: scheduler steps (default: the engine's); strengths are fractions of them.
         face_fusion: FaceChain's face-fusion post-process; not available, so True raises
             FeatureUnavailable.
@@ -321,9 +328,19 @@ class InpaintRequest:
     prompt: str = INPAINT_PROMPT
     prompt_prefix: str = ""
     negative_prompt: str = INPAINT_NEGATIVE
+    negative_suffix: str = ""
+    subjects: Sequence[SubjectPrompt | None] | None = None
     steps: int | None = None
     face_fusion: bool = False
     analysis: TemplateAnalysis | None = None
+
+    def texts(self, k: int) -> tuple[str, str]:
+        """(prompt, negative prompt) for the k-th selected face (FaceChain: prefix + prompt)."""
+        prefix, suffix = self.prompt_prefix, self.negative_suffix
+        subject = None if self.subjects is None else self.subjects[k]
+        if subject is not None:
+            prefix, suffix = subject.prefix, subject.negative_suffix
+        return prefix + self.prompt, self.negative_prompt + suffix
 
     def identity_sets(self) -> list[Sequence[np.ndarray | Image.Image]]:
         """The crops to use for each selected face, in the order of `faces`."""
@@ -337,6 +354,8 @@ class InpaintRequest:
                 )
         if any(len(crops) == 0 for crops in sets):
             raise ValueError("every selected face needs at least one selfie crop")
+        if self.subjects is not None and len(self.subjects) != len(self.faces):
+            raise ValueError(f"{len(self.faces)} faces selected but {len(self.subjects)} subjects")
         return sets
 
 
@@ -358,6 +377,7 @@ class TemplateInpainter:
         hide_face_tokens(self.canny_controlnet, TOKENS_PER_FACE)
         self._pipes: _Pipes | None = None
         self._lock = threading.Lock()
+        self._fallback_logged = False
 
     @classmethod
     def of(cls, engine: Engine) -> TemplateInpainter:
@@ -445,9 +465,10 @@ class TemplateInpainter:
             steps + _denoise_steps(steps, STRENGTH)[1] + _denoise_steps(steps, REFINE_STRENGTH)[1]
         )
         tracker = _Progress(total=per_face * len(targets), callback=progress, cancel=cancel)
+        prompt, negative = request.texts(0)
         job = _Job(
-            prompt=request.prompt_prefix + request.prompt,
-            negative=request.negative_prompt,
+            prompt=prompt,
+            negative=negative,
             steps=steps,
             size=self.engine.config.output_size(),
             tracker=tracker,
@@ -470,8 +491,15 @@ class TemplateInpainter:
                         target.int_box(),
                         seed + k,
                     )
+                    prompt, negative = request.texts(k)
                     blend, stage1_found = self._one_face(
-                        pipes, job, working, target, others, crops, seed + k
+                        pipes,
+                        replace(job, prompt=prompt, negative=negative),
+                        working,
+                        target,
+                        others,
+                        crops,
+                        seed + k,
                     )
                     blend_masks.append(blend)
                     found.append(stage1_found)
@@ -523,12 +551,16 @@ class TemplateInpainter:
             pipes.pose,
             job,
             seed,
-            image=Image.fromarray(draw_face_pose((size, size), [face.keypoints])),
+            image=self._pose_control(crop, face.keypoints, size, body=True),
             controlnet_conditioning_scale=POSE_CONTROL_SCALE,
             num_inference_steps=job.steps,
             **common,
         )
-        control_points, warp_mask, stage1_found = self._stage1_geometry(stage1, face)
+        control_points, warp_mask, warped_face = self._stage1_geometry(stage1, face)
+        stage1_found = warped_face is not None
+        if warped_face is None:
+            # FaceChain's annotator sees the warped stage-1 face; without one, the target face.
+            warped_face = crop * (face.mask[:, :, None] > 0).astype(np.uint8)
 
         # Inpaint: Canny of the crop without the inner face (and chin, below the eyes) so the new
         # face is free to differ; mask = face grown a little, more below the eyes.
@@ -549,7 +581,7 @@ class TemplateInpainter:
             image=Image.fromarray(crop),
             mask_image=Image.fromarray(mask),
             control_image=[
-                Image.fromarray(draw_face_pose((size, size), [control_points])),
+                self._pose_control(warped_face, control_points, size, body=False),
                 Image.fromarray(canny_map(crop, clear)),
             ],
             controlnet_conditioning_scale=list(CONTROL_SCALES),
@@ -569,7 +601,7 @@ class TemplateInpainter:
             image=Image.fromarray(result),
             mask_image=Image.fromarray(refine_mask),
             control_image=[
-                Image.fromarray(draw_face_pose((size, size), [refine_face.keypoints])),
+                self._pose_control(result, refine_face.keypoints, size, body=False),
                 Image.fromarray(canny_map(result)),
             ],
             controlnet_conditioning_scale=list(REFINE_CONTROL_SCALES),
@@ -638,13 +670,18 @@ class TemplateInpainter:
 
     def _stage1_geometry(
         self, stage1: np.ndarray, face: _WindowFace
-    ) -> tuple[np.ndarray, np.ndarray, bool]:
-        """Control keypoints and warp mask from the stage-1 face warped onto the template face."""
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """The stage-1 face warped onto the template face: its keypoints, mask and pixels.
+
+        Returns (70, 2) keypoints, the (size, size) 0/255 warp mask and the warped face with
+        everything outside that mask black (FaceChain's annotator input); the template face's
+        keypoints, an empty mask and None when stage 1 has no detectable face.
+        """
         size = face.mask.shape[0]
         found = _largest(self.detector.detect_faces(stage1))
         if found is None:
             logger.info("stage 1 produced no detectable face; using the template face's keypoints")
-            return face.keypoints, np.zeros_like(face.mask), False
+            return face.keypoints, np.zeros_like(face.mask), None
         # 5-point similarity of the generated face onto the template face (FaceChain step D.4).
         matrix = similarity_transform(found.landmarks, face.landmarks)
         warped = found.landmarks @ matrix[:, :2].T.astype(np.float32) + matrix[:, 2].astype(
@@ -654,7 +691,30 @@ class TemplateInpainter:
         warp_mask = cv2.warpAffine(
             generated, matrix, (size, size), flags=cv2.INTER_NEAREST, borderValue=0
         )
-        return face_keypoints(warped), warp_mask, True
+        warped_face = cv2.warpAffine(stage1, matrix, (size, size), borderValue=0)
+        warped_face *= (warp_mask[:, :, None] > 0).astype(np.uint8)
+        return face_keypoints(warped), warp_mask, warped_face
+
+    def _pose_control(
+        self, image: np.ndarray, keypoints: np.ndarray, size: int, *, body: bool
+    ) -> Image.Image:
+        """An OpenPose control map: the annotator's, as FaceChain computes it, or the fallback.
+
+        Args:
+            image: (size, size, 3) uint8 RGB the annotator looks at.
+            keypoints: (70, 2) face keypoints in window pixels, drawn when there is no
+                annotator (`facechain.openpose`).
+            size: side of the map.
+            body: body + hands (stage 1); otherwise hands + face (inpaint and refine passes).
+        """
+        annotator = self.engine.pose_annotator()
+        if annotator is None:
+            if not self._fallback_logged:
+                logger.info("no openpose annotator: face control maps from 5 landmarks")
+                self._fallback_logged = True
+            return Image.fromarray(draw_face_pose((size, size), [keypoints]))
+        pose_map, _ = annotator(image, include_body=body, include_hand=True, include_face=not body)
+        return Image.fromarray(_resize(np.asarray(pose_map.convert("RGB")), size))
 
     def _find_face(self, image: np.ndarray, fallback: _WindowFace) -> _WindowFace:
         """The face in the window nearest the target; the target itself when none is found."""

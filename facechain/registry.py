@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from facechain.errors import WeightsMissing
+from facechain.errors import DownloadFailed, WeightsMissing
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +37,9 @@ class ModelSpec:
     path: str
     kind: Literal["file", "dir"]
     role: str
+    # What runs when the model is absent (documented fallback, shown by `models list` and
+    # logged when the engine starts); None = required by the feature named in `role`.
+    fallback: str | None = None
 
     @property
     def pattern(self) -> str:
@@ -98,7 +101,29 @@ OPENPOSE_ANNOTATOR = ModelSpec(
     "v1.0.1",
     "model_controlnet/ControlNet",
     "dir",
-    "OpenPose body/hand annotator weights",
+    "OpenPose annotator (controlnet_aux 0.0.6): body_pose_model.pth, hand_pose_model.pth, "
+    "facenet.pth",
+    fallback="pose photos are refused (a ready OpenPose skeleton map still works); template "
+    "faces use 70 keypoints synthesised from the 5 detected landmarks",
+)
+FAIRFACE = ModelSpec(
+    "fairface",
+    "damo/cv_resnet34_face-attribute-recognition_fairface",
+    "v2.0.2",
+    "pytorch_model.pt",
+    "file",
+    "FairFace ResNet34 gender/age classifier (subject prompt prefix)",
+    fallback="no automatic subject prefix (users can still choose one with /subject)",
+)
+# FaceChain never pinned a revision of this model; the manifest's sha256 pins what was fetched.
+UPSCALER_RRDB = ModelSpec(
+    "upscaler_rrdb",
+    "damo/cv_rrdb_image-super-resolution",
+    "master",
+    "pytorch_model.pt",
+    "file",
+    "RRDB x4 super-resolution (HD portraits, 512 -> 2048)",
+    fallback="none: the HD button answers that HD is unavailable (job error weights_missing)",
 )
 CONTROLNET_CANNY = ModelSpec(
     "controlnet_canny",
@@ -127,6 +152,8 @@ REGISTRY: dict[str, ModelSpec] = {
         TRANSFACE,
         CONTROLNET_OPENPOSE,
         OPENPOSE_ANNOTATOR,
+        FAIRFACE,
+        UPSCALER_RRDB,
         CONTROLNET_CANNY,
         DEFAULT_STYLE_LORA,
     )
@@ -314,14 +341,21 @@ def download_models(
             logger.info(
                 "%s: downloading %s@%s %s", spec.name, spec.model_id, spec.revision, spec.path
             )
-            root = Path(
-                snapshot_download(
-                    spec.model_id,
-                    revision=spec.revision,
-                    cache_dir=str(cache_dir),
-                    allow_file_pattern=spec.pattern,
+            try:
+                root = Path(
+                    snapshot_download(
+                        spec.model_id,
+                        revision=spec.revision,
+                        cache_dir=str(cache_dir),
+                        allow_file_pattern=spec.pattern,
+                    )
                 )
-            )
+            except Exception as exc:  # the hub client raises many unrelated types
+                raise DownloadFailed(
+                    f"{spec.name}: cannot download {spec.model_id}@{spec.revision} "
+                    f"({_short_reason(exc)}); on a machine without access to ModelScope, copy "
+                    f"the files there and import them with `{DOWNLOAD_COMMAND} --from DIR`"
+                ) from exc
         manifest["models"][spec.name] = _record(spec, cache_dir, root, entry)
         _write_manifest(cache_dir, manifest)
         paths[spec.name] = root / spec.path
@@ -364,6 +398,37 @@ def resolve(spec: ModelSpec | str, cache_dir: Path) -> Path:
             f"(e.g. {missing[0]}); run `{DOWNLOAD_COMMAND}`"
         )
     return root / spec.path
+
+
+def present(spec: ModelSpec | str, cache_dir: Path) -> Path | None:
+    """Local path of a downloaded model, or None when it is absent (never the network)."""
+    try:
+        return resolve(spec, cache_dir)
+    except WeightsMissing:
+        return None
+
+
+def missing_fallbacks(cache_dir: Path) -> dict[str, str]:
+    """Optional models that are absent, name -> the fallback that runs instead."""
+    return {
+        spec.name: spec.fallback
+        for spec in REGISTRY.values()
+        if spec.fallback is not None and present(spec, cache_dir) is None
+    }
+
+
+def _short_reason(exc: BaseException) -> str:
+    """One line naming the root cause of a hub failure (no network, not found, ...)."""
+    root: BaseException = exc
+    for _ in range(32):
+        nxt = root.__cause__ or root.__context__
+        if nxt is None:
+            break
+        root = nxt
+    text = str(root).splitlines()[0] if str(root) else type(root).__name__
+    if any(s in text for s in ("Name or service not known", "Temporary failure in name")):
+        return "no network: the hub's address does not resolve"
+    return f"{type(root).__name__}: {text[:160]}"
 
 
 def _size_ok(path: Path, record: dict[str, Any]) -> bool:

@@ -155,6 +155,13 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
     return inpaint_command(_config(), args)
 
 
+def cmd_upscale(args: argparse.Namespace) -> int:
+    """HD: RRDB ×4 super-resolution of images (FaceChain's 512 -> 2048), no Telegram."""
+    from service.upscale_cmd import upscale_command
+
+    return upscale_command(_config(), args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(
@@ -235,7 +242,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("selfie", type=Path, help="a photo with one face")
     p.add_argument("--style", help="style name or slug from the catalog (default: a neutral one)")
-    p.add_argument("--pose", type=Path, help="pose reference (OpenPose map image)")
+    p.add_argument(
+        "--pose", type=Path, help="pose: a photo of a person, or a ready OpenPose skeleton map"
+    )
+    p.add_argument(
+        "--subject",
+        default="auto",
+        choices=["auto", "man", "woman", "boy", "girl", "mature_man", "mature_woman"],
+        help="who the portraits show (default auto: FairFace decides from the selfie)",
+    )
     p.add_argument("--num", type=int, default=4, help="number of portraits (default 4)")
     p.add_argument("--seed", type=int, help="random seed (default random)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
@@ -260,7 +275,33 @@ def build_parser() -> argparse.ArgumentParser:
         "--profile", choices=["real", "tiny"], help="engine profile (default ENGINE_PROFILE)"
     )
     p.set_defaults(func=cmd_inpaint)
+
+    p = sub.add_parser(
+        "upscale", help="HD: upscale images x4 (RRDB)", description=cmd_upscale.__doc__
+    )
+    p.add_argument("images", type=Path, nargs="+", metavar="IMAGE", help="images to upscale")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument(
+        "--size",
+        type=_positive,
+        default=2048,
+        help="cap on the long side; a larger x4 result is shrunk (default 2048)",
+    )
+    p.add_argument(
+        "--tile", type=_positive, default=256, help="input tile side in pixels (default 256)"
+    )
+    p.add_argument(
+        "--profile", choices=["real", "tiny"], help="engine profile (default ENGINE_PROFILE)"
+    )
+    p.set_defaults(func=cmd_upscale)
     return parser
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:

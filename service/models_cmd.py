@@ -11,6 +11,17 @@ from service.settings import AppConfig
 logger = logging.getLogger(__name__)
 
 
+def _quiet_hub_client() -> None:
+    """Silence the hub client's per-retry warnings; one line below says what failed."""
+    try:
+        import modelscope.hub.snapshot_download  # noqa: F401  (creates its loggers)
+    except ImportError:
+        return
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith(("modelscope", "modelscope_hub")):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
 def models_command(config: AppConfig, args: argparse.Namespace) -> int:
     """Dispatch the models sub-action; returns the exit code."""
     from facechain import registry
@@ -20,14 +31,20 @@ def models_command(config: AppConfig, args: argparse.Namespace) -> int:
     action = args.models_command
     if action == "list":
         for spec in registry.REGISTRY.values():
-            try:
-                where = str(registry.resolve(spec, cache))
-            except WeightsMissing:
-                where = "missing"
+            path = registry.present(spec, cache)
+            if path is not None:
+                state = f"present: {path}"
+            elif spec.fallback is not None:
+                state = f"MISSING, fallback: {spec.fallback}"
+            else:
+                state = "MISSING, required"
             sys.stdout.write(
                 f"{spec.name:<20} {spec.model_id}@{spec.revision}/{spec.path}\n"
-                f"{'':<20} {spec.role}; {where}\n"
+                f"{'':<20} {spec.role}\n"
+                f"{'':<20} {state}\n"
             )
+        if config.engine.profile == "tiny":
+            sys.stdout.write("ENGINE_PROFILE=tiny: workers build seeded random models instead\n")
         return 0
     if action == "verify":
         problems = registry.verify_models(cache)
@@ -38,9 +55,14 @@ def models_command(config: AppConfig, args: argparse.Namespace) -> int:
             return 1
         sys.stdout.write(f"all models present and intact in {cache}\n")
         return 0
-    fetched_models = registry.download_models(
-        cache, only=args.only, local_source=args.local_source
-    )
+    _quiet_hub_client()
+    try:
+        fetched_models = registry.download_models(
+            cache, only=args.only, local_source=args.local_source
+        )
+    except WeightsMissing as exc:
+        sys.stderr.write(f"models download failed: {exc}\n")
+        return 1
     for name, path in fetched_models.items():
         sys.stdout.write(f"{name}: {path}\n")
     if args.styles:

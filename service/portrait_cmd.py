@@ -81,6 +81,7 @@ def portrait_command(config: AppConfig, args: argparse.Namespace) -> int:
         argv += ["--seed", str(args.seed)]
     if args.pose is not None:
         argv += ["--pose", str(args.pose)]
+    argv += ["--subject", args.subject]
     if config.engine.steps:
         argv += ["--steps", str(config.engine.steps)]
     sys.stdout.write(f"style: {style.slug} ({style.names.get('en', style.slug)})\n")

@@ -19,6 +19,7 @@ logger = logging.getLogger(__name__)
 TASK_MODULES = (
     "tasks.generate",
     "tasks.inpaint",
+    "tasks.upscale",
     "tasks.train_style",
     "tasks.deliver",
     "tasks.webhooks",
@@ -26,10 +27,11 @@ TASK_MODULES = (
     "tasks.sweep",
 )
 
-GPU_TASKS = ("portrait.generate", "template.inpaint", "style.train")
+GPU_TASKS = ("portrait.generate", "template.inpaint", "portrait.upscale", "style.train")
 IO_TASKS = (
     "delivery.send_result",
     "delivery.progress",
+    "delivery.pose_preview",
     "webhooks.deliver",
     "broadcast.send",
     "maintenance.sweep",
@@ -68,6 +70,7 @@ def create_celery(config: AppConfig) -> Celery:
         task_annotations={
             "portrait.generate": _limits(broker.gpu_time_limit),
             "template.inpaint": _limits(broker.gpu_time_limit),
+            "portrait.upscale": _limits(broker.gpu_time_limit),
             "style.train": _limits(broker.train_time_limit),
             **{name: _limits(broker.io_time_limit) for name in IO_TASKS},
         },

@@ -17,6 +17,7 @@ from service.blobstore import BlobStore, create_blob_store
 from service.settings import AppConfig, load_config
 
 if TYPE_CHECKING:
+    from facechain.annotators.rrdb import Upscaler
     from facechain.engine import Engine
 
 logger = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ class WorkerContext:
         self.blobs: BlobStore = create_blob_store(config.storage)
         self._engine: Engine | None = None
         self._engine_lock = threading.Lock()
+        self._upscaler: Upscaler | None = None
 
     @property
     def engine(self) -> Engine:
@@ -40,6 +42,14 @@ class WorkerContext:
             if self._engine is None:
                 self._engine = build_engine(self.config)
             return self._engine
+
+    @property
+    def upscaler(self) -> Upscaler:
+        """The resident RRDB upscaler, built on first use (WeightsMissing if not downloaded)."""
+        with self._engine_lock:
+            if self._upscaler is None:
+                self._upscaler = build_upscaler(self.config)
+            return self._upscaler
 
     def close(self) -> None:
         self.db.dispose()
@@ -56,7 +66,27 @@ def build_engine(config: AppConfig) -> Engine:
     )
     if settings.steps:
         engine_config.steps = settings.steps
+    if settings.profile == "real":
+        from facechain import registry
+
+        # Optional models have a documented fallback; say which ones run (`models list` too).
+        for name, fallback in registry.missing_fallbacks(settings.models_dir).items():
+            logger.warning(
+                "model %s is not downloaded, fallback: %s (run `%s`)",
+                name,
+                fallback,
+                registry.DOWNLOAD_COMMAND,
+            )
     return Engine.from_config(engine_config)
+
+
+def build_upscaler(config: AppConfig) -> Upscaler:
+    """The HD upscaler for the configured profile (tiny: a small seeded net)."""
+    from facechain.annotators.rrdb import build_upscaler as build
+
+    settings = config.engine
+    logger.info("building %s upscaler from %s", settings.profile, settings.models_dir)
+    return build(settings.profile, settings.models_dir, settings.device)
 
 
 _lock = threading.Lock()

@@ -9,12 +9,14 @@ to be sent a second time."""
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
 from celery import Task, shared_task
+from PIL import Image
 from telegram import Bot, InputMediaPhoto
 from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TimedOut
 from telegram.ext import ExtBot
@@ -33,8 +35,18 @@ logger = logging.getLogger(__name__)
 MAX_RETRIES = 12
 # Failures users cannot fix themselves: the admin chat hears about these.
 OPERATOR_CODES = frozenset(
-    {"internal", "weights_missing", "engine_unavailable", "style_lora_missing", "timed_out"}
+    {
+        "internal",
+        "weights_missing",
+        "weights_invalid",
+        "engine_unavailable",
+        "style_lora_missing",
+        "timed_out",
+        "pose_annotator_missing",
+    }
 )
+# Side of the "pose found" preview photo (the skeleton map is 512 px).
+POSE_PREVIEW_SIDE = 320
 
 
 def make_bot(settings: TelegramSettings) -> Bot:
@@ -131,18 +143,41 @@ async def _send_result(bot: Bot, d: Delivery) -> None:
                 d,
                 bot.send_document(d.chat_id, images[0], filename=f"template-{d.job_id}.png"),
             )
+        elif d.kind is JobKind.UPSCALE and images:
+            # A document, not a photo: Telegram would shrink a photo to 1280 px and recompress.
+            width, height = d.meta.get("size") or (0, 0)
+            await bot.send_document(
+                d.chat_id,
+                images[0],
+                filename=str(d.meta.get("filename") or f"hd-{d.job_id}.png"),
+                caption=translate(
+                    lang,
+                    "hd.caption",
+                    n=int(d.meta.get("index", 0)) + 1,
+                    width=width,
+                    height=height,
+                ),
+            )
         elif len(images) == 1:
             await bot.send_photo(d.chat_id, images[0])
         elif images:
             await bot.send_media_group(d.chat_id, [InputMediaPhoto(img) for img in images[:10]])
-        await _follow_up(d, _edit_status(bot, d, translate(lang, "job.done", count=len(images))))
+        if d.kind is JobKind.UPSCALE:
+            done = translate(lang, "hd.done")
+        else:
+            done = translate(lang, "job.done", count=len(images))
+        if d.meta.get("low_likeness"):
+            # A set is never refused for likeness alone: it is sent, and the user gets a tip.
+            tip = translate(lang, "job.low_likeness")
+            done = f"{done}\n\n{tip}"
+        await _follow_up(d, _edit_status(bot, d, done))
         if d.kind is JobKind.PORTRAIT:
             await _follow_up(
                 d,
                 bot.send_message(
                     d.chat_id,
                     translate(lang, "job.next"),
-                    reply_markup=result_keyboard(d.job_id, d.style_id, lang),
+                    reply_markup=result_keyboard(d.job_id, d.style_id, lang, len(images)),
                 ),
             )
     elif d.status is JobStatus.FAILED:
@@ -221,6 +256,8 @@ async def _send_progress(bot: Bot, d: Delivery) -> None:
         text = translate(
             lang, "job.queued", position=d.position + 1, eta_minutes=max(1, d.position + 1)
         )
+    elif d.status is JobStatus.RUNNING and d.kind is JobKind.UPSCALE:
+        text = translate(lang, "hd.running", percent=round(d.progress * 100))
     elif d.status is JobStatus.RUNNING:
         text = translate(lang, "job.running", percent=round(d.progress * 100))
     else:
@@ -239,3 +276,49 @@ def send_progress(self: Task, job_id: int) -> None:
     except (RetryAfter, TimedOut, NetworkError, Forbidden) as exc:
         # A later progress edit supersedes this one.
         logger.debug("progress edit for job %s dropped: %s", job_id, exc)
+
+
+def pose_preview_image(data: bytes, side: int = POSE_PREVIEW_SIDE) -> bytes:
+    """A stored skeleton map shrunk to `side` px, as PNG bytes for sendPhoto."""
+    with Image.open(io.BytesIO(data)) as image:
+        small = image.convert("RGB").resize((side, side), Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    small.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _preview_target(job_id: int) -> tuple[int, str, str] | None:
+    """(chat, language, map blob) of a job whose pose preview is still worth sending."""
+    with get_context().db.session() as session:
+        job = session.get(Job, job_id)
+        if job is None or job.chat_id is None:
+            return None
+        key = (job.params or {}).get("pose_map_blob")
+        # Once the album is out, or the job ended otherwise, a preview would only confuse.
+        if not isinstance(key, str) or job.status not in (JobStatus.RUNNING, JobStatus.SUCCEEDED):
+            return None
+        user = session.get(User, job.user_id) if job.user_id else None
+        return job.chat_id, user.language if user else "en", key
+
+
+async def _send_preview(chat_id: int, language: str, photo: bytes) -> None:
+    bot = make_bot(get_context().config.telegram)
+    async with bot:
+        await bot.send_photo(chat_id, photo, caption=translate(language, "pose.found"))
+
+
+@shared_task(name="delivery.pose_preview", bind=True, ignore_result=True)
+def send_pose_preview(self: Task, job_id: int) -> str:
+    """Show the user the skeleton found in their pose photo (best effort, before the album)."""
+    target = _preview_target(job_id)
+    if target is None:
+        return "skipped"
+    chat_id, language, key = target
+    photo = pose_preview_image(get_context().blobs.get(key))
+    try:
+        asyncio.run(_send_preview(chat_id, language, photo))
+    except (RetryAfter, TimedOut, NetworkError, Forbidden) as exc:
+        # The portraits still come; a late preview is worth less than none.
+        logger.info("pose preview for job %s dropped: %s", job_id, exc)
+        return "dropped"
+    return "sent"

@@ -20,6 +20,7 @@ TASK_FOR_KIND: dict[JobKind, str] = {
     JobKind.PORTRAIT: "portrait.generate",
     JobKind.TEMPLATE: "template.inpaint",
     JobKind.TRAINING: "style.train",
+    JobKind.UPSCALE: "portrait.upscale",
 }
 
 

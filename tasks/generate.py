@@ -11,16 +11,13 @@ from celery import Task, shared_task
 from db.models import JobStatus, Style
 from facechain.engine import PortraitRequest, StyleSpec
 from facechain.similarity import IdentityScorer
-from service.errors import AppError, NotFound
+from service.errors import NotFound
 from tasks.context import WorkerContext
-from tasks.inputs import encode_png, load_blob_image, load_selfies
+from tasks.inputs import decide_subject, encode_png, load_selfies
 from tasks.jobs import JobOutcome, JobSnapshot, ProgressReporter, run_gpu_job
+from tasks.pose import prepare_pose
 
 logger = logging.getLogger(__name__)
-
-
-class LowLikeness(AppError):
-    code = "low_likeness"
 
 
 def tiny_catalog_lora(models_dir: Path, slug: str) -> Path:
@@ -71,9 +68,11 @@ def generate(ctx: WorkerContext, job: JobSnapshot, reporter: ProgressReporter) -
     params = job.params
     selfies = load_selfies(ctx, job.user_id, params["photo_ids"])
     style = style_spec(ctx, job.style_id or params.get("style_id"))
-    pose = load_blob_image(ctx.blobs, params["pose_blob"]) if params.get("pose_blob") else None
+    # A pose photo becomes a skeleton map (and a preview) before anything is painted.
+    pose = prepare_pose(ctx, job)
     num_images = int(params.get("num_images") or ctx.config.engine.num_images)
     scorer = IdentityScorer.from_images([s.image for s in selfies])
+    subject = decide_subject(ctx.engine, params.get("subject"), selfies)
 
     portraits = ctx.engine.portraits(
         PortraitRequest(
@@ -85,20 +84,22 @@ def generate(ctx: WorkerContext, job: JobSnapshot, reporter: ProgressReporter) -
             seed=params.get("seed"),
             scorer=scorer,
             min_similarity=ctx.config.engine.similarity_floor,
+            prompt_prefix=subject.prefix,
+            negative_suffix=subject.negative_suffix,
         ),
         progress=reporter,
         cancel=reporter.cancelled,
     )
-    if not portraits:
-        # Every candidate fell under the likeness floor: say so rather than send nothing.
-        raise LowLikeness("no portrait resembled the selfie closely enough")
     blobs = [ctx.blobs.put(encode_png(p.image)) for p in portraits]
     meta = {
         "similarity": [
             None if p.similarity is None else round(float(p.similarity), 4) for p in portraits
         ],
         "seeds": [int(p.seed) for p in portraits],
+        # Some portraits are under the likeness floor: the album says so, with a tip.
+        "low_likeness": any(p.low_likeness for p in portraits),
         "style": style.name,
+        "subject": subject.meta(),
     }
     return JobOutcome(result_blobs=blobs, result_meta=meta)
 

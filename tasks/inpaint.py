@@ -10,7 +10,7 @@ from sqlalchemy import select
 from db.models import JobStatus, Photo, Template
 from service.errors import NotFound
 from tasks.context import WorkerContext
-from tasks.inputs import encode_png, load_blob_image, load_selfies
+from tasks.inputs import decide_subject, encode_png, load_blob_image, load_selfies
 from tasks.jobs import JobOutcome, JobSnapshot, ProgressReporter, run_gpu_job
 
 logger = logging.getLogger(__name__)
@@ -43,22 +43,31 @@ def inpaint(ctx: WorkerContext, job: JobSnapshot, reporter: ProgressReporter) ->
     template = load_blob_image(ctx.blobs, template_blob(ctx, job))
     selfies = load_selfies(ctx, job.user_id, params["photo_ids"])
     faces = [int(f) for f in params.get("faces") or [1]]
+    override = params.get("subject")
     # One selfie per chosen face puts a different person into each; otherwise every chosen
     # face gets the same identity (all the user's selfies averaged).
     if len(selfies) == len(faces) and len({s.aligned.tobytes() for s in selfies}) > 1:
+        # A subject per person (the user's choice, when set, still applies to every face).
+        decisions = [decide_subject(ctx.engine, override, [s]) for s in selfies]
         request = InpaintRequest(
             template=template,
             identities=[[s.aligned] for s in selfies],
             faces=faces,
             seed=params.get("seed"),
+            subjects=[d.prompt for d in decisions],
         )
+        subject_meta = [d.meta() for d in decisions]
     else:
+        decision = decide_subject(ctx.engine, override, selfies)
         request = InpaintRequest(
             template=template,
             selfies=[s.aligned for s in selfies],
             faces=faces,
             seed=params.get("seed"),
+            prompt_prefix=decision.prefix,
+            negative_suffix=decision.negative_suffix,
         )
+        subject_meta = [decision.meta()] * len(faces)
     result = ctx.engine.inpaint(
         request,
         progress=reporter,
@@ -66,7 +75,13 @@ def inpaint(ctx: WorkerContext, job: JobSnapshot, reporter: ProgressReporter) ->
     )
     key = ctx.blobs.put(encode_png(result))
     return JobOutcome(
-        result_blobs=[key], result_meta={"faces": faces, "size": [result.width, result.height]}
+        result_blobs=[key],
+        result_meta={
+            "faces": faces,
+            "size": [result.width, result.height],
+            # One decision per chosen face, in the order of `faces`.
+            "subject": subject_meta,
+        },
     )
 
 

@@ -228,18 +228,26 @@ def emit_job_event(session: Any, job: Job, event: str) -> list[int]:
     return list(emit_event(session, event, job_event_payload(job)))
 
 
-def run_gpu_job(task: Task, job_id: int, work: Work) -> JobStatus | None:
-    """Claim, run and record one gpu job; delivery is queued on io afterwards."""
+def _build_engine(ctx: WorkerContext) -> object:
+    return ctx.engine
+
+
+def run_gpu_job(
+    task: Task, job_id: int, work: Work, prepare: Callable[[WorkerContext], object] = _build_engine
+) -> JobStatus | None:
+    """Claim, run and record one gpu job; delivery is queued on io afterwards.
+
+    `prepare` builds the resident models the work needs (default: the engine)."""
     ctx = get_context()
     try:
-        # Build the engine before claiming, so a missing-weights worker fails the job cleanly
+        # Build the models before claiming, so a missing-weights worker fails the job cleanly
         # and model loading time never counts as a stalled running job.
-        ctx.engine  # noqa: B018
+        prepare(ctx)
     except AppError as exc:
         return _fail_unclaimed(ctx, job_id, exc.code, str(exc))
     except Exception as exc:
         code = getattr(exc, "code", "engine_unavailable")
-        logger.exception("engine could not be built")
+        logger.exception("models for job %s could not be built", job_id)
         return _fail_unclaimed(ctx, job_id, code, str(exc))
 
     snapshot = claim(ctx, job_id, getattr(task.request, "hostname", None))

@@ -12,7 +12,17 @@ from telegram import Update
 
 from bot import callbacks as cb
 from bot.context import BotContext
-from bot.handlers import intake, photos, privacy, results, start, styles, template, training
+from bot.handlers import (
+    intake,
+    photos,
+    privacy,
+    results,
+    start,
+    styles,
+    subject,
+    template,
+    training,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +35,7 @@ async def _noop(update: Update, context: BotContext, data: cb.Noop) -> None:
 
 ROUTES: dict[type[cb.CallbackData], Handler] = {
     cb.SetLanguage: start.on_set_language,
+    cb.SetSubject: subject.on_set_subject,
     cb.ChooseFace: intake.on_choose_face,
     cb.StylePage: styles.on_style_page,
     cb.StyleCategories: styles.on_style_categories,
@@ -33,6 +44,7 @@ ROUTES: dict[type[cb.CallbackData], Handler] = {
     cb.MoreLikeThis: results.on_more_like_this,
     cb.AnotherStyle: results.on_another_style,
     cb.UsePose: results.on_use_pose,
+    cb.Upscale: results.on_upscale,
     cb.HistoryPage: results.on_history_page,
     cb.HistoryShow: results.on_history_show,
     cb.DeletePhoto: photos.on_delete_photo,

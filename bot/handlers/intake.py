@@ -239,7 +239,9 @@ async def on_choose_face(update: Update, context: BotContext, data: cb.ChooseFac
 
 
 async def on_pose(update: Update, context: BotContext, image: IncomingImage, data: bytes) -> None:
-    """The pose photo asked for by "Use a pose": start the portrait with it."""
+    """The pose asked for by "Use a pose" (a photo or a ready skeleton map): start with it.
+
+    The gpu worker tells the two apart and turns a photo into a skeleton map."""
     limits = context.config.limits
     await cpu(
         context,

@@ -13,13 +13,16 @@ from telegram import InputMediaPhoto, Message, Update
 from bot import callbacks as cb
 from bot import jobs, sessions
 from bot.context import BotContext
-from bot.handlers.common import reply, start_portrait
+from bot.handlers.common import announce_and_dispatch, reply, start_portrait
 from bot.handlers.styles import show_styles
 from bot.handlers.template import show_templates, start_template
 from bot.keyboards import HISTORY_PAGE, history_keyboard, result_keyboard
 from db.models import JobKind, JobStatus, Style, Template
 from db.repositories.jobs import JobRepository
 from tasks.webhooks import enqueue_deliveries
+
+# FaceChain's HD size for SD1.5's 512 px portraits (×4); smaller images stay plain ×4.
+HD_SIZE = 2048
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +117,28 @@ async def on_use_pose(update: Update, context: BotContext, data: cb.UsePose) -> 
     await reply(update, context, context.t("pose.send"))
 
 
+async def on_upscale(update: Update, context: BotContext, data: cb.Upscale) -> None:
+    """HD n: a ×4 PNG of one portrait (no quota; the one-active-job rule applies)."""
+    created = await context.db.run(
+        jobs.create_upscale_job,
+        context.account.id,
+        source_job_id=data.job_id,
+        index=data.index,
+        size=HD_SIZE,
+        chat_id=update.effective_chat.id,
+        limits=context.config.limits,
+        is_admin=context.is_admin,
+    )
+    logger.info(
+        "user %s started HD job %s (job %s, #%s)",
+        context.account.id,
+        created.job_id,
+        data.job_id,
+        data.index + 1,
+    )
+    await announce_and_dispatch(update, context, created)
+
+
 @dataclass(frozen=True)
 class HistoryRow:
     job_id: int
@@ -194,22 +219,39 @@ async def on_history_page(update: Update, context: BotContext, data: cb.HistoryP
     )
 
 
-def _results(session: Session, user_id: int, job_id: int) -> tuple[list[str], int | None] | None:
+@dataclass(frozen=True)
+class JobResults:
+    keys: list[str]
+    style_id: int | None
+    kind: JobKind
+    filename: str
+
+
+def _results(session: Session, user_id: int, job_id: int) -> JobResults | None:
     job = jobs.owned_job(session, user_id, job_id)
     if job is None or job.status not in SHOWABLE:
         return None
-    return list(job.result_blobs or []), job.style_id
+    meta = job.result_meta or {}
+    return JobResults(
+        list(job.result_blobs or []),
+        job.style_id,
+        job.kind,
+        str(meta.get("filename") or f"result-{job.id}.png"),
+    )
 
 
 async def on_history_show(update: Update, context: BotContext, data: cb.HistoryShow) -> None:
     """Send a past job's images again."""
     found = await context.db.run(_results, context.account.id, data.job_id)
-    if not found or not found[0]:
+    if not found or not found.keys:
         await reply(update, context, context.t("callback.stale"))
         return
-    keys, style_id = found
-    images = [await asyncio.to_thread(context.blobs.get, key) for key in keys[:10]]
+    images = [await asyncio.to_thread(context.blobs.get, key) for key in found.keys[:10]]
     chat_id = update.effective_chat.id
+    if found.kind is JobKind.UPSCALE:
+        # An HD result is a file, as first delivered (no recompression, no follow-up buttons).
+        await context.bot.send_document(chat_id, images[0], filename=found.filename)
+        return
     if len(images) == 1:
         await context.bot.send_photo(chat_id, images[0])
     else:
@@ -218,5 +260,5 @@ async def on_history_show(update: Update, context: BotContext, data: cb.HistoryS
         update,
         context,
         context.t("job.next"),
-        reply_markup=result_keyboard(data.job_id, style_id, context.language),
+        reply_markup=result_keyboard(data.job_id, found.style_id, context.language, len(images)),
     )

@@ -17,6 +17,7 @@ class JobKind(enum.StrEnum):
     PORTRAIT = "portrait"
     TEMPLATE = "template"
     TRAINING = "training"
+    UPSCALE = "upscale"
 
 
 class JobStatus(enum.StrEnum):

@@ -29,6 +29,9 @@ class User(TimestampMixin, Base):
     can_train: Mapped[bool] = mapped_column(Boolean, default=False)
     # None = the configured default daily quota.
     daily_quota: Mapped[int | None] = mapped_column(Integer)
+    # Who the portraits show ("man", "woman", "boy", "girl", "mature_man", "mature_woman");
+    # None = decided by FairFace from the selfies (facechain.prompts.subject_from_prediction).
+    subject: Mapped[str | None] = mapped_column(String(16))
     last_seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 

@@ -86,6 +86,24 @@ class TestForgetUser:
         assert blobs.exists(mine.sha256)  # Bob still uses these bytes
         assert running.cancel_requested  # the worker is asked to stop; it owns the row
 
+    def test_pose_photo_and_its_extracted_map_go(
+        self, session: Session, blobs: LocalBlobStore
+    ) -> None:
+        ann = make_user(session, 6103)
+        photo, skeleton = blobs.put(b"pose-photo"), blobs.put(b"pose-map")
+        job = Job(
+            user_id=ann.id,
+            kind="portrait",
+            params={"pose_blob": photo, "pose_map_blob": skeleton},
+        )
+        session.add(job)
+        session.flush()
+        job.transition(JobStatus.RUNNING)
+        job.fail("pose_no_person", "nobody")
+        assert forget_user(session, blobs, ann.id).jobs == 1
+        assert not blobs.exists(photo)
+        assert not blobs.exists(skeleton)
+
 
 class TestExpire:
     def test_expired_photos_go(self, session: Session, blobs: LocalBlobStore) -> None:

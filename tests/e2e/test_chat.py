@@ -277,3 +277,45 @@ class TestRestart:
         [ivy_job] = stack.jobs_of(ivy.id)
         assert hal_job.params["photo_ids"] == [selfie.id]
         assert hal_job.style_id == ivy_job.style_id == stack.style_ids[0]
+
+
+class TestHd:
+    async def test_album_then_hd_2_sends_a_4x_document(self, stack: Stack) -> None:
+        tg = stack.tg
+        kim = tg.user(810010, "Kim", "ru")
+        picker = await send_selfie(tg, kim, "woman_pose1.png")
+        await use_style(tg, kim, picker)
+        album = await album_of(stack, kim)
+        follow_up = await tg.wait_text(kim.id, text(kim, "job.next"), within=30)
+        hd_buttons = [label for label, data in buttons(follow_up.params) if data.startswith("hd:")]
+        assert hd_buttons == [text(kim, "btn.hd", n=1), text(kim, "btn.hd", n=2)]
+        [portraits] = stack.jobs_of(kim.id)
+        await delivered(stack, portraits.id)
+
+        message = [m for m in tg.bot_messages(kim.id) if m.get("text") == text(kim, "job.next")][
+            -1
+        ]
+        since = await press(tg, kim, message, text(kim, "btn.hd", n=2))
+        await tg.wait_text(kim.id, prefix(kim, "job.queued"), since=since)
+        sent = await tg.wait_for("sendDocument", chat_id=kim.id, since=since, within=JOB_SECONDS)
+
+        # The bytes the Bot API received: a PNG four times the portrait, of portrait 2.
+        [data] = sent.files.values()
+        hd = Image.open(io.BytesIO(data))
+        assert hd.format == "PNG"
+        small = Image.open(io.BytesIO(album[1]))
+        assert hd.size == (small.width * 4, small.height * 4) == (256, 256)
+        assert sent.params["filename"] == f"portrait-{portraits.id}-2-256.png"
+        assert sent.params["caption"] == text(kim, "hd.caption", n=2, width=256, height=256)
+        await tg.wait_text(kim.id, text(kim, "hd.done"), since=since, within=30)
+
+        [_, upscale] = stack.jobs_of(kim.id)
+        await delivered(stack, upscale.id)
+        upscale = stack.job(upscale.id)
+        assert upscale.kind is JobKind.UPSCALE
+        assert upscale.params["source_job_id"] == portraits.id
+        assert upscale.params["index"] == 1
+        assert upscale.result_blobs == [hashlib.sha256(data).hexdigest()]
+        # Portrait 2 of the album went in: the stored source is the second result.
+        source = stack.job(portraits.id).result_blobs[1]
+        assert hashlib.sha256(album[1]).hexdigest() == source

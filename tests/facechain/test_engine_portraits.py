@@ -16,6 +16,7 @@ from facechain.engine import (
     PortraitRequest,
     StyleSpec,
     letterbox,
+    pose_pad,
 )
 from facechain.errors import Cancelled, WeightsMissing
 
@@ -97,7 +98,7 @@ class TestPortraits:
         assert np.abs(no_face - ref).max() > 2
         assert np.array_equal(image(adapter_scale=0.0, selfies=[crop(1)]), no_face)
 
-    def test_ranking_keeps_best_and_applies_floor(self, engine: Engine) -> None:
+    def test_ranking_keeps_best_and_never_refuses_for_likeness(self, engine: Engine) -> None:
         def brightness(img: Image.Image) -> float:
             return float(np.asarray(img).mean()) / 255.0
 
@@ -138,7 +139,24 @@ class TestPortraits:
                 min_similarity=floor,
             )
         )
-        assert [p.seed for p in kept] == [p.seed for p in everything[:2]]
+        # Only 2 of 5 pass the floor: the best 2 of the rest fill the set, flagged.
+        assert [p.seed for p in kept] == [p.seed for p in everything[:4]]
+        assert [p.low_likeness for p in kept] == [False, False, True, True]
+        # A floor nobody reaches still gives a full set, every portrait flagged.
+        none_pass = engine.portraits(
+            PortraitRequest(
+                selfies=[crop(0)],
+                style=STYLE,
+                seed=3,
+                num_images=2,
+                num_candidates=5,
+                scorer=brightness,
+                min_similarity=2.0,
+            )
+        )
+        assert [p.seed for p in none_pass] == [p.seed for p in everything[:2]]
+        assert all(p.low_likeness for p in none_pass)
+        assert not any(p.low_likeness for p in out)
 
     def test_progress_per_step_across_batches(self, engine: Engine) -> None:
         calls: list[tuple[int, int]] = []
@@ -186,6 +204,18 @@ class TestPortraits:
         assert (
             engine._base("film").pose_pipe.controlnet is engine._base("majic").pose_pipe.controlnet
         )
+
+
+def test_pose_pad_is_facechains_img_pad() -> None:
+    wide = np.asarray(pose_pad(Image.new("RGB", (100, 50), (255, 255, 255)), 64))
+    # Wide: fills the width, sits on the bottom edge, black padding on top only.
+    assert wide[:32].sum() == 0
+    assert (wide[32:] == 255).all()
+    tall = np.asarray(pose_pad(Image.new("RGB", (50, 100), (255, 255, 255)), 64))
+    # Tall: fills the height, centred, padded left and right evenly.
+    assert tall[:, :16].sum() == 0
+    assert tall[:, 48:].sum() == 0
+    assert (tall[:, 16:48] == 255).all()
 
 
 def test_letterbox_keeps_aspect() -> None:

@@ -39,6 +39,7 @@ from tests.facechain.face_data import (
     fixture_rgb,
     landscape_rgb,
 )
+from tests.utils.fake_pose import FakePoseAnnotator
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +57,10 @@ def engine() -> Iterator[Engine]:
     # Tiny models are per-op overhead: extra intra-op threads only spin (badly so on a busy box).
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield Engine.from_config(EngineConfig(profile="tiny", steps=2))
+    engine = Engine.from_config(EngineConfig(profile="tiny", steps=2))
+    # The 5-landmark fallback; the annotator path has its own tests (TestAnnotatorControls).
+    engine.set_pose_annotator(None)
+    yield engine
     torch.set_num_threads(threads)
 
 
@@ -331,3 +335,98 @@ class TestInpaintTiny:
             )
         with pytest.raises(ValueError, match="selfie"):
             engine.inpaint(InpaintRequest(template=template, faces=[1]))
+
+
+class TestAnnotatorControls:
+    """With an OpenPose annotator the control maps are its maps, as in FaceChain."""
+
+    def test_control_maps_come_from_the_annotator(
+        self,
+        engine: Engine,
+        template: np.ndarray,
+        analysis: TemplateAnalysis,
+        crops: list[np.ndarray],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        fake = FakePoseAnnotator()
+        runs: list[dict[str, object]] = []
+        original = TemplateInpainter._run
+
+        def spy(self: TemplateInpainter, pipe: object, job: object, seed: int, **kw: object):
+            runs.append(kw)
+            return original(self, pipe, job, seed, **kw)
+
+        monkeypatch.setattr(TemplateInpainter, "_run", spy)
+        engine.set_pose_annotator(fake)  # type: ignore[arg-type]
+        try:
+            TemplateInpainter.of(engine).run(
+                InpaintRequest(
+                    template=template, selfies=[crops[0]], faces=[2], seed=3, analysis=analysis
+                )
+            )
+        finally:
+            engine.set_pose_annotator(None)
+
+        size = engine.config.output_size()
+        body = cv2.resize(fake.body_map, (size, size), interpolation=cv2.INTER_AREA)
+        face = cv2.resize(fake.face_map, (size, size), interpolation=cv2.INTER_AREA)
+        stage1, inpaint, refine = runs
+        assert np.array_equal(np.asarray(stage1["image"]), body)
+        assert np.array_equal(np.asarray(inpaint["control_image"][0]), face)  # type: ignore[index]
+        assert np.array_equal(np.asarray(refine["control_image"][0]), face)  # type: ignore[index]
+        # FaceChain's flags: body + hands of the crop, then hands + face twice.
+        flags = [(c["include_body"], c["include_hand"], c["include_face"]) for c in fake.calls]
+        assert flags == [(True, True, False), (False, True, True), (False, True, True)]
+        crop_seen, face_seen, result_seen = (c["image"] for c in fake.calls)
+        assert crop_seen.shape == face_seen.shape == result_seen.shape == (size, size, 3)
+        assert np.array_equal(crop_seen, np.asarray(inpaint["image"]))
+        # No face in the tiny stage-1 image: the annotator sees the target face, masked.
+        assert 0.2 < (face_seen.max(axis=2) == 0).mean() < 0.9
+        assert np.array_equal(face_seen[face_seen > 0], crop_seen[face_seen > 0])
+        assert np.array_equal(result_seen, np.asarray(refine["image"]))
+
+    def test_without_annotator_the_landmark_keypoints_are_drawn(
+        self,
+        engine: Engine,
+        template: np.ndarray,
+        analysis: TemplateAnalysis,
+        crops: list[np.ndarray],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        runs: list[dict[str, object]] = []
+        original = TemplateInpainter._run
+
+        def spy(self: TemplateInpainter, pipe: object, job: object, seed: int, **kw: object):
+            runs.append(kw)
+            return original(self, pipe, job, seed, **kw)
+
+        monkeypatch.setattr(TemplateInpainter, "_run", spy)
+        assert engine.pose_annotator() is None
+        TemplateInpainter.of(engine).run(
+            InpaintRequest(
+                template=template, selfies=[crops[0]], faces=[2], seed=3, analysis=analysis
+            )
+        )
+        stage1 = np.asarray(runs[0]["image"])
+        # White dots on black only: the 70 synthesised face keypoints, no body colours.
+        assert stage1.max() == 255
+        assert (stage1.max(axis=2) == stage1.min(axis=2)).all()
+
+    def test_warped_stage1_face_is_what_the_annotator_sees(self, engine: Engine) -> None:
+        from facechain.inpaint import _WindowFace
+
+        image = fixture_rgb("man_pose1")
+        found = default_detector().detect_faces(image)[0]
+        face = _WindowFace.from_landmarks(found.landmarks, image.shape[0])
+        inpainter = TemplateInpainter.of(engine)
+
+        keypoints, warp_mask, warped = inpainter._stage1_geometry(image, face)
+
+        assert warped is not None
+        assert keypoints.shape == (70, 2)
+        assert warped.shape == image.shape
+        assert warped[warp_mask == 0].max() == 0
+        inside = warp_mask > 0
+        assert inside.mean() > 0.02
+        # The same face warped onto itself: close to the identity.
+        assert np.abs(warped[inside].astype(int) - image[inside].astype(int)).mean() < 12

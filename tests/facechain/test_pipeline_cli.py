@@ -10,10 +10,18 @@ import pytest
 import torch
 from PIL import Image
 
+from facechain.annotators.openpose import BodyResult, Keypoint, PoseResult, draw_poses
 from facechain.cli import run_portrait_cli
 from facechain.engine import id_crop
 from facechain.faces import default_detector, select_single_face
 from tests.facechain.face_data import FACES_DIR, fixture_rgb
+from tests.facechain.openpose_data import STANDING
+
+
+def standing_person() -> PoseResult:
+    """A whole standing body, as the annotator reports one."""
+    keypoints: list[Keypoint | None] = [Keypoint(*STANDING[i]) for i in range(18)]
+    return PoseResult(BodyResult(keypoints, 18.0, 18), None, None, None)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -28,6 +36,8 @@ def one_thread():
 class TestPortraitCli:
     def test_writes_ranked_portraits(self, tmp_path: Path) -> None:
         out = tmp_path / "out"
+        skeleton = tmp_path / "skeleton.png"
+        Image.fromarray(draw_poses([standing_person()], 512, 512)).save(skeleton)
         code = run_portrait_cli(
             [
                 str(FACES_DIR / "man_pose1.png"),
@@ -48,7 +58,9 @@ class TestPortraitCli:
                 "--base",
                 "majic",
                 "--pose",
-                str(FACES_DIR / "woman_pose2.png"),
+                str(skeleton),
+                "--subject",
+                "woman",
             ]
         )
         assert code == 0
@@ -56,6 +68,26 @@ class TestPortraitCli:
         assert len(files) == 2
         assert all(Image.open(f).size == (64, 64) for f in files)
         assert all("_seed1" in f.name for f in files)
+
+    def test_pose_photo_without_person_is_a_typed_failure(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        # The tiny profile's random annotator finds nobody in a real photo.
+        code = run_portrait_cli(
+            [
+                str(FACES_DIR / "man_pose1.png"),
+                "--out",
+                str(tmp_path / "o"),
+                "--profile",
+                "tiny",
+                "--pose",
+                str(FACES_DIR / "woman_pose2.png"),
+            ]
+        )
+        assert code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == ["error [pose_no_person]: no person found in the pose photo"]
+        assert not (tmp_path / "o").exists()
 
     def test_no_face_is_a_typed_failure(
         self, tmp_path: Path, capsys: pytest.CaptureFixture[str]

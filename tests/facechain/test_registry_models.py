@@ -5,13 +5,15 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from facechain import registry
-from facechain.errors import WeightsMissing
+from facechain.errors import DownloadFailed, WeightsMissing
 from facechain.registry import (
     ADAPTER_FILM,
     BASE_FILM,
@@ -81,10 +83,17 @@ class TestRegistry:
             "transface",
             "controlnet_openpose",
             "openpose_annotator",
+            "fairface",
+            "upscaler_rrdb",
             "controlnet_canny",
             "default_style_lora",
         }
-        assert all(spec.revision.startswith("v") for spec in REGISTRY.values())
+        # FaceChain never pinned the RRDB upscaler (reference §3.1); its manifest sha256 pins it.
+        assert all(
+            spec.revision.startswith("v")
+            for spec in REGISTRY.values()
+            if spec.name != "upscaler_rrdb"
+        )
         locations = [(s.model_id, s.revision, s.path) for s in REGISTRY.values()]
         assert len(set(locations)) == len(locations)
         assert BASE_FILM.pattern == "film/film/*"
@@ -181,3 +190,90 @@ class TestResolve:
     def test_unknown_name(self, tmp_path: Path) -> None:
         with pytest.raises(ValueError, match="unknown models"):
             download_models(tmp_path, only=["sdxl"])
+
+
+class TestUnreachableHub:
+    def test_network_failure_is_one_readable_error(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        def offline(model_id: str, **kwargs: Any) -> str:
+            try:
+                raise OSError("[Errno -2] Name or service not known")
+            except OSError as dns:
+                raise ConnectionError("Max retries exceeded with url: /api/v1/models") from dns
+
+        monkeypatch.setattr(registry, "snapshot_download", offline)
+        with pytest.raises(DownloadFailed) as info:
+            download_models(tmp_path, only=["fairface"])
+        message = str(info.value)
+        assert "\n" not in message
+        assert "fairface" in message
+        assert "no network" in message
+        assert "--from DIR" in message
+        assert isinstance(info.value, WeightsMissing)
+
+    def test_cli_download_without_network_prints_one_line_and_fails(self, tmp_path: Path) -> None:
+        # The real hub client against an address that refuses at once (no DNS, no wait).
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "HOME": str(tmp_path),
+            "DATA_DIR": str(tmp_path / "data"),
+            "MODELSCOPE_DOMAIN": "127.0.0.1:9",
+            "HF_HUB_OFFLINE": "1",
+        }
+        proc = subprocess.run(
+            [sys.executable, "-m", "service.cli", "models", "download", "--only", "fairface"],
+            capture_output=True,
+            text=True,
+            timeout=240,
+            env=env,
+        )
+        assert proc.returncode == 1, proc.stderr
+        assert "Traceback" not in proc.stderr + proc.stdout
+        errors = [line for line in proc.stderr.splitlines() if "download failed" in line]
+        assert len(errors) == 1, proc.stderr
+        assert "fairface" in errors[0]
+
+
+class TestModelsList:
+    def test_list_shows_presence_and_fallbacks(
+        self, tmp_path: Path, hub: FakeHub, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        download_models(tmp_path / "models", only=["transface"])
+        code = main(["models", "list"], env_models_dir=tmp_path / "models")
+        out = capsys.readouterr().out
+        assert code == 0
+        blocks = {b.split()[0]: b for b in out.split("\n") if b and not b.startswith(" ")}
+        assert set(REGISTRY) <= set(blocks)
+        text = out
+        assert "present:" in section(text, "transface")
+        assert "MISSING, fallback: no automatic subject prefix" in section(text, "fairface")
+        assert "MISSING, fallback: pose photos are refused" in section(text, "openpose_annotator")
+        assert "MISSING, required" in section(text, "base_film")
+
+    def test_missing_fallbacks(self, tmp_path: Path) -> None:
+        missing = registry.missing_fallbacks(tmp_path)
+        assert set(missing) == {s.name for s in REGISTRY.values() if s.fallback}
+        assert {"openpose_annotator", "fairface", "upscaler_rrdb"} <= set(missing)
+
+
+def section(text: str, name: str) -> str:
+    """The three `models list` lines of one model."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(name + " "))
+    return "\n".join(lines[start : start + 3])
+
+
+def main(argv: list[str], env_models_dir: Path) -> int:
+    """`facechain-bot models ...` in this process with ENGINE_MODELS_DIR set."""
+    from service import cli
+
+    old = os.environ.get("ENGINE_MODELS_DIR")
+    os.environ["ENGINE_MODELS_DIR"] = str(env_models_dir)
+    try:
+        return int(cli.main(argv) or 0)
+    finally:
+        if old is None:
+            os.environ.pop("ENGINE_MODELS_DIR")
+        else:
+            os.environ["ENGINE_MODELS_DIR"] = old

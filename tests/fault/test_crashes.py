@@ -155,6 +155,9 @@ class TestTelegramFailures:
             [job] = stack.jobs_of(user.id)
             assert job.status_message_id is not None
             status = tg.messages[(user.id, job.status_message_id)]
-            assert status["text"] == text(user, "job.done", count=2)
+            # Tiny-profile noise never resembles the selfie: "done", then the likeness tip.
+            assert status["text"] == (
+                f'{text(user, "job.done", count=2)}\n\n{text(user, "job.low_likeness")}'
+            )
             for data in await album_of(stack, user):
                 assert Image.open(io.BytesIO(data)).size == (64, 64)

@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 
 from bot.i18n import translate
+from service.settings import EngineSettings
 from tests.utils.fake_telegram import TOKEN, FakeTelegram
 
 FACES = Path(__file__).resolve().parents[1] / "fixtures" / "faces"
@@ -63,11 +64,9 @@ async def test_run_serves_a_user_and_stops_on_ctrl_c(tg: FakeTelegram, tmp_path:
             "TELEGRAM_FILE_BASE_URL": tg.file_base_url,
             "DATA_DIR": str(tmp_path / "data"),
             "ADMIN_PORT": str(port),
+            # The README's newcomer flow: the tiny profile and nothing else (default steps,
+            # images, candidates and likeness floor; tiny images never pass the floor).
             "ENGINE_PROFILE": "tiny",
-            "ENGINE_STEPS": "2",
-            "ENGINE_NUM_IMAGES": "2",
-            "ENGINE_NUM_CANDIDATES": "2",
-            "ENGINE_SIMILARITY_FLOOR": "-1",
         }
     )
     log = tmp_path / "run.log"
@@ -88,8 +87,11 @@ async def test_run_serves_a_user_and_stops_on_ctrl_c(tg: FakeTelegram, tmp_path:
         await tg.wait_for("sendPhoto", chat_id=user.id, within=60)
         picker = tg.bot_messages(user.id)[-1]
         tg.press_button(user, picker, translate("en", "btn.use_style"))
-        album = await tg.wait_for("sendMediaGroup", chat_id=user.id, within=180)
+        album = await tg.wait_for("sendMediaGroup", chat_id=user.id, within=240)
         assert album.ok
+        assert len(album.get("media")) == EngineSettings.model_fields["num_images"].default
+        # Noise never resembles the selfie: the album still comes, with the likeness tip.
+        await tg.wait_text(user.id, translate("en", "job.low_likeness"), within=30)
         assert (tmp_path / "data" / "facechain.db").exists()
         assert (tmp_path / "data" / "broker.db").exists()
     except AssertionError as exc:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.i18n import error_text
+from bot.i18n import error_text, translate
 from db.models import Job, JobKind, JobStatus
 from db.session import Database
 from service.settings import (
@@ -21,7 +21,7 @@ from service.settings import (
 )
 from tasks.celery_app import create_celery
 from tasks.context import WorkerContext, set_context
-from tasks.deliver import send_result
+from tasks.deliver import send_progress, send_result
 from tests.utils.factories import make_user
 from tests.utils.fake_telegram import TOKEN, FakeTelegram
 
@@ -118,3 +118,53 @@ class TestSendResult:
         job_id = _job(ctx, JobStatus.FAILED, error_code="no_face")
         await asyncio.to_thread(send_result, job_id)
         assert [c.method for c in tg.calls if c.method != "getMe"] == ["editMessageText"]
+
+
+class TestHdDelivery:
+    def _hd_job(self, ctx: WorkerContext, status: JobStatus) -> tuple[int, bytes]:
+        png = (FACES / "man_pose1.png").read_bytes()
+        with ctx.db.session() as s:
+            user = make_user(s, telegram_id=7001, language="ru")
+            job = Job(
+                user_id=user.id,
+                kind=JobKind.UPSCALE,
+                params={"source_job_id": 5, "index": 1, "size": 2048},
+                chat_id=7001,
+                status_message_id=1,
+            )
+            s.add(job)
+            s.flush()
+            job.transition(JobStatus.RUNNING)
+            job.progress = 0.5
+            if status is JobStatus.SUCCEEDED:
+                job.result_blobs = [ctx.blobs.put(png)]
+                job.result_meta = {
+                    "source_job_id": 5,
+                    "index": 1,
+                    "size": [2048, 2048],
+                    "filename": "portrait-5-2-2048.png",
+                }
+                job.transition(JobStatus.SUCCEEDED)
+            return job.id, png
+
+    async def test_hd_is_a_document_with_a_caption(
+        self, tg: FakeTelegram, ctx: WorkerContext
+    ) -> None:
+        job_id, png = self._hd_job(ctx, JobStatus.SUCCEEDED)
+        assert await asyncio.to_thread(send_result, job_id) == "delivered"
+        sent = [c.method for c in tg.calls if c.method not in ("getMe", "editMessageText")]
+        assert sent == ["sendDocument"]  # no photo, no album, no "what next" buttons
+        (document,) = tg.calls_to("sendDocument")
+        assert list(document.files.values()) == [png]
+        assert document.get("filename") == "portrait-5-2-2048.png"
+        assert document.get("caption") == translate(
+            "ru", "hd.caption", n=2, width=2048, height=2048
+        )
+        (edit,) = tg.calls_to("editMessageText")
+        assert edit.get("text") == translate("ru", "hd.done")
+
+    async def test_hd_progress_says_hd(self, tg: FakeTelegram, ctx: WorkerContext) -> None:
+        job_id, _ = self._hd_job(ctx, JobStatus.RUNNING)
+        await asyncio.to_thread(send_progress, job_id)
+        (edit,) = tg.calls_to("editMessageText")
+        assert edit.get("text") == translate("ru", "hd.running", percent=50)

@@ -41,8 +41,6 @@ def worker_env(
         "ENGINE_PROFILE": "tiny",
         "ENGINE_NUM_CANDIDATES": "2",
         "ENGINE_STEPS": "2",
-        # Tiny-model images are noise without faces: keep them all.
-        "ENGINE_SIMILARITY_FLOOR": "-1",
         "TELEGRAM_TOKEN": "123:test",
         "TELEGRAM_API_BASE_URL": "http://127.0.0.1:9/bot",
         "HF_HUB_OFFLINE": "1",

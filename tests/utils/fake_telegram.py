@@ -670,6 +670,9 @@ async def _read_params(request: web.Request) -> tuple[dict[str, Any], dict[str, 
         async for part in reader:
             if part.filename is not None:
                 files[part.name or ""] = bytes(await part.read())
+                if part.name == "document":
+                    # Telegram names a document after its upload (what users download).
+                    params.setdefault("filename", part.filename)
             else:
                 params[part.name or ""] = _decode(part.name or "", await part.text())
         return params, files

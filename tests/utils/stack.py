@@ -111,8 +111,6 @@ def service_env(
         "ENGINE_DEVICE": "cpu",
         "ENGINE_NUM_IMAGES": "2",
         "ENGINE_NUM_CANDIDATES": "2",
-        # Tiny random models paint noise: keep every candidate instead of failing on likeness.
-        "ENGINE_SIMILARITY_FLOOR": "-1",
         "TELEGRAM_TOKEN": TOKEN,
         "TELEGRAM_API_BASE_URL": tg.api_base_url,
         "TELEGRAM_FILE_BASE_URL": tg.file_base_url,
@@ -147,7 +145,6 @@ def config_from_env(env: dict[str, str], **limits: Any) -> AppConfig:
             models_dir=Path(env["ENGINE_MODELS_DIR"]),
             num_images=int(env["ENGINE_NUM_IMAGES"]),
             num_candidates=int(env["ENGINE_NUM_CANDIDATES"]),
-            similarity_floor=float(env["ENGINE_SIMILARITY_FLOOR"]),
         ),
         limits=LimitsSettings(**limits),
         log_level=env.get("LOG_LEVEL", "INFO"),

@@ -1,0 +1,50 @@
+"""/subject: who the portraits show (auto = FairFace on the selfie, or the user's own choice)."""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy.orm import Session
+from telegram import Update
+
+from bot import callbacks as cb
+from bot.context import BotContext
+from bot.handlers.common import reply
+from bot.keyboards import AUTO_SUBJECT, subject_keyboard, subject_label
+from db.models import User
+from facechain.prompts import is_subject
+
+logger = logging.getLogger(__name__)
+
+
+def _set_subject(session: Session, user_id: int, subject: str | None) -> None:
+    user = session.get(User, user_id)
+    if user is not None:
+        user.subject = subject
+
+
+async def subject_command(update: Update, context: BotContext) -> None:
+    """Show the choices, the current one marked."""
+    current = context.account.subject
+    await reply(
+        update,
+        context,
+        context.t("subject.choose", current=subject_label(context.language, current)),
+        reply_markup=subject_keyboard(current, context.language),
+    )
+
+
+async def on_set_subject(update: Update, context: BotContext, data: cb.SetSubject) -> None:
+    """Store the choice (`auto` clears it) and confirm in the user's language."""
+    if data.subject != AUTO_SUBJECT and not is_subject(data.subject):
+        # Well-formed but not a choice we offer: forged or from an older keyboard.
+        logger.info("rejected subject %r from user %s", data.subject, context.account.id)
+        await reply(update, context, context.t("callback.stale"))
+        return
+    subject = None if data.subject == AUTO_SUBJECT else data.subject
+    await context.db.run(_set_subject, context.account.id, subject)
+    context.account.subject = subject
+    await update.callback_query.edit_message_text(
+        context.t("subject.changed", choice=subject_label(context.language, subject)),
+        reply_markup=subject_keyboard(subject, context.language),
+    )

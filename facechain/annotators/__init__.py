@@ -1,0 +1,1 @@
+"""Annotator networks FaceChain runs beside the generator (FairFace, OpenPose, upscaler)."""

@@ -1,0 +1,154 @@
+"""The pose flow in one process: the real bot on the fake Bot API, then the gpu and io tasks run
+here on the in-memory broker's messages, with a fake OpenPose annotator that finds a person."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bot.i18n import translate
+from bot.keyboards import result_keyboard
+from db.models import Job, JobStatus
+from facechain.engine import Engine, EngineConfig
+from service.settings import EngineSettings
+from tasks.context import set_context
+from tasks.deliver import send_pose_preview, send_progress, send_result
+from tasks.generate import generate
+from tasks.jobs import run_gpu_job
+from tests.bot.conftest import BotHarness, give_selfie, jobs_of, published
+from tests.utils.fake_pose import FakePoseAnnotator
+
+TASK = SimpleNamespace(request=SimpleNamespace(hostname="test@pose-flow"))
+IO_TASKS: dict[str, Any] = {
+    "delivery.pose_preview": send_pose_preview,
+    "delivery.progress": send_progress,
+    "delivery.send_result": send_result,
+}
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[Engine]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield Engine.from_config(EngineConfig(profile="tiny", device="cpu", steps=2))
+    torch.set_num_threads(threads)
+
+
+async def results_message(bot: BotHarness, user: Any) -> dict[str, Any]:
+    """A finished portrait job and the "What next?" message the io worker leaves under it."""
+    give_selfie(bot, user.id)
+    bot.tg.send_text(user, "/style")
+    await bot.tg.wait_for("sendPhoto", chat_id=user.id)
+    lang = user.language_code
+    bot.tg.press_button(user, bot.tg.bot_messages(user.id)[-1], translate(lang, "btn.use_style"))
+    await bot.tg.wait_text(user.id, translate(lang, "job.queued").split("{")[0])
+    [job] = jobs_of(bot, user.id)
+    with bot.db.session() as s:
+        row = s.get(Job, job.id)
+        assert row is not None
+        row.result_blobs = [bot.blobs.put(b"result")]
+        for status in (JobStatus.RUNNING, JobStatus.SUCCEEDED, JobStatus.DELIVERED):
+            row.transition(status)
+    published(bot.celery, "gpu")
+    return bot.tg._bot_message(
+        user.id,
+        text=translate(lang, "job.next"),
+        reply_markup=result_keyboard(job.id, job.style_id, lang).to_dict(),
+    )
+
+
+class TestPoseFlow:
+    async def test_preview_reaches_the_chat_before_the_album(
+        self, bot: BotHarness, engine: Engine, face_bytes: Any
+    ) -> None:
+        tg = bot.tg
+        ann = tg.user(4301, "Ann", "en")
+        message = await results_message(bot, ann)
+        since = len(tg.calls)
+        tg.press_button(ann, message, translate("en", "btn.use_pose"))
+        await tg.wait_text(ann.id, translate("en", "pose.send"), since=since)
+        tg.send_photo(ann, face_bytes("man_pose3.png"))
+        await tg.wait_text(ann.id, "in the queue", since=since)
+        await tg.idle()
+        [(task, [job_id])] = published(bot.celery, "gpu")
+        assert task == "portrait.generate"
+
+        # The gpu worker, here: a fake annotator that finds one person.
+        fake = FakePoseAnnotator()
+        engine.set_pose_annotator(fake)  # type: ignore[arg-type]
+        assert bot.config is not None
+        config = bot.config.model_copy(
+            update={
+                "engine": EngineSettings(
+                    profile="tiny", num_images=2, num_candidates=2, similarity_floor=-1
+                )
+            }
+        )
+        set_context(
+            SimpleNamespace(  # type: ignore[arg-type]
+                config=config, db=bot.db, blobs=bot.blobs, engine=engine, celery=bot.celery
+            )
+        )
+        try:
+            status = await asyncio.to_thread(run_gpu_job, TASK, job_id, generate)  # type: ignore[arg-type]
+            assert status is JobStatus.SUCCEEDED
+            # The io worker, here, in publish order.
+            for name, args in published(bot.celery, "io"):
+                await asyncio.to_thread(IO_TASKS[name], *args)
+        finally:
+            set_context(None)
+            engine.set_pose_annotator(None)
+
+        assert len(fake.calls) == 1
+        preview = await tg.wait_for("sendPhoto", chat_id=ann.id, since=since)
+        assert preview.get("caption") == translate("en", "pose.found")
+        album = await tg.wait_for("sendMediaGroup", chat_id=ann.id, since=since)
+        assert preview.at < album.at
+        assert len(album.get("media")) == 2
+        await tg.wait_text(ann.id, translate("en", "job.done", count=2), since=since)
+        job = next(j for j in jobs_of(bot, ann.id) if j.id == job_id)
+        assert job.status is JobStatus.DELIVERED
+        stored = Image.open(io.BytesIO(bot.blobs.get(job.params["pose_map_blob"])))
+        assert np.array_equal(np.asarray(stored), fake.body_map)
+
+    async def test_nobody_in_the_photo_is_explained(
+        self, bot: BotHarness, engine: Engine, face_bytes: Any
+    ) -> None:
+        tg = bot.tg
+        ann = tg.user(4302, "Ann", "ru")
+        message = await results_message(bot, ann)
+        since = len(tg.calls)
+        tg.press_button(ann, message, translate("ru", "btn.use_pose"))
+        await tg.wait_text(ann.id, translate("ru", "pose.send"), since=since)
+        tg.send_photo(ann, face_bytes("man_pose3.png"))
+        await tg.wait_text(ann.id, translate("ru", "job.queued").split("{")[0], since=since)
+        await tg.idle()
+        [(_, [job_id])] = published(bot.celery, "gpu")
+
+        engine.set_pose_annotator(FakePoseAnnotator(people=0))  # type: ignore[arg-type]
+        assert bot.config is not None
+        set_context(
+            SimpleNamespace(  # type: ignore[arg-type]
+                config=bot.config, db=bot.db, blobs=bot.blobs, engine=engine, celery=bot.celery
+            )
+        )
+        try:
+            status = await asyncio.to_thread(run_gpu_job, TASK, job_id, generate)  # type: ignore[arg-type]
+            assert status is JobStatus.FAILED
+            for name, args in published(bot.celery, "io"):
+                await asyncio.to_thread(IO_TASKS[name], *args)
+        finally:
+            set_context(None)
+            engine.set_pose_annotator(None)
+
+        reason = translate("ru", "error.pose_no_person")
+        await tg.wait_text(ann.id, translate("ru", "job.failed", reason=reason), since=since)
+        assert not [c for c in tg.calls[since:] if c.method in ("sendPhoto", "sendMediaGroup")]
