@@ -284,9 +284,9 @@ class LoadTest:
 
     async def start(self) -> None:
         """Redis, database, fake Telegram, workers and the bot."""
-        from bot.i18n import translate
+        from core.blobstore import LocalBlobStore
         from db.session import Database
-        from service.blobstore import LocalBlobStore
+        from telegram_ui.i18n import translate
         from tests.utils.fake_telegram import FakeTelegram
         from tests.utils.redis_server import OwnRedis, redis_server_available
         from tests.utils.stack import BotProcess, seed_styles, service_env

@@ -1,8 +1,8 @@
 """Builds the python-telegram-bot Application: typed context, handlers per flow, error handler.
 
 The caller owns the lifecycle (`async with application`, then `start()` plus
-`updater.start_polling()` in polling mode; in webhook mode there is no updater and the aiohttp
-route feeds `bot.webhook.process_webhook_update`)."""
+`updater.start_polling()` in polling mode; in webhook mode there is no updater and the admin
+web's `/telegram/webhook` route feeds the application's update queue)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import logging
 import os
 from typing import Any
 
-from celery import Celery
 from telegram import BotCommand, Update
 from telegram.error import TelegramError
 from telegram.ext import (
@@ -42,14 +41,17 @@ from bot.handlers import (
     template,
     training,
 )
-from bot.i18n import DEFAULT_LANGUAGE, LANGUAGES, translate
 from bot.processor import PerUserUpdateProcessor
-from bot.ratelimit import TelegramRetry, UpdateRateLimiter
+from bot.ratelimit import UpdateRateLimiter
 from bot.transport import AiohttpRequest
+from core.blobstore import BlobStore
+from core.errors import ConfigError
+from core.metrics import Metrics, default_metrics
+from core.settings import AppConfig
 from db.session import Database
-from service.blobstore import BlobStore
-from service.errors import ConfigError
-from service.settings import AppConfig
+from domain.outbox import Publisher
+from telegram_ui.client import TelegramLimiter
+from telegram_ui.i18n import DEFAULT_LANGUAGE, LANGUAGES, translate
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +100,8 @@ async def publish_commands(application: Application[Any, Any, Any, Any, Any, Any
 def register_handlers(
     application: Application[Any, Any, Any, Any, Any, Any], config: AppConfig
 ) -> None:
-    """Wire every flow; groups -2 and -1 run first for every update (flood, user, ban)."""
+    """Wire every flow; groups -3 to -1 run first for every update (count, flood, user, ban)."""
+    application.add_handler(TypeHandler(Update, gate.count_update), group=-3)
     application.add_handler(TypeHandler(Update, gate.rate_limit), group=-2)
     application.add_handler(TypeHandler(Update, gate.load_account), group=-1)
 
@@ -150,9 +153,14 @@ def build_application(
     config: AppConfig,
     db: Database,
     blobs: BlobStore,
-    celery: Celery,
+    publisher: Publisher,
+    *,
+    metrics: Metrics | None = None,
 ) -> Application[Any, Any, Any, Any, Any, Any]:
-    """The bot Application for this configuration (not yet initialised or started)."""
+    """The bot Application for this configuration (not yet initialised or started).
+
+    `publisher` takes the jobs, webhook deliveries and broadcasts the handlers' use cases
+    outbox; `metrics` gets the counted updates and errors (default: the process's own)."""
     telegram = config.telegram
     if telegram.token is None:
         raise ConfigError("TELEGRAM_TOKEN is not set")
@@ -164,20 +172,21 @@ def build_application(
         .base_file_url(telegram.file_base_url)
         .context_types(ContextTypes(context=BotContext))
         .concurrent_updates(PerUserUpdateProcessor(MAX_CONCURRENT_UPDATES))
-        .rate_limiter(TelegramRetry())
+        .rate_limiter(TelegramLimiter())
         # aiohttp, not PTB's default httpx: a fifth of the CPU per Bot API call (bot/transport.py).
         .request(AiohttpRequest(connection_pool_size=64, media_write_timeout=60))
         .get_updates_request(AiohttpRequest(connection_pool_size=1))
     )
     if telegram.mode == "webhook":
-        # Updates arrive through the aiohttp route (bot.webhook), not getUpdates.
+        # Updates arrive through the admin web's webhook route, not getUpdates.
         builder = builder.updater(None)
     application = builder.build()
     application.bot_data[DEPS_KEY] = BotDeps(
         config=config,
         db=db,
         blobs=blobs,
-        celery=celery,
+        publisher=publisher,
+        metrics=metrics or default_metrics(),
         rate_limiter=UpdateRateLimiter(config.limits.updates_per_minute),
         cpu_slots=asyncio.Semaphore(max(1, os.cpu_count() or 1)),
     )

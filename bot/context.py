@@ -3,23 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
+from sqlalchemy.orm import Session
 from telegram.ext import Application, CallbackContext, ExtBot
 
-from bot.i18n import normalize_language, translate
+from domain.outbox import transact_async
+from telegram_ui.i18n import normalize_language, translate
 
 if TYPE_CHECKING:
-    from celery import Celery
-
     from bot.ratelimit import UpdateRateLimiter
+    from core.blobstore import BlobStore
+    from core.metrics import Metrics
+    from core.settings import AppConfig
     from db.models import User
     from db.session import Database
-    from service.blobstore import BlobStore
-    from service.settings import AppConfig
+    from domain.outbox import Publisher
 
 DEPS_KEY = "deps"
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 @dataclass
@@ -29,7 +34,8 @@ class BotDeps:
     config: AppConfig
     db: Database
     blobs: BlobStore
-    celery: Celery
+    publisher: Publisher
+    metrics: Metrics
     rate_limiter: UpdateRateLimiter
     # Bounds CPU-heavy image work (decode, face detection, previews) to the cores we have.
     cpu_slots: asyncio.Semaphore
@@ -40,7 +46,7 @@ class BotDeps:
 
 
 class BotContext(CallbackContext[ExtBot[None], dict[Any, Any], dict[Any, Any], dict[Any, Any]]):
-    """Per-update context exposing config, db, blobs and celery, and the user's row."""
+    """Per-update context exposing config, db and blobs, and the user's row."""
 
     def __init__(
         self,
@@ -70,9 +76,11 @@ class BotContext(CallbackContext[ExtBot[None], dict[Any, Any], dict[Any, Any], d
     def blobs(self) -> BlobStore:
         return self.deps.blobs
 
-    @property
-    def celery(self) -> Celery:
-        return self.deps.celery
+    async def transact(
+        self, fn: Callable[Concatenate[Session, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Run a use case in one transaction, then publish what it outboxed."""
+        return await transact_async(self.db, self.deps.publisher, fn, *args, **kwargs)
 
     @property
     def language(self) -> str:

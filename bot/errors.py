@@ -1,8 +1,9 @@
-"""The bot's own typed errors and its one error handler.
+"""The bot's one error handler.
 
 Typed errors (`AppError`, facechain's `FaceChainError`) are expected: the user gets a translated
 sentence and nothing is logged as a failure. Anything else is logged with its traceback, the
-user gets an apology, and the admin chat gets a short note (throttled)."""
+user gets an apology, and the admin chat gets a short note (throttled). Every error is counted
+by code on the process metrics (`facechain_errors_total{source="bot"}`)."""
 
 from __future__ import annotations
 
@@ -18,9 +19,9 @@ from telegram import Update
 from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TelegramError
 from telegram.ext import ApplicationHandlerStop
 
-from bot.i18n import DEFAULT_LANGUAGE, catalog, normalize_language, translate
+from core.errors import AppError
 from facechain.errors import FaceChainError
-from service.errors import AppError
+from telegram_ui.i18n import DEFAULT_LANGUAGE, catalog, normalize_language, translate
 
 logger = logging.getLogger(__name__)
 
@@ -32,34 +33,6 @@ STALE_MESSAGE = (
     "message can't be edited",
     "message to delete not found",
 )
-
-
-class SelfieRequired(AppError):
-    """The user has no usable selfie yet."""
-
-    code = "selfie_required"
-
-
-class StyleUnavailable(AppError):
-    """The style was removed, disabled or is not visible to this user."""
-
-    code = "style_unavailable"
-
-
-class TemplateUnavailable(AppError):
-    """The template was removed, disabled or is not visible to this user."""
-
-    code = "template_unavailable"
-
-
-class NotAllowedToTrain(AppError):
-    code = "training_not_allowed"
-
-
-class ResultUnavailable(AppError):
-    """The portrait behind a result button is gone, not finished, or not this user's."""
-
-    code = "result_unavailable"
 
 
 def describe_error(language: str | None, error: BaseException) -> str:
@@ -111,6 +84,19 @@ async def _alert_admin(update: object, context: Any, error: BaseException) -> No
         logger.warning("could not alert the admin chat: %s", exc)
 
 
+def error_code(error: BaseException) -> str:
+    """The code an error is counted under: a typed error's own, else a short class of it."""
+    if isinstance(error, AppError | FaceChainError):
+        return error.code
+    if database_unavailable(error):
+        return "database_unavailable"
+    if isinstance(error, RetryAfter):
+        return "telegram_rate_limited"
+    if isinstance(error, TelegramError):
+        return "telegram_" + type(error).__name__.lower()
+    return "internal"
+
+
 def database_unavailable(error: BaseException) -> bool:
     """Whether the database could not be reached (down, restarting, connections exhausted)."""
     if isinstance(error, OperationalError | PoolTimeout):
@@ -132,6 +118,7 @@ async def error_handler(update: object, context: Any) -> None:
     error = context.error
     if error is None:
         return
+    context.deps.metrics.record_error(error_code(error), "bot")
     if database_unavailable(error):
         # An outage, not a bug: say so and log one line. Raising ApplicationHandlerStop ends the
         # update here, so no flow handler runs after a gate that could not load the user.
@@ -161,7 +148,7 @@ async def error_handler(update: object, context: Any) -> None:
             )
             return
     if isinstance(error, RetryAfter | NetworkError) and not isinstance(error, BadRequest):
-        # Already retried by TelegramRetry; Telegram or the network is having a bad moment.
+        # Already retried by TelegramLimiter; Telegram or the network is having a bad moment.
         logger.warning("telegram unavailable while handling an update: %s", error)
         return
     logger.error("unhandled error while handling an update", exc_info=error)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -217,3 +218,18 @@ def style_lora(
         )
         state[f"{key}.alpha"] = torch.tensor(float(rank) / 2)
     return state
+
+
+def catalog_style_lora(folder: Path, slug: str) -> Path:
+    """A catalog style's stand-in LoRA: `style_lora` seeded by the slug, written once to
+    `folder/<slug>.safetensors`, then loaded by the same code as a real file."""
+    from safetensors.torch import save_file
+
+    path = folder / f"{slug}.safetensors"
+    if not path.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        state = style_lora(unet(seed=0), text_encoder(seed=0), seed=zlib.crc32(slug.encode()))
+        tmp = path.with_suffix(".tmp")
+        save_file(state, str(tmp))
+        tmp.replace(path)
+    return path

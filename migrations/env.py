@@ -22,7 +22,7 @@ def _url() -> str:
     url = config.attributes.get("url")
     if url:
         return str(url)
-    from service.settings import DatabaseSettings
+    from core.settings import DatabaseSettings
 
     return DatabaseSettings().url
 

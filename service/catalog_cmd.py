@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
+from core.blobstore import create_blob_store
+from core.settings import AppConfig
 from db.session import Database
-from service.blobstore import create_blob_store
-from service.settings import AppConfig
 
 
 def styles_command(config: AppConfig, args: argparse.Namespace) -> int:
     """Import FaceChain's catalog into the database, or print it."""
-    from service.catalog import import_catalog, list_catalog
+    from domain.catalog import import_catalog, list_catalog
     from service.migrate import upgrade
 
     config.storage.data_dir.mkdir(parents=True, exist_ok=True)

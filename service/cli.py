@@ -12,10 +12,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from core.errors import AppError, ConfigError
+from core.settings import AppConfig, load_config
 from facechain.errors import FaceChainError
-from service.errors import AppError, ConfigError
 from service.logging_setup import setup_logging
-from service.settings import AppConfig, load_config
 
 logger = logging.getLogger(__name__)
 

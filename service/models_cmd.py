@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from service.settings import AppConfig
+from core.settings import AppConfig
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def models_command(config: AppConfig, args: argparse.Namespace) -> int:
         sys.stdout.write(f"{name}: {path}\n")
     if args.styles:
         from db.session import Database
-        from service.styles import download_style_loras
+        from domain.loras import download_style_loras
 
         db = Database.from_url(config.database.url)
         try:

@@ -9,8 +9,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from service.errors import ValidationFailed
-from service.settings import AppConfig
+from core.errors import ValidationFailed
+from core.settings import AppConfig
 
 # FaceChain's own first style: a cloth-template style that needs no style LoRA download.
 DEFAULT_STYLE = "t-shirt"
@@ -18,7 +18,7 @@ DEFAULT_STYLE = "t-shirt"
 
 def find_style(query: str | None):  # type: ignore[no-untyped-def]
     """The catalog style whose slug or any-language name matches `query` (case-insensitive)."""
-    from service.catalog import load_catalog
+    from domain.catalog import load_catalog
 
     styles = load_catalog()
     wanted = (query or DEFAULT_STYLE).strip().lower()
@@ -36,11 +36,10 @@ def find_style(query: str | None):  # type: ignore[no-untyped-def]
 def _style_lora(config: AppConfig, profile: str, style) -> Path | None:  # type: ignore[no-untyped-def]
     if not style.lora_model_id:
         return None
-    if profile == "tiny":
-        from tasks.generate import tiny_catalog_lora
+    from domain.loras import fetch_catalog_lora, tiny_catalog_lora
 
+    if profile == "tiny":
         return tiny_catalog_lora(config.engine.models_dir, style.slug)
-    from service.styles import fetch_catalog_lora
 
     return fetch_catalog_lora(
         config.engine.models_dir, style.lora_model_id, style.lora_revision, style.lora_file

@@ -13,16 +13,19 @@ import subprocess
 import sys
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack, suppress
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from telegram.error import InvalidToken, NetworkError
 from telegram.ext import Application
 
+from core.blobstore import BlobStore, create_blob_store
+from core.errors import AppError, ConfigError
+from core.settings import AppConfig
 from db.session import Database
-from service.blobstore import create_blob_store
-from service.errors import AppError, ConfigError
-from service.settings import AppConfig
+
+if TYPE_CHECKING:
+    from tasks.dispatch import CeleryPublisher
 
 logger = logging.getLogger(__name__)
 
@@ -31,11 +34,14 @@ CHILD_STOP_TIMEOUT_S = 20
 STARTUP_ATTEMPTS = 4
 
 
-def _resources(config: AppConfig):  # type: ignore[no-untyped-def]
+def _resources(config: AppConfig) -> tuple[Database, BlobStore, CeleryPublisher]:
+    """The composition root's services: database, blob store and the broker publisher."""
     from tasks.celery_app import create_celery
+    from tasks.dispatch import CeleryPublisher
 
     db = Database.from_url(config.database.url, pool_size=config.database.pool_size)
-    return db, create_blob_store(config.storage), create_celery(config)
+    publisher = CeleryPublisher(create_celery(config), db)
+    return db, create_blob_store(config.storage), publisher
 
 
 async def _wait_for_stop() -> None:
@@ -56,14 +62,14 @@ async def _serve(
 ) -> None:
     """Run the bot and/or web server until SIGINT/SIGTERM."""
     from bot.app import build_application
-    from bot.web.app import create_web_app
+    from web.app import create_web_app
 
-    db, blobs, celery = _resources(config)
+    db, blobs, publisher = _resources(config)
     async with AsyncExitStack() as stack:
         stack.callback(db.dispose)
         application = None
         if bot:
-            application = build_application(config, db, blobs, celery)
+            application = build_application(config, db, blobs, publisher)
             await connect_telegram(application, config.telegram.api_base_url)
             await stack.enter_async_context(application)
             await application.start()
@@ -81,7 +87,7 @@ async def _serve(
                     allowed_updates=["message", "callback_query", "edited_message"],
                 )
         if web_server or (bot and config.telegram.mode == "webhook"):
-            app = create_web_app(config, db, blobs, celery, telegram_app=application)
+            app = create_web_app(config, db, blobs, publisher, telegram_app=application)
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
             stack.push_async_callback(runner.cleanup)
@@ -167,7 +173,7 @@ def stop_children(children: list[subprocess.Popen[bytes]]) -> None:
 
 def prepare(config: AppConfig) -> None:
     """First-start work: folders, migrations, and the style catalog when it is empty."""
-    from service.catalog import import_catalog
+    from domain.catalog import import_catalog
     from service.migrate import upgrade
 
     config.storage.data_dir.mkdir(parents=True, exist_ok=True)

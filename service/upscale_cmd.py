@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from service.settings import AppConfig
+from core.settings import AppConfig
 
 logger = logging.getLogger(__name__)
 

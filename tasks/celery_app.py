@@ -12,7 +12,7 @@ from datetime import timedelta
 from celery import Celery
 from kombu import Queue
 
-from service.settings import AppConfig
+from core.settings import AppConfig
 
 logger = logging.getLogger(__name__)
 

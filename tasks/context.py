@@ -1,8 +1,8 @@
 """Per-process worker context: settings, database, blob store, Celery app and the engine.
 
-Built once per worker process (the `worker_process_init` hook, or on first use) and never at
-import time. The engine is heavy, so it is built lazily by the first gpu task and stays
-resident for the life of the process."""
+Built on first use in each worker process (`get_context`), never at import time, so a forked
+pool child builds its own connections. The engine is heavy, so it is built lazily by the first
+gpu task and stays resident for the life of the process."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING
 
 from celery import Celery, current_app
 
+from core.blobstore import BlobStore, create_blob_store
+from core.settings import AppConfig, load_config
 from db.session import Database
-from service.blobstore import BlobStore, create_blob_store
-from service.settings import AppConfig, load_config
+from tasks.dispatch import CeleryPublisher
 
 if TYPE_CHECKING:
     from facechain.annotators.rrdb import Upscaler
@@ -34,6 +35,11 @@ class WorkerContext:
         self._engine: Engine | None = None
         self._engine_lock = threading.Lock()
         self._upscaler: Upscaler | None = None
+
+    @property
+    def publisher(self) -> CeleryPublisher:
+        """Publishes what a use case outboxed, on this worker's broker."""
+        return CeleryPublisher(self.celery, self.db)
 
     @property
     def engine(self) -> Engine:
@@ -105,7 +111,7 @@ def get_context() -> WorkerContext:
 
 
 def set_context(context: WorkerContext | None) -> None:
-    """Install a context (tests, and the worker_process_init hook)."""
+    """Install a context (tests)."""
     global _context
     with _lock:
         _context = context

@@ -1,9 +1,11 @@
 """io tasks that talk to Telegram: the result album and the live status message.
 
-Delivery is at-least-once: the album is sent, then the job is marked delivered. Every Bot API
-call is retried in place on 429 (after the delay Telegram asks for) and on 5xx/network errors
-(`bot.ratelimit.TelegramRetry`); when the result itself still cannot be sent, the task retries
-later. Once the result is out, the follow-ups (status edit, "what next" buttons) never cause it
+The album is sent, then the job is marked delivered. Every Bot API call is throttled and retried
+in place (`telegram_ui.client.TelegramLimiter`: 429s after the asked delay, requests that never
+went out, and 5xx answers); when the result still cannot be sent, the task retries later, but
+only when Telegram certainly did not get it. A send that may have arrived (the connection broke
+after the request went out) is never repeated: the job counts as delivered and /history has the
+result. Once the result is out, the follow-ups (status edit, "what next" buttons) never cause it
 to be sent a second time."""
 
 from __future__ import annotations
@@ -12,23 +14,20 @@ import asyncio
 import io
 import logging
 from collections.abc import Awaitable
-from dataclasses import dataclass, field
 from typing import Any
 
 from celery import Task, shared_task
 from PIL import Image
 from telegram import Bot, InputMediaPhoto
 from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TimedOut
-from telegram.ext import ExtBot
-from telegram.request import HTTPXRequest
 
-from bot.i18n import error_text, translate
-from bot.keyboards import cancel_job_keyboard, result_keyboard
-from bot.ratelimit import TelegramRetry
-from db.models import Job, JobKind, JobStatus, User
-from db.repositories import JobRepository
-from service.settings import TelegramSettings
+from db.models import JobKind, JobStatus
+from domain import lifecycle
+from domain.lifecycle import Delivery
 from tasks.context import get_context
+from telegram_ui.client import make_bot, may_have_reached_telegram, retry_after_seconds
+from telegram_ui.i18n import error_text, translate
+from telegram_ui.keyboards import cancel_job_keyboard, result_keyboard
 
 logger = logging.getLogger(__name__)
 
@@ -49,62 +48,8 @@ OPERATOR_CODES = frozenset(
 POSE_PREVIEW_SIDE = 320
 
 
-def make_bot(settings: TelegramSettings) -> Bot:
-    """A Bot for the configured (possibly self-hosted) Bot API server, retrying each call."""
-    if settings.token is None:
-        raise RuntimeError("TELEGRAM_TOKEN is not set")
-    return ExtBot(
-        settings.token.get_secret_value(),
-        base_url=settings.api_base_url,
-        base_file_url=settings.file_base_url,
-        request=HTTPXRequest(
-            connection_pool_size=4, read_timeout=30, write_timeout=120, media_write_timeout=120
-        ),
-        rate_limiter=TelegramRetry(),
-    )
-
-
-@dataclass
-class Delivery:
-    """A snapshot of what the album message needs."""
-
-    job_id: int
-    kind: JobKind
-    status: JobStatus
-    chat_id: int | None
-    status_message_id: int | None
-    language: str
-    style_id: int | None
-    error_code: str | None
-    error_detail: str | None = None
-    result_blobs: list[str] = field(default_factory=list)
-    meta: dict[str, Any] = field(default_factory=dict)
-    position: int = 0
-    progress: float = 0.0
-
-
 def _snapshot(job_id: int) -> Delivery | None:
-    ctx = get_context()
-    with ctx.db.session() as session:
-        job = session.get(Job, job_id)
-        if job is None:
-            return None
-        user = session.get(User, job.user_id) if job.user_id else None
-        return Delivery(
-            job_id=job.id,
-            kind=job.kind,
-            status=job.status,
-            chat_id=job.chat_id,
-            status_message_id=job.status_message_id,
-            language=user.language if user else "en",
-            style_id=job.style_id,
-            error_code=job.error_code,
-            error_detail=job.error_detail,
-            result_blobs=list(job.result_blobs or []),
-            meta=dict(job.result_meta or {}),
-            position=JobRepository(session).queue_position(job),
-            progress=job.progress,
-        )
+    return get_context().db.call(lifecycle.delivery, job_id)
 
 
 async def _edit_status(bot: Bot, d: Delivery, text: str, markup: Any = None) -> None:
@@ -199,24 +144,9 @@ async def _alert_operator(bot: Bot, d: Delivery) -> None:
     )
 
 
-def _mark_delivered(job_id: int) -> None:
-    ctx = get_context()
-    with ctx.db.session() as session:
-        job = session.get(Job, job_id, with_for_update=True)
-        if job is not None and job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED):
-            job.transition(JobStatus.DELIVERED)
-
-
 def _retry(task: Task, exc: Exception) -> None:
     if isinstance(exc, RetryAfter):
-        delay = (
-            float(
-                exc.retry_after
-                if isinstance(exc.retry_after, int | float)
-                else exc.retry_after.total_seconds()
-            )
-            + 0.5
-        )
+        delay = retry_after_seconds(exc) + 0.5
     else:
         delay = min(60.0, 2.0**task.request.retries)
     logger.warning("telegram %s; retrying in %.1fs", exc, delay)
@@ -244,9 +174,16 @@ def send_result(self: Task, job_id: int) -> str:
             asyncio.run(_with_bot(_send_result, d))
         except Forbidden:
             logger.info("chat of job %s blocked the bot; result kept", job_id)
-        except (RetryAfter, TimedOut, NetworkError) as exc:
+        except NetworkError as exc:
+            if not may_have_reached_telegram(exc):
+                _retry(self, exc)
+            # Sending it again could show the album twice; /history has it if it is lost.
+            logger.warning(
+                "job %s: the result may have reached the chat (%s); not resent", job_id, exc
+            )
+        except RetryAfter as exc:
             _retry(self, exc)
-    _mark_delivered(job_id)
+    get_context().db.call(lifecycle.mark_delivered, job_id)
     return "delivered"
 
 
@@ -287,20 +224,6 @@ def pose_preview_image(data: bytes, side: int = POSE_PREVIEW_SIDE) -> bytes:
     return buf.getvalue()
 
 
-def _preview_target(job_id: int) -> tuple[int, str, str] | None:
-    """(chat, language, map blob) of a job whose pose preview is still worth sending."""
-    with get_context().db.session() as session:
-        job = session.get(Job, job_id)
-        if job is None or job.chat_id is None:
-            return None
-        key = (job.params or {}).get("pose_map_blob")
-        # Once the album is out, or the job ended otherwise, a preview would only confuse.
-        if not isinstance(key, str) or job.status not in (JobStatus.RUNNING, JobStatus.SUCCEEDED):
-            return None
-        user = session.get(User, job.user_id) if job.user_id else None
-        return job.chat_id, user.language if user else "en", key
-
-
 async def _send_preview(chat_id: int, language: str, photo: bytes) -> None:
     bot = make_bot(get_context().config.telegram)
     async with bot:
@@ -310,13 +233,13 @@ async def _send_preview(chat_id: int, language: str, photo: bytes) -> None:
 @shared_task(name="delivery.pose_preview", bind=True, ignore_result=True)
 def send_pose_preview(self: Task, job_id: int) -> str:
     """Show the user the skeleton found in their pose photo (best effort, before the album)."""
-    target = _preview_target(job_id)
+    ctx = get_context()
+    target = ctx.db.call(lifecycle.pose_preview, job_id)
     if target is None:
         return "skipped"
-    chat_id, language, key = target
-    photo = pose_preview_image(get_context().blobs.get(key))
+    photo = pose_preview_image(ctx.blobs.get(target.map_blob))
     try:
-        asyncio.run(_send_preview(chat_id, language, photo))
+        asyncio.run(_send_preview(target.chat_id, target.language, photo))
     except (RetryAfter, TimedOut, NetworkError, Forbidden) as exc:
         # The portraits still come; a late preview is worth less than none.
         logger.info("pose preview for job %s dropped: %s", job_id, exc)

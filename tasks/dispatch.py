@@ -1,18 +1,22 @@
-"""The outbox: publish a committed job's task, then stamp `dispatched_at`.
+"""Publishing to the broker: the domain's `Publisher` port, on Celery.
 
-The job row is committed first, so a crash between commit and publish leaves a queued row
-with no `dispatched_at`; the sweep re-sends it. Publishing twice is harmless: tasks check the
-job status under a row lock before doing anything."""
+A job row is committed first, so a crash between commit and publish leaves a queued row with no
+`dispatched_at`; the sweep re-sends it. Publishing twice is harmless: tasks check the job status
+under a row lock before doing anything. The same holds for webhook deliveries (a pending row
+with no attempts) and broadcasts (a queued row), which the sweep re-sends too."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable
 
 from celery import Celery
+from kombu.exceptions import KombuError
 
 from db.base import utcnow
 from db.models import Job, JobKind, JobStatus
 from db.session import Database
+from domain.outbox import Outbox
 
 logger = logging.getLogger(__name__)
 
@@ -22,6 +26,7 @@ TASK_FOR_KIND: dict[JobKind, str] = {
     JobKind.TRAINING: "style.train",
     JobKind.UPSCALE: "portrait.upscale",
 }
+CHECK_TIMEOUT_SECONDS = 3.0
 
 
 def dispatch_job(celery: Celery, db: Database, job_id: int) -> bool:
@@ -43,3 +48,50 @@ def dispatch_job(celery: Celery, db: Database, job_id: int) -> bool:
 def send_io(celery: Celery, name: str, *args: object, countdown: float | None = None) -> None:
     """Publish an io-queue task (delivery, progress, webhooks)."""
     celery.send_task(name, args=list(args), queue="io", countdown=countdown)
+
+
+def enqueue_deliveries(celery: Celery, delivery_ids: Iterable[int]) -> None:
+    """Publish `webhooks.deliver` for each id; call only after the rows are committed."""
+    for delivery_id in delivery_ids:
+        celery.send_task("webhooks.deliver", args=[delivery_id], queue="io")
+
+
+def enqueue_broadcast(celery: Celery, broadcast_id: int) -> None:
+    """Publish `broadcast.send`; call only after the row is committed."""
+    celery.send_task("broadcast.send", args=[broadcast_id], queue="io")
+
+
+def ping_broker(celery: Celery, timeout: float = CHECK_TIMEOUT_SECONDS) -> None:
+    """Open (and close) one broker connection; raise if that fails."""
+    with celery.connection_for_write() as conn:
+        conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=timeout)
+
+
+class CeleryPublisher:
+    """`domain.outbox.Publisher` on a Celery app: jobs on gpu, deliveries and broadcasts on io."""
+
+    def __init__(self, celery: Celery, db: Database) -> None:
+        self.celery = celery
+        self.db = db
+
+    def publish(self, outbox: Outbox) -> None:
+        """Publish everything in the outbox; a broker failure is logged (the sweep re-sends)."""
+        for job_id in outbox.jobs:
+            self._quietly(f"job {job_id}", dispatch_job, self.celery, self.db, job_id)
+        if outbox.deliveries:
+            self._quietly("webhook deliveries", enqueue_deliveries, self.celery, outbox.deliveries)
+        for broadcast_id in outbox.broadcasts:
+            self._quietly(
+                f"broadcast {broadcast_id}", enqueue_broadcast, self.celery, broadcast_id
+            )
+
+    def ping(self) -> None:
+        """Raise if the broker cannot be reached."""
+        ping_broker(self.celery)
+
+    @staticmethod
+    def _quietly(what: str, fn: Callable[..., object], *args: object) -> None:
+        try:
+            fn(*args)
+        except (KombuError, OSError) as exc:
+            logger.warning("%s not dispatched now (the sweep re-sends it): %s", what, exc)

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import logging
-import zlib
-from pathlib import Path
 
 from celery import Task, shared_task
 
-from db.models import JobStatus, Style
+from db.models import JobStatus
+from domain import inputs
+from domain.loras import resolve_style_lora
 from facechain.engine import PortraitRequest, StyleSpec
 from facechain.similarity import IdentityScorer
-from service.errors import NotFound
 from tasks.context import WorkerContext
 from tasks.inputs import decide_subject, encode_png, load_selfies
 from tasks.jobs import JobOutcome, JobSnapshot, ProgressReporter, run_gpu_job
@@ -20,39 +19,13 @@ from tasks.pose import prepare_pose
 logger = logging.getLogger(__name__)
 
 
-def tiny_catalog_lora(models_dir: Path, slug: str) -> Path:
-    """The tiny profile's stand-in for a catalog style's LoRA: seeded random weights in the
-    tiny UNet's Kohya layout, written once, then loaded by the same code as a real file."""
-    from safetensors.torch import save_file
-
-    from facechain import tiny
-
-    path = models_dir / "tiny-style-loras" / f"{slug}.safetensors"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        state = tiny.style_lora(
-            tiny.unet(seed=0), tiny.text_encoder(seed=0), seed=zlib.crc32(slug.encode())
-        )
-        tmp = path.with_suffix(".tmp")
-        save_file(state, str(tmp))
-        tmp.replace(path)
-    return path
-
-
 def style_spec(ctx: WorkerContext, style_id: int | None) -> StyleSpec:
     """The engine's view of a style row, with its LoRA file resolved locally."""
-    from service.styles import resolve_style_lora
-
-    models_dir = ctx.config.engine.models_dir
-    with ctx.db.session() as session:
-        style = session.get(Style, style_id) if style_id is not None else None
-        if style is None:
-            raise NotFound(f"style {style_id} is gone", style_id=style_id)
+    style = ctx.db.call(inputs.style, style_id)
     # Resolved outside the transaction: a first use may download the LoRA.
-    if ctx.config.engine.profile == "tiny" and style.lora_model_id and not style.lora_blob:
-        lora_path: Path | None = tiny_catalog_lora(models_dir, style.slug)
-    else:
-        lora_path = resolve_style_lora(style, models_dir, ctx.blobs)
+    lora_path = resolve_style_lora(
+        style, ctx.config.engine.models_dir, ctx.blobs, profile=ctx.config.engine.profile
+    )
     return StyleSpec(
         name=style.slug,
         base_model=style.base_model.value,

@@ -5,10 +5,9 @@ from __future__ import annotations
 import logging
 
 from celery import Task, shared_task
-from sqlalchemy import select
 
-from db.models import JobStatus, Photo, Template
-from service.errors import NotFound
+from db.models import JobStatus
+from domain import inputs
 from tasks.context import WorkerContext
 from tasks.inputs import decide_subject, encode_png, load_blob_image, load_selfies
 from tasks.jobs import JobOutcome, JobSnapshot, ProgressReporter, run_gpu_job
@@ -19,20 +18,12 @@ logger = logging.getLogger(__name__)
 def template_blob(ctx: WorkerContext, job: JobSnapshot) -> str:
     """Blob key of the template image: a catalog template or the user's own photo."""
     params = job.params
-    with ctx.db.session() as session:
-        if params.get("template_photo_id") is not None:
-            photo = session.scalar(
-                select(Photo).where(
-                    Photo.id == params["template_photo_id"], Photo.user_id == job.user_id
-                )
-            )
-            if photo is None:
-                raise NotFound("template photo is gone")
-            return photo.sha256
-        template = session.get(Template, job.template_id or params.get("template_id"))
-        if template is None:
-            raise NotFound("template is gone")
-        return template.image_blob
+    return ctx.db.call(
+        inputs.template_blob,
+        job.user_id,
+        job.template_id or params.get("template_id"),
+        params.get("template_photo_id"),
+    )
 
 
 def inpaint(ctx: WorkerContext, job: JobSnapshot, reporter: ProgressReporter) -> JobOutcome:

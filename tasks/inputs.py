@@ -10,15 +10,13 @@ from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
-from sqlalchemy import select
 
-from db.models import Photo
+from core.blobstore import BlobStore
+from domain import inputs
 from facechain.engine import Engine, id_crop
 from facechain.faces import Face, align_face
 from facechain.imageio import load_image, to_rgb_array
 from facechain.prompts import SubjectPrompt, is_subject, subject_prompt
-from service.blobstore import BlobStore
-from service.errors import NotFound
 from tasks.context import WorkerContext
 
 logger = logging.getLogger(__name__)
@@ -37,16 +35,10 @@ def load_selfies(
     ctx: WorkerContext, user_id: int | None, photo_ids: Sequence[int]
 ) -> list[Selfie]:
     """Decode the user's selfies and align the chosen face of each."""
-    with ctx.db.session() as session:
-        rows = session.scalars(select(Photo).where(Photo.id.in_(list(photo_ids)))).all()
-        photos = {p.id: (p.sha256, list(p.faces), p.selected_face, p.user_id) for p in rows}
     selfies = []
-    for pid in photo_ids:
-        if pid not in photos or (user_id is not None and photos[pid][3] != user_id):
-            raise NotFound(f"photo {pid} is gone", photo_id=pid)
-        sha, faces, selected, _ = photos[pid]
-        image = to_rgb_array(load_image(ctx.blobs.get(sha)))
-        face = Face.from_record(faces[selected or 0])
+    for record in ctx.db.call(inputs.selfies, user_id, photo_ids):
+        image = to_rgb_array(load_image(ctx.blobs.get(record.sha256)))
+        face = Face.from_record(record.face)
         selfies.append(Selfie(image=image, face=face, aligned=id_crop(image, face)))
     return selfies
 

@@ -1,29 +1,26 @@
-"""The lifecycle every gpu job shares: claim under a row lock, run with progress and
+"""How a gpu task runs its job: build the models, claim, run with throttled progress and
 cancellation, record the outcome, then hand delivery to the io queue.
 
-A job is idempotent: a redelivered message whose job is already finished does nothing, and a
-message for a job that is running elsewhere is a redelivery after a crash (attempts counts)."""
+The job rules (claiming, idempotence, outcomes) are `domain.lifecycle`; this module is the
+Celery side: time limits, the worker's models, and publishing after each commit."""
 
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import timedelta
-from typing import Any
 
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 from kombu.exceptions import KombuError
 from sqlalchemy.exc import SQLAlchemyError
 
-from db.base import utcnow
-from db.models import FINAL_STATUSES, Job, JobStatus
+from core.errors import AppError
+from db.models import JobStatus
+from domain import lifecycle
+from domain.lifecycle import JobOutcome, JobSnapshot
+from domain.outbox import transact
 from facechain.errors import FaceChainError
-from service.errors import AppError
 from tasks.context import WorkerContext, get_context
 from tasks.dispatch import send_io
 
@@ -33,29 +30,8 @@ logger = logging.getLogger(__name__)
 # to stay well inside Telegram's edit rate.
 PROGRESS_DB_INTERVAL_S = 1.0
 PROGRESS_EDIT_INTERVAL_S = 3.0
-MAX_ATTEMPTS = 3
-# A running job whose row has not been touched (progress writes) for this long lost its worker.
-STALE_AFTER = timedelta(minutes=3)
 
-
-@dataclass
-class JobOutcome:
-    """What a job produced: result blobs and per-result facts."""
-
-    result_blobs: list[str] = field(default_factory=list)
-    result_meta: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class JobSnapshot:
-    """The job's inputs, read in the claiming transaction (no ORM objects outlive it)."""
-
-    id: int
-    user_id: int | None
-    params: dict[str, Any]
-    style_id: int | None
-    template_id: int | None
-    attempts: int
+__all__ = ["JobCancelled", "JobOutcome", "JobSnapshot", "ProgressReporter", "run_gpu_job"]
 
 
 class JobCancelled(Exception):
@@ -84,15 +60,13 @@ class ProgressReporter:
         # Progress is best effort: a database or broker blip must not kill a generation that
         # is otherwise fine (its outcome is recorded by `finish`, which does not swallow errors).
         try:
-            with self.ctx.db.session() as session:
-                job = session.get(Job, self.job_id)
-                if job is None:
-                    return
-                job.progress = max(0.0, min(1.0, float(fraction)))
-                self._cancelled = job.cancel_requested
+            cancelled = self.ctx.db.call(lifecycle.record_progress, self.job_id, fraction)
         except SQLAlchemyError as exc:
             logger.warning("job %s: progress not recorded (%s)", self.job_id, type(exc).__name__)
             return
+        if cancelled is None:
+            return
+        self._cancelled = cancelled
         if now - self._last_edit >= PROGRESS_EDIT_INTERVAL_S:
             self._last_edit = now
             try:
@@ -106,9 +80,7 @@ class ProgressReporter:
         if now - self._last_db >= PROGRESS_DB_INTERVAL_S:
             self._last_db = now
             try:
-                with self.ctx.db.session() as session:
-                    job = session.get(Job, self.job_id)
-                    self._cancelled = bool(job and job.cancel_requested)
+                self._cancelled = self.ctx.db.call(lifecycle.cancel_requested, self.job_id)
             except SQLAlchemyError as exc:
                 # Keep the last answer; the next check reads again.
                 logger.warning(
@@ -118,114 +90,6 @@ class ProgressReporter:
 
 
 Work = Callable[[WorkerContext, JobSnapshot, ProgressReporter], JobOutcome]
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def owner_alive(job: Job, hostname: str | None) -> bool:
-    """Whether the process that marked this job running may still be working on it.
-
-    A pool child killed on this node is known dead at once (its pid is gone), so its job is
-    taken over immediately; an owner on another node counts as alive until the row has gone
-    `STALE_AFTER` without a progress write."""
-    node, _, pid = (job.worker or "").rpartition(":")
-    if node and node == _node(hostname) and pid.isdigit():
-        # This process runs one task at a time, so its own earlier attempt has ended.
-        return int(pid) != os.getpid() and _pid_alive(int(pid))
-    return job.updated_at > utcnow() - STALE_AFTER
-
-
-def _node(hostname: str | None) -> str:
-    return hostname or socket.gethostname()
-
-
-def claim(ctx: WorkerContext, job_id: int, hostname: str | None) -> JobSnapshot | None:
-    """Move the job to running and snapshot its inputs; None when there is nothing to do."""
-    ended_here = False
-    with ctx.db.session() as session:
-        job = session.get(Job, job_id, with_for_update=True)
-        if job is None:
-            logger.warning("job %s vanished before it ran", job_id)
-            return None
-        if job.status in FINAL_STATUSES:
-            logger.info("job %s already %s; redelivery ignored", job_id, job.status.value)
-            return None
-        if job.status is JobStatus.RUNNING and owner_alive(job, hostname):
-            logger.info("job %s is running on %s; duplicate message ignored", job_id, job.worker)
-            return None
-        if job.cancel_requested:
-            job.transition(JobStatus.CANCELLED)
-            ended_here = True
-        elif job.status is JobStatus.RUNNING and job.attempts >= MAX_ATTEMPTS:
-            job.fail("internal", f"gave up after {job.attempts} attempts")
-            ended_here = True
-        else:
-            job.transition(JobStatus.RUNNING)
-            job.worker = f"{_node(hostname)}:{os.getpid()}"
-            snapshot = JobSnapshot(
-                id=job.id,
-                user_id=job.user_id,
-                params=dict(job.params),
-                style_id=job.style_id,
-                template_id=job.template_id,
-                attempts=job.attempts,
-            )
-    if ended_here:
-        # Sent only after the commit, so the io worker reads the final row.
-        send_io(ctx.celery, "delivery.send_result", job_id)
-        return None
-    return snapshot
-
-
-def finish(
-    ctx: WorkerContext,
-    job_id: int,
-    outcome: JobOutcome | None,
-    error: tuple[str, str] | None,
-    cancelled: bool = False,
-) -> JobStatus:
-    """Record the outcome under a row lock; returns the final status."""
-    with ctx.db.session() as session:
-        job = session.get(Job, job_id, with_for_update=True)
-        assert job is not None
-        if job.status is not JobStatus.RUNNING:
-            # Cancelled or failed by the sweep meanwhile: keep that verdict.
-            return job.status
-        if cancelled:
-            job.transition(JobStatus.CANCELLED)
-        elif error is not None:
-            job.fail(*error)
-        else:
-            assert outcome is not None
-            job.result_blobs = outcome.result_blobs
-            job.result_meta = outcome.result_meta
-            job.transition(JobStatus.SUCCEEDED)
-        status = job.status
-        event = {
-            JobStatus.SUCCEEDED: "job.succeeded",
-            JobStatus.FAILED: "job.failed",
-            JobStatus.CANCELLED: "job.cancelled",
-        }[status]
-        delivery_ids = emit_job_event(session, job, event)
-    from tasks.webhooks import enqueue_deliveries
-
-    enqueue_deliveries(ctx.celery, delivery_ids)
-    return status
-
-
-def emit_job_event(session: Any, job: Job, event: str) -> list[int]:
-    """Record outgoing webhook deliveries for a job event (published after commit)."""
-    from tasks.webhooks import emit_event, job_event_payload
-
-    return list(emit_event(session, event, job_event_payload(job)))
 
 
 def _build_engine(ctx: WorkerContext) -> object:
@@ -250,8 +114,11 @@ def run_gpu_job(
         logger.exception("models for job %s could not be built", job_id)
         return _fail_unclaimed(ctx, job_id, code, str(exc))
 
-    snapshot = claim(ctx, job_id, getattr(task.request, "hostname", None))
-    if snapshot is None:
+    claimed = ctx.db.call(lifecycle.claim, job_id, getattr(task.request, "hostname", None))
+    if claimed.ended:
+        # Sent only after the commit, so the io worker reads the final row.
+        send_io(ctx.celery, "delivery.send_result", job_id)
+    if claimed.snapshot is None:
         return None
     reporter = ProgressReporter(ctx, job_id)
     outcome: JobOutcome | None = None
@@ -259,7 +126,7 @@ def run_gpu_job(
     cancelled = False
     started = time.monotonic()
     try:
-        outcome = work(ctx, snapshot, reporter)
+        outcome = work(ctx, claimed.snapshot, reporter)
     except JobCancelled:
         cancelled = True
     except SoftTimeLimitExceeded:
@@ -275,7 +142,7 @@ def run_gpu_job(
         else:
             logger.exception("job %s crashed", job_id)
             error = ("internal", f"{type(exc).__name__}: {exc}")
-    status = finish(ctx, job_id, outcome, error, cancelled)
+    status = transact(ctx.db, ctx.publisher, lifecycle.finish, job_id, outcome, error, cancelled)
     logger.info("job %s %s in %.1fs", job_id, status.value, time.monotonic() - started)
     try:
         send_io(ctx.celery, "delivery.send_result", job_id)
@@ -286,13 +153,7 @@ def run_gpu_job(
 
 
 def _fail_unclaimed(ctx: WorkerContext, job_id: int, code: str, detail: str) -> JobStatus | None:
-    with ctx.db.session() as session:
-        job = session.get(Job, job_id, with_for_update=True)
-        if job is None or job.status in FINAL_STATUSES:
-            return None
-        if job.status is JobStatus.QUEUED:
-            job.transition(JobStatus.RUNNING)
-        job.fail(code, detail)
-        status = job.status
-    send_io(ctx.celery, "delivery.send_result", job_id)
+    status = ctx.db.call(lifecycle.fail_unclaimed, job_id, code, detail)
+    if status is not None:
+        send_io(ctx.celery, "delivery.send_result", job_id)
     return status

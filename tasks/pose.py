@@ -14,7 +14,7 @@ import logging
 from kombu.exceptions import KombuError
 from PIL import Image
 
-from db.models import Job
+from domain import lifecycle
 from facechain.posemap import is_skeleton_map
 from tasks.context import WorkerContext
 from tasks.dispatch import send_io
@@ -24,15 +24,6 @@ from tasks.jobs import JobSnapshot
 logger = logging.getLogger(__name__)
 
 POSE_PREVIEW_TASK = "delivery.pose_preview"
-
-
-def _record_pose_map(ctx: WorkerContext, job_id: int, key: str) -> None:
-    """Remember the extracted map on the job (a retried job reuses it; /forget deletes it)."""
-    with ctx.db.session() as session:
-        job = session.get(Job, job_id, with_for_update=True)
-        if job is not None:
-            # A new dict: the JSON column only notices assignment.
-            job.params = {**(job.params or {}), "pose_map_blob": key}
 
 
 def prepare_pose(ctx: WorkerContext, job: JobSnapshot) -> Image.Image | None:
@@ -56,7 +47,7 @@ def prepare_pose(ctx: WorkerContext, job: JobSnapshot) -> Image.Image | None:
         return image
     extraction = ctx.engine.extract_pose(image)
     key = ctx.blobs.put(encode_png(extraction.map))
-    _record_pose_map(ctx, job.id, key)
+    ctx.db.call(lifecycle.record_pose_map, job.id, key)
     logger.info("job %s: pose map from a photo (%d people)", job.id, extraction.people)
     try:
         send_io(ctx.celery, POSE_PREVIEW_TASK, job.id)

@@ -11,14 +11,15 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from celery import Task, shared_task
 
-from db.models import Job, JobStatus
-from db.repositories.styles import StyleTrainingRepository
+from db.models import JobStatus
+from domain import trainings
+from domain.outbox import transact
+from domain.trainings import TrainedLoRA, TrainingInputs
 from facechain.errors import Cancelled
 from facechain.training import (
     DatasetLimits,
@@ -30,7 +31,6 @@ from facechain.training import (
     train_style_lora,
     training_resolution,
 )
-from service.styles import add_trained_style
 from tasks.context import WorkerContext
 from tasks.jobs import JobOutcome, JobSnapshot, ProgressReporter, run_gpu_job
 
@@ -41,44 +41,9 @@ TRAIN_PROGRESS_SHARE = 0.95
 TRAINING_ROW_INTERVAL_S = 5.0
 
 
-@dataclass(frozen=True)
-class TrainingInputs:
-    """A StyleTraining row's inputs, read in one short transaction."""
-
-    id: int
-    user_id: int | None
-    name: str
-    trigger_word: str
-    base_model: str
-    image_blobs: list[str]
-    captions: list[str]
-    config: dict[str, object]
-
-
 def checkpoint_dir(ctx: WorkerContext, training_id: int) -> Path:
     """Worker-local folder of a training's checkpoints and final files."""
     return ctx.config.storage.data_dir / "trainings" / str(training_id)
-
-
-def _load_inputs(ctx: WorkerContext, job: JobSnapshot, folder: Path) -> TrainingInputs | int:
-    """The training's inputs, or the id of the style it already produced (redelivery)."""
-    training_id = int(job.params["training_id"])
-    with ctx.db.session() as session:
-        row = StyleTrainingRepository(session).get(training_id)
-        if row.style_id is not None:
-            return row.style_id
-        row.job_id = row.job_id or job.id
-        row.checkpoint_path = str(folder)
-        return TrainingInputs(
-            id=row.id,
-            user_id=row.user_id,
-            name=row.name,
-            trigger_word=row.trigger_word,
-            base_model=row.base_model,
-            image_blobs=list(row.image_blobs),
-            captions=list(row.captions or []),
-            config=dict(row.config or {}),
-        )
 
 
 def _training_config(
@@ -107,10 +72,7 @@ class _TrainingReporter:
         now = time.monotonic()
         if now - self._last_row >= TRAINING_ROW_INTERVAL_S or p.step == p.total_steps:
             self._last_row = now
-            with self.ctx.db.session() as session:
-                row = StyleTrainingRepository(session).get(self.training_id)
-                row.step = p.step
-                row.last_loss = p.loss
+            self.ctx.db.call(trainings.record_step, self.training_id, p.step, p.loss)
 
 
 def _register(
@@ -120,39 +82,23 @@ def _register(
     result: TrainingResult,
     thumbnail: bytes,
 ) -> int:
-    """Store the LoRA and add the user's new style; returns its id."""
-    with ctx.db.session() as session:
-        row = StyleTrainingRepository(session).get_for_update(inputs.id)
-        if row.style_id is not None:
-            return row.style_id
-        style = add_trained_style(
-            session,
-            ctx.blobs,
-            lora_bytes=result.lora_path.read_bytes(),
-            kohya_bytes=result.kohya_path.read_bytes(),
-            thumbnail_bytes=thumbnail,
-            name=inputs.name,
-            prompt=result.style_prompt,
-            base_model=result.base_model,
-            owner_id=inputs.user_id,
-            training_id=inputs.id,
-            trigger_word=result.trigger_word,
-        )
-        style.extra = {
-            **style.extra,
-            "steps": result.steps,
-            "rank": result.rank,
-            "eval_loss_before": round(result.eval_loss_before, 6),
-            "eval_loss_after": round(result.eval_loss_after, 6),
-        }
-        row.style_id = style.id
-        row.style_prompt = result.style_prompt
-        row.step = result.steps
-        row.last_loss = result.losses[-1] if result.losses else None
-        job_row = session.get(Job, job.id)
-        if job_row is not None:
-            job_row.style_id = style.id
-        return style.id
+    """Store the LoRA and add the user's new style (and its `style.trained` event)."""
+    trained = TrainedLoRA(
+        lora=result.lora_path.read_bytes(),
+        kohya=result.kohya_path.read_bytes(),
+        thumbnail=thumbnail,
+        style_prompt=result.style_prompt,
+        base_model=result.base_model,
+        trigger_word=result.trigger_word,
+        steps=result.steps,
+        rank=result.rank,
+        losses=result.losses,
+        eval_loss_before=result.eval_loss_before,
+        eval_loss_after=result.eval_loss_after,
+    )
+    return transact(
+        ctx.db, ctx.publisher, trainings.register_style, ctx.blobs, job.id, inputs, trained
+    )
 
 
 def _outcome(style_id: int, result: TrainingResult | None = None) -> JobOutcome:
@@ -173,7 +119,7 @@ def _outcome(style_id: int, result: TrainingResult | None = None) -> JobOutcome:
 def train(ctx: WorkerContext, job: JobSnapshot, reporter: ProgressReporter) -> JobOutcome:
     """Run one style training job: check the pictures, train (resuming), register the style."""
     folder = checkpoint_dir(ctx, int(job.params["training_id"]))
-    loaded = _load_inputs(ctx, job, folder)
+    loaded = ctx.db.call(trainings.inputs, int(job.params["training_id"]), job.id, str(folder))
     if isinstance(loaded, int):
         logger.info("training job %s already produced style %s", job.id, loaded)
         shutil.rmtree(folder, ignore_errors=True)

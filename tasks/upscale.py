@@ -10,8 +10,8 @@ import logging
 
 from celery import Task, shared_task
 
-from db.models import Job, JobKind, JobStatus
-from service.errors import NotFound
+from db.models import JobStatus
+from domain import inputs
 from tasks.context import WorkerContext
 from tasks.inputs import encode_png, load_blob_image
 from tasks.jobs import JobOutcome, JobSnapshot, ProgressReporter, run_gpu_job
@@ -25,17 +25,9 @@ TILE = 256
 def source_blob(ctx: WorkerContext, job: JobSnapshot) -> str:
     """Blob key of the portrait to upscale (the user's own finished portrait job)."""
     params = job.params
-    index = int(params["index"])
-    with ctx.db.session() as session:
-        source = session.get(Job, int(params["source_job_id"]))
-        if (
-            source is None
-            or source.user_id != job.user_id
-            or source.kind is not JobKind.PORTRAIT
-            or not 0 <= index < len(source.result_blobs or [])
-        ):
-            raise NotFound("the portrait to upscale is gone", source=params["source_job_id"])
-        return str(source.result_blobs[index])
+    return ctx.db.call(
+        inputs.upscale_source, job.user_id, int(params["source_job_id"]), int(params["index"])
+    )
 
 
 def upscale(ctx: WorkerContext, job: JobSnapshot, reporter: ProgressReporter) -> JobOutcome:

@@ -18,8 +18,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+from core.blobstore import LocalBlobStore
 from db.session import Database, create_db_engine
-from service.blobstore import LocalBlobStore
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -77,8 +77,7 @@ def drop_postgres_database(name: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def database_url(worker_id_suffix: str, tmp_path_factory: pytest.TempPathFactory
-                 ) -> Iterator[str]:
+def database_url(worker_id_suffix: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A migrated database for this test process: PostgreSQL if reachable, else SQLite."""
     if postgres_available():
         # The pid keeps concurrent test runs on one server apart.

@@ -1,47 +1,30 @@
 """Admin commands (TELEGRAM_ADMIN_IDS only): /stats /ban /unban /quota /broadcast.
 
-They call the same `service.admin` operations as the admin web API, so both write the audit
-log the same way; the actor is `tg:<telegram id>`."""
+They call the same use cases as the admin web API (`domain.users`, `domain.stats`,
+`domain.broadcasts`), so both write the audit log the same way; the actor is `tg:<telegram id>`."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
 from telegram import Update
 
 from bot.context import BotContext
 from bot.handlers.common import reply
-from db.models import User
-from service import admin
-from service.errors import NotFound
-from tasks.broadcast import create_broadcast
-from tasks.dispatch import send_io
+from domain import broadcasts, stats, users
+from domain.audit import bot_actor
 
 logger = logging.getLogger(__name__)
 
 
 def _actor(context: BotContext) -> str:
-    return f"tg:{context.account.telegram_id}"
-
-
-def _resolve(session: Session, token: str) -> int:
-    """A Telegram id from `12345` or `@username`; NotFound otherwise."""
-    if token.lstrip("-").isdigit():
-        return int(token)
-    name = token.removeprefix("@").lower()
-    telegram_id = session.scalar(select(User.telegram_id).where(func.lower(User.username) == name))
-    if telegram_id is None:
-        raise NotFound(f"user {token} not found")
-    return int(telegram_id)
+    return bot_actor(context.account.telegram_id)
 
 
 async def stats_command(update: Update, context: BotContext) -> None:
     """/stats: users, queue, run times, failures."""
-    data: dict[str, Any] = await context.db.run(admin.stats)
+    data: dict[str, Any] = await context.db.run(stats.stats)
     durations = data["durations_24h"]
     avg = durations["avg_seconds"]
     p95 = durations["p95_seconds"]
@@ -67,15 +50,9 @@ async def _user_command(update: Update, context: BotContext, op: str) -> None:
     if len(args) != 1:
         await reply(update, context, context.t(f"admin.{op}_usage"))
         return
-
-    def run(session: Session) -> int:
-        telegram_id = _resolve(session, args[0])
-        fn = admin.ban_user if op == "ban" else admin.unban_user
-        fn(session, telegram_id, _actor(context))
-        return telegram_id
-
-    telegram_id = await context.db.run(run)
-    await reply(update, context, context.t(f"admin.{op}_done", user=telegram_id))
+    change = users.ban_user if op == "ban" else users.unban_user
+    user = await context.db.run(change, args[0], _actor(context))
+    await reply(update, context, context.t(f"admin.{op}_done", user=user.telegram_id))
 
 
 async def ban_command(update: Update, context: BotContext) -> None:
@@ -95,15 +72,9 @@ async def quota_command(update: Update, context: BotContext) -> None:
         await reply(update, context, context.t("admin.quota_usage"))
         return
     quota = None if args[1] == "default" else int(args[1])
-
-    def run(session: Session) -> int:
-        telegram_id = _resolve(session, args[0])
-        admin.set_quota(session, telegram_id, quota, _actor(context))
-        return telegram_id
-
-    telegram_id = await context.db.run(run)
+    user = await context.db.run(users.set_quota, args[0], quota, _actor(context))
     shown = context.t("admin.quota_default") if quota is None else str(quota)
-    await reply(update, context, context.t("admin.quota_done", user=telegram_id, quota=shown))
+    await reply(update, context, context.t("admin.quota_done", user=user.telegram_id, quota=shown))
 
 
 async def broadcast_command(update: Update, context: BotContext) -> None:
@@ -113,8 +84,7 @@ async def broadcast_command(update: Update, context: BotContext) -> None:
     if not body:
         await reply(update, context, context.t("admin.broadcast_usage"))
         return
-    broadcast = await context.db.run(create_broadcast, body, _actor(context))
-    await asyncio.to_thread(send_io, context.celery, "broadcast.send", broadcast.id)
+    broadcast = await context.transact(broadcasts.create_broadcast, body, _actor(context))
     await reply(
         update,
         context,

@@ -10,7 +10,6 @@ from typing import Any
 
 from telegram import Update
 
-from bot import callbacks as cb
 from bot.context import BotContext
 from bot.handlers import (
     intake,
@@ -23,6 +22,7 @@ from bot.handlers import (
     template,
     training,
 )
+from telegram_ui import callbacks as cb
 
 logger = logging.getLogger(__name__)
 

@@ -7,14 +7,12 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from kombu.exceptions import KombuError
 from telegram import Message, Update
 
-from bot import jobs
 from bot.context import BotContext
-from bot.keyboards import cancel_job_keyboard
+from domain import jobs, photos
 from facechain.faces import BACKGROUND_FACE_RATIO, Face
-from tasks.dispatch import dispatch_job
+from telegram_ui.keyboards import cancel_job_keyboard
 
 logger = logging.getLogger(__name__)
 
@@ -26,26 +24,18 @@ async def reply(update: Update, context: BotContext, text: str, **kwargs: Any) -
     return await context.bot.send_message(update.effective_chat.id, text, **kwargs)
 
 
-async def dispatch(context: BotContext, job_id: int) -> None:
-    """Publish a committed job; if the broker is down the outbox sweep sends it later."""
-    try:
-        await asyncio.to_thread(dispatch_job, context.celery, context.db, job_id)
-    except (KombuError, OSError) as exc:
-        logger.warning("job %s not dispatched now (the sweep will retry): %s", job_id, exc)
-
-
 async def announce_and_dispatch(
     update: Update, context: BotContext, created: jobs.CreatedJob
 ) -> None:
-    """Send the job's status message (queue position, estimate, Cancel), then dispatch it."""
+    """Send the job's status message (queue position, estimate, Cancel), then release the job
+    to the workers (if the broker is down, the sweep publishes it later)."""
     message = await reply(
         update,
         context,
         context.t("job.queued", position=created.position + 1, eta_minutes=created.eta_minutes),
         reply_markup=cancel_job_keyboard(created.job_id, context.language),
     )
-    await context.db.run(jobs.set_status_message, created.job_id, message.message_id)
-    await dispatch(context, created.job_id)
+    await context.transact(jobs.release_job, created.job_id, message.message_id)
 
 
 async def start_portrait(
@@ -86,6 +76,11 @@ class IncomingImage:
     file_id: str
     file_unique_id: str
     file_size: int | None
+
+    @property
+    def source(self) -> photos.TelegramFile:
+        """Telegram's ids of the upload, as stored with the photo."""
+        return photos.TelegramFile(self.file_id, self.file_unique_id)
 
 
 def incoming_image(message: Message) -> IncomingImage | None:

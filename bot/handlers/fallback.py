@@ -4,22 +4,25 @@ from __future__ import annotations
 
 from telegram import Update
 
-from bot import sessions
 from bot.context import BotContext
 from bot.handlers import training
 from bot.handlers.common import reply
+from domain import conversations
 
 
 async def on_text(update: Update, context: BotContext) -> None:
     """Text answers a training question, or gets a hint about what the bot understands."""
-    conv = await context.db.run(sessions.load, context.account.id)
+    conv = await context.db.run(conversations.load, context.account.id)
     if conv.state in training.TEXT_STATES:
         await training.on_training_text(update, context, conv)
-    elif conv.state is sessions.State.AWAIT_POSE:
+    elif conv.state is conversations.State.AWAIT_POSE:
         await reply(update, context, context.t("pose.send"))
-    elif conv.state in (sessions.State.AWAIT_TEMPLATE_PHOTO, sessions.State.TEMPLATE_FACES):
+    elif conv.state in (
+        conversations.State.AWAIT_TEMPLATE_PHOTO,
+        conversations.State.TEMPLATE_FACES,
+    ):
         await reply(update, context, context.t("template.send_own"))
-    elif conv.state is sessions.State.TRAIN_IMAGES:
+    elif conv.state is conversations.State.TRAIN_IMAGES:
         await reply(update, context, context.t("training.send_images"))
     else:
         await reply(update, context, context.t("fallback.text"))

@@ -1,24 +1,37 @@
-"""High-priority handlers that run before every flow: flood control, then the user's row and ban.
+"""High-priority handlers that run before every flow: the update counted, flood control, then
+the user's row and ban.
 
-Both raise `ApplicationHandlerStop` to end processing of an update early, the PTB way."""
+The last two raise `ApplicationHandlerStop` to end processing of an update early, the PTB way."""
 
 from __future__ import annotations
 
 import logging
 
-from sqlalchemy.orm import Session
 from telegram import Update
-from telegram.constants import ChatType
+from telegram.constants import ChatType, UpdateType
 from telegram.error import TelegramError
 from telegram.ext import ApplicationHandlerStop
 
 from bot.context import BotContext
-from bot.i18n import normalize_language, translate
 from bot.ratelimit import Verdict
-from db.models import User
-from db.repositories.users import UserRepository
+from domain import users
+from domain.users import Contact
+from telegram_ui.i18n import normalize_language, translate
 
 logger = logging.getLogger(__name__)
+
+
+def update_kind(update: Update) -> str:
+    """What the update carries: `message`, `callback_query`, `edited_message`... (`other`)."""
+    for kind in UpdateType:
+        if getattr(update, kind.value, None) is not None:
+            return str(kind.value)
+    return "other"
+
+
+async def count_update(update: Update, context: BotContext) -> None:
+    """Count every update by kind (`facechain_updates_handled_total` on /metrics)."""
+    context.deps.metrics.record_update(update_kind(update))
 
 
 async def rate_limit(update: Update, context: BotContext) -> None:
@@ -50,32 +63,6 @@ async def rate_limit(update: Update, context: BotContext) -> None:
     raise ApplicationHandlerStop
 
 
-def storable(text: str | None) -> str | None:
-    """Text as the database can keep it: PostgreSQL refuses NUL characters in strings."""
-    return text.replace("\x00", "") if text else text
-
-
-def _touch_user(
-    session: Session,
-    telegram_id: int,
-    username: str | None,
-    first_name: str | None,
-    language_code: str | None,
-) -> tuple[User, bool]:
-    """Create or refresh the user; also whether a banned user must now be told (once)."""
-    user = UserRepository(session).get_or_create(
-        telegram_id,
-        username=storable(username),
-        first_name=storable(first_name),
-        language=normalize_language(language_code),
-    )
-    tell = user.is_banned and not user.ban_notified
-    if tell:
-        user.ban_notified = True
-    session.flush()
-    return user, tell
-
-
 async def load_account(update: Update, context: BotContext) -> None:
     """Load the user's row into the context; stop here for banned users and non-private chats."""
     user = update.effective_user
@@ -85,15 +72,19 @@ async def load_account(update: Update, context: BotContext) -> None:
     if chat is not None and chat.type != ChatType.PRIVATE:
         # The bot works in private chats only; groups would leak people's photos.
         raise ApplicationHandlerStop
-    account, tell_ban = await context.db.run(
-        _touch_user, user.id, user.username, user.first_name, user.language_code
+    contact: Contact = await context.db.run(
+        users.touch,
+        user.id,
+        user.username,
+        user.first_name,
+        normalize_language(user.language_code),
     )
-    context.account = account
+    account = context.account = contact.user
     context.is_admin = user.id in context.config.telegram.admin_ids
     if account.is_banned and not context.is_admin:
         if update.callback_query is not None:
             await update.callback_query.answer()
-        if tell_ban and chat is not None:
+        if contact.tell_ban and chat is not None:
             await context.bot.send_message(chat.id, context.t("error.banned"))
         logger.info("ignored an update from banned user %s", user.id)
         raise ApplicationHandlerStop

@@ -8,18 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
-from datetime import timedelta
-from typing import Any
 
-from sqlalchemy.orm import Session
 from telegram import Message, Update
 from telegram.constants import ChatAction
 
-from bot import callbacks as cb
-from bot import sessions
 from bot.context import BotContext
-from bot.errors import StyleUnavailable
 from bot.handlers import template, training
 from bot.handlers.common import (
     IncomingImage,
@@ -32,100 +25,26 @@ from bot.handlers.common import (
 )
 from bot.handlers.styles import show_styles, use_style
 from bot.images import numbered_faces_preview, validate_image
-from bot.keyboards import face_choice_keyboard
-from db.base import utcnow
-from db.models import Photo, PhotoKind
-from db.repositories.jobs import JobRepository
-from db.repositories.photos import PhotoRepository
+from core.errors import StyleUnavailable
+from domain import conversations, photos
 from facechain.errors import MultipleFaces
 from facechain.quality import SelfieAnalysis, analyze_selfie
-from service.blobstore import BlobStore, sha256_hex
-from service.settings import LimitsSettings
+from telegram_ui import callbacks as cb
+from telegram_ui.keyboards import face_choice_keyboard
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class StoredSelfie:
-    photo_id: int
-    count: int
-    duplicate: bool
-    needs_choice: bool
-
-
-def store_selfie(
-    session: Session,
-    blobs: BlobStore,
-    user_id: int,
-    data: bytes,
-    analysis: SelfieAnalysis,
-    faces: list[dict[str, Any]],
-    selected: int | None,
-    image: IncomingImage,
-    limits: LimitsSettings,
-) -> StoredSelfie:
-    """Keep a selfie (bytes in the blob store), dropping the oldest beyond `max_selfies`."""
-    repo = PhotoRepository(session)
-    existing = repo.by_sha(user_id, PhotoKind.SELFIE, sha256_hex(data))
-    selfies = list(repo.of_kind(user_id, PhotoKind.SELFIE))
-    if existing is not None:
-        return StoredSelfie(existing.id, len(selfies), True, existing.selected_face is None)
-    key = blobs.put(data)
-    # Selfies an active job still reads must stay; otherwise the oldest make room.
-    busy = {
-        pid
-        for job in JobRepository(session).active_for_user(user_id)
-        for pid in (job.params or {}).get("photo_ids", [])
-    }
-    excess = len(selfies) + 1 - limits.max_selfies
-    dropped = [p for p in selfies if p.id not in busy][: max(0, excess)]
-    for old in dropped:
-        session.delete(old)
-    photo = repo.add(
-        Photo(
-            user_id=user_id,
-            kind=PhotoKind.SELFIE,
-            telegram_file_id=image.file_id,
-            telegram_file_unique_id=image.file_unique_id,
-            sha256=key,
-            size_bytes=len(data),
-            width=analysis.width,
-            height=analysis.height,
-            faces=faces,
-            selected_face=selected,
-            quality=_quality(analysis),
-            expires_at=utcnow() + timedelta(days=limits.selfie_retention_days),
-        )
-    )
-    for free in repo.unreferenced([p.sha256 for p in dropped]):
-        blobs.delete(free)
-    return StoredSelfie(photo.id, len(selfies) + 1 - len(dropped), False, selected is None)
-
-
-def _quality(analysis: SelfieAnalysis) -> dict[str, Any] | None:
-    q = analysis.quality
-    if q is None:
-        return None
-    return {
-        "ok": q.ok,
-        "reasons": list(q.reasons),
-        "face_px": round(q.face_px, 1),
-        "blur": round(q.blur, 1),
-        "yaw": round(q.yaw, 1),
-        "brightness": round(q.brightness, 1),
-    }
-
-
 async def after_selfie(update: Update, context: BotContext) -> None:
     """A usable selfie exists now: start the style picked earlier, or open the picker."""
-    conv = await context.db.run(sessions.load, context.account.id)
+    conv = await context.db.run(conversations.load, context.account.id)
     style_id = conv.data.get("pending_style_id")
     if isinstance(style_id, int):
         try:
             await use_style(update, context, style_id)
             return
         except StyleUnavailable:
-            await context.db.run(sessions.update, context.account.id, pending_style_id=None)
+            await context.db.run(conversations.update, context.account.id, pending_style_id=None)
     await show_styles(update, context)
 
 
@@ -148,15 +67,15 @@ async def on_selfie(
         await _ask_which_face(update, context, image, data, analysis)
         return
     # NoFace / FaceTooSmall / PoorQuality propagate: the error handler explains them.
-    stored: StoredSelfie = await context.db.run(
-        store_selfie,
+    stored: photos.StoredSelfie = await context.db.run(
+        photos.store_selfie,
         context.blobs,
         context.account.id,
         data,
         analysis,
         [f.to_record() for f in analysis.faces],
         analysis.faces.index(face),
-        image,
+        image.source,
         limits,
     )
     key = "selfie.duplicate" if stored.duplicate else "selfie.saved"
@@ -175,18 +94,20 @@ async def _ask_which_face(
 ) -> None:
     limits = context.config.limits
     subjects = subject_faces(analysis.faces)
-    stored: StoredSelfie = await context.db.run(
-        store_selfie,
+    stored: photos.StoredSelfie = await context.db.run(
+        photos.store_selfie,
         context.blobs,
         context.account.id,
         data,
         analysis,
         [f.to_record() for f in subjects],
         None,
-        image,
+        image.source,
         limits,
     )
-    await context.db.run(sessions.update, context.account.id, pending_photo_id=stored.photo_id)
+    await context.db.run(
+        conversations.update, context.account.id, pending_photo_id=stored.photo_id
+    )
     preview: bytes = await cpu(
         context,
         numbered_faces_preview,
@@ -203,23 +124,10 @@ async def _ask_which_face(
     )
 
 
-def _choose_face(
-    session: Session, user_id: int, photo_id: int, index: int, min_face_px: int
-) -> str:
-    photo = PhotoRepository(session).owned(user_id, photo_id, PhotoKind.SELFIE)
-    if photo is None or not 0 <= index < len(photo.faces or []):
-        return "stale"
-    _, _, w, h = photo.faces[index]["box"]
-    if min(w, h) < min_face_px:
-        return "too_small"
-    photo.selected_face = index
-    return "ok"
-
-
 async def on_choose_face(update: Update, context: BotContext, data: cb.ChooseFace) -> None:
     """A numbered button under a group selfie: that face is the user."""
     outcome = await context.db.run(
-        _choose_face,
+        photos.choose_face,
         context.account.id,
         data.photo_id,
         data.index,
@@ -231,7 +139,7 @@ async def on_choose_face(update: Update, context: BotContext, data: cb.ChooseFac
     if outcome == "too_small":
         await reply(update, context, context.t("error.face_too_small"))
         return
-    await context.db.run(sessions.update, context.account.id, pending_photo_id=None)
+    await context.db.run(conversations.update, context.account.id, pending_photo_id=None)
     message = update.callback_query.message
     if isinstance(message, Message):
         await message.edit_caption(context.t("selfie.face_chosen", n=data.index + 1))
@@ -250,9 +158,9 @@ async def on_pose(update: Update, context: BotContext, image: IncomingImage, dat
         max_bytes=limits.max_upload_bytes,
         max_pixels=limits.max_image_pixels,
     )
-    conv = await context.db.run(sessions.load, context.account.id)
+    conv = await context.db.run(conversations.load, context.account.id)
     style_id = conv.data.get("pose_style_id")
-    await context.db.run(sessions.update, context.account.id, end_flow=True)
+    await context.db.run(conversations.update, context.account.id, end_flow=True)
     if not isinstance(style_id, int):
         await reply(update, context, context.t("callback.stale"))
         return
@@ -271,17 +179,20 @@ async def on_image(update: Update, context: BotContext) -> None:
     if image.file_size is not None and image.file_size > limits.max_upload_bytes:
         await reply(update, context, context.t("error.image_too_large"))
         return
-    conv = await context.db.run(sessions.load, context.account.id)
+    conv = await context.db.run(conversations.load, context.account.id)
     if conv.state in training.TEXT_STATES:
         await training.remind(update, context, conv)
         return
     await context.bot.send_chat_action(update.effective_chat.id, ChatAction.TYPING)
     data = await download(context, image)
-    if conv.state is sessions.State.AWAIT_POSE:
+    if conv.state is conversations.State.AWAIT_POSE:
         await on_pose(update, context, image, data)
-    elif conv.state in (sessions.State.AWAIT_TEMPLATE_PHOTO, sessions.State.TEMPLATE_FACES):
+    elif conv.state in (
+        conversations.State.AWAIT_TEMPLATE_PHOTO,
+        conversations.State.TEMPLATE_FACES,
+    ):
         await template.on_template_photo(update, context, image, data)
-    elif conv.state is sessions.State.TRAIN_IMAGES:
+    elif conv.state is conversations.State.TRAIN_IMAGES:
         await training.on_training_image(update, context, image, data)
     else:
         await on_selfie(update, context, image, data)

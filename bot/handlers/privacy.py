@@ -6,11 +6,11 @@ import logging
 
 from telegram import Message, Update
 
-from bot import callbacks as cb
 from bot.context import BotContext
 from bot.handlers.common import reply
-from bot.keyboards import forget_keyboard
-from bot.privacy import ForgetReport, forget_user
+from domain.privacy import ForgetReport, forget_user
+from telegram_ui import callbacks as cb
+from telegram_ui.keyboards import forget_keyboard
 
 logger = logging.getLogger(__name__)
 

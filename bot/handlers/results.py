@@ -5,37 +5,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
 
-from sqlalchemy.orm import Session
 from telegram import InputMediaPhoto, Message, Update
 
-from bot import callbacks as cb
-from bot import jobs, sessions
 from bot.context import BotContext
 from bot.handlers.common import announce_and_dispatch, reply, start_portrait
 from bot.handlers.styles import show_styles
 from bot.handlers.template import show_templates, start_template
-from bot.keyboards import HISTORY_PAGE, history_keyboard, result_keyboard
-from db.models import JobKind, JobStatus, Style, Template
-from db.repositories.jobs import JobRepository
-from tasks.webhooks import enqueue_deliveries
+from db.models import JobKind
+from domain import conversations, jobs
+from telegram_ui import callbacks as cb
+from telegram_ui.keyboards import HISTORY_PAGE, history_keyboard, result_keyboard
 
 # FaceChain's HD size for SD1.5's 512 px portraits (×4); smaller images stay plain ×4.
 HD_SIZE = 2048
 
 logger = logging.getLogger(__name__)
 
-SHOWABLE = (JobStatus.SUCCEEDED, JobStatus.DELIVERED)
-
 
 async def on_cancel_job(update: Update, context: BotContext, data: cb.CancelJob) -> None:
     """Cancel: a queued job stops now, a running one at its next step."""
-    outcome, deliveries = await context.db.run(
-        jobs.cancel_for_user, context.account.id, data.job_id
-    )
-    if deliveries:
-        await asyncio.to_thread(enqueue_deliveries, context.celery, deliveries)
+    outcome = await context.transact(jobs.cancel_for_user, context.account.id, data.job_id)
     message = update.callback_query.message
     if outcome == jobs.CancelOutcome.CANCELLED:
         if isinstance(message, Message):
@@ -50,32 +40,9 @@ async def on_cancel_job(update: Update, context: BotContext, data: cb.CancelJob)
         await reply(update, context, context.t("callback.stale"))
 
 
-@dataclass(frozen=True)
-class JobFacts:
-    kind: JobKind
-    style_id: int | None
-    template_id: int | None
-    template_photo_id: int | None
-    faces: list[int]
-
-
-def _facts(session: Session, user_id: int, job_id: int) -> JobFacts | None:
-    job = jobs.owned_job(session, user_id, job_id)
-    if job is None:
-        return None
-    params = job.params or {}
-    return JobFacts(
-        kind=job.kind,
-        style_id=job.style_id if job.style_id is not None else params.get("style_id"),
-        template_id=params.get("template_id"),
-        template_photo_id=params.get("template_photo_id"),
-        faces=[int(f) - 1 for f in params.get("faces", [])],
-    )
-
-
 async def on_more_like_this(update: Update, context: BotContext, data: cb.MoreLikeThis) -> None:
     """The same style (or template and faces) again, with a new seed."""
-    facts = await context.db.run(_facts, context.account.id, data.job_id)
+    facts = await context.db.run(jobs.job_facts, context.account.id, data.job_id)
     if facts is None:
         await reply(update, context, context.t("callback.stale"))
     elif facts.kind is JobKind.PORTRAIT and facts.style_id is not None:
@@ -94,7 +61,7 @@ async def on_more_like_this(update: Update, context: BotContext, data: cb.MoreLi
 
 async def on_another_style(update: Update, context: BotContext, data: cb.AnotherStyle) -> None:
     """Open the picker again (templates for a template job)."""
-    facts = await context.db.run(_facts, context.account.id, data.job_id)
+    facts = await context.db.run(jobs.job_facts, context.account.id, data.job_id)
     if facts is not None and facts.kind is JobKind.TEMPLATE:
         await show_templates(update, context)
     else:
@@ -103,14 +70,14 @@ async def on_another_style(update: Update, context: BotContext, data: cb.Another
 
 async def on_use_pose(update: Update, context: BotContext, data: cb.UsePose) -> None:
     """Ask for a photo whose pose the next portrait copies."""
-    facts = await context.db.run(_facts, context.account.id, data.job_id)
+    facts = await context.db.run(jobs.job_facts, context.account.id, data.job_id)
     if facts is None or facts.style_id is None:
         await reply(update, context, context.t("callback.stale"))
         return
     await context.db.run(
-        sessions.update,
+        conversations.update,
         context.account.id,
-        sessions.State.AWAIT_POSE,
+        conversations.State.AWAIT_POSE,
         end_flow=True,
         pose_style_id=facts.style_id,
     )
@@ -139,47 +106,13 @@ async def on_upscale(update: Update, context: BotContext, data: cb.Upscale) -> N
     await announce_and_dispatch(update, context, created)
 
 
-@dataclass(frozen=True)
-class HistoryRow:
-    job_id: int
-    kind: JobKind
-    status: JobStatus
-    created: str
-    title: str
-    results: int
-
-
-def _history(
-    session: Session, user_id: int, language: str, offset: int
-) -> tuple[list[HistoryRow], bool]:
-    found = JobRepository(session).for_user(user_id, limit=HISTORY_PAGE + 1, offset=offset)
-    rows = []
-    for job in found[:HISTORY_PAGE]:
-        title = ""
-        if job.style_id is not None:
-            style = session.get(Style, job.style_id)
-            title = style.name_for(language) if style else ""
-        elif job.template_id is not None:
-            template = session.get(Template, job.template_id)
-            title = template.name_for(language) if template else ""
-        rows.append(
-            HistoryRow(
-                job.id,
-                job.kind,
-                job.status,
-                job.created_at.strftime("%Y-%m-%d %H:%M"),
-                title,
-                len(job.result_blobs or []),
-            )
-        )
-    return rows, len(found) > HISTORY_PAGE
-
-
 async def show_history(
     update: Update, context: BotContext, offset: int = 0, *, edit: Message | None = None
 ) -> None:
     """Send (or edit into) one page of the user's jobs, newest first."""
-    rows, has_more = await context.db.run(_history, context.account.id, context.language, offset)
+    rows, has_more = await context.db.run(
+        jobs.history, context.account.id, context.language, offset, HISTORY_PAGE
+    )
     if not rows and offset == 0:
         await reply(update, context, context.t("history.empty"))
         return
@@ -196,7 +129,7 @@ async def show_history(
                 status=context.t(f"status.{row.status.value}"),
             )
         )
-        if row.status in SHOWABLE and row.results:
+        if row.status in jobs.SHOWABLE and row.results:
             shows.append((n, row.job_id))
     markup = history_keyboard(shows, offset, has_more, context.language)
     text = "\n".join(lines)
@@ -219,30 +152,9 @@ async def on_history_page(update: Update, context: BotContext, data: cb.HistoryP
     )
 
 
-@dataclass(frozen=True)
-class JobResults:
-    keys: list[str]
-    style_id: int | None
-    kind: JobKind
-    filename: str
-
-
-def _results(session: Session, user_id: int, job_id: int) -> JobResults | None:
-    job = jobs.owned_job(session, user_id, job_id)
-    if job is None or job.status not in SHOWABLE:
-        return None
-    meta = job.result_meta or {}
-    return JobResults(
-        list(job.result_blobs or []),
-        job.style_id,
-        job.kind,
-        str(meta.get("filename") or f"result-{job.id}.png"),
-    )
-
-
 async def on_history_show(update: Update, context: BotContext, data: cb.HistoryShow) -> None:
     """Send a past job's images again."""
-    found = await context.db.run(_results, context.account.id, data.job_id)
+    found = await context.db.run(jobs.job_results, context.account.id, data.job_id)
     if not found or not found.keys:
         await reply(update, context, context.t("callback.stale"))
         return

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from sqlalchemy.orm import Session
 from telegram import Update
 
-from bot import callbacks as cb
-from bot import sessions
 from bot.context import BotContext
 from bot.handlers.common import reply
-from bot.i18n import LANGUAGES
-from bot.keyboards import language_keyboard
-from db.models import User
+from domain import conversations, users
+from telegram_ui import callbacks as cb
+from telegram_ui.i18n import LANGUAGES
+from telegram_ui.keyboards import language_keyboard
 
 
 async def start(update: Update, context: BotContext) -> None:
@@ -35,19 +33,12 @@ async def lang_command(update: Update, context: BotContext) -> None:
     )
 
 
-def _set_language(session: Session, user_id: int, language: str) -> None:
-    user = session.get(User, user_id)
-    if user is not None:
-        user.language = language
-        user.language_chosen = True
-
-
 async def on_set_language(update: Update, context: BotContext, data: cb.SetLanguage) -> None:
     """Store the chosen language and confirm in it."""
     if data.language not in LANGUAGES:
         await reply(update, context, context.t("callback.stale"))
         return
-    await context.db.run(_set_language, context.account.id, data.language)
+    await context.db.run(users.set_language, context.account.id, data.language)
     context.account.language = data.language
     await update.callback_query.edit_message_text(
         context.t("lang.changed"), reply_markup=language_keyboard(data.language)
@@ -56,7 +47,9 @@ async def on_set_language(update: Update, context: BotContext, data: cb.SetLangu
 
 async def cancel_command(update: Update, context: BotContext) -> None:
     """Leave whatever multi-step flow the user is in."""
-    before = await context.db.run(sessions.load, context.account.id)
-    await context.db.run(sessions.update, context.account.id, end_flow=True, pending_style_id=None)
-    key = "cancel.done" if before.state is not sessions.State.IDLE else "cancel.nothing"
+    before = await context.db.run(conversations.load, context.account.id)
+    await context.db.run(
+        conversations.update, context.account.id, end_flow=True, pending_style_id=None
+    )
+    key = "cancel.done" if before.state is not conversations.State.IDLE else "cancel.nothing"
     await reply(update, context, context.t(key))

@@ -4,45 +4,31 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
 
-from sqlalchemy.orm import Session
 from telegram import InlineKeyboardMarkup, InputMediaPhoto, Message, Update
 
-from bot import callbacks as cb
-from bot import sessions
 from bot.context import BotContext
-from bot.errors import SelfieRequired
 from bot.handlers.common import cpu, reply, start_portrait
 from bot.images import placeholder_card
-from bot.keyboards import category_label, style_carousel_keyboard, style_categories_keyboard
-from db.repositories.styles import StyleRepository
+from core.errors import SelfieRequired
+from domain import conversations, styles
+from telegram_ui import callbacks as cb
+from telegram_ui.keyboards import (
+    category_label,
+    style_carousel_keyboard,
+    style_categories_keyboard,
+)
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class StyleCard:
-    """What the carousel shows of one style."""
-
-    id: int
-    name: str
-    category: str
-    thumbnail_blob: str | None
-
-
-def _cards(session: Session, user_id: int, language: str, category: str) -> list[StyleCard]:
-    styles = StyleRepository(session).visible_to(user_id, None if category == cb.ALL else category)
-    return [StyleCard(s.id, s.name_for(language), s.category, s.thumbnail_blob) for s in styles]
-
-
-def _categories(session: Session, user_id: int) -> list[str]:
-    # Only categories that can travel in callback data get a button; their styles stay in "all".
-    seen: dict[str, None] = {}
-    for style in StyleRepository(session).visible_to(user_id):
-        if cb.is_token(style.category) and style.category != cb.ALL:
-            seen.setdefault(style.category, None)
-    return list(seen)
+async def _cards(context: BotContext, category: str) -> list[styles.StyleCard]:
+    return await context.db.run(
+        styles.style_cards,
+        context.account.id,
+        context.language,
+        None if category == cb.ALL else category,
+    )
 
 
 async def card_media(context: BotContext, blob: str | None, title: str) -> str | bytes:
@@ -73,10 +59,10 @@ async def show_styles(
 ) -> None:
     """Send (or edit `edit` into) the carousel at `index` of `category`."""
     lang = context.language
-    cards = await context.db.run(_cards, context.account.id, lang, category)
+    cards = await _cards(context, category)
     if not cards and category != cb.ALL:
         category, index = cb.ALL, 0
-        cards = await context.db.run(_cards, context.account.id, lang, category)
+        cards = await _cards(context, category)
     if not cards:
         await reply(update, context, context.t("styles.empty"))
         return
@@ -131,7 +117,9 @@ async def on_style_categories(
     update: Update, context: BotContext, data: cb.StyleCategories
 ) -> None:
     """Swap the carousel buttons for the category list."""
-    categories = await context.db.run(_categories, context.account.id)
+    found = await context.db.run(styles.visible_categories, context.account.id)
+    # Only categories that can travel in callback data get a button; their styles stay in "all".
+    categories = [c for c in found if cb.is_token(c) and c != cb.ALL]
     await update.callback_query.edit_message_reply_markup(
         style_categories_keyboard(categories, context.language)
     )
@@ -142,10 +130,10 @@ async def use_style(update: Update, context: BotContext, style_id: int) -> None:
     try:
         await start_portrait(update, context, style_id)
     except SelfieRequired:
-        await context.db.run(sessions.update, context.account.id, pending_style_id=style_id)
+        await context.db.run(conversations.update, context.account.id, pending_style_id=style_id)
         await reply(update, context, context.t("styles.send_selfie_first"))
         return
-    await context.db.run(sessions.update, context.account.id, pending_style_id=None)
+    await context.db.run(conversations.update, context.account.id, pending_style_id=None)
 
 
 async def on_use_style(update: Update, context: BotContext, data: cb.UseStyle) -> None:

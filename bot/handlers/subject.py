@@ -4,23 +4,16 @@ from __future__ import annotations
 
 import logging
 
-from sqlalchemy.orm import Session
 from telegram import Update
 
-from bot import callbacks as cb
 from bot.context import BotContext
 from bot.handlers.common import reply
-from bot.keyboards import AUTO_SUBJECT, subject_keyboard, subject_label
-from db.models import User
+from domain import users
 from facechain.prompts import is_subject
+from telegram_ui import callbacks as cb
+from telegram_ui.keyboards import AUTO_SUBJECT, subject_keyboard, subject_label
 
 logger = logging.getLogger(__name__)
-
-
-def _set_subject(session: Session, user_id: int, subject: str | None) -> None:
-    user = session.get(User, user_id)
-    if user is not None:
-        user.subject = subject
 
 
 async def subject_command(update: Update, context: BotContext) -> None:
@@ -42,7 +35,7 @@ async def on_set_subject(update: Update, context: BotContext, data: cb.SetSubjec
         await reply(update, context, context.t("callback.stale"))
         return
     subject = None if data.subject == AUTO_SUBJECT else data.subject
-    await context.db.run(_set_subject, context.account.id, subject)
+    await context.db.run(users.set_subject, context.account.id, subject)
     context.account.subject = subject
     await update.callback_query.edit_message_text(
         context.t("subject.changed", choice=subject_label(context.language, subject)),

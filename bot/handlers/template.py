@@ -6,48 +6,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
-from sqlalchemy.orm import Session
 from telegram import Message, Update
 
-from bot import callbacks as cb
-from bot import jobs, sessions
 from bot.context import BotContext
 from bot.handlers.common import IncomingImage, announce_and_dispatch, cpu, reply
 from bot.handlers.styles import show_card
 from bot.images import numbered_faces_preview
-from bot.keyboards import template_carousel_keyboard, template_faces_keyboard
-from db.base import utcnow
-from db.models import Photo, PhotoKind
-from db.repositories.photos import PhotoRepository
-from db.repositories.templates import TemplateRepository
+from domain import conversations, jobs, photos, templates
 from facechain.templates import TemplateAnalysis, analyze_template
+from telegram_ui import callbacks as cb
+from telegram_ui.keyboards import template_carousel_keyboard, template_faces_keyboard
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TemplateCard:
-    id: int
-    name: str
-    faces: int
-    thumbnail_blob: str | None
-
-
-def _cards(session: Session, user_id: int, language: str) -> list[TemplateCard]:
-    return [
-        TemplateCard(
-            t.id, t.name_for(language), len(t.faces or []), t.thumbnail_blob or t.image_blob
-        )
-        for t in TemplateRepository(session).visible_to(user_id)
-    ]
-
-
-def _has_selfie(session: Session, user_id: int) -> bool:
-    return bool(PhotoRepository(session).usable_selfies(user_id, utcnow(), 1))
 
 
 async def show_templates(
@@ -55,10 +27,13 @@ async def show_templates(
 ) -> None:
     """Send (or edit into) the template carousel; with no catalog, ask for the user's own."""
     lang = context.language
-    cards = await context.db.run(_cards, context.account.id, lang)
+    cards = await context.db.run(templates.template_cards, context.account.id, lang)
     if not cards:
         await context.db.run(
-            sessions.update, context.account.id, sessions.State.AWAIT_TEMPLATE_PHOTO, end_flow=True
+            conversations.update,
+            context.account.id,
+            conversations.State.AWAIT_TEMPLATE_PHOTO,
+            end_flow=True,
         )
         await reply(update, context, context.t("template.send_own"))
         return
@@ -71,7 +46,7 @@ async def show_templates(
 
 async def template_command(update: Update, context: BotContext) -> None:
     """/template: needs a selfie first, then shows the catalog."""
-    if not await context.db.run(_has_selfie, context.account.id):
+    if not await context.db.run(photos.has_usable_selfie, context.account.id):
         await reply(update, context, context.t("error.selfie_required"))
         return
     await show_templates(update, context)
@@ -88,14 +63,12 @@ async def on_template_page(update: Update, context: BotContext, data: cb.Templat
 async def on_own_template(update: Update, context: BotContext, data: cb.OwnTemplate) -> None:
     """The "My own photo" button: the next image is the template."""
     await context.db.run(
-        sessions.update, context.account.id, sessions.State.AWAIT_TEMPLATE_PHOTO, end_flow=True
+        conversations.update,
+        context.account.id,
+        conversations.State.AWAIT_TEMPLATE_PHOTO,
+        end_flow=True,
     )
     await reply(update, context, context.t("template.send_own"))
-
-
-def _template_faces(session: Session, user_id: int, template_id: int) -> tuple[str, list[Any]]:
-    template = jobs.usable_template(session, user_id, template_id)
-    return template.image_blob, [f["box"] for f in template.faces or []]
 
 
 async def start_template(
@@ -117,7 +90,7 @@ async def start_template(
         template_id=template_id,
         template_photo_id=template_photo_id,
     )
-    await context.db.run(sessions.update, context.account.id, end_flow=True)
+    await context.db.run(conversations.update, context.account.id, end_flow=True)
     logger.info("user %s started template job %s", context.account.id, created.job_id)
     await announce_and_dispatch(update, context, created)
 
@@ -134,9 +107,9 @@ async def _ask_faces(
     limits = context.config.limits
     nonce = random.randrange(1, 10**9)
     await context.db.run(
-        sessions.update,
+        conversations.update,
         context.account.id,
-        sessions.State.TEMPLATE_FACES,
+        conversations.State.TEMPLATE_FACES,
         end_flow=True,
         template_id=template_id,
         template_photo_id=template_photo_id,
@@ -162,7 +135,9 @@ async def _ask_faces(
 
 async def on_use_template(update: Update, context: BotContext, data: cb.UseTemplate) -> None:
     """The "Use this template" button: one face starts at once, several ask which."""
-    blob, boxes = await context.db.run(_template_faces, context.account.id, data.template_id)
+    blob, boxes = await context.db.run(
+        templates.template_faces, context.account.id, data.template_id
+    )
     if not boxes:
         await reply(update, context, context.t("template.no_faces"))
         return
@@ -171,35 +146,6 @@ async def on_use_template(update: Update, context: BotContext, data: cb.UseTempl
         return
     image: bytes = await asyncio.to_thread(context.blobs.get, blob)
     await _ask_faces(update, context, image, boxes, template_id=data.template_id)
-
-
-def _store_template_photo(
-    session: Session,
-    blobs: Any,
-    user_id: int,
-    data: bytes,
-    analysis: TemplateAnalysis,
-    image: IncomingImage,
-    retention_days: int,
-) -> tuple[int, list[list[float]]]:
-    # Every face, in the detector's left-to-right order: the worker detects them again and
-    # reads the chosen (1-based) numbers in that same order.
-    records = [f.to_record() for f in analysis.faces]
-    photo = PhotoRepository(session).add(
-        Photo(
-            user_id=user_id,
-            kind=PhotoKind.TEMPLATE,
-            telegram_file_id=image.file_id,
-            telegram_file_unique_id=image.file_unique_id,
-            sha256=blobs.put(data),
-            size_bytes=len(data),
-            width=analysis.width,
-            height=analysis.height,
-            faces=records,
-            expires_at=utcnow() + timedelta(days=retention_days),
-        )
-    )
-    return photo.id, [r["box"] for r in records]
 
 
 async def on_template_photo(
@@ -218,12 +164,12 @@ async def on_template_photo(
         await reply(update, context, context.t("template.no_faces"))
         return
     photo_id, boxes = await context.db.run(
-        _store_template_photo,
+        photos.store_template_photo,
         context.blobs,
         context.account.id,
         data,
         analysis,
-        image,
+        image.source,
         limits.selfie_retention_days,
     )
     if len(boxes) == 1:
@@ -232,24 +178,11 @@ async def on_template_photo(
     await _ask_faces(update, context, data, boxes, template_photo_id=photo_id)
 
 
-def _pending(conv: sessions.Conversation, nonce: int) -> bool:
-    return conv.state is sessions.State.TEMPLATE_FACES and conv.data.get("nonce") == nonce
-
-
-def _toggle(session: Session, user_id: int, nonce: int, index: int) -> tuple[int, list[int]]:
-    """Flip one face in the pending selection under the session's row lock; (0, []) if stale."""
-    conv = sessions.update(session, user_id)  # locks the row before reading the selection
-    count = int(conv.data.get("template_faces", 0))
-    if not _pending(conv, nonce) or not 0 <= index < count:
-        return 0, []
-    selected = sorted(set(conv.data.get("selected_faces", [])) ^ {index})
-    sessions.update(session, user_id, selected_faces=selected)
-    return count, selected
-
-
 async def on_toggle_face(update: Update, context: BotContext, data: cb.ToggleTemplateFace) -> None:
     """Select or deselect one face of the pending template."""
-    count, selected = await context.db.run(_toggle, context.account.id, data.nonce, data.index)
+    count, selected = await context.db.run(
+        conversations.toggle_template_face, context.account.id, data.nonce, data.index
+    )
     if not count:
         await reply(update, context, context.t("callback.stale"))
         return
@@ -260,8 +193,8 @@ async def on_toggle_face(update: Update, context: BotContext, data: cb.ToggleTem
 
 async def on_start_template(update: Update, context: BotContext, data: cb.StartTemplate) -> None:
     """The ▶ Start button: run the pending template with the selected faces."""
-    conv = await context.db.run(sessions.load, context.account.id)
-    if not _pending(conv, data.nonce):
+    conv = await context.db.run(conversations.load, context.account.id)
+    if not conversations.template_pending(conv, data.nonce):
         await reply(update, context, context.t("callback.stale"))
         return
     selected = [int(i) for i in conv.data.get("selected_faces", [])]

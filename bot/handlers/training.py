@@ -6,58 +6,35 @@ new style (owned by the user) appears in their picker."""
 from __future__ import annotations
 
 import logging
-import re
-from datetime import timedelta
 
-from sqlalchemy.orm import Session
 from telegram import Message, Update
 
-from bot import callbacks as cb
-from bot import jobs, sessions
 from bot.context import BotContext
 from bot.handlers.common import IncomingImage, announce_and_dispatch, cpu, reply
 from bot.images import validate_image
-from bot.keyboards import train_confirm_keyboard
-from db.base import utcnow
-from db.models import Photo, PhotoKind
-from db.repositories.photos import PhotoRepository
-from db.repositories.styles import StyleTrainingRepository
-from service.blobstore import BlobStore, sha256_hex
-from service.settings import LimitsSettings
+from domain import conversations, jobs, photos, trainings, users
+from domain.trainings import MAX_NAME
+from telegram_ui import callbacks as cb
+from telegram_ui.keyboards import train_confirm_keyboard
 
 logger = logging.getLogger(__name__)
 
 TEXT_STATES = frozenset(
-    {sessions.State.TRAIN_NAME, sessions.State.TRAIN_TRIGGER, sessions.State.TRAIN_CONFIRM}
+    {
+        conversations.State.TRAIN_NAME,
+        conversations.State.TRAIN_TRIGGER,
+        conversations.State.TRAIN_CONFIRM,
+    }
 )
-TRIGGER = re.compile(r"^[a-z0-9_]{2,32}$")
-MAX_NAME = 64
 
 
 def may_train(context: BotContext) -> bool:
     """Admins, configured trainers and users an admin allowed."""
-    tg_id = context.account.telegram_id
-    return (
-        context.is_admin
-        or tg_id in context.config.telegram.trainer_ids
-        or bool(context.account.can_train)
+    return users.may_train(
+        context.account,
+        is_admin=context.is_admin,
+        trainer_ids=context.config.telegram.trainer_ids,
     )
-
-
-def _discard_images(
-    session: Session, blobs: BlobStore, user_id: int, photo_ids: list[int]
-) -> None:
-    """Forget collected training images the user abandoned."""
-    repo = PhotoRepository(session)
-    keys = []
-    for pid in photo_ids:
-        photo = repo.owned(user_id, pid, PhotoKind.TRAINING)
-        if photo is not None:
-            keys.append(photo.sha256)
-            session.delete(photo)
-    session.flush()
-    for key in repo.unreferenced(keys):
-        blobs.delete(key)
 
 
 async def train_command(update: Update, context: BotContext) -> None:
@@ -65,14 +42,16 @@ async def train_command(update: Update, context: BotContext) -> None:
     if not may_train(context):
         await reply(update, context, context.t("error.training_not_allowed"))
         return
-    conv = await context.db.run(sessions.load, context.account.id)
+    conv = await context.db.run(conversations.load, context.account.id)
     old = list(conv.data.get("train_photo_ids", []))
     if old:
-        await context.db.run(_discard_images, context.blobs, context.account.id, old)
+        await context.db.run(
+            photos.discard_training_images, context.blobs, context.account.id, old
+        )
     await context.db.run(
-        sessions.update,
+        conversations.update,
         context.account.id,
-        sessions.State.TRAIN_IMAGES,
+        conversations.State.TRAIN_IMAGES,
         end_flow=True,
         train_photo_ids=[],
     )
@@ -84,43 +63,6 @@ async def train_command(update: Update, context: BotContext) -> None:
             "training.start", min=limits.training_min_images, max=limits.training_max_images
         ),
     )
-
-
-def _add_image(
-    session: Session,
-    blobs: BlobStore,
-    user_id: int,
-    data: bytes,
-    size: tuple[int, int],
-    image: IncomingImage,
-    limits: LimitsSettings,
-) -> int | None:
-    """Store one training image and append it to the session; None when the set is full."""
-    conv = sessions.update(session, user_id)  # takes the row lock before reading the list
-    ids = list(conv.data.get("train_photo_ids", []))
-    if len(ids) >= limits.training_max_images:
-        return None
-    repo = PhotoRepository(session)
-    existing = repo.by_sha(user_id, PhotoKind.TRAINING, sha256_hex(data))
-    if existing is not None and existing.id in ids:
-        return len(ids)
-    photo = repo.add(
-        Photo(
-            user_id=user_id,
-            kind=PhotoKind.TRAINING,
-            telegram_file_id=image.file_id,
-            telegram_file_unique_id=image.file_unique_id,
-            sha256=blobs.put(data),
-            size_bytes=len(data),
-            width=size[0],
-            height=size[1],
-            faces=[],
-            expires_at=utcnow() + timedelta(days=limits.selfie_retention_days),
-        )
-    )
-    ids.append(photo.id)
-    sessions.update(session, user_id, train_photo_ids=ids)
-    return len(ids)
 
 
 async def on_training_image(
@@ -136,7 +78,13 @@ async def on_training_image(
         max_pixels=limits.max_image_pixels,
     )
     count = await context.db.run(
-        _add_image, context.blobs, context.account.id, data, size, image, limits
+        photos.add_training_image,
+        context.blobs,
+        context.account.id,
+        data,
+        size,
+        image.source,
+        limits,
     )
     if count is None:
         await reply(update, context, context.t("training.full", max=limits.training_max_images))
@@ -150,8 +98,8 @@ async def on_training_image(
 
 async def done_command(update: Update, context: BotContext) -> None:
     """/done: stop collecting images and ask for the style's name."""
-    conv = await context.db.run(sessions.load, context.account.id)
-    if conv.state is not sessions.State.TRAIN_IMAGES:
+    conv = await context.db.run(conversations.load, context.account.id)
+    if conv.state is not conversations.State.TRAIN_IMAGES:
         await reply(update, context, context.t("training.not_collecting"))
         return
     count = len(conv.data.get("train_photo_ids", []))
@@ -159,49 +107,48 @@ async def done_command(update: Update, context: BotContext) -> None:
     if count < minimum:
         await reply(update, context, context.t("training.need_more", min=minimum, count=count))
         return
-    await context.db.run(sessions.update, context.account.id, sessions.State.TRAIN_NAME)
+    await context.db.run(conversations.update, context.account.id, conversations.State.TRAIN_NAME)
     await reply(update, context, context.t("training.ask_name"))
 
 
-async def remind(update: Update, context: BotContext, conv: sessions.Conversation) -> None:
+async def remind(update: Update, context: BotContext, conv: conversations.Conversation) -> None:
     """Repeat what the training flow expects right now."""
     key = {
-        sessions.State.TRAIN_NAME: "training.ask_name",
-        sessions.State.TRAIN_TRIGGER: "training.ask_trigger",
-        sessions.State.TRAIN_CONFIRM: "training.press_confirm",
+        conversations.State.TRAIN_NAME: "training.ask_name",
+        conversations.State.TRAIN_TRIGGER: "training.ask_trigger",
+        conversations.State.TRAIN_CONFIRM: "training.press_confirm",
     }[conv.state]
     await reply(update, context, context.t(key))
 
 
-def _name_taken(session: Session, user_id: int, name: str) -> bool:
-    return StyleTrainingRepository(session).name_taken(user_id, name)
-
-
 async def on_training_text(
-    update: Update, context: BotContext, conv: sessions.Conversation
+    update: Update, context: BotContext, conv: conversations.Conversation
 ) -> None:
     """The name, then the trigger word."""
     text = (update.effective_message.text or "").replace("\x00", "").strip()
-    if conv.state is sessions.State.TRAIN_NAME:
-        if not 1 <= len(text) <= MAX_NAME:
+    if conv.state is conversations.State.TRAIN_NAME:
+        if not trainings.valid_name(text):
             await reply(update, context, context.t("training.bad_name", max=MAX_NAME))
             return
-        if await context.db.run(_name_taken, context.account.id, text):
+        if await context.db.run(trainings.name_taken, context.account.id, text):
             await reply(update, context, context.t("training.name_taken"))
             return
         await context.db.run(
-            sessions.update, context.account.id, sessions.State.TRAIN_TRIGGER, train_name=text
+            conversations.update,
+            context.account.id,
+            conversations.State.TRAIN_TRIGGER,
+            train_name=text,
         )
         await reply(update, context, context.t("training.ask_trigger"))
-    elif conv.state is sessions.State.TRAIN_TRIGGER:
+    elif conv.state is conversations.State.TRAIN_TRIGGER:
         trigger = text.lower()
-        if not TRIGGER.match(trigger):
+        if not trainings.valid_trigger(trigger):
             await reply(update, context, context.t("training.bad_trigger"))
             return
         conv = await context.db.run(
-            sessions.update,
+            conversations.update,
             context.account.id,
-            sessions.State.TRAIN_CONFIRM,
+            conversations.State.TRAIN_CONFIRM,
             train_trigger=trigger,
         )
         await reply(
@@ -221,17 +168,19 @@ async def on_training_text(
 
 async def on_train_confirm(update: Update, context: BotContext, data: cb.TrainConfirm) -> None:
     """Start the training, or drop the collected images."""
-    conv = await context.db.run(sessions.load, context.account.id)
+    conv = await context.db.run(conversations.load, context.account.id)
     message = update.callback_query.message
-    if conv.state is not sessions.State.TRAIN_CONFIRM or data.answer not in ("yes", "no"):
+    if conv.state is not conversations.State.TRAIN_CONFIRM or data.answer not in ("yes", "no"):
         await reply(update, context, context.t("callback.stale"))
         return
     if isinstance(message, Message):
         await message.edit_reply_markup(None)
     photo_ids = [int(i) for i in conv.data.get("train_photo_ids", [])]
     if data.answer == "no":
-        await context.db.run(_discard_images, context.blobs, context.account.id, photo_ids)
-        await context.db.run(sessions.update, context.account.id, end_flow=True)
+        await context.db.run(
+            photos.discard_training_images, context.blobs, context.account.id, photo_ids
+        )
+        await context.db.run(conversations.update, context.account.id, end_flow=True)
         await reply(update, context, context.t("training.cancelled"))
         return
     created = await context.db.run(
@@ -244,7 +193,7 @@ async def on_train_confirm(update: Update, context: BotContext, data: cb.TrainCo
         limits=context.config.limits,
         is_admin=context.is_admin,
     )
-    await context.db.run(sessions.update, context.account.id, end_flow=True)
+    await context.db.run(conversations.update, context.account.id, end_flow=True)
     logger.info("user %s started training job %s", context.account.id, created.job_id)
     await reply(update, context, context.t("training.started"))
     await announce_and_dispatch(update, context, created)

@@ -4,7 +4,7 @@ from db.models.audit import AuditEntry
 from db.models.broadcast import Broadcast
 from db.models.job import ACTIVE_STATUSES, FINAL_STATUSES, Job, JobKind, JobStatus
 from db.models.photo import Photo, PhotoKind
-from db.models.style import BaseModel, Style, StyleOrigin
+from db.models.style import BaseModelName, Style, StyleOrigin
 from db.models.template import Template
 from db.models.training import StyleTraining
 from db.models.user import User, UserSession
@@ -14,7 +14,7 @@ __all__ = [
     "ACTIVE_STATUSES",
     "FINAL_STATUSES",
     "AuditEntry",
-    "BaseModel",
+    "BaseModelName",
     "Broadcast",
     "Job",
     "JobKind",

@@ -9,8 +9,8 @@ from typing import Any
 from sqlalchemy import BigInteger, Float, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
+from core.errors import IllegalTransition
 from db.base import Base, JSONType, TimestampMixin, UTCDateTime, str_enum, utcnow
-from service.errors import IllegalTransition
 
 
 class JobKind(enum.StrEnum):

@@ -17,8 +17,9 @@ class StyleOrigin(enum.StrEnum):
     UPLOADED = "uploaded"
 
 
-class BaseModel(enum.StrEnum):
-    """SD1.5 bases FACT ships adapters for (reference §1)."""
+class BaseModelName(enum.StrEnum):
+    """The SD1.5 base checkpoint a style is drawn on; FACT ships adapters for these
+    (reference §1)."""
 
     FILM = "film"
     MAJIC = "majic"
@@ -34,7 +35,7 @@ class Style(TimestampMixin, Base):
     # {"en": ..., "zh": ..., "ru": ...}
     names: Mapped[dict[str, str]] = mapped_column(JSONType, default=dict)
     category: Mapped[str] = mapped_column(String(32), default="other", index=True)
-    base_model: Mapped[BaseModel] = mapped_column(str_enum(BaseModel))
+    base_model: Mapped[BaseModelName] = mapped_column(str_enum(BaseModelName))
     prompt: Mapped[str] = mapped_column(Text, default="")
     # "cloth" (no LoRA: FaceChain's cloth template) or "style" (LoRA styles).
     prompt_template: Mapped[str] = mapped_column(String(16), default="style")

@@ -2,6 +2,7 @@
 
 from db.repositories.audit import AuditRepository
 from db.repositories.base import RepositoryBase
+from db.repositories.blobs import BlobReferenceRepository
 from db.repositories.broadcasts import BroadcastRepository
 from db.repositories.jobs import JobRepository
 from db.repositories.photos import PhotoRepository
@@ -13,6 +14,7 @@ from db.repositories.webhooks import WebhookDeliveryRepository, WebhookEndpointR
 
 __all__ = [
     "AuditRepository",
+    "BlobReferenceRepository",
     "BroadcastRepository",
     "JobRepository",
     "PhotoRepository",

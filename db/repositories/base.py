@@ -8,8 +8,8 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
+from core.errors import NotFound
 from db.base import Base
-from service.errors import NotFound
 
 M = TypeVar("M", bound=Base)
 
@@ -21,9 +21,6 @@ class RepositoryBase(Generic[M]):
 
     def __init__(self, session: Session) -> None:
         self.session = session
-
-    def get_or_none(self, id_: Any) -> M | None:
-        return self.session.get(self.model, id_)
 
     def get(self, id_: Any) -> M:
         """The row with this primary key; NotFound otherwise."""

@@ -5,15 +5,33 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 
 from db.base import utcnow
-from db.models import ACTIVE_STATUSES, Job, JobKind, JobStatus
+from db.models import ACTIVE_STATUSES, Job, JobKind, JobStatus, User
 from db.repositories.base import RepositoryBase
 
 
 class JobRepository(RepositoryBase[Job]):
     model = Job
+
+    def search(
+        self,
+        *,
+        status: JobStatus | None = None,
+        kind: JobKind | None = None,
+        telegram_id: int | None = None,
+    ) -> Select[Job]:
+        """A select of jobs, newest first, optionally filtered."""
+        stmt = select(Job).order_by(Job.id.desc())
+        if status is not None:
+            stmt = stmt.where(Job.status == status)
+        if kind is not None:
+            stmt = stmt.where(Job.kind == kind)
+        if telegram_id is not None:
+            user_id = select(User.id).where(User.telegram_id == telegram_id).scalar_subquery()
+            stmt = stmt.where(Job.user_id == user_id)
+        return stmt
 
     def active_for_user(self, user_id: int) -> Sequence[Job]:
         return self.session.scalars(

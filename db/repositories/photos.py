@@ -1,13 +1,13 @@
-"""Photos users sent (selfies, own templates, training images) and blob reference checks."""
+"""Photos users sent (selfies, own templates, training images)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import String, cast, or_, select
+from sqlalchemy import or_, select
 
-from db.models import Job, Photo, PhotoKind, Style, StyleTraining, Template
+from db.models import Photo, PhotoKind
 from db.repositories.base import RepositoryBase
 
 
@@ -62,44 +62,3 @@ class PhotoRepository(RepositoryBase[Photo]):
 
     def for_user(self, user_id: int) -> Sequence[Photo]:
         return self.session.scalars(select(Photo).where(Photo.user_id == user_id)).all()
-
-    def unreferenced(self, keys: Iterable[str]) -> list[str]:
-        """The blob keys no remaining row points at (safe to delete from the blob store).
-
-        Blobs are content-addressed, so one key may be shared: the same selfie sent by two
-        users, a result forwarded back as a template, a catalog thumbnail. JSON list columns
-        are matched on their text form; a 64-hex key cannot appear there by accident.
-        """
-        free = []
-        for key in dict.fromkeys(keys):
-            used = (
-                self.session.scalar(select(Photo.id).where(Photo.sha256 == key).limit(1))
-                or self.session.scalar(
-                    select(Style.id)
-                    .where(or_(Style.thumbnail_blob == key, Style.lora_blob == key))
-                    .limit(1)
-                )
-                or self.session.scalar(
-                    select(Template.id)
-                    .where(or_(Template.image_blob == key, Template.thumbnail_blob == key))
-                    .limit(1)
-                )
-                or self.session.scalar(
-                    select(Job.id)
-                    .where(
-                        or_(
-                            cast(Job.result_blobs, String).contains(key),
-                            cast(Job.params, String).contains(key),
-                        )
-                    )
-                    .limit(1)
-                )
-                or self.session.scalar(
-                    select(StyleTraining.id)
-                    .where(cast(StyleTraining.image_blobs, String).contains(key))
-                    .limit(1)
-                )
-            )
-            if not used:
-                free.append(key)
-        return free

@@ -103,11 +103,3 @@ def load_latest_checkpoint(
         logger.info("resuming from checkpoint at step %d", step)
         return load_file(str(path / LORA_FILE)), state
     return None
-
-
-def clear_checkpoints(checkpoint_dir: Path) -> None:
-    """Delete every checkpoint (after the final weights are stored elsewhere)."""
-    for _, path in checkpoint_steps(checkpoint_dir):
-        shutil.rmtree(path, ignore_errors=True)
-    for tmp in checkpoint_dir.glob(".tmp-checkpoint-*") if checkpoint_dir.is_dir() else []:
-        shutil.rmtree(tmp, ignore_errors=True)

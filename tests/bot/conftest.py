@@ -17,10 +17,9 @@ from sqlalchemy.orm import Session
 from telegram.ext import Application
 
 from bot.app import build_application
-from db.models import BaseModel, Style, StyleOrigin, User
-from db.session import Database
-from service.blobstore import LocalBlobStore
-from service.settings import (
+from core.blobstore import LocalBlobStore
+from core.metrics import Metrics, create_metrics
+from core.settings import (
     AppConfig,
     BrokerSettings,
     DatabaseSettings,
@@ -29,7 +28,10 @@ from service.settings import (
     StorageSettings,
     TelegramSettings,
 )
+from db.models import BaseModelName, Style, StyleOrigin, User
+from db.session import Database
 from tasks.celery_app import create_celery
+from tasks.dispatch import CeleryPublisher
 from tests.utils.fake_telegram import TOKEN, FakeTelegram, running_bot
 
 ADMIN_ID = 990001
@@ -95,7 +97,7 @@ def seed_styles(session: Session, blobs: LocalBlobStore) -> list[int]:
             slug=slug,
             names=names,
             category=category,
-            base_model=BaseModel.MAJIC,
+            base_model=BaseModelName.MAJIC,
             prompt=f"{slug} portrait",
             origin=StyleOrigin.CATALOG,
             position=position,
@@ -123,6 +125,8 @@ class BotHarness:
     celery: Celery | None = None
     app: Application[Any, Any, Any, Any, Any, Any] | None = None
     style_ids: list[int] = field(default_factory=list)
+    # This bot's own counters (the process-wide ones are shared by every test).
+    metrics: Metrics = field(default_factory=create_metrics)
     _runner: Any = None
 
     async def start(self, **limits: Any) -> Application[Any, Any, Any, Any, Any, Any]:
@@ -137,7 +141,10 @@ class BotHarness:
                 # The in-memory broker is shared by the whole process: start from empty queues.
                 for queue in ("gpu", "io"):
                     published(self.celery, queue)
-        self.app = build_application(self.config, self.db, self.blobs, self.celery)
+        publisher = CeleryPublisher(self.celery, self.db)
+        self.app = build_application(
+            self.config, self.db, self.blobs, publisher, metrics=self.metrics
+        )
         self._runner = running_bot(self.app)
         await self._runner.__aenter__()
         return self.app

@@ -6,9 +6,9 @@ from __future__ import annotations
 import time
 
 from bot.handlers import intake
-from bot.i18n import translate
 from bot.ratelimit import UpdateRateLimiter, Verdict
 from facechain.quality import analyze_selfie
+from telegram_ui.i18n import translate
 from tests.bot.conftest import BotHarness, give_selfie
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from bot.i18n import translate
-from bot.keyboards import result_keyboard
 from db.models import Job, JobKind, JobStatus
+from telegram_ui.i18n import translate
+from telegram_ui.keyboards import result_keyboard
 from tests.bot.conftest import BotHarness, jobs_of, published
 from tests.utils.factories import make_user
 

@@ -11,16 +11,16 @@ from pathlib import Path
 import pytest
 from telegram import Update
 
-from bot import callbacks as cb
 from bot.app import ADMIN_COMMANDS, MENU_COMMANDS, build_application
-from bot.errors import SelfieRequired
-from bot.i18n import LANGUAGES, catalog, translate
-from bot.keyboards import cancel_job_keyboard, result_keyboard
-from bot.webhook import process_webhook_update, secret_matches
+from core import errors as app_errors
+from core.errors import SelfieRequired
 from db.models import JobKind, JobStatus
 from facechain import errors as fc_errors
-from service import errors as app_errors
+from telegram_ui import callbacks as cb
+from telegram_ui.i18n import LANGUAGES, catalog, translate
+from telegram_ui.keyboards import cancel_job_keyboard, result_keyboard
 from tests.bot.conftest import BotHarness
+from web.telegram import process_webhook_update, secret_matches
 
 ROOT = Path(__file__).resolve().parents[2]
 # context.t("key", ...), translate(lang, "key", ...), error_text(lang, "code") take literal keys.
@@ -39,9 +39,7 @@ def keys_used_in_code() -> set[str]:
     # In the bot, any string literal shaped like a key of a catalog namespace is a key
     # (this also catches keys chosen into a variable first).
     namespaces = {k.split(".")[0] for k in catalog("en")}
-    for path in (ROOT / "bot").rglob("*.py"):
-        if "web" in path.relative_to(ROOT).parts:
-            continue
+    for path in [*(ROOT / "bot").rglob("*.py"), *(ROOT / "telegram_ui").rglob("*.py")]:
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if (
                 isinstance(node, ast.Constant)
@@ -180,8 +178,10 @@ class TestWebhook:
         config = make_config(harness.tg, harness.database_url, harness.tmp_path)
         config.telegram.mode = "webhook"
         from tasks.celery_app import create_celery
+        from tasks.dispatch import CeleryPublisher
 
-        app = build_application(config, harness.db, harness.blobs, create_celery(config))
+        publisher = CeleryPublisher(create_celery(config), harness.db)
+        app = build_application(config, harness.db, harness.blobs, publisher)
         assert app.updater is None
         async with app:
             await app.start()

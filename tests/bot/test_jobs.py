@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from bot.i18n import translate
-from bot.keyboards import result_keyboard
 from db.base import utcnow
 from db.models import Job, JobKind, JobStatus, User
+from telegram_ui.i18n import translate
+from telegram_ui.keyboards import result_keyboard
 from tests.bot.conftest import ADMIN_ID, BotHarness, give_selfie, jobs_of, published
 
 

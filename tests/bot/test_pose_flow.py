@@ -14,15 +14,16 @@ import pytest
 import torch
 from PIL import Image
 
-from bot.i18n import translate
-from bot.keyboards import result_keyboard
+from core.settings import EngineSettings
 from db.models import Job, JobStatus
 from facechain.engine import Engine, EngineConfig
-from service.settings import EngineSettings
 from tasks.context import set_context
 from tasks.deliver import send_pose_preview, send_progress, send_result
+from tasks.dispatch import CeleryPublisher
 from tasks.generate import generate
 from tasks.jobs import run_gpu_job
+from telegram_ui.i18n import translate
+from telegram_ui.keyboards import result_keyboard
 from tests.bot.conftest import BotHarness, give_selfie, jobs_of, published
 from tests.utils.fake_pose import FakePoseAnnotator
 
@@ -94,7 +95,12 @@ class TestPoseFlow:
         )
         set_context(
             SimpleNamespace(  # type: ignore[arg-type]
-                config=config, db=bot.db, blobs=bot.blobs, engine=engine, celery=bot.celery
+                config=config,
+                db=bot.db,
+                blobs=bot.blobs,
+                engine=engine,
+                celery=bot.celery,
+                publisher=CeleryPublisher(bot.celery, bot.db),
             )
         )
         try:
@@ -137,7 +143,12 @@ class TestPoseFlow:
         assert bot.config is not None
         set_context(
             SimpleNamespace(  # type: ignore[arg-type]
-                config=bot.config, db=bot.db, blobs=bot.blobs, engine=engine, celery=bot.celery
+                config=bot.config,
+                db=bot.db,
+                blobs=bot.blobs,
+                engine=engine,
+                celery=bot.celery,
+                publisher=CeleryPublisher(bot.celery, bot.db),
             )
         )
         try:

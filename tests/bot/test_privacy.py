@@ -7,11 +7,11 @@ from datetime import timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from bot.i18n import translate
-from bot.privacy import expire_photos, forget_user
+from core.blobstore import LocalBlobStore
 from db.base import utcnow
 from db.models import Job, JobStatus, Photo, PhotoKind, Style, StyleOrigin, User, UserSession
-from service.blobstore import LocalBlobStore
+from domain.privacy import expire_photos, forget_user
+from telegram_ui.i18n import translate
 from tests.bot.conftest import BotHarness, give_selfie, jobs_of
 from tests.utils.factories import make_selfie, make_style, make_user
 

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image, ImageFilter
 from sqlalchemy import select
 
-from bot.i18n import translate
 from db.models import Photo, PhotoKind
+from telegram_ui.i18n import translate
 from tests.bot.conftest import FACES, BotHarness
 from tests.facechain.face_data import encode, landscape_rgb
 from tests.facechain.test_imageio import png_with_declared_size

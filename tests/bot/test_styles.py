@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bot.i18n import translate
+from telegram_ui.i18n import translate
 from tests.bot.conftest import BotHarness
 from tests.utils.fake_telegram import button_data, buttons
 

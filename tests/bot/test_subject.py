@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from bot.i18n import translate
-from bot.keyboards import subject_keyboard
+from telegram_ui.i18n import translate
+from telegram_ui.keyboards import subject_keyboard
 from tests.bot.conftest import BotHarness, give_selfie, jobs_of
 from tests.bot.test_jobs import pick_first_style
 

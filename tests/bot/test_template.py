@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from bot.i18n import translate
 from db.models import JobKind, StyleOrigin, Template
+from telegram_ui.i18n import translate
 from tests.bot.conftest import FACES, BotHarness, give_selfie, jobs_of, published
 from tests.utils.factories import face_rows
 from tests.utils.fake_telegram import buttons

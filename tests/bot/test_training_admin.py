@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from bot.i18n import translate
+from core.blobstore import sha256_hex
 from db.models import AuditEntry, Broadcast, JobKind, Photo, StyleTraining, User
-from service.blobstore import sha256_hex
+from telegram_ui.i18n import translate
 from tests.bot.conftest import ADMIN_ID, BotHarness, give_selfie, jobs_of, published
 from tests.facechain.face_data import encode, landscape_rgb
 

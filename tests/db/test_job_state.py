@@ -7,9 +7,9 @@ import itertools
 import pytest
 from sqlalchemy.orm import Session
 
+from core.errors import IllegalTransition
 from db.models import Job, JobKind, JobStatus, User
 from db.models.job import ALLOWED_TRANSITIONS
-from service.errors import IllegalTransition
 
 
 def make_job(session: Session, status: JobStatus = JobStatus.QUEUED) -> Job:

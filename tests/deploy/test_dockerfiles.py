@@ -71,10 +71,10 @@ def test_requirements_script_reads_pyproject(tmp_path: Path) -> None:
     torch = subprocess.run([*run, "--torch"], cwd=ROOT, capture_output=True, text=True)
     assert torch.returncode == 0, torch.stderr
     assert torch.stdout.strip() in project["dependencies"]
-    full = subprocess.run([*run, "s3", "gpu"], cwd=ROOT, capture_output=True, text=True)
+    full = subprocess.run([*run, "s3"], cwd=ROOT, capture_output=True, text=True)
     lines = full.stdout.split()
     assert set(project["dependencies"]) <= set(lines)
-    assert set(project["optional-dependencies"]["gpu"]) <= set(lines)
+    assert set(project["optional-dependencies"]["s3"]) <= set(lines)
     bad = subprocess.run([*run, "nonsense"], cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode != 0
 

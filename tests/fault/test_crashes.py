@@ -157,7 +157,7 @@ class TestTelegramFailures:
             status = tg.messages[(user.id, job.status_message_id)]
             # Tiny-profile noise never resembles the selfie: "done", then the likeness tip.
             assert status["text"] == (
-                f'{text(user, "job.done", count=2)}\n\n{text(user, "job.low_likeness")}'
+                f"{text(user, 'job.done', count=2)}\n\n{text(user, 'job.low_likeness')}"
             )
             for data in await album_of(stack, user):
                 assert Image.open(io.BytesIO(data)).size == (64, 64)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from core.errors import ValidationFailed
 from service.cli import main
-from service.errors import ValidationFailed
 from service.portrait_cmd import find_style
 
 FACES = Path(__file__).resolve().parents[1] / "fixtures" / "faces"

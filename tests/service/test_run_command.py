@@ -15,8 +15,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from bot.i18n import translate
-from service.settings import EngineSettings
+from core.settings import EngineSettings
+from telegram_ui.i18n import translate
 from tests.utils.fake_telegram import TOKEN, FakeTelegram
 
 FACES = Path(__file__).resolve().parents[1] / "fixtures" / "faces"

@@ -13,19 +13,13 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 from telegram.error import BadRequest, Forbidden, RetryAfter, TimedOut
 
+from core.errors import IllegalTransition, ValidationFailed
 from db.base import utcnow
 from db.models import AuditEntry, Broadcast, User, WebhookDelivery, WebhookEndpoint
 from db.session import Database
-from service.errors import IllegalTransition, ValidationFailed
-from tasks.broadcast import (
-    RATE_PER_SECOND,
-    STALE_SENDER_SECONDS,
-    cancel_broadcast,
-    create_broadcast,
-    progress,
-    resend_stalled_broadcasts,
-    run_broadcast,
-)
+from domain.broadcasts import STALE_SENDER_SECONDS, cancel_broadcast, create_broadcast, progress
+from tasks.broadcast import RATE_PER_SECOND, resend_stalled_broadcasts, run_broadcast
+from tasks.dispatch import CeleryPublisher
 
 
 @dataclass
@@ -237,7 +231,10 @@ class TestRun:
         bid = new_broadcast(db, [1, 2])
         clock = FakeClock()
         celery = mock.create_autospec(Celery, instance=True)
-        await run_broadcast(db, FakeBot(clock), bid, celery=celery, clock=clock, sleep=clock.sleep)
+        publisher = CeleryPublisher(celery, db)
+        await run_broadcast(
+            db, FakeBot(clock), bid, publisher=publisher, clock=clock, sleep=clock.sleep
+        )
         delivery = db.call(
             lambda s: s.scalar(
                 select(WebhookDelivery).where(WebhookDelivery.event == "broadcast.finished")
@@ -257,7 +254,7 @@ class TestTask:
         import telegram
         from pydantic import SecretStr
 
-        from service.settings import AppConfig, TelegramSettings
+        from core.settings import AppConfig, TelegramSettings
         from tasks import broadcast as module
         from tasks.context import set_context
 

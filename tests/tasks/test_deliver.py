@@ -7,21 +7,24 @@ import asyncio
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
+from telegram.error import NetworkError
 
-from bot.i18n import error_text, translate
-from db.models import Job, JobKind, JobStatus
-from db.session import Database
-from service.settings import (
+from core.settings import (
     AppConfig,
     BrokerSettings,
     DatabaseSettings,
     StorageSettings,
     TelegramSettings,
 )
+from db.models import Job, JobKind, JobStatus
+from db.session import Database
+from tasks import deliver
 from tasks.celery_app import create_celery
 from tasks.context import WorkerContext, set_context
 from tasks.deliver import send_progress, send_result
+from telegram_ui.i18n import error_text, translate
 from tests.utils.factories import make_user
 from tests.utils.fake_telegram import TOKEN, FakeTelegram
 
@@ -118,6 +121,37 @@ class TestSendResult:
         job_id = _job(ctx, JobStatus.FAILED, error_code="no_face")
         await asyncio.to_thread(send_result, job_id)
         assert [c.method for c in tg.calls if c.method != "getMe"] == ["editMessageText"]
+
+    @pytest.mark.parametrize(
+        ("cause", "resent"),
+        [(aiohttp.ServerDisconnectedError(), False), (ConnectionRefusedError(), True)],
+    )
+    async def test_album_is_resent_only_when_it_cannot_have_arrived(
+        self,
+        ctx: WorkerContext,
+        monkeypatch: pytest.MonkeyPatch,
+        cause: BaseException,
+        resent: bool,
+    ) -> None:
+        job_id = _job(ctx, JobStatus.SUCCEEDED, result_blobs=[])
+
+        async def broken(bot: object, d: object) -> None:
+            if isinstance(cause, ConnectionRefusedError):
+                key = aiohttp.client_reqrep.ConnectionKey(
+                    "api.telegram.org", 443, True, True, None, None, None
+                )
+                raise NetworkError("connect") from aiohttp.ClientConnectorError(key, cause)
+            raise NetworkError("disconnected") from cause
+
+        monkeypatch.setattr(deliver, "_send_result", broken)
+        if resent:
+            # Called directly, a Celery retry re-raises the error it retries for.
+            with pytest.raises(NetworkError):
+                await asyncio.to_thread(send_result, job_id)
+            assert _status(ctx, job_id) is JobStatus.SUCCEEDED
+        else:
+            assert await asyncio.to_thread(send_result, job_id) == "delivered"
+            assert _status(ctx, job_id) is JobStatus.DELIVERED
 
 
 class TestHdDelivery:

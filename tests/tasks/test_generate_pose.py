@@ -17,12 +17,8 @@ import torch
 from diffusers import StableDiffusionControlNetPipeline, StableDiffusionPipeline
 from PIL import Image
 
-from bot.i18n import translate
-from db.models import Job, JobKind, JobStatus
-from db.session import Database
-from facechain.engine import Engine, EngineConfig, letterbox
-from service.blobstore import LocalBlobStore
-from service.settings import (
+from core.blobstore import LocalBlobStore
+from core.settings import (
     AppConfig,
     BrokerSettings,
     DatabaseSettings,
@@ -30,12 +26,17 @@ from service.settings import (
     StorageSettings,
     TelegramSettings,
 )
+from db.models import Job, JobKind, JobStatus
+from db.session import Database
+from facechain.engine import Engine, EngineConfig, letterbox
 from tasks.celery_app import create_celery
 from tasks.context import set_context
 from tasks.deliver import OPERATOR_CODES, send_pose_preview
+from tasks.dispatch import CeleryPublisher
 from tasks.generate import generate
 from tasks.jobs import JobSnapshot, run_gpu_job
 from tasks.pose import prepare_pose
+from telegram_ui.i18n import translate
 from tests.bot.conftest import published
 from tests.utils.factories import FACES, make_portrait_job, make_selfie, make_style, make_user
 from tests.utils.fake_pose import ARMS_UP, FakePoseAnnotator, skeleton_map
@@ -87,7 +88,14 @@ def ctx(
     celery = create_celery(config)
     for queue in ("gpu", "io"):
         published(celery, queue)
-    context = SimpleNamespace(config=config, db=db, blobs=blobs, engine=engine, celery=celery)
+    context = SimpleNamespace(
+        config=config,
+        db=db,
+        blobs=blobs,
+        engine=engine,
+        celery=celery,
+        publisher=CeleryPublisher(celery, db),
+    )
     set_context(context)  # type: ignore[arg-type]
     yield context
     set_context(None)

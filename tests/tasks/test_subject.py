@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from core.settings import AppConfig, BrokerSettings, DatabaseSettings, StorageSettings
 from db.models import Photo, PhotoKind
 from db.session import Database
 from facechain.engine import Engine, Portrait
 from facechain.faces import Face, align_face
 from facechain.prompts import subject_prompt
-from service.settings import AppConfig, BrokerSettings, DatabaseSettings, StorageSettings
 from tasks.celery_app import create_celery
 from tasks.context import WorkerContext, set_context
 from tasks.generate import generate

@@ -18,11 +18,21 @@ from PIL import Image
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from db.models import BaseModel, Job, JobKind, JobStatus, Style, StyleOrigin, StyleTraining
+from core.blobstore import LocalBlobStore
+from core.settings import AppConfig
+from db.models import (
+    BaseModelName,
+    Job,
+    JobKind,
+    JobStatus,
+    Style,
+    StyleOrigin,
+    StyleTraining,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
 from db.session import Database
 from facechain.engine import Engine, EngineConfig, PortraitRequest
-from service.blobstore import LocalBlobStore
-from service.settings import AppConfig
 from tasks import train_style as train_module
 from tasks.context import set_context
 from tasks.generate import style_spec
@@ -68,7 +78,12 @@ def ctx(
     monkeypatch.setenv("ENGINE_DEVICE", "cpu")
     monkeypatch.setenv("ENGINE_MODELS_DIR", str(tmp_path / "models"))
     context = SimpleNamespace(
-        config=AppConfig(), db=db, blobs=blobs, engine=tiny_engine, celery=mock.Mock()
+        config=AppConfig(),
+        db=db,
+        blobs=blobs,
+        engine=tiny_engine,
+        celery=mock.Mock(),
+        publisher=mock.Mock(),
     )
     set_context(context)  # type: ignore[arg-type]
     yield context
@@ -109,6 +124,9 @@ class TestTrainStyle:
     ) -> None:
         assert train_style.name == "style.train"
         job_id, training_id = make_training(session, ctx.blobs, portraits())
+        session.add(
+            WebhookEndpoint(url="http://x.invalid/", secret="s" * 16, events=["style.trained"])
+        )
         session.commit()
 
         assert train_style(job_id) == "succeeded"
@@ -126,7 +144,7 @@ class TestTrainStyle:
         assert style.origin is StyleOrigin.TRAINED
         assert style.owner_id == job.user_id
         # Bound to the base it was trained on.
-        assert style.base_model is BaseModel.FILM
+        assert style.base_model is BaseModelName.FILM
         assert job.result_meta["base_model"] == "film"
         assert (style.prompt, style.prompt_template, style.category) == (
             "zkstyle",
@@ -143,6 +161,17 @@ class TestTrainStyle:
         assert meta["steps"] == 6
         assert meta["eval_loss_after"] < meta["eval_loss_before"]
         assert not Path(training.checkpoint_path).exists()
+        # The documented event, published after the style was registered.
+        event = session.scalar(
+            select(WebhookDelivery).where(WebhookDelivery.event == "style.trained")
+        )
+        assert event is not None
+        assert event.payload == {
+            "style_id": style.id,
+            "training_id": training_id,
+            "job_id": job_id,
+        }
+        assert ctx.publisher.publish.call_args.args[0].deliveries == [event.id]
 
         # The portrait pipeline paints with it: the output differs from the bare base.
         spec = style_spec(ctx, style.id)  # type: ignore[arg-type]
@@ -200,7 +229,7 @@ class TestTrainStyle:
         assert job.result_meta["steps"] == 6
         style = session.get(Style, job.result_meta["style_id"])
         assert style is not None
-        assert style.base_model is BaseModel.MAJIC
+        assert style.base_model is BaseModelName.MAJIC
 
     def test_bad_pictures_fail_before_training(
         self, ctx: SimpleNamespace, session: Session

@@ -13,16 +13,16 @@ import pytest
 import torch
 from PIL import Image
 
-from db.models import Job, JobKind, JobStatus
-from db.session import Database
-from service.blobstore import LocalBlobStore
-from service.settings import (
+from core.blobstore import LocalBlobStore
+from core.settings import (
     AppConfig,
     BrokerSettings,
     DatabaseSettings,
     EngineSettings,
     StorageSettings,
 )
+from db.models import Job, JobKind, JobStatus
+from db.session import Database
 from tasks import jobs as task_jobs
 from tasks import upscale as upscale_task
 from tasks.celery_app import create_celery

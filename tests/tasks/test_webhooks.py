@@ -14,10 +14,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from sqlalchemy.orm import Session
 
+from core.errors import ValidationFailed
 from db.models import Job, JobKind, JobStatus, WebhookDelivery, WebhookEndpoint
 from db.session import Database
-from service.errors import ValidationFailed
-from tasks import webhooks
+from domain import outbox, webhooks
+from tasks import dispatch
+from tasks import webhooks as webhook_task
 from tasks.context import set_context
 
 SECRET = "receiver-secret-0123456789"
@@ -117,8 +119,8 @@ class TestEmitEvent:
         assert delivery.endpoint_id == wanted.id
         assert delivery.status == "pending"
         assert delivery.payload["job_id"] == job.id
-        assert webhooks.take_emitted(session) == ids
-        assert webhooks.take_emitted(session) == []
+        assert outbox.take(session).deliveries == ids
+        assert outbox.take(session).deliveries == []
 
     def test_no_endpoints_is_fine(self, session: Session) -> None:
         assert webhooks.emit_event(session, "style.trained", {"style_id": 1}) == []
@@ -143,7 +145,7 @@ class TestEmitEvent:
         from celery import Celery
 
         celery = mock.create_autospec(Celery, instance=True)
-        webhooks.enqueue_deliveries(celery, [3, 4])
+        dispatch.enqueue_deliveries(celery, [3, 4])
         assert celery.send_task.call_args_list == [
             mock.call("webhooks.deliver", args=[3], queue="io"),
             mock.call("webhooks.deliver", args=[4], queue="io"),
@@ -170,7 +172,7 @@ class TestDelivery:
         self, db: Database, receiver: Receiver
     ) -> None:
         delivery_id = emit_one(db, receiver.url)
-        outcome = await asyncio.to_thread(webhooks.attempt_delivery, db, delivery_id)
+        outcome = await asyncio.to_thread(webhook_task.attempt_delivery, db, delivery_id)
         assert outcome.status == "delivered"
         assert len(receiver.requests) == 1
         req = receiver.requests[0]
@@ -188,7 +190,7 @@ class TestDelivery:
         assert row.last_status_code == 204
         assert row.delivered_at is not None
         # A redelivered task does nothing once delivered.
-        again = await asyncio.to_thread(webhooks.attempt_delivery, db, delivery_id)
+        again = await asyncio.to_thread(webhook_task.attempt_delivery, db, delivery_id)
         assert again.status == "delivered"
         assert len(receiver.requests) == 1
 
@@ -198,7 +200,7 @@ class TestDelivery:
         receiver.fail_first = 2
         delivery_id = emit_one(worker_db, receiver.url)
         # Eager apply runs each `self.retry` at once (countdown ignored); a worker would wait.
-        await asyncio.to_thread(webhooks.deliver_webhook.apply, args=[delivery_id])
+        await asyncio.to_thread(webhook_task.deliver_webhook.apply, args=[delivery_id])
         assert len(receiver.requests) == 3
         assert all(r["valid"] for r in receiver.requests)
         # Every attempt carries the same delivery id (receivers deduplicate on it).
@@ -225,10 +227,10 @@ class TestDelivery:
             countdowns.append(countdown)
             return Retry()
 
-        monkeypatch.setattr(webhooks.deliver_webhook, "retry", fake_retry)
+        monkeypatch.setattr(webhook_task.deliver_webhook, "retry", fake_retry)
         for _ in range(2):
             with pytest.raises(Retry):
-                await asyncio.to_thread(webhooks.deliver_webhook.run, delivery_id)
+                await asyncio.to_thread(webhook_task.deliver_webhook.run, delivery_id)
         assert countdowns == [10.0, 20.0]
         row = load(worker_db, delivery_id)
         assert row.status == "pending"
@@ -241,7 +243,7 @@ class TestDelivery:
     ) -> None:
         receiver.fail_first = 100
         delivery_id = emit_one(worker_db, receiver.url)
-        await asyncio.to_thread(webhooks.deliver_webhook.apply, args=[delivery_id])
+        await asyncio.to_thread(webhook_task.deliver_webhook.apply, args=[delivery_id])
         assert len(receiver.requests) == webhooks.MAX_ATTEMPTS
         row = load(worker_db, delivery_id)
         assert row.status == "failed"
@@ -250,7 +252,7 @@ class TestDelivery:
 
     def test_connection_error_is_recorded(self, db: Database) -> None:
         delivery_id = emit_one(db, "http://127.0.0.1:1/hook")
-        outcome = webhooks.attempt_delivery(db, delivery_id)
+        outcome = webhook_task.attempt_delivery(db, delivery_id)
         assert outcome.status == "pending"
         assert outcome.status_code is None
         row = load(db, delivery_id)
@@ -269,7 +271,7 @@ class TestDelivery:
             endpoint.enabled = False
 
         db.call(disable)
-        outcome = webhooks.attempt_delivery(db, delivery_id)
+        outcome = webhook_task.attempt_delivery(db, delivery_id)
         assert outcome.status == "failed"
         assert outcome.attempts == 0
 
@@ -281,8 +283,8 @@ class TestDelivery:
 
         delivery_id = emit_one(db, "http://127.0.0.1:1/hook")
         celery = mock.create_autospec(Celery, instance=True)
-        assert webhooks.resend_stale_deliveries(celery, db, timedelta(seconds=-60)) == 1
+        assert webhook_task.resend_stale_deliveries(celery, db, timedelta(seconds=-60)) == 1
         celery.send_task.assert_called_once_with(
             "webhooks.deliver", args=[delivery_id], queue="io"
         )
-        assert webhooks.resend_stale_deliveries(celery, db, timedelta(hours=1)) == 0
+        assert webhook_task.resend_stale_deliveries(celery, db, timedelta(hours=1)) == 0

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from core.blobstore import LocalBlobStore
+from core.settings import AppConfig
 from db.base import utcnow
 from db.models import Job, JobStatus
 from db.session import Database
-from service.blobstore import LocalBlobStore
-from service.settings import AppConfig
 from tasks.celery_app import create_celery
 from tasks.context import WorkerContext, set_context
 from tasks.dispatch import dispatch_job

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bot.i18n import translate
+from telegram_ui.i18n import translate
 from tests.utils.fake_telegram import ApiCall, FakeTelegram, FakeUser, button_data
 from tests.utils.stack import face
 

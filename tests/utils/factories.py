@@ -7,8 +7,8 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from db.models import BaseModel, Job, JobKind, Photo, PhotoKind, Style, StyleOrigin, User
-from service.blobstore import BlobStore
+from core.blobstore import BlobStore
+from db.models import BaseModelName, Job, JobKind, Photo, PhotoKind, Style, StyleOrigin, User
 
 FACES = Path(__file__).resolve().parents[1] / "fixtures" / "faces"
 
@@ -56,7 +56,7 @@ def make_style(session: Session, slug: str = "test-armor", **kw: Any) -> Style:
     style = Style(
         slug=slug,
         names={"en": "Armor", "ru": "Доспехи", "zh": "盔甲风"},
-        base_model=kw.pop("base_model", BaseModel.FILM),
+        base_model=kw.pop("base_model", BaseModelName.FILM),
         prompt=kw.pop("prompt", "wearing silver armor, simple background"),
         prompt_template=kw.pop("prompt_template", "cloth"),
         lora_weight=kw.pop("lora_weight", 0.35),

@@ -3,7 +3,9 @@
 The real bot talks to it over HTTP through TELEGRAM_API_BASE_URL / TELEGRAM_FILE_BASE_URL.
 It implements what the bot calls, records every call, keeps the messages the bot sent (so
 tests can press their buttons), serves uploaded files, feeds `getUpdates` long polls from
-updates the test injects, and answers 429 or 5xx on demand.
+updates the test injects, and answers 429 or 5xx on demand. Once the bot calls `setWebhook`,
+injected updates are POSTed to that URL with its secret token instead, one at a time and in
+order, retried while the endpoint fails, as Telegram does.
 
     async with FakeTelegram() as tg:
         config = ... api_base_url=tg.api_base_url, file_base_url=tg.file_base_url ...
@@ -26,6 +28,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 logger = logging.getLogger(__name__)
@@ -132,6 +135,12 @@ class FakeTelegram:
         self._runner: web.AppRunner | None = None
         self.port = 0
         self.delivered_offset = 0
+        # Webhook mode: where updates go, with which secret, and what each POST answered.
+        self.webhook_url: str | None = None
+        self.webhook_secret: str | None = None
+        self.webhook_statuses: list[int] = []
+        self._webhook_queue: asyncio.Queue[dict[str, Any]] | None = None
+        self._webhook_task: asyncio.Task[None] | None = None
 
     # lifecycle -------------------------------------------------------------------------
 
@@ -160,6 +169,11 @@ class FakeTelegram:
         self._closing = True
         async with self._changed:
             self._changed.notify_all()
+        if self._webhook_task is not None:
+            self._webhook_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._webhook_task
+            self._webhook_task = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -206,9 +220,34 @@ class FakeTelegram:
     def _push(self, update: dict[str, Any]) -> int:
         update_id = next(self._update_ids)
         update["update_id"] = update_id
+        if self.webhook_url is not None:
+            assert self._webhook_queue is not None
+            self._webhook_queue.put_nowait(update)
+            return update_id
         self._pending.append(update)
         asyncio.get_running_loop().create_task(self._notify())
         return update_id
+
+    async def _post_updates(self) -> None:
+        """Webhook mode: POST each update in order; retry (as Telegram does) until a 2xx."""
+        assert self._webhook_queue is not None
+        async with aiohttp.ClientSession() as session:
+            while True:
+                update = await self._webhook_queue.get()
+                for attempt in range(30):
+                    url, secret = self.webhook_url, self.webhook_secret
+                    if url is None:
+                        break
+                    headers = {"X-Telegram-Bot-Api-Secret-Token": secret} if secret else {}
+                    try:
+                        async with session.post(url, json=update, headers=headers) as response:
+                            self.webhook_statuses.append(response.status)
+                            if response.status < 300:
+                                break
+                    except aiohttp.ClientError as exc:
+                        logger.info("fake telegram: webhook POST failed: %s", exc)
+                        self.webhook_statuses.append(0)
+                    await asyncio.sleep(min(2.0, 0.1 * 2**attempt))
 
     async def _notify(self) -> None:
         async with self._changed:
@@ -494,9 +533,15 @@ class FakeTelegram:
         return self._pending[:limit]
 
     async def _m_deleteWebhook(self, call: ApiCall) -> Any:
+        self.webhook_url = self.webhook_secret = None
         return True
 
     async def _m_setWebhook(self, call: ApiCall) -> Any:
+        self.webhook_url = str(call.get("url") or "") or None
+        self.webhook_secret = call.get("secret_token")
+        if self.webhook_url is not None and self._webhook_task is None:
+            self._webhook_queue = asyncio.Queue()
+            self._webhook_task = asyncio.get_running_loop().create_task(self._post_updates())
         return True
 
     async def _m_setMyCommands(self, call: ApiCall) -> Any:

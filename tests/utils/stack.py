@@ -26,10 +26,8 @@ from pydantic import SecretStr
 from sqlalchemy import select
 from telegram.ext import Application
 
-from db.models import BaseModel, Job, Photo, Style, StyleOrigin, User
-from db.session import Database
-from service.blobstore import LocalBlobStore
-from service.settings import (
+from core.blobstore import LocalBlobStore
+from core.settings import (
     AppConfig,
     BrokerSettings,
     DatabaseSettings,
@@ -38,6 +36,8 @@ from service.settings import (
     StorageSettings,
     TelegramSettings,
 )
+from db.models import BaseModelName, Job, Photo, Style, StyleOrigin, User
+from db.session import Database
 from tasks.celery_app import create_celery
 from tests.utils.fake_telegram import TOKEN, ApiCall, FakeTelegram, running_bot
 from tests.utils.workers import CliProcess, WorkerProcess
@@ -78,7 +78,7 @@ def seed_styles(db: Database, blobs: LocalBlobStore) -> list[int]:
                 slug=slug,
                 names=names,
                 category=category,
-                base_model=BaseModel.FILM,
+                base_model=BaseModelName.FILM,
                 prompt=f"{slug} portrait, simple background",
                 prompt_template="cloth",
                 lora_weight=0.35,
@@ -285,7 +285,10 @@ class Stack:
         self.config = config_from_env(self.env, **self.limits)
         if self.celery is None:
             self.celery = create_celery(self.config)
-        self.app = build_application(self.config, self.bot_db or self.db, self.blobs, self.celery)
+        from tasks.dispatch import CeleryPublisher
+
+        db = self.bot_db or self.db
+        self.app = build_application(self.config, db, self.blobs, CeleryPublisher(self.celery, db))
         self._runner = running_bot(self.app, poll_timeout=1)
         await self._runner.__aenter__()
         return self.app

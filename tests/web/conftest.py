@@ -13,11 +13,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from celery import Celery
 from pydantic import SecretStr
 
-from bot.web.app import create_web_app
-from bot.web.metrics import Metrics, create_metrics
-from db.session import Database
-from service.blobstore import LocalBlobStore
-from service.settings import (
+from core.blobstore import LocalBlobStore
+from core.metrics import Metrics, create_metrics
+from core.settings import (
     AdminSettings,
     AppConfig,
     BrokerSettings,
@@ -25,6 +23,9 @@ from service.settings import (
     StorageSettings,
     TelegramSettings,
 )
+from db.session import Database
+from tasks.dispatch import CeleryPublisher
+from web.app import create_web_app
 
 TOKEN = "test-admin-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -47,6 +48,11 @@ def make_config(tmp_path: Path, **admin: Any) -> AppConfig:
     )
 
 
+def publisher_for(celery: Any, db: Database) -> CeleryPublisher:
+    """The production publisher on a (recording) Celery app."""
+    return CeleryPublisher(celery, db)
+
+
 @pytest.fixture
 def config(tmp_path: Path) -> AppConfig:
     return make_config(tmp_path)
@@ -67,7 +73,7 @@ def metrics() -> Metrics:
 def app(
     config: AppConfig, db: Database, blobs: LocalBlobStore, celery: Any, metrics: Metrics
 ) -> web.Application:
-    return create_web_app(config, db, blobs, celery, metrics=metrics)
+    return create_web_app(config, db, blobs, publisher_for(celery, db), metrics=metrics)
 
 
 @pytest.fixture

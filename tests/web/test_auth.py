@@ -10,13 +10,13 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from bot.web.app import create_web_app
-from bot.web.auth import FailureLimiter
-from bot.web.keys import ROUTES
-from bot.web.metrics import create_metrics
+from core.blobstore import LocalBlobStore
+from core.metrics import create_metrics
 from db.session import Database
-from service.blobstore import LocalBlobStore
-from tests.web.conftest import AUTH, TOKEN, make_config
+from tests.web.conftest import AUTH, TOKEN, make_config, publisher_for
+from web.app import create_web_app
+from web.auth import FailureLimiter
+from web.keys import ROUTES
 
 PUBLIC = {"/healthz", "/readyz", "/metrics"}
 
@@ -34,7 +34,7 @@ def route_table() -> list[tuple[str, str]]:
         config,
         mock.Mock(spec=Database),
         mock.Mock(spec=LocalBlobStore),
-        mock.create_autospec(Celery, instance=True),
+        publisher_for(mock.create_autospec(Celery, instance=True), mock.Mock(spec=Database)),
         tg,
         metrics=create_metrics(),
     )
@@ -96,7 +96,12 @@ class TestLockout:
         self, config: Any, db: Database, blobs: LocalBlobStore, celery: Any
     ) -> None:
         app = create_web_app(
-            config, db, blobs, celery, metrics=create_metrics(), auth_max_failures=3
+            config,
+            db,
+            blobs,
+            publisher_for(celery, db),
+            metrics=create_metrics(),
+            auth_max_failures=3,
         )
         async with TestClient(TestServer(app, host="127.0.0.1")) as client:
             for _ in range(3):
@@ -142,7 +147,7 @@ async def test_unset_token_disables_api(
 ) -> None:
     config = make_config(tmp_path)
     config.admin.token = None
-    app = create_web_app(config, db, blobs, celery, metrics=create_metrics())
+    app = create_web_app(config, db, blobs, publisher_for(celery, db), metrics=create_metrics())
     async with TestClient(TestServer(app, host="127.0.0.1")) as client:
         r = await client.get("/api/v1/users", headers=AUTH)
         assert r.status == 503
@@ -154,7 +159,9 @@ async def test_private_metrics_need_token(
     tmp_path: Path, db: Database, blobs: LocalBlobStore, celery: Any
 ) -> None:
     config = make_config(tmp_path, public_metrics=False)
-    app: web.Application = create_web_app(config, db, blobs, celery, metrics=create_metrics())
+    app: web.Application = create_web_app(
+        config, db, blobs, publisher_for(celery, db), metrics=create_metrics()
+    )
     async with TestClient(TestServer(app, host="127.0.0.1")) as client:
         assert (await client.get("/metrics")).status == 401
         assert (await client.get("/metrics", headers=AUTH)).status == 200

@@ -13,14 +13,14 @@ from celery import Celery
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.orm import Session
 
-from bot.web.app import create_web_app
-from bot.web.metrics import Metrics
+from core.blobstore import LocalBlobStore
+from core.metrics import Metrics
+from core.settings import AppConfig
 from db.base import utcnow
 from db.models import Job, JobKind, JobStatus
 from db.session import Database
-from service.blobstore import LocalBlobStore
-from service.settings import AppConfig
-from tests.web.conftest import AUTH
+from tests.web.conftest import AUTH, publisher_for
+from web.app import create_web_app
 
 Client = TestClient[Any, Any]
 UNREACHABLE_DB = "postgresql+psycopg://postgres@127.0.0.1:1/facechain"
@@ -37,7 +37,7 @@ def real_celery() -> Iterator[Celery]:
 async def serve(
     config: AppConfig, db: Database, blobs: LocalBlobStore, celery: Any, metrics: Metrics
 ) -> AsyncIterator[Client]:
-    app = create_web_app(config, db, blobs, celery, metrics=metrics)
+    app = create_web_app(config, db, blobs, publisher_for(celery, db), metrics=metrics)
     async with TestClient(TestServer(app, host="127.0.0.1")) as client:
         yield client
 

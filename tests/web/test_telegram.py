@@ -10,12 +10,12 @@ from aiohttp.test_utils import TestClient, TestServer
 from telegram import Update
 from telegram.ext import Application, ApplicationBuilder
 
-from bot.web.app import create_web_app
-from bot.web.metrics import Metrics
+from core.blobstore import LocalBlobStore
+from core.metrics import Metrics
+from core.settings import AppConfig
 from db.session import Database
-from service.blobstore import LocalBlobStore
-from service.settings import AppConfig
-from tests.web.conftest import WEBHOOK_SECRET
+from tests.web.conftest import WEBHOOK_SECRET, publisher_for
+from web.app import create_web_app
 
 Client = TestClient[Any, Any]
 HEADER = "X-Telegram-Bot-Api-Secret-Token"
@@ -45,7 +45,9 @@ async def tg_client(
     metrics: Metrics,
     telegram_app: Application[Any, Any, Any, Any, Any, Any],
 ) -> AsyncIterator[Client]:
-    app = create_web_app(config, db, blobs, celery, telegram_app, metrics=metrics)
+    app = create_web_app(
+        config, db, blobs, publisher_for(celery, db), telegram_app, metrics=metrics
+    )
     async with TestClient(TestServer(app, host="127.0.0.1")) as client:
         yield client
 
@@ -118,7 +120,9 @@ class TestWebhook:
         telegram_app: Application[Any, Any, Any, Any, Any, Any],
     ) -> None:
         config.telegram.mode = "polling"
-        app = create_web_app(config, db, blobs, celery, telegram_app, metrics=metrics)
+        app = create_web_app(
+            config, db, blobs, publisher_for(celery, db), telegram_app, metrics=metrics
+        )
         async with TestClient(TestServer(app, host="127.0.0.1")) as client:
             r = await client.post(
                 "/telegram/webhook", json=UPDATE, headers={HEADER: WEBHOOK_SECRET}

@@ -98,8 +98,9 @@ class TestUsers:
         r = await client.post("/api/v1/users/123456789/ban", headers=AUTH)
         assert r.status == 404
         assert (await r.json())["error"]["code"] == "not_found"
+        # Ids are integers: any other path segment names no user.
         r = await client.get("/api/v1/users/abc", headers=AUTH)
-        assert r.status == 400
+        assert r.status == 404
 
 
 class TestJobs:

@@ -1,0 +1,156 @@
+"""Content-addressed blob storage (sha256 keys): a local folder, or an S3-compatible bucket.
+
+Keys are the hex sha256 of the bytes, so writing the same image twice stores it once and a
+key can never point at different content. Deleting is explicit (privacy: /forget)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Protocol
+
+from core.errors import BlobMissing, ValidationFailed
+from core.settings import StorageSettings
+
+logger = logging.getLogger(__name__)
+
+_KEY = re.compile(r"^[0-9a-f]{64}$")
+
+
+def sha256_hex(data: bytes) -> str:
+    """The blob key of these bytes."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write a file so readers see either nothing or all of it (temp file + rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _check_key(key: str) -> str:
+    # Keys reach us from the database and the admin API; never let one become a path.
+    if not _KEY.match(key):
+        raise ValidationFailed(f"not a blob key: {key!r}")
+    return key
+
+
+class BlobStore(Protocol):
+    """What every blob backend offers."""
+
+    def put(self, data: bytes) -> str: ...
+
+    def get(self, key: str) -> bytes: ...
+
+    def exists(self, key: str) -> bool: ...
+
+    def delete(self, key: str) -> None: ...
+
+    def ping(self) -> None: ...
+
+
+class LocalBlobStore:
+    """Blobs as files `ab/cd/abcd…` under a root folder; writes are atomic renames."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, key: str) -> Path:
+        """Where the blob with this key lives (it may not exist)."""
+        _check_key(key)
+        return self.root / key[:2] / key[2:4] / key
+
+    def put(self, data: bytes) -> str:
+        """Store bytes, return their key."""
+        key = sha256_hex(data)
+        target = self.path(key)
+        if target.exists():
+            return key
+        write_atomic(target, data)
+        return key
+
+    def get(self, key: str) -> bytes:
+        """Read a blob; BlobMissing if it is gone."""
+        try:
+            return self.path(key).read_bytes()
+        except FileNotFoundError:
+            raise BlobMissing(f"blob {key} not found") from None
+
+    def exists(self, key: str) -> bool:
+        return self.path(key).exists()
+
+    def delete(self, key: str) -> None:
+        """Remove a blob; deleting a missing blob is fine."""
+        self.path(key).unlink(missing_ok=True)
+
+    def ping(self) -> None:
+        """Raise if the folder is not writable."""
+        probe = self.root / ".ping"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+
+
+class S3BlobStore:
+    """Blobs as objects named by their key in an S3-compatible bucket (boto3, optional extra)."""
+
+    def __init__(self, settings: StorageSettings) -> None:
+        import boto3  # optional dependency: pip install 'facechain-bot[s3]'
+
+        assert settings.s3_access_key is not None
+        assert settings.s3_secret_key is not None
+        self.bucket = settings.s3_bucket
+        self.client = boto3.client(
+            "s3",
+            endpoint_url=settings.s3_endpoint_url,
+            region_name=settings.s3_region,
+            aws_access_key_id=settings.s3_access_key.get_secret_value(),
+            aws_secret_access_key=settings.s3_secret_key.get_secret_value(),
+        )
+
+    def put(self, data: bytes) -> str:
+        key = sha256_hex(data)
+        if not self.exists(key):
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=data)
+        return key
+
+    def get(self, key: str) -> bytes:
+        try:
+            obj = self.client.get_object(Bucket=self.bucket, Key=_check_key(key))
+        except self.client.exceptions.NoSuchKey:
+            raise BlobMissing(f"blob {key} not found") from None
+        body: bytes = obj["Body"].read()
+        return body
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=_check_key(key))
+        except ClientError:
+            return False
+        return True
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=_check_key(key))
+
+    def ping(self) -> None:
+        self.client.head_bucket(Bucket=self.bucket)
+
+
+def create_blob_store(settings: StorageSettings) -> BlobStore:
+    """The blob backend the settings name."""
+    if settings.backend == "s3":
+        return S3BlobStore(settings)
+    return LocalBlobStore(settings.blobs_path)

@@ -1,0 +1,62 @@
+"""Process counters (Prometheus) that the bot and the admin web of one process share.
+
+Counters live on a `Metrics` object with its own registry; `default_metrics()` is the one a
+process uses unless a test builds its own. The bot counts handled updates by kind and errors by
+code (`source="bot"`); the web counts requests and API errors. The admin web's `/metrics`
+renders these counters followed by figures read from the database at scrape time."""
+
+from __future__ import annotations
+
+import functools
+
+from prometheus_client import CollectorRegistry, Counter
+
+
+class Metrics:
+    """Process-local counters on their own registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.updates_handled = Counter(
+            "facechain_updates_handled",
+            "Telegram updates handled by the bot, by kind",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.webhook_updates = Counter(
+            "facechain_telegram_webhook_requests",
+            "Requests to the Telegram webhook route by outcome",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "facechain_errors",
+            "Errors by code and where they surfaced (bot, api)",
+            ["code", "source"],
+            registry=self.registry,
+        )
+        self.http_requests = Counter(
+            "facechain_admin_http_requests",
+            "Admin web requests by route template and status",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+
+    def record_error(self, code: str, source: str) -> None:
+        """Count one error with its stable code."""
+        self.errors.labels(code=code, source=source).inc()
+
+    def record_update(self, kind: str) -> None:
+        """Count one Telegram update the bot handled."""
+        self.updates_handled.labels(kind=kind).inc()
+
+
+def create_metrics() -> Metrics:
+    """A fresh set of counters (tests, or a second app in one process)."""
+    return Metrics()
+
+
+@functools.cache
+def default_metrics() -> Metrics:
+    """The counters shared by the bot and the web server of this process."""
+    return create_metrics()

@@ -1,0 +1,273 @@
+"""Settings: one pydantic-settings class per concern, composed into `AppConfig`.
+
+Everything comes from environment variables (and an optional `.env`). Defaults are the
+embedded ones: a SQLite file, the SQLite broker transport and a local blob folder, all
+under `DATA_DIR`, so `facechain-bot run` works on a fresh machine with only a token.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# Values people paste from examples; refusing them at startup beats a confusing 401 later.
+PLACEHOLDER_SECRETS = {
+    "changeme",
+    "change-me",
+    "changethis",
+    "secret",
+    "token",
+    "xxx",
+    "your-token",
+}
+
+_ENV = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+
+def _data_dir() -> Path:
+    return Path(os.environ.get("DATA_DIR", "data")).resolve()
+
+
+def _reject_placeholder(value: SecretStr | None, name: str) -> SecretStr | None:
+    if value is not None and value.get_secret_value().strip().lower() in PLACEHOLDER_SECRETS:
+        raise ValueError(f"{name} is a placeholder value; set a real secret")
+    return value
+
+
+class TelegramSettings(BaseSettings):
+    """Bot token, Bot API endpoints, admins and update mode."""
+
+    model_config = SettingsConfigDict(**_ENV, env_prefix="TELEGRAM_")
+
+    token: SecretStr | None = None
+    api_base_url: str = "https://api.telegram.org/bot"
+    file_base_url: str = "https://api.telegram.org/file/bot"
+    admin_ids: Annotated[list[int], NoDecode] = Field(default_factory=list)
+    admin_chat_id: int | None = None
+    mode: Literal["polling", "webhook"] = "polling"
+    webhook_url: str | None = None
+    webhook_secret: SecretStr | None = None
+    # Users allowed to train styles besides admins.
+    trainer_ids: Annotated[list[int], NoDecode] = Field(default_factory=list)
+
+    @field_validator("admin_ids", "trainer_ids", mode="before")
+    @classmethod
+    def _split_ids(cls, value: object) -> object:
+        if isinstance(value, int):
+            return [value]
+        if isinstance(value, str):
+            parts = [p.strip() for p in value.replace(";", ",").split(",") if p.strip()]
+            try:
+                return [int(p) for p in parts]
+            except ValueError as exc:
+                raise ValueError(
+                    "must be comma-separated numeric Telegram user ids, e.g. 12345,67890"
+                ) from exc
+        return value
+
+    @field_validator("token")
+    @classmethod
+    def _token_shape(cls, value: SecretStr | None) -> SecretStr | None:
+        _reject_placeholder(value, "TELEGRAM_TOKEN")
+        if value is not None and ":" not in value.get_secret_value():
+            raise ValueError(
+                "does not look like a bot token (expected '123456:ABC...' from @BotFather)"
+            )
+        return value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _secret(cls, value: SecretStr | None) -> SecretStr | None:
+        return _reject_placeholder(value, "TELEGRAM_WEBHOOK_SECRET")
+
+    @model_validator(mode="after")
+    def _webhook_needs_url(self) -> TelegramSettings:
+        if self.mode == "webhook" and not (self.webhook_url and self.webhook_secret):
+            raise ValueError(
+                "TELEGRAM_MODE=webhook needs TELEGRAM_WEBHOOK_URL and TELEGRAM_WEBHOOK_SECRET"
+            )
+        return self
+
+
+class DatabaseSettings(BaseSettings):
+    """SQL database URL (SQLAlchemy form); SQLite under DATA_DIR by default."""
+
+    model_config = SettingsConfigDict(**_ENV, env_prefix="DATABASE_")
+
+    url: str = Field(default_factory=lambda: f"sqlite:///{_data_dir() / 'facechain.db'}")
+    pool_size: int = 10
+    echo: bool = False
+
+    @field_validator("url")
+    @classmethod
+    def _normalise(cls, value: str) -> str:
+        # Accept the URLs people copy from hosting panels; we use psycopg 3 for PostgreSQL.
+        if value.startswith("postgres://"):
+            value = "postgresql://" + value[len("postgres://") :]
+        if value.startswith("postgresql://"):
+            value = "postgresql+psycopg://" + value[len("postgresql://") :]
+        if not value.startswith(("sqlite", "postgresql")):
+            raise ValueError("only sqlite:/// and postgresql:// URLs are supported")
+        return value
+
+
+class BrokerSettings(BaseSettings):
+    """Celery broker; the embedded SQLite transport when BROKER_URL is unset."""
+
+    model_config = SettingsConfigDict(**_ENV, env_prefix="BROKER_")
+
+    url: str | None = None
+    # Seconds a gpu task may run before Celery kills it (soft limit raises inside the task).
+    gpu_time_limit: int = 900
+    # Style trainings (thousands of steps at FaceChain's defaults) get their own limit.
+    train_time_limit: int = 6 * 3600
+    io_time_limit: int = 120
+    # A job queued this long without reaching the broker is re-sent by the sweep.
+    outbox_grace_seconds: int = 30
+    sweep_interval_seconds: int = 30
+
+    @cached_property
+    def effective_url(self) -> str:
+        """The broker URL Celery gets: explicit, or the SQLite transport under DATA_DIR."""
+        return self.url or f"sqla+sqlite:///{_data_dir() / 'broker.db'}"
+
+    @property
+    def embedded(self) -> bool:
+        return self.url is None
+
+
+class StorageSettings(BaseSettings):
+    """Where blobs (selfies, results, LoRAs) and models live."""
+
+    model_config = SettingsConfigDict(**_ENV, env_prefix="STORAGE_")
+
+    data_dir: Path = Field(default_factory=_data_dir, validation_alias="DATA_DIR")
+    backend: Literal["local", "s3"] = "local"
+    blob_dir: Path | None = None
+    s3_endpoint_url: str | None = None
+    s3_bucket: str | None = None
+    s3_access_key: SecretStr | None = None
+    s3_secret_key: SecretStr | None = None
+    s3_region: str | None = None
+
+    @property
+    def blobs_path(self) -> Path:
+        return self.blob_dir or self.data_dir / "blobs"
+
+    @model_validator(mode="after")
+    def _s3_complete(self) -> StorageSettings:
+        if self.backend == "s3" and not (
+            self.s3_bucket and self.s3_access_key and self.s3_secret_key
+        ):
+            raise ValueError(
+                "STORAGE_BACKEND=s3 needs STORAGE_S3_BUCKET, _ACCESS_KEY and _SECRET_KEY"
+            )
+        return self
+
+
+class EngineSettings(BaseSettings):
+    """Which weights the engine builds and where they are cached."""
+
+    model_config = SettingsConfigDict(**_ENV, env_prefix="ENGINE_")
+
+    profile: Literal["real", "tiny"] = "real"
+    models_dir: Path = Field(default_factory=lambda: _data_dir() / "models")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_images: int = Field(default=4, ge=1, le=8)
+    num_candidates: int = Field(default=6, ge=1, le=16)
+    steps: int | None = Field(default=None, ge=1, le=150)
+    similarity_floor: float = Field(default=0.2, ge=-1.0, le=1.0)
+
+
+class AdminSettings(BaseSettings):
+    """Admin web API: bearer token and bind address."""
+
+    model_config = SettingsConfigDict(**_ENV, env_prefix="ADMIN_")
+
+    token: SecretStr | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    # Public metrics are convenient behind a private network; off means bearer auth.
+    public_metrics: bool = True
+
+    @field_validator("token")
+    @classmethod
+    def _token(cls, value: SecretStr | None) -> SecretStr | None:
+        _reject_placeholder(value, "ADMIN_TOKEN")
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters (try: openssl rand -hex 24)")
+        return value
+
+
+class LimitsSettings(BaseSettings):
+    """Per-user limits and input bounds."""
+
+    model_config = SettingsConfigDict(**_ENV, env_prefix="LIMITS_")
+
+    daily_quota: int = Field(default=20, ge=0)
+    active_jobs_per_user: int = Field(default=1, ge=1)
+    updates_per_minute: int = Field(default=30, ge=1)
+    max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
+    max_image_pixels: int = Field(default=40_000_000, ge=10_000)
+    min_face_px: int = Field(default=64, ge=8)
+    selfie_retention_days: int = Field(default=30, ge=1)
+    max_selfies: int = Field(default=5, ge=1, le=20)
+    training_min_images: int = Field(default=5, ge=1)
+    training_max_images: int = Field(default=50, ge=1)
+    max_lora_bytes: int = Field(default=400 * 1024 * 1024, ge=1024)
+
+
+class AppConfig(BaseSettings):
+    """Every concern's settings, built once in the entry point and passed down."""
+
+    model_config = SettingsConfigDict(**_ENV)
+
+    telegram: TelegramSettings = Field(default_factory=TelegramSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    broker: BrokerSettings = Field(default_factory=BrokerSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+    admin: AdminSettings = Field(default_factory=AdminSettings)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
+    log_level: str = "INFO"
+
+
+def load_config() -> AppConfig:
+    """Build the configuration from the environment; raises ConfigError with readable lines."""
+    from pydantic import ValidationError
+
+    from core.errors import ConfigError
+
+    try:
+        return AppConfig()
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+
+
+def format_validation_error(exc: Exception) -> str:
+    """Turn a pydantic ValidationError into 'ENV_NAME: reason' lines."""
+    from pydantic import ValidationError
+
+    if not isinstance(exc, ValidationError):
+        return str(exc)
+    prefix = {
+        "TelegramSettings": "TELEGRAM_",
+        "DatabaseSettings": "DATABASE_",
+        "BrokerSettings": "BROKER_",
+        "StorageSettings": "STORAGE_",
+        "EngineSettings": "ENGINE_",
+        "AdminSettings": "ADMIN_",
+        "LimitsSettings": "LIMITS_",
+    }.get(exc.title, "")
+    lines = []
+    for err in exc.errors():
+        loc = "_".join(str(p) for p in err["loc"] if not isinstance(p, int)).upper()
+        name = f"{prefix}{loc}" if loc else prefix.rstrip("_") or exc.title
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        lines.append(f"{name}: {msg}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)

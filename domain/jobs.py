@@ -1,0 +1,456 @@
+"""Jobs as users and admins see them: create (with ban, active-job and quota checks), release
+to the workers, cancel, retry, and the queries behind the chat's job buttons and /history.
+
+Every creation first locks the user's row, so the active-job and quota checks hold even when
+two updates (or two bot replicas) race. A created job is committed as queued and published only
+when `release_job` (after the chat showed its status message) or `retry_job` puts it in the
+outbox; the sweep publishes queued jobs that were never released."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, time, timedelta
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from core.errors import (
+    ActiveJobExists,
+    IllegalTransition,
+    NotFound,
+    QuotaExceeded,
+    ResultUnavailable,
+    SelfieRequired,
+    TemplateUnavailable,
+    UserBanned,
+    ValidationFailed,
+)
+from core.settings import LimitsSettings
+from db.base import utcnow
+from db.models import (
+    Job,
+    JobKind,
+    JobStatus,
+    Photo,
+    PhotoKind,
+    Style,
+    StyleTraining,
+    Template,
+    User,
+)
+from db.repositories.jobs import JobRepository
+from db.repositories.photos import PhotoRepository
+from domain import outbox
+from domain.audit import audit
+from domain.styles import usable_style
+from domain.templates import usable_template
+from domain.trainings import valid_name, valid_trigger
+from domain.webhooks import emit_job_event
+
+# Without history, assume a job takes this long (the tiny profile is faster, real is ~1 min).
+DEFAULT_JOB_SECONDS = 60.0
+# HD (upscale) jobs are free: see `create_upscale_job`.
+QUOTA_KINDS = {JobKind.PORTRAIT, JobKind.TEMPLATE}
+
+
+@dataclass(frozen=True)
+class CreatedJob:
+    """A committed-to-be job and what its status message shows."""
+
+    job_id: int
+    position: int
+    eta_minutes: int
+
+
+def day_start(now: datetime) -> datetime:
+    """Midnight UTC of `now`'s day (quotas reset then)."""
+    return datetime.combine(now.date(), time.min, tzinfo=now.tzinfo)
+
+
+def _lock_user(session: Session, user_id: int) -> User:
+    user = session.get(User, user_id, with_for_update=True, populate_existing=True)
+    if user is None:
+        raise NotFound(f"user {user_id} not found")
+    return user
+
+
+def check_can_start(
+    session: Session, user: User, limits: LimitsSettings, *, is_admin: bool, quota: bool = True
+) -> None:
+    """Raise the typed error that stops this user from starting a job now, if any."""
+    if user.is_banned:
+        raise UserBanned("banned")
+    jobs = JobRepository(session)
+    if len(jobs.active_for_user(user.id)) >= limits.active_jobs_per_user:
+        raise ActiveJobExists("a job is already running")
+    if not quota or is_admin:
+        return
+    allowed = user.daily_quota if user.daily_quota is not None else limits.daily_quota
+    used = jobs.count_since(user.id, day_start(utcnow()), QUOTA_KINDS)
+    if used >= allowed:
+        raise QuotaExceeded("daily quota reached", quota=allowed)
+
+
+def _selfies(session: Session, user_id: int, limits: LimitsSettings) -> list[Photo]:
+    photos = list(PhotoRepository(session).usable_selfies(user_id, utcnow(), limits.max_selfies))
+    if not photos:
+        raise SelfieRequired("no usable selfie")
+    return photos
+
+
+def _eta_minutes(session: Session, position: int) -> int:
+    durations = JobRepository(session).finished_durations(utcnow() - timedelta(days=1))
+    average = sum(durations) / len(durations) if durations else DEFAULT_JOB_SECONDS
+    return max(1, math.ceil((position + 1) * average / 60.0))
+
+
+def _add(session: Session, job: Job) -> CreatedJob:
+    repo = JobRepository(session)
+    repo.add(job)
+    position = repo.queue_position(job)
+    return CreatedJob(job.id, position, _eta_minutes(session, position))
+
+
+def create_portrait_job(
+    session: Session,
+    user_id: int,
+    *,
+    style_id: int,
+    chat_id: int,
+    limits: LimitsSettings,
+    is_admin: bool,
+    num_images: int,
+    seed: int | None = None,
+    pose_blob: str | None = None,
+) -> CreatedJob:
+    """A queued portrait job from the user's selfies in a style (checks limits first)."""
+    user = _lock_user(session, user_id)
+    check_can_start(session, user, limits, is_admin=is_admin)
+    style = usable_style(session, user_id, style_id)
+    photos = _selfies(session, user_id, limits)
+    params: dict[str, Any] = {
+        "photo_ids": [p.id for p in photos],
+        "style_id": style.id,
+        "num_images": num_images,
+        "seed": seed,
+        "pose_blob": pose_blob,
+        # The user's /subject choice at creation (None: FairFace decides on the worker).
+        "subject": user.subject,
+    }
+    return _add(
+        session,
+        Job(
+            user_id=user_id,
+            kind=JobKind.PORTRAIT,
+            params=params,
+            style_id=style.id,
+            chat_id=chat_id,
+        ),
+    )
+
+
+def create_template_job(
+    session: Session,
+    user_id: int,
+    *,
+    faces: list[int],
+    chat_id: int,
+    limits: LimitsSettings,
+    is_admin: bool,
+    template_id: int | None = None,
+    template_photo_id: int | None = None,
+    seed: int | None = None,
+) -> CreatedJob:
+    """A queued template job; `faces` are 0-based indices of the template's faces."""
+    user = _lock_user(session, user_id)
+    check_can_start(session, user, limits, is_admin=is_admin)
+    if template_id is not None:
+        count = len(usable_template(session, user_id, template_id).faces or [])
+    else:
+        assert template_photo_id is not None
+        photo = PhotoRepository(session).owned(user_id, template_photo_id, PhotoKind.TEMPLATE)
+        if photo is None:
+            raise TemplateUnavailable("the template photo is gone")
+        count = len(photo.faces or [])
+    chosen = sorted(set(faces))
+    if not chosen or any(not 0 <= i < count for i in chosen):
+        raise ValidationFailed("no valid face chosen")
+    selfie = _selfies(session, user_id, limits)[0]
+    params: dict[str, Any] = {
+        # The user's newest selfie goes into every chosen face.
+        "photo_ids": [selfie.id] * len(chosen),
+        "template_id": template_id,
+        "template_photo_id": template_photo_id,
+        "faces": [i + 1 for i in chosen],
+        "seed": seed,
+        "subject": user.subject,
+    }
+    return _add(
+        session,
+        Job(
+            user_id=user_id,
+            kind=JobKind.TEMPLATE,
+            params=params,
+            template_id=template_id,
+            chat_id=chat_id,
+        ),
+    )
+
+
+def create_training_job(
+    session: Session,
+    user_id: int,
+    *,
+    name: str,
+    trigger_word: str,
+    photo_ids: list[int],
+    chat_id: int,
+    limits: LimitsSettings,
+    is_admin: bool,
+) -> CreatedJob:
+    """A StyleTraining row and its queued training job."""
+    if not (valid_name(name) and valid_trigger(trigger_word)):
+        raise ValidationFailed("a training needs a name and a trigger word")
+    user = _lock_user(session, user_id)
+    check_can_start(session, user, limits, is_admin=is_admin, quota=False)
+    repo = PhotoRepository(session)
+    photos = [repo.owned(user_id, pid, PhotoKind.TRAINING) for pid in photo_ids]
+    blobs = [p.sha256 for p in photos if p is not None]
+    if len(blobs) < limits.training_min_images:
+        raise ValidationFailed("too few training images")
+    training = StyleTraining(
+        user_id=user_id, name=name, trigger_word=trigger_word, image_blobs=blobs, captions=[]
+    )
+    session.add(training)
+    session.flush()
+    created = _add(
+        session,
+        Job(
+            user_id=user_id,
+            kind=JobKind.TRAINING,
+            params={"training_id": training.id},
+            chat_id=chat_id,
+        ),
+    )
+    training.job_id = created.job_id
+    return created
+
+
+def create_upscale_job(
+    session: Session,
+    user_id: int,
+    *,
+    source_job_id: int,
+    index: int,
+    size: int,
+    chat_id: int,
+    limits: LimitsSettings,
+    is_admin: bool,
+) -> CreatedJob:
+    """A queued HD (×4) job for portrait `index` (0-based) of the user's finished portrait job.
+
+    HD does not count against the daily quota: it costs about 1% of a generation (one RRDB
+    pass against 30 denoising steps for several candidates) and only enlarges a portrait the
+    user already has. The one-active-job rule still applies, so it cannot flood the gpu queue.
+    """
+    user = _lock_user(session, user_id)
+    check_can_start(session, user, limits, is_admin=is_admin, quota=False)
+    source = owned_job(session, user_id, source_job_id)
+    if (
+        source is None
+        or source.kind is not JobKind.PORTRAIT
+        or source.status not in (JobStatus.SUCCEEDED, JobStatus.DELIVERED)
+        or not 0 <= index < len(source.result_blobs or [])
+    ):
+        raise ResultUnavailable(f"job {source_job_id} has no portrait {index}")
+    params: dict[str, Any] = {"source_job_id": source.id, "index": index, "size": size}
+    return _add(
+        session, Job(user_id=user_id, kind=JobKind.UPSCALE, params=params, chat_id=chat_id)
+    )
+
+
+def release_job(session: Session, job_id: int, status_message_id: int | None = None) -> None:
+    """Hand a created job to the workers (after the commit), remembering its status message so
+    workers can edit it."""
+    job = session.get(Job, job_id)
+    if job is None:
+        return
+    if status_message_id is not None:
+        job.status_message_id = status_message_id
+    outbox.pending(session).jobs.append(job_id)
+
+
+def owned_job(session: Session, user_id: int, job_id: int) -> Job | None:
+    """The job if it belongs to the user."""
+    job = session.get(Job, job_id)
+    return job if job is not None and job.user_id == user_id else None
+
+
+class CancelOutcome:
+    CANCELLED = "cancelled"
+    REQUESTED = "requested"
+    FINISHED = "finished"
+    MISSING = "missing"
+
+
+def _cancel(session: Session, job: Job) -> str:
+    """Cancel a queued job at once (emitting job.cancelled); flag a running one for its worker."""
+    if job.status is JobStatus.QUEUED:
+        job.transition(JobStatus.CANCELLED)
+        job.error_code = "cancelled"
+        emit_job_event(session, job, "job.cancelled")
+        return CancelOutcome.CANCELLED
+    if job.status is JobStatus.RUNNING:
+        # The worker owns a running job; it sees the flag, stops and records the cancellation.
+        job.cancel_requested = True
+        return CancelOutcome.REQUESTED
+    return CancelOutcome.FINISHED
+
+
+def cancel_for_user(session: Session, user_id: int, job_id: int) -> str:
+    """The user's Cancel button: a `CancelOutcome` (missing if the job is not theirs)."""
+    job = session.get(Job, job_id, with_for_update=True, populate_existing=True)
+    if job is None or job.user_id != user_id:
+        return CancelOutcome.MISSING
+    return _cancel(session, job)
+
+
+def cancel_job(session: Session, job_id: int, actor: str) -> Job:
+    """An admin's cancel: a queued job at once, a running one at its next progress step."""
+    job = JobRepository(session).get_for_update(job_id)
+    if _cancel(session, job) == CancelOutcome.FINISHED:
+        raise IllegalTransition(
+            f"job {job_id} is {job.status.value}; only queued or running jobs can be cancelled",
+            job_id=job_id,
+            current=job.status.value,
+        )
+    audit(session, actor, "job.cancel", f"job:{job_id}", status=job.status.value)
+    return job
+
+
+def retry_job(session: Session, job_id: int, actor: str) -> Job:
+    """Put a failed or cancelled job back in the queue (published after the commit)."""
+    job = JobRepository(session).get_for_update(job_id)
+    previous = job.status.value
+    job.transition(JobStatus.QUEUED)
+    audit(session, actor, "job.retry", f"job:{job_id}", previous=previous)
+    outbox.pending(session).jobs.append(job_id)
+    return job
+
+
+def jobs_page(
+    session: Session,
+    *,
+    status: JobStatus | None,
+    kind: JobKind | None,
+    telegram_id: int | None,
+    limit: int,
+    offset: int,
+) -> tuple[Sequence[Job], int]:
+    """Jobs newest first, filtered by status, kind and the user's Telegram id."""
+    return JobRepository(session).page(
+        JobRepository(session).search(status=status, kind=kind, telegram_id=telegram_id),
+        limit=limit,
+        offset=offset,
+    )
+
+
+def get_job(session: Session, job_id: int) -> Job:
+    """One job (NotFound otherwise)."""
+    return JobRepository(session).get(job_id)
+
+
+# ---- what the chat's buttons and /history need ----
+
+SHOWABLE = (JobStatus.SUCCEEDED, JobStatus.DELIVERED)
+
+
+@dataclass(frozen=True)
+class JobFacts:
+    """What "more like this" and friends need to start a similar job."""
+
+    kind: JobKind
+    style_id: int | None
+    template_id: int | None
+    template_photo_id: int | None
+    faces: list[int]
+
+
+def job_facts(session: Session, user_id: int, job_id: int) -> JobFacts | None:
+    """The user's job's inputs (0-based faces); None if it is not theirs."""
+    job = owned_job(session, user_id, job_id)
+    if job is None:
+        return None
+    params = job.params or {}
+    return JobFacts(
+        kind=job.kind,
+        style_id=job.style_id if job.style_id is not None else params.get("style_id"),
+        template_id=params.get("template_id"),
+        template_photo_id=params.get("template_photo_id"),
+        faces=[int(f) - 1 for f in params.get("faces", [])],
+    )
+
+
+@dataclass(frozen=True)
+class HistoryRow:
+    """One line of /history."""
+
+    job_id: int
+    kind: JobKind
+    status: JobStatus
+    created: str
+    title: str
+    results: int
+
+
+def history(
+    session: Session, user_id: int, language: str, offset: int, page: int
+) -> tuple[list[HistoryRow], bool]:
+    """One page of the user's jobs, newest first, and whether older ones follow."""
+    found = JobRepository(session).for_user(user_id, limit=page + 1, offset=offset)
+    rows = []
+    for job in found[:page]:
+        title = ""
+        if job.style_id is not None:
+            style = session.get(Style, job.style_id)
+            title = style.name_for(language) if style else ""
+        elif job.template_id is not None:
+            template = session.get(Template, job.template_id)
+            title = template.name_for(language) if template else ""
+        rows.append(
+            HistoryRow(
+                job.id,
+                job.kind,
+                job.status,
+                job.created_at.strftime("%Y-%m-%d %H:%M"),
+                title,
+                len(job.result_blobs or []),
+            )
+        )
+    return rows, len(found) > page
+
+
+@dataclass(frozen=True)
+class JobResults:
+    """A finished job's images, to send them again."""
+
+    keys: list[str]
+    style_id: int | None
+    kind: JobKind
+    filename: str
+
+
+def job_results(session: Session, user_id: int, job_id: int) -> JobResults | None:
+    """The user's finished job's result blobs; None if not theirs or not finished."""
+    job = owned_job(session, user_id, job_id)
+    if job is None or job.status not in SHOWABLE:
+        return None
+    meta = job.result_meta or {}
+    return JobResults(
+        list(job.result_blobs or []),
+        job.style_id,
+        job.kind,
+        str(meta.get("filename") or f"result-{job.id}.png"),
+    )

@@ -1,0 +1,31 @@
+"""Typed application state keys of the admin web app."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from aiohttp import web
+from telegram.ext import Application
+
+from core.blobstore import BlobStore
+from core.metrics import Metrics
+from core.settings import AppConfig
+from db.session import Database
+from domain.outbox import Publisher
+from web.auth import AuthGuard
+from web.openapi import Route
+
+CONFIG = web.AppKey("config", AppConfig)
+DB = web.AppKey("db", Database)
+BLOBS = web.AppKey("blobs", BlobStore)
+PUBLISHER = web.AppKey("publisher", Publisher)
+TELEGRAM = web.AppKey("telegram", Application[Any, Any, Any, Any, Any, Any])
+METRICS = web.AppKey("metrics", Metrics)
+AUTH = web.AppKey("auth", AuthGuard)
+# Health checks run here so a hung dependency cannot exhaust the default executor.
+CHECK_EXECUTOR = web.AppKey("check_executor", ThreadPoolExecutor)
+# The OpenAPI document, built once from the route table at startup.
+OPENAPI = web.AppKey("openapi", dict[str, Any])
+# The route table the app serves (and documents).
+ROUTES = web.AppKey("routes", tuple[Route, ...])
