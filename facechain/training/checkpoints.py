@@ -1,40 +1,40 @@
-"""Resumable training checkpoints: LoRA weights, optimizer, grad scaler, step and RNG state.
+"""Resumable training checkpoints, written and read by `accelerate` (`Accelerator.save_state`).
 
-Each checkpoint is a folder `checkpoint-<step>` written under a temporary name and renamed into
-place, so a crash mid-write never leaves a half checkpoint that a restart would trust. Tensors
-go to safetensors and the rest to a `torch.save` file read back with `weights_only=True`.
-A checkpoint carries the fingerprint of its config and dataset and is resumed only on a match.
+A checkpoint is a folder `checkpoint-<step>`: accelerate's files (optimizer, grad scaler, RNG
+states, the step generator registered with `register_for_checkpointing`), the LoRA weights
+alone (`lora.safetensors`, written by the save hook `train.py` registers, so the frozen base is
+never copied), and `training.json` (step, the fingerprint of config and dataset, losses so far).
+It is written under a temporary name and renamed into place, so a crash mid-write never leaves
+a half checkpoint that a restart would trust; it is resumed only when its fingerprint matches.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-import torch
-from safetensors.torch import load_file, save_file
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 logger = logging.getLogger(__name__)
 
 LORA_FILE = "lora.safetensors"
-STATE_FILE = "state.pt"
+META_FILE = "training.json"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 
 
 @dataclass
 class TrainingState:
-    """Everything besides the LoRA tensors needed to continue bit for bit."""
+    """What a checkpoint records besides accelerate's state and the LoRA weights."""
 
     step: int
     fingerprint: str
-    optimizer: dict[str, Any]
-    scaler: dict[str, Any]
-    generator: torch.Tensor
     losses: list[float]
     eval_loss_before: float | None
 
@@ -46,33 +46,21 @@ def checkpoint_steps(checkpoint_dir: Path) -> list[tuple[int, Path]]:
     found = []
     for path in checkpoint_dir.iterdir():
         match = _NAME.match(path.name)
-        if match and (path / LORA_FILE).is_file() and (path / STATE_FILE).is_file():
+        if match and (path / LORA_FILE).is_file() and (path / META_FILE).is_file():
             found.append((int(match.group(1)), path))
     return sorted(found)
 
 
 def save_checkpoint(
-    checkpoint_dir: Path, lora: dict[str, torch.Tensor], state: TrainingState, keep: int
+    accelerator: Accelerator, checkpoint_dir: Path, state: TrainingState, keep: int
 ) -> Path:
     """Write `checkpoint-<step>` atomically and drop all but the newest `keep`."""
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     final = checkpoint_dir / f"checkpoint-{state.step:07d}"
     tmp = checkpoint_dir / f".tmp-checkpoint-{state.step:07d}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file({k: v.detach().contiguous().cpu() for k, v in lora.items()}, str(tmp / LORA_FILE))
-    torch.save(
-        {
-            "step": state.step,
-            "fingerprint": state.fingerprint,
-            "optimizer": state.optimizer,
-            "scaler": state.scaler,
-            "generator": state.generator,
-            "losses": state.losses,
-            "eval_loss_before": state.eval_loss_before,
-        },
-        tmp / STATE_FILE,
-    )
+    accelerator.save_state(str(tmp))
+    (tmp / META_FILE).write_text(json.dumps(asdict(state)), encoding="utf-8")
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -83,23 +71,15 @@ def save_checkpoint(
 
 
 def load_latest_checkpoint(
-    checkpoint_dir: Path, fingerprint: str
-) -> tuple[dict[str, torch.Tensor], TrainingState] | None:
-    """The newest checkpoint made for these inputs, or None to start from step 0."""
+    accelerator: Accelerator, checkpoint_dir: Path, fingerprint: str
+) -> TrainingState | None:
+    """Restore the newest checkpoint made for these inputs; None to start from step 0."""
     for step, path in reversed(checkpoint_steps(checkpoint_dir)):
-        raw = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
-        if raw.get("fingerprint") != fingerprint:
+        state = TrainingState(**json.loads((path / META_FILE).read_text(encoding="utf-8")))
+        if state.fingerprint != fingerprint:
             logger.warning("checkpoint %s was made for other inputs; ignored", path.name)
             continue
-        state = TrainingState(
-            step=int(raw["step"]),
-            fingerprint=str(raw["fingerprint"]),
-            optimizer=raw["optimizer"],
-            scaler=raw["scaler"],
-            generator=raw["generator"],
-            losses=[float(x) for x in raw["losses"]],
-            eval_loss_before=raw["eval_loss_before"],
-        )
+        accelerator.load_state(str(path))
         logger.info("resuming from checkpoint at step %d", step)
-        return load_file(str(path / LORA_FILE)), state
+        return state
     return None

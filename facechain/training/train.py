@@ -12,8 +12,10 @@ Differences, and why:
   `latent_dist.sample()` would, so the maths are the same and a 512 px step skips the VAE.
 - Every random draw comes from one seeded CPU generator whose state is checkpointed, and the
   epoch order is a seeded permutation, so a resumed run continues bit for bit.
-- Checkpoints (LoRA + optimizer + scaler + step + RNG) land in `checkpoint_dir` every
-  `checkpointing_steps`; a call with the same inputs resumes from the newest one.
+- Mixed precision and checkpoints go through `accelerate`, as in the example: the grad scaler,
+  autocast and `save_state`/`load_state` (LoRA alone + optimizer + scaler + step generator + RNG)
+  land in `checkpoint_dir` every `checkpointing_steps`; a call with the same inputs resumes from
+  the newest one.
 - A fixed-noise evaluation loss is measured before and after, to report what training did.
 """
 
@@ -32,12 +34,15 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
+from accelerate import Accelerator
 from diffusers.training_utils import cast_training_params
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors.torch import load_file, save_file
 
 from facechain.errors import Cancelled
 from facechain.training.checkpoints import (
+    LORA_FILE,
     TrainingState,
     load_latest_checkpoint,
     save_checkpoint,
@@ -266,6 +271,46 @@ class _EpochOrder:
         return self._perm[k * self.batch : (k + 1) * self.batch]
 
 
+class _GeneratorState:
+    """The step generator as accelerate checkpoints custom objects (state_dict / load)."""
+
+    def __init__(self, generator: torch.Generator) -> None:
+        self.generator = generator
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"state": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.generator.set_state(state["state"])
+
+
+def _accelerator(unet: Any, generator: torch.Generator, use_fp16: bool, cpu: bool) -> Accelerator:
+    """An Accelerator whose checkpoints hold the LoRA alone, not the frozen base."""
+    accelerator = Accelerator(
+        mixed_precision="fp16" if use_fp16 else "no", cpu=cpu, device_placement=False
+    )
+
+    def save_lora(models: list[Any], weights: list[Any], output_dir: str) -> None:
+        weights.clear()  # the full UNet state dict accelerate would write
+        lora = get_peft_model_state_dict(unet, adapter_name=ADAPTER_NAME)
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in lora.items()},
+            str(Path(output_dir) / LORA_FILE),
+        )
+
+    def load_lora(models: list[Any], input_dir: str) -> None:
+        models.clear()  # the weights come from the LoRA file, not a full state dict
+        state = load_file(str(Path(input_dir) / LORA_FILE))
+        result = set_peft_model_state_dict(unet, state, adapter_name=ADAPTER_NAME)
+        if result is not None and getattr(result, "unexpected_keys", None):
+            raise ValueError(f"checkpoint does not fit the UNet: {result.unexpected_keys[:3]}")
+
+    accelerator.register_save_state_pre_hook(save_lora)
+    accelerator.register_load_state_pre_hook(load_lora)
+    accelerator.register_for_checkpointing(_GeneratorState(generator))
+    return accelerator
+
+
 def train_style_lora(
     config: TrainingConfig,
     dataset: StyleDataset,
@@ -335,6 +380,7 @@ def train_style_lora(
             ),
             adapter_name=ADAPTER_NAME,
         )
+    accelerator: Accelerator | None = None
     try:
         if use_fp16:
             # Only the LoRA parameters train; fp32 masters keep AdamW's small updates.
@@ -347,22 +393,17 @@ def train_style_lora(
             weight_decay=config.adam_weight_decay,
             eps=config.adam_epsilon,
         )
-        scaler = torch.amp.GradScaler(device.type, enabled=use_fp16)
         generator = torch.Generator().manual_seed(config.seed)
         order = _EpochOrder(len(dataset), config.train_batch_size, config.seed)
+        accelerator = _accelerator(unet, generator, use_fp16, cpu=device.type == "cpu")
+        # Autocast around the UNet's forward and the grad scaler on the optimizer (fp16 only).
+        model, optimizer = accelerator.prepare(unet, optimizer)
 
         start_step = 0
         resumed_from: int | None = None
         losses: list[float] = []
-        resumed = load_latest_checkpoint(checkpoint_dir, fingerprint)
-        if resumed is not None:
-            lora_state, state = resumed
-            result = set_peft_model_state_dict(unet, lora_state, adapter_name=ADAPTER_NAME)
-            if result is not None and getattr(result, "unexpected_keys", None):
-                raise ValueError(f"checkpoint does not fit the UNet: {result.unexpected_keys[:3]}")
-            optimizer.load_state_dict(state.optimizer)
-            scaler.load_state_dict(state.scaler)
-            generator.set_state(state.generator)
+        state = load_latest_checkpoint(accelerator, checkpoint_dir, fingerprint)
+        if state is not None:
             start_step = resumed_from = state.step
             losses = list(state.losses)
             eval_before = state.eval_loss_before
@@ -393,28 +434,22 @@ def train_style_lora(
                 device
             )
             noisy = components.noise_scheduler.add_noise(latents, noise, timesteps)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=use_fp16):
-                pred = unet(noisy, timesteps, embeds[idx.to(device)], return_dict=False)[0]
+            pred = model(noisy, timesteps, embeds[idx.to(device)], return_dict=False)[0]
             target = _target(components, latents, noise, timesteps)
             loss = F.mse_loss(pred.float(), target.float(), reduction="mean")
-            scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
+            accelerator.backward(loss)
+            accelerator.clip_grad_norm_(params, config.max_grad_norm)
+            optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             losses.append(float(loss.detach()))
             done = step + 1
             if done % config.checkpointing_steps == 0 and done < total_steps:
                 save_checkpoint(
+                    accelerator,
                     checkpoint_dir,
-                    get_peft_model_state_dict(unet, adapter_name=ADAPTER_NAME),
                     TrainingState(
                         step=done,
                         fingerprint=fingerprint,
-                        optimizer=optimizer.state_dict(),
-                        scaler=scaler.state_dict(),
-                        generator=generator.get_state(),
                         losses=losses,
                         eval_loss_before=eval_before,
                     ),
@@ -449,6 +484,10 @@ def train_style_lora(
         )
     finally:
         unet.eval()
+        if accelerator is not None:
+            # Takes autocast off the UNet's forward again and drops accelerate's references.
+            accelerator.unwrap_model(unet, keep_fp32_wrapper=False)
+            accelerator.free_memory()
         # Unwraps the LoRA layers too (delete_adapters would leave `base_layer` wrappers),
         # so the caller gets back the very module tree it passed in.
         unet.unload_lora()
