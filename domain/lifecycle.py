@@ -135,6 +135,22 @@ def claim(session: Session, job_id: int, hostname: str | None) -> Claim:
     )
 
 
+def dispatchable_kind(session: Session, job_id: int) -> JobKind | None:
+    """The kind of a job whose task should be published (queued, or a running one being
+    redelivered); None when it needs none."""
+    job = session.get(Job, job_id)
+    if job is None or job.status not in (JobStatus.QUEUED, JobStatus.RUNNING):
+        return None
+    return job.kind
+
+
+def mark_dispatched(session: Session, job_id: int) -> None:
+    """The job's task reached the broker (the sweep leaves it alone from now on)."""
+    job = session.get(Job, job_id)
+    if job is not None:
+        job.dispatched_at = utcnow()
+
+
 def record_progress(session: Session, job_id: int, fraction: float) -> bool | None:
     """Store progress in [0, 1]; returns whether a cancel was asked (None: the job is gone)."""
     job = session.get(Job, job_id)

@@ -13,9 +13,9 @@ from collections.abc import Callable, Iterable
 from celery import Celery
 from kombu.exceptions import KombuError
 
-from db.base import utcnow
-from db.models import Job, JobKind, JobStatus
+from db.models import JobKind
 from db.session import Database
+from domain import lifecycle
 from domain.outbox import Outbox
 
 logger = logging.getLogger(__name__)
@@ -31,16 +31,11 @@ CHECK_TIMEOUT_SECONDS = 3.0
 
 def dispatch_job(celery: Celery, db: Database, job_id: int) -> bool:
     """Publish the task of a queued (or redelivered running) job; False if it needs none."""
-    with db.session() as session:
-        job = session.get(Job, job_id)
-        if job is None or job.status not in (JobStatus.QUEUED, JobStatus.RUNNING):
-            return False
-        kind = job.kind
+    kind = db.call(lifecycle.dispatchable_kind, job_id)
+    if kind is None:
+        return False
     celery.send_task(TASK_FOR_KIND[kind], args=[job_id], queue="gpu")
-    with db.session() as session:
-        job = session.get(Job, job_id)
-        if job is not None:
-            job.dispatched_at = utcnow()
+    db.call(lifecycle.mark_dispatched, job_id)
     logger.info("dispatched job %s (%s)", job_id, kind.value)
     return True
 
