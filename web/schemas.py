@@ -32,7 +32,6 @@ INT64_MAX = 2**63 - 1
 MAX_POSITION = 1_000_000
 
 
-
 def _clean_text(value: str) -> str:
     """Refuse what SQL text columns cannot store (NUL, lone surrogates)."""
     if "\x00" in value:
@@ -81,9 +80,7 @@ Weight = Annotated[float, Field(gt=0.0, le=1.0), BeforeValidator(_json_number)]
 
 # What Python's str.split() and str.strip() treat as whitespace, spelled out so that the
 # server and any JSON Schema regex engine agree on what "blank" means.
-_SPACE = (
-    r"\t\n\x0b\x0c\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
-)
+_SPACE = r"\t\n\x0b\x0c\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 # Text with at least one character that is not whitespace (and no NUL anywhere).
 NON_BLANK = rf"^[^\x00]*[^\x00{_SPACE}][^\x00]*$"
 # An http(s) URL with a host (and no NUL anywhere).
@@ -120,7 +117,6 @@ NonEmptyNames = Annotated[Names, AfterValidator(_some_names)]
 def plain_names(names: Names | None) -> dict[str, str] | None:
     """The names as the domain takes them (None: unchanged)."""
     return {lang: str(text) for lang, text in names.items()} if names else None
-
 
 
 Category = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")]
