@@ -26,7 +26,10 @@ PLACEHOLDER_SECRETS = {
     "your-token",
 }
 
-_ENV = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+# An empty variable counts as unset: compose passes `${VAR:-}` as "" for every optional one.
+_ENV = SettingsConfigDict(
+    env_file=".env", env_file_encoding="utf-8", extra="ignore", env_ignore_empty=True
+)
 
 
 def _data_dir() -> Path:
@@ -222,6 +225,16 @@ class LimitsSettings(BaseSettings):
     max_lora_bytes: int = Field(default=400 * 1024 * 1024, ge=1024)
 
 
+class ProbeSettings(BaseSettings):
+    """The probe port of bot, workers and beat: /healthz, /readyz, /metrics (off when unset)."""
+
+    model_config = SettingsConfigDict(**_ENV, env_prefix="PROBE_")
+
+    # All interfaces: Prometheus scrapes it over the compose network (it is never published).
+    host: str = "0.0.0.0"
+    port: int | None = Field(default=None, ge=0, le=65535)
+
+
 class AppConfig(BaseSettings):
     """Every concern's settings, built once in the entry point and passed down."""
 
@@ -234,6 +247,7 @@ class AppConfig(BaseSettings):
     engine: EngineSettings = Field(default_factory=EngineSettings)
     admin: AdminSettings = Field(default_factory=AdminSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
+    probe: ProbeSettings = Field(default_factory=ProbeSettings)
     log_level: str = "INFO"
 
 
@@ -263,6 +277,7 @@ def format_validation_error(exc: Exception) -> str:
         "EngineSettings": "ENGINE_",
         "AdminSettings": "ADMIN_",
         "LimitsSettings": "LIMITS_",
+        "ProbeSettings": "PROBE_",
     }.get(exc.title, "")
     lines = []
     for err in exc.errors():

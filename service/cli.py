@@ -15,9 +15,13 @@ from pathlib import Path
 from core.errors import AppError, ConfigError
 from core.settings import AppConfig, load_config
 from facechain.errors import FaceChainError
+from service.health_cmd import add_parser as health_parser
 from service.logging_setup import setup_logging
 
 logger = logging.getLogger(__name__)
+
+# Queues whose workers hold a model on the GPU: one task at a time, prefork (not threads).
+GPU_QUEUES = frozenset({"gpu", "train"})
 
 NO_TOKEN_HELP = """\
 TELEGRAM_TOKEN is not set, so the bot cannot connect to Telegram.
@@ -53,12 +57,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_bot(args: argparse.Namespace) -> int:
-    """The Telegram bot alone (polling, or webhook behind the web server)."""
+    """The Telegram bot alone: long polling, or the updates `web` receives (webhook mode)."""
     from service.runner import run_bot
 
     config = _config()
     _require_token(config)
-    return run_bot(config, with_web=config.telegram.mode == "webhook")
+    return run_bot(config)
 
 
 def cmd_web(args: argparse.Namespace) -> int:
@@ -75,12 +79,32 @@ def cmd_web(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """A Celery worker for the given queues (gpu workers run one task at a time)."""
+    from celery import signals
+    from prometheus_client import CollectorRegistry
+
+    from service.probe import GpuMemoryCollector, serve_probe
     from tasks.celery_app import create_celery
 
     config = _config()
-    app = create_celery(config)
     queues = args.queues
-    concurrency = args.concurrency or (1 if "gpu" in queues.split(",") else 4)
+    names = [q for q in queues.split(",") if q]
+    # Only the task modules of these queues: an io worker never imports torch.
+    app = create_celery(config, queues=names)
+    registry = CollectorRegistry()
+    if {"gpu", "train"} & set(names):
+        registry.register(GpuMemoryCollector())
+    probe = serve_probe("worker", config.probe.host, config.probe.port, registry)
+    probe.details["queues"] = names
+
+    def ready(**_: object) -> None:
+        probe.set_ready()
+
+    def stopping(**_: object) -> None:
+        probe.set_unready("shutting down")
+
+    signals.worker_ready.connect(ready, weak=False)
+    signals.worker_shutting_down.connect(stopping, weak=False)
+    concurrency = args.concurrency or (1 if GPU_QUEUES & set(queues.split(",")) else 4)
     argv = [
         "worker",
         f"--queues={queues}",
@@ -90,7 +114,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         "--without-gossip",
         "--without-mingle",
     ]
-    if "gpu" not in queues.split(","):
+    if not GPU_QUEUES & set(queues.split(",")):
         argv.append("--pool=threads")
     if args.beat:
         argv += ["--beat", f"--schedule={config.storage.data_dir / 'celerybeat-schedule'}"]
@@ -100,11 +124,21 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_beat(args: argparse.Namespace) -> int:
     """The periodic scheduler (outbox sweep, stuck jobs, selfie expiry)."""
+    from celery import signals
+
+    from service.probe import serve_probe
     from tasks.celery_app import create_celery
 
     config = _config()
     config.storage.data_dir.mkdir(parents=True, exist_ok=True)
-    app = create_celery(config)
+    # Beat only sends tasks by name: it imports no task module (and so no torch).
+    app = create_celery(config, queues=())
+    probe = serve_probe("beat", config.probe.host, config.probe.port)
+
+    def ready(**_: object) -> None:
+        probe.set_ready()
+
+    signals.beat_init.connect(ready, weak=False)
     app.start(
         [
             "beat",
@@ -122,8 +156,13 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     config = _config()
     if args.downgrade:
         downgrade(config.database.url, args.downgrade)
-    else:
-        upgrade(config.database.url, args.revision)
+        return 0
+    upgrade(config.database.url, args.revision)
+    if args.import_styles:
+        from service.catalog_cmd import styles_command
+
+        # Idempotent: a second run reports every catalog style unchanged.
+        return styles_command(config, argparse.Namespace(styles_command="import"))
     return 0
 
 
@@ -193,7 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("worker", help="run a Celery worker", description=cmd_worker.__doc__)
     p.add_argument(
-        "--queues", default="gpu,io", help="comma-separated queues: gpu, io (default both)"
+        "--queues",
+        default="gpu,io",
+        help="comma-separated queues: gpu, train, io (default gpu,io)",
     )
     p.add_argument("--concurrency", type=int, help="processes/threads (gpu: 1)")
     p.add_argument("--hostname", help="worker node name")
@@ -208,7 +249,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--revision", default="head", help="target revision (default head)")
     p.add_argument("--downgrade", metavar="REV", help="downgrade to REV instead ('base' = empty)")
+    p.add_argument(
+        "--import-styles",
+        action="store_true",
+        help="then import FaceChain's style catalog (idempotent; the compose one-shot step)",
+    )
     p.set_defaults(func=cmd_migrate)
+
+    health_parser(sub)
 
     p = sub.add_parser(
         "models", help="list, download or verify weights", description=cmd_models.__doc__

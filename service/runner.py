@@ -23,8 +23,11 @@ from core.blobstore import BlobStore, create_blob_store
 from core.errors import AppError, ConfigError
 from core.settings import AppConfig
 from db.session import Database
+from service.probe import ProbeState, serve_probe
 
 if TYPE_CHECKING:
+    from domain.outbox import Publisher
+    from service.update_relay import UpdateRelay
     from tasks.dispatch import CeleryPublisher
 
 logger = logging.getLogger(__name__)
@@ -59,6 +62,7 @@ async def _serve(
     bot: bool,
     web_server: bool,
     extra: Callable[[], Awaitable[None]] | None = None,
+    probe: ProbeState | None = None,
 ) -> None:
     """Run the bot and/or web server until SIGINT/SIGTERM."""
     from bot.app import build_application
@@ -68,6 +72,7 @@ async def _serve(
     async with AsyncExitStack() as stack:
         stack.callback(db.dispose)
         application = None
+        updates_ready: Callable[[], bool] | None = None
         if bot:
             application = build_application(config, db, blobs, publisher)
             await connect_telegram(application, config.telegram.api_base_url)
@@ -78,16 +83,29 @@ async def _serve(
                 assert application.updater is not None
                 await application.updater.start_polling(drop_pending_updates=False)
                 stack.push_async_callback(application.updater.stop)
+                updater = application.updater
+                updates_ready = lambda: updater.running  # noqa: E731
             else:
                 assert config.telegram.webhook_url
                 assert config.telegram.webhook_secret
+                if not web_server:
+                    # `bot` alone: the updates `web` received come through the broker.
+                    relay = start_relay(config, application)
+                    stack.callback(relay.stop)
+                    updates_ready = relay.connected.is_set
                 await application.bot.set_webhook(
                     config.telegram.webhook_url,
                     secret_token=config.telegram.webhook_secret.get_secret_value(),
                     allowed_updates=["message", "callback_query", "edited_message"],
                 )
-        if web_server or (bot and config.telegram.mode == "webhook"):
-            app = create_web_app(config, db, blobs, publisher, telegram_app=application)
+        if web_server:
+            sink = None
+            if application is None and config.telegram.mode == "webhook":
+                # `web` alone: each update goes to the `bot` process through the broker.
+                sink = broker_sink(publisher)
+            app = create_web_app(
+                config, db, blobs, publisher, telegram_app=application, update_sink=sink
+            )
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
             stack.push_async_callback(runner.cleanup)
@@ -96,6 +114,9 @@ async def _serve(
             logger.info("admin web on http://%s:%s", config.admin.host, config.admin.port)
         if extra is not None:
             await extra()
+        if probe is not None and updates_ready is not None:
+            probe.checks["updates"] = _require(updates_ready, "the update source is not running")
+            probe.set_ready(mode=config.telegram.mode)
         logger.info("ready")
         await _wait_for_stop()
 
@@ -126,10 +147,62 @@ async def connect_telegram(
             await asyncio.sleep(delay)
 
 
-def run_bot(config: AppConfig, *, with_web: bool = False) -> int:
-    """The bot role."""
-    asyncio.run(_serve(config, bot=True, web_server=with_web))
+def run_bot(config: AppConfig) -> int:
+    """The bot role: no web server, no admin API; a probe port when PROBE_PORT is set."""
+    from core.metrics import default_metrics
+
+    probe = serve_probe("bot", config.probe.host, config.probe.port, default_metrics().registry)
+    asyncio.run(_serve(config, bot=True, web_server=False, probe=probe))
     return 0
+
+
+def _require(ok: Callable[[], bool], message: str) -> Callable[[], None]:
+    def check() -> None:
+        if not ok():
+            raise UpdatesStopped(message)
+
+    return check
+
+
+class UpdatesStopped(RuntimeError):
+    """The bot's update source (polling loop or webhook relay) is not running (a probe check)."""
+
+
+def broker_sink(publisher: Publisher) -> Callable[[dict[str, Any]], Awaitable[None]]:
+    """The webhook route's hand-over: publish the update on the relay queue (in a thread)."""
+    from service.update_relay import publish_update
+    from tasks.dispatch import CeleryPublisher
+
+    assert isinstance(publisher, CeleryPublisher)
+    celery = publisher.celery
+
+    async def sink(data: dict[str, Any]) -> None:
+        await asyncio.to_thread(publish_update, celery, data)
+
+    return sink
+
+
+def start_relay(
+    config: AppConfig, application: Application[Any, Any, Any, Any, Any, Any]
+) -> UpdateRelay:
+    """Take the updates `web` put on the broker and queue them for the bot's handlers."""
+    from telegram import Update
+
+    from service.update_relay import UpdateRelay
+
+    loop = asyncio.get_running_loop()
+
+    def deliver(data: dict[str, Any]) -> None:
+        try:
+            update = Update.de_json(data, application.bot)
+        except (KeyError, TypeError, ValueError):
+            logger.warning("update relay: dropping a message that is not a Telegram update")
+            return
+        loop.call_soon_threadsafe(application.update_queue.put_nowait, update)
+
+    relay = UpdateRelay(config.broker.effective_url, deliver)
+    relay.start()
+    return relay
 
 
 def run_web(config: AppConfig) -> int:
@@ -201,6 +274,7 @@ def run_all(config: AppConfig, *, with_workers: bool = True) -> int:
         # Started only once Telegram answered, so a bad token stops everything at once.
         if with_workers:
             children.append(start_worker("gpu"))
+            children.append(start_worker("train"))
             children.append(start_worker("io", beat=True))
 
         async def watch() -> None:

@@ -7,6 +7,7 @@ transport is used, so a single machine needs no broker server."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from datetime import timedelta
 
 from celery import Celery
@@ -16,16 +17,15 @@ from core.settings import AppConfig
 
 logger = logging.getLogger(__name__)
 
-TASK_MODULES = (
-    "tasks.generate",
-    "tasks.inpaint",
-    "tasks.upscale",
-    "tasks.train_style",
-    "tasks.deliver",
-    "tasks.webhooks",
-    "tasks.broadcast",
-    "tasks.sweep",
-)
+# The task modules each queue's workers run. A worker imports only those of the queues it
+# consumes, so io workers never import torch, diffusers or transformers; beat and the producers
+# (bot, web) import none: they send tasks by name.
+QUEUE_MODULES: dict[str, tuple[str, ...]] = {
+    "gpu": ("tasks.generate", "tasks.inpaint", "tasks.upscale", "tasks.train_style"),
+    "train": ("tasks.train_style",),
+    "io": ("tasks.deliver", "tasks.webhooks", "tasks.broadcast", "tasks.sweep"),
+}
+TASK_MODULES = tuple(dict.fromkeys(m for modules in QUEUE_MODULES.values() for m in modules))
 
 GPU_TASKS = ("portrait.generate", "template.inpaint", "portrait.upscale", "style.train")
 IO_TASKS = (
@@ -43,8 +43,15 @@ def _limits(seconds: int) -> dict[str, int]:
     return {"soft_time_limit": seconds, "time_limit": seconds + 30}
 
 
-def create_celery(config: AppConfig) -> Celery:
-    """Build the Celery app for this configuration."""
+def modules_for(queues: Iterable[str] | None) -> tuple[str, ...]:
+    """The task modules a process consuming `queues` imports (None: every module)."""
+    if queues is None:
+        return TASK_MODULES
+    return tuple(dict.fromkeys(m for q in queues for m in QUEUE_MODULES.get(q, ())))
+
+
+def create_celery(config: AppConfig, queues: Iterable[str] | None = None) -> Celery:
+    """Build the Celery app for this configuration; a worker passes the queues it consumes."""
     broker = config.broker
     app = Celery("facechain_bot", broker=broker.effective_url, set_as_current=True)
     transport_options: dict[str, object] = {}
@@ -55,7 +62,7 @@ def create_celery(config: AppConfig) -> Celery:
         longest = max(broker.gpu_time_limit, broker.train_time_limit)
         transport_options = {"visibility_timeout": longest + 300}
     app.conf.update(
-        imports=TASK_MODULES,
+        imports=modules_for(queues),
         task_serializer="json",
         accept_content=["json"],
         result_serializer="json",

@@ -4,7 +4,7 @@ webhook, all registered from one route table."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -31,6 +31,7 @@ from web.keys import (
     PUBLISHER,
     ROUTES,
     TELEGRAM,
+    UPDATE_SINK,
 )
 from web.openapi import aiohttp_path, build_document
 from web.telegram import telegram_routes
@@ -56,6 +57,7 @@ def create_web_app(
     publisher: Publisher,
     telegram_app: Application[Any, Any, Any, Any, Any, Any] | None = None,
     *,
+    update_sink: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
     metrics: Metrics | None = None,
     auth_max_failures: int = DEFAULT_MAX_FAILURES,
     auth_window: float = DEFAULT_WINDOW_SECONDS,
@@ -75,8 +77,13 @@ def create_web_app(
     if token is None:
         logger.warning("ADMIN_TOKEN is not set: the admin API answers 503 until it is")
     routes = [*health_routes(config), *api_routes(config)]
-    if telegram_app is not None and config.telegram.mode == "webhook":
-        app[TELEGRAM] = telegram_app
+    if config.telegram.mode == "webhook" and (telegram_app or update_sink) is not None:
+        # In process (`run`): straight onto the bot's queue; else through the broker (`web`).
+        if telegram_app is not None:
+            app[TELEGRAM] = telegram_app
+        else:
+            assert update_sink is not None
+            app[UPDATE_SINK] = update_sink
         routes.extend(telegram_routes())
     for route in routes:
         app.router.add_route(route.method, aiohttp_path(route), make_handler(route))

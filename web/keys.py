@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -21,6 +22,9 @@ DB = web.AppKey("db", Database)
 BLOBS = web.AppKey("blobs", BlobStore)
 PUBLISHER = web.AppKey("publisher", Publisher)
 TELEGRAM = web.AppKey("telegram", Application[Any, Any, Any, Any, Any, Any])
+# Webhook mode with the bot in another process: where the route hands each update's JSON.
+UpdateSink = Callable[[dict[str, Any]], Awaitable[None]]
+UPDATE_SINK: web.AppKey[UpdateSink] = web.AppKey("update_sink")
 METRICS = web.AppKey("metrics", Metrics)
 AUTH = web.AppKey("auth", AuthGuard)
 # Health checks run here so a hung dependency cannot exhaust the default executor.

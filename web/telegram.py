@@ -19,7 +19,7 @@ from telegram.ext import Application
 
 from core.errors import Forbidden
 from web.http import BadRequest, Call
-from web.keys import CONFIG, METRICS, TELEGRAM
+from web.keys import CONFIG, METRICS, TELEGRAM, UPDATE_SINK
 from web.openapi import Route
 from web.schemas import TelegramUpdateIn
 
@@ -62,6 +62,15 @@ def check_secret(request: web.Request) -> None:
 async def telegram_webhook(call: Call) -> web.Response:
     """Queue one update for the bot and answer 200."""
     data = call.body_as(TelegramUpdateIn).model_dump()
+    sink = call.app.get(UPDATE_SINK)
+    if sink is not None:
+        # The bot runs in its own process: the update goes to it through the broker.
+        if not isinstance(data.get("update_id"), int):
+            call.app[METRICS].webhook_updates.labels(outcome="invalid").inc()
+            raise BadRequest("not a Telegram update")
+        await sink(data)
+        call.app[METRICS].webhook_updates.labels(outcome="accepted").inc()
+        return web.Response(status=200)
     update = await process_webhook_update(call.app[TELEGRAM], data)
     if update is None:
         call.app[METRICS].webhook_updates.labels(outcome="invalid").inc()

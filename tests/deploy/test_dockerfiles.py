@@ -41,7 +41,8 @@ def test_base_pinned_by_tag_and_digest(name: str) -> None:
     image = match.group(1)
     assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm@sha256:[0-9a-f]{64}", image), image
     # Both images on the same base: one Python, one Debian.
-    assert image in _text("Dockerfile") and image in _text("Dockerfile.gpu")
+    assert image in _text("Dockerfile")
+    assert image in _text("Dockerfile.gpu")
 
 
 @pytest.mark.parametrize("name", DOCKERFILES)
@@ -49,7 +50,8 @@ def test_non_root_multi_stage(name: str) -> None:
     text = _text(name)
     assert len(re.findall(r"^FROM ", text, re.MULTILINE)) >= 2
     users = re.findall(r"^USER (\S+)$", text, re.MULTILINE)
-    assert users and users[-1] not in ("root", "0", "0:0")
+    assert users
+    assert users[-1] not in ("root", "0", "0:0")
     assert "COPY --from=deps /opt/venv /opt/venv" in text
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import itertools
 import json
 import logging
@@ -30,6 +31,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from PIL import Image
 
 logger = logging.getLogger(__name__)
 
@@ -498,7 +500,7 @@ class FakeTelegram:
             call.status = status
             if status == 429:
                 return _error(429, f"Too Many Requests: retry after {retry_after}", retry_after)
-            return _error(status, "Bad Gateway" if status == 502 else "Internal Server Error")
+            return _error(status, _DESCRIPTIONS.get(status, "Internal Server Error"))
         handler = getattr(self, f"_m_{call.method}", None)
         if handler is None:
             call.status = 404
@@ -589,6 +591,7 @@ class FakeTelegram:
             if stored is None:
                 raise _ApiError(400, "Bad Request: wrong file identifier/HTTP URL specified")
         else:
+            _check_photo(data)
             stored = self.add_file(data)
         return [
             {
@@ -679,6 +682,30 @@ class FakeTelegram:
     async def _m_deleteMessage(self, call: ApiCall) -> Any:
         self.messages.pop((int(call.get("chat_id")), int(call.get("message_id"))), None)
         return True
+
+
+_DESCRIPTIONS = {
+    400: "Bad Request: wrong file identifier/HTTP URL specified",
+    403: "Forbidden: bot was blocked by the user",
+    413: "Request Entity Too Large",
+    502: "Bad Gateway",
+}
+# Telegram's photo limits: 10 MB, and width + height at most 10,000 px.
+PHOTO_MAX_BYTES = 10 * 1024 * 1024
+PHOTO_MAX_SIDE_SUM = 10_000
+
+
+def _check_photo(data: bytes) -> None:
+    """Refuse a photo upload the way Telegram does when it breaks the photo limits."""
+    if len(data) > PHOTO_MAX_BYTES:
+        raise _ApiError(400, "Bad Request: PHOTO_SAVE_FILE_INVALID")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+    except OSError:
+        return
+    if width + height > PHOTO_MAX_SIDE_SUM:
+        raise _ApiError(400, "Bad Request: PHOTO_INVALID_DIMENSIONS")
 
 
 class _ApiError(Exception):
