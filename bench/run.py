@@ -1,7 +1,8 @@
 """Benchmark runner: every benchmark in `bench/` as a subprocess, figures into `bench/RESULTS.md`.
 
-Runs the engine (`bench/engine.py`), template (`bench/template.py`), training
-(`bench/training.py`) and load (`bench/load.py`) benchmarks that exist, collects their
+Runs the engine (`bench/engine.py`), GPU (`bench/gpu.py`), template (`bench/template.py`),
+annotators (`bench/annotators.py`), training (`bench/training.py`) and load (`bench/load.py`)
+benchmarks that exist, collects their
 `label: value` lines, and writes a dated Markdown section with the machine (CPU, cores, RAM,
 GPU), the library versions and the figures, plus the commands that reproduce them. A section
 from another machine (say, a GPU box) is kept; a re-run on the same machine replaces its own.
@@ -35,7 +36,14 @@ BENCHMARKS: dict[str, tuple[str, list[str], str]] = {
     "engine": (
         "engine.py",
         ["--repeats", "3"],
-        "FACT adapter cost per UNet step (CPU); 512px sets and peak VRAM (CUDA)",
+        "FACT adapter cost per UNet step at 32x32 and 64x64 latents, a 4-portrait set of ours "
+        "beside FaceChain's configuration (CPU)",
+    ),
+    "gpu": (
+        "gpu.py",
+        [],
+        "512 px sets, pose, inpaint, upscale, peak VRAM, images/hour, FaceChain's "
+        "configuration and the fast paths (CUDA; skipped without it)",
     ),
     "template": ("template.py", [], "template face inpainting (seconds per template)"),
     "annotators": (
@@ -52,7 +60,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], str]] = {
 }
 VERSIONED = ("python-telegram-bot", "torch", "diffusers", "transformers", "celery", "SQLAlchemy")
 # `label: value` lines: a label without leading spaces, then ": ", then the figure.
-KEY_LINE = re.compile(r"^(?P<label>[A-Za-z][\w ,./()+\-]{0,80}?):\s+(?P<value>\S.*)$")
+KEY_LINE = re.compile(r"^(?P<label>[A-Za-z][\w ,./()+\->]{0,80}?):\s+(?P<value>\S.*)$")
 SUMMARY_LINE = re.compile(r"^[a-z0-9_]+: \S+( [a-z0-9_]+: \S+)+$")
 SUMMARY_PAIR = re.compile(r"([a-z0-9_]+): (\S+)")
 SECTION = re.compile(r"<!-- run: (?P<key>[^>]*) -->.*?<!-- end run -->\n?", re.DOTALL)
@@ -166,10 +174,33 @@ def targets(outcomes: list[Outcome]) -> list[str]:
     """The project's stated targets, checked against the figures that were measured."""
     found = {label: value for o in outcomes for label, value in o.figures}
     lines = []
-    ratio = _number(found, "adapter_overhead_ratio")
-    if ratio is not None:
-        verdict = "met" if ratio <= 1.5 else "NOT met"
-        lines.append(f"FACT adapter step cost <= 1.5x a plain UNet step: {ratio:.2f}x, {verdict}")
+    # (label, goal text, goal, higher is better)
+    goals = (
+        ("adapter_overhead_ratio", "FACT adapter step cost at 32x32 <= 1.5x a plain step", 1.5),
+        (
+            "adapter_overhead_ratio_64",
+            "FACT adapter step cost at 64x64 <= 1.45x a plain step",
+            1.45,
+        ),
+        (
+            "set_speedup_vs_facechain",
+            "4-portrait set (6 candidates ranked) >= 1.3x faster than FaceChain's configuration",
+            -1.3,
+        ),
+        (
+            "set_speedup_vs_facechain_4_candidates",
+            "4-portrait set (4 candidates) >= 2.0x faster than FaceChain's configuration",
+            -2.0,
+        ),
+        ("set_4_p50_s", "GPU 4-portrait set <= 1.0 s (p50)", 1.0),
+        ("peak_vram_gib", "GPU peak VRAM with both bases resident <= 8 GiB", 8.0),
+    )
+    for label, text, goal in goals:
+        value = _number(found, label)
+        if value is None:
+            continue
+        met = value >= -goal if goal < 0 else value <= goal
+        lines.append(f"{text}: {value:.2f}, {'met' if met else 'NOT met'}")
     rate = _number(found, "accepted_updates_per_s")
     p99 = _number(found, "p99_first_reply_ms")
     if rate is not None and p99 is not None:
@@ -205,6 +236,69 @@ def run_one(name: str, script: Path, args: list[str], timeout: float) -> Outcome
     return outcome
 
 
+ROW = re.compile(r"^\| (?P<name>[a-z_]+) \| (?P<label>.*?) \| (?P<value>.*) \|$")
+HEADING_DATE = re.compile(r"^## (?P<when>\d{4}-\d\d-\d\d \d\d:\d\d UTC)", re.MULTILINE)
+
+
+KEPT_NOTE = re.compile(
+    r"^Not re-run this time, kept from this machine's run of (?P<when>.+?): (?P<names>.+)\.$"
+)
+
+
+@dataclass
+class Kept:
+    """Benchmark rows of this machine's previous section that this run did not redo."""
+
+    rows: dict[str, list[str]] = field(default_factory=dict)
+    # benchmark -> date of the run that measured it
+    dates: dict[str, str] = field(default_factory=dict)
+
+    def notes(self) -> list[str]:
+        """One line per date: which benchmarks were kept from the run of that date."""
+        by_date: dict[str, list[str]] = {}
+        for name in self.rows:
+            by_date.setdefault(self.dates.get(name, "an earlier date"), []).append(name)
+        return [
+            f"Not re-run this time, kept from this machine's run of {when}: {', '.join(names)}."
+            for when, names in by_date.items()
+        ]
+
+    def outcomes(self) -> list[Outcome]:
+        """The kept figures as outcomes, so the targets are checked on them too."""
+        found = []
+        for name, rows in self.rows.items():
+            figures = [
+                (m.group("label"), m.group("value"))
+                for row in rows
+                if (m := ROW.match(row)) and m.group("label") != "wall time of the benchmark"
+            ]
+            found.append(Outcome(name, [], 0.0, 0, figures))
+        return found
+
+
+def earlier_rows(out: Path, key: str, redone: set[str]) -> Kept:
+    """Rows of benchmarks not in `redone` from this machine's section of `out`, if any."""
+    old = out.read_text(encoding="utf-8") if out.exists() else ""
+    for match in SECTION.finditer(old):
+        if match.group("key") != key:
+            continue
+        section = match.group(0)
+        heading = HEADING_DATE.search(section)
+        when = heading.group("when") if heading else "an earlier date"
+        earlier: dict[str, str] = {}
+        kept = Kept()
+        for line in section.splitlines():
+            note = KEPT_NOTE.match(line)
+            if note:
+                earlier.update(dict.fromkeys(note.group("names").split(", "), note.group("when")))
+            row = ROW.match(line)
+            if row and row.group("name") not in redone and row.group("name") in BENCHMARKS:
+                kept.rows.setdefault(row.group("name"), []).append(line)
+        kept.dates = {name: earlier.get(name, when) for name in kept.rows}
+        return kept
+    return Kept()
+
+
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
@@ -216,8 +310,10 @@ def render(
     libs: dict[str, str],
     outcomes: list[Outcome],
     missing: list[str],
+    kept: Kept | None = None,
 ) -> str:
-    """The Markdown section of one run."""
+    """The Markdown section of one run (plus the rows `kept` from this machine's last run)."""
+    kept = kept or Kept()
     lines = [
         f"<!-- run: {key} -->",
         f"## {when:%Y-%m-%d %H:%M} UTC: {box['cpu']}, {box['cores']} cores, "
@@ -243,8 +339,12 @@ def render(
         for label, value in outcome.figures:
             lines.append(f"| {outcome.name} | {_cell(label)} | {_cell(value)} |")
         lines.append(f"| {outcome.name} | wall time of the benchmark | {outcome.seconds:.0f} s |")
+    for rows in kept.rows.values():
+        lines += rows
     lines.append("")
-    checked = targets(outcomes)
+    if kept.rows:
+        lines += [*kept.notes(), ""]
+    checked = targets([*outcomes, *kept.outcomes()])
     if checked:
         lines += ["Targets:", "", *(f"- {line}" for line in checked), ""]
     if "none" in box["gpu"]:
@@ -262,6 +362,11 @@ def render(
         "```bash",
         "python bench/run.py   # all of the below, then this file",
         *(" ".join(["python", *o.command[1:]]) for o in outcomes),
+        *(
+            " ".join(["python", f"bench/{BENCHMARKS[name][0]}", *BENCHMARKS[name][1]])
+            for name in kept.rows
+            if name in BENCHMARKS
+        ),
         "```",
         "<!-- end run -->",
         "",
@@ -277,11 +382,29 @@ the same machine replaces its section. Figures are medians unless the label says
 """
 
 
+GPU_NOTE = """## GPU
+
+Not measured: no GPU lent to this session. `python bench/run.py --only gpu` on a CUDA machine
+(bench/README.md: the wheels it needs and the exact commands) adds its section here.
+
+"""
+
+
+def _from_gpu(section: str) -> bool:
+    """Whether a section's machine had a CUDA device (its key ends in the GPU's name)."""
+    match = SECTION.match(section)
+    gpu = match.group("key").rsplit(" / ", 1)[-1] if match else "none"
+    return not gpu.startswith(("none", "unknown"))
+
+
 def write_results(out: Path, key: str, section: str) -> None:
-    """Replace this machine's section in `out` (or add it first), keeping the others."""
+    """Replace this machine's section in `out` (or add it first), keeping the others; while no
+    section comes from a CUDA machine, say that the GPU figures are not measured."""
     old = out.read_text(encoding="utf-8") if out.exists() else ""
     others = [m.group(0) for m in SECTION.finditer(old) if m.group("key") != key]
-    out.write_text(HEADER + section + "\n" + "\n".join(others), encoding="utf-8")
+    sections = [section, *others]
+    note = "" if any(_from_gpu(s) for s in sections) else GPU_NOTE
+    out.write_text(HEADER + note + "\n".join(sections), encoding="utf-8")
 
 
 def main() -> int:
@@ -306,7 +429,9 @@ def main() -> int:
             continue
         outcomes.append(run_one(name, path, bench_args, args.timeout))
     key = f"{box['cpu']} x{box['cores']} / {box['gpu'].split(',')[0]}"
-    write_results(args.out, key, render(key, when, box, libs, outcomes, missing))
+    # A partial run (--only) keeps this machine's other figures from its previous run.
+    kept = earlier_rows(args.out, key, {o.name for o in outcomes}) if args.only else Kept()
+    write_results(args.out, key, render(key, when, box, libs, outcomes, missing, kept))
     print(f"wrote {args.out}", flush=True)
     return 0 if all(o.ok for o in outcomes) else 1
 

