@@ -114,10 +114,18 @@ async def _answer_query(update: object) -> None:
 
 
 async def error_handler(update: object, context: Any) -> None:
-    """The application's one error handler."""
-    error = context.error
-    if error is None:
+    """The application's one error handler: the update ends at its first error.
+
+    Raising ApplicationHandlerStop keeps later handler groups from running, so a gate that
+    failed (e.g. the ban notice to a user who blocked the bot) never lets a flow handler run."""
+    if context.error is None:
         return
+    await _handle_error(update, context)
+    raise ApplicationHandlerStop
+
+
+async def _handle_error(update: object, context: Any) -> None:
+    error = context.error
     context.deps.metrics.record_error(error_code(error), "bot")
     if database_unavailable(error):
         # An outage, not a bug: say so and log one line. Raising ApplicationHandlerStop ends the

@@ -261,7 +261,7 @@ def create_upscale_job(
     if (
         source is None
         or source.kind is not JobKind.PORTRAIT
-        or source.status not in (JobStatus.SUCCEEDED, JobStatus.DELIVERED)
+        or source.status is not JobStatus.SUCCEEDED
         or not 0 <= index < len(source.result_blobs or [])
     ):
         raise ResultUnavailable(f"job {source_job_id} has no portrait {index}")
@@ -364,7 +364,7 @@ def get_job(session: Session, job_id: int) -> Job:
 
 # ---- what the chat's buttons and /history need ----
 
-SHOWABLE = (JobStatus.SUCCEEDED, JobStatus.DELIVERED)
+SHOWABLE = (JobStatus.SUCCEEDED,)
 
 
 @dataclass(frozen=True)

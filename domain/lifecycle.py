@@ -19,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db.base import utcnow
-from db.models import FINAL_STATUSES, Job, JobKind, JobStatus, User
+from db.models import FINAL_STATUSES, Job, JobKind, JobStatus, Style, User
 from db.repositories.jobs import JobRepository
 from domain.webhooks import emit_job_event
 
@@ -35,6 +35,8 @@ REQUEUE_AFTER = timedelta(minutes=5)
 # broker restarted, or was down when the worker finished). Longer than a delivery's own retries
 # take, so a delivery that is merely waiting out a 429 is not sent twice.
 REDELIVER_AFTER = timedelta(minutes=15)
+# Sends of a job's outcome in all (the io task's own retries and the sweep's re-sends together).
+MAX_DELIVERY_ATTEMPTS = 12
 _EVENT_FOR_STATUS = {
     JobStatus.SUCCEEDED: "job.succeeded",
     JobStatus.FAILED: "job.failed",
@@ -262,15 +264,23 @@ def sweep(
             plan.failed.append(job.id)
         else:
             plan.resend.append(job.id)
-    plan.undelivered = list(
-        session.scalars(
-            select(Job.id).where(
-                Job.status.in_((JobStatus.SUCCEEDED, JobStatus.FAILED)),
-                Job.chat_id.is_not(None),
-                Job.finished_at <= now - redeliver_after,
-            )
+    undelivered = session.scalars(
+        select(Job)
+        .where(
+            Job.status.in_((JobStatus.SUCCEEDED, JobStatus.FAILED)),
+            Job.chat_id.is_not(None),
+            Job.delivered_at.is_(None),
+            Job.delivery_error.is_(None),
+            Job.finished_at <= now - redeliver_after,
         )
-    )
+        .with_for_update(skip_locked=True)
+    ).all()
+    for job in undelivered:
+        # Bounded: a delivery that keeps failing is given up and recorded, never re-sent forever.
+        if job.delivery_attempts >= MAX_DELIVERY_ATTEMPTS:
+            job.delivery_error = f"gave up after {job.delivery_attempts} attempts"
+        else:
+            plan.undelivered.append(job.id)
     plan.resend = list(dict.fromkeys(plan.resend))
     return plan
 
@@ -295,6 +305,8 @@ class Delivery:
     meta: dict[str, Any] = field(default_factory=dict)
     position: int = 0
     progress: float = 0.0
+    done: bool = False
+    attempts: int = 0
 
 
 def _language(session: Session, job: Job) -> str:
@@ -307,28 +319,57 @@ def delivery(session: Session, job_id: int) -> Delivery | None:
     job = session.get(Job, job_id)
     if job is None:
         return None
+    language = _language(session, job)
+    meta = dict(job.result_meta or {})
+    if job.kind is JobKind.TRAINING and job.style_id is not None and "style_name" not in meta:
+        # "Your style “…” is ready!" names the style the training registered.
+        style = session.get(Style, job.style_id)
+        if style is not None:
+            meta["style_name"] = style.name_for(language)
     return Delivery(
         job_id=job.id,
         kind=job.kind,
         status=job.status,
         chat_id=job.chat_id,
         status_message_id=job.status_message_id,
-        language=_language(session, job),
+        language=language,
         style_id=job.style_id,
         error_code=job.error_code,
         error_detail=job.error_detail,
         result_blobs=list(job.result_blobs or []),
-        meta=dict(job.result_meta or {}),
+        meta=meta,
         position=JobRepository(session).queue_position(job),
         progress=job.progress,
+        done=job.delivery_done,
+        attempts=job.delivery_attempts,
     )
 
 
-def mark_delivered(session: Session, job_id: int) -> None:
-    """The outcome reached the chat (or the chat cannot be reached): delivered."""
+def start_delivery(session: Session, job_id: int) -> Delivery | None:
+    """Count one send of a finished job's outcome and snapshot it; None when the job is gone.
+
+    `Delivery.done` says the chat already has it (or its delivery was given up): send nothing."""
     job = session.get(Job, job_id, with_for_update=True)
-    if job is not None and job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED):
-        job.transition(JobStatus.DELIVERED)
+    if job is None:
+        return None
+    if job.status in FINAL_STATUSES and not job.delivery_done:
+        job.delivery_attempts += 1
+    return delivery(session, job_id)
+
+
+def mark_delivered(session: Session, job_id: int) -> None:
+    """The outcome reached the chat (or there is no chat to reach): record when."""
+    job = session.get(Job, job_id, with_for_update=True)
+    if job is not None and job.status in FINAL_STATUSES and job.delivered_at is None:
+        job.delivered_at = utcnow()
+
+
+def mark_undeliverable(session: Session, job_id: int, error: str) -> None:
+    """Telegram refused the outcome for good (or the attempts ran out): record why."""
+    job = session.get(Job, job_id, with_for_update=True)
+    if job is not None and not job.delivery_done:
+        job.delivery_error = error[:2000]
+        logger.warning("job %s: delivery given up: %s", job_id, error)
 
 
 @dataclass(frozen=True)
@@ -347,6 +388,10 @@ def pose_preview(session: Session, job_id: int) -> PosePreview | None:
         return None
     key = (job.params or {}).get("pose_map_blob")
     # Once the album is out, or the job ended otherwise, a preview would only confuse.
-    if not isinstance(key, str) or job.status not in (JobStatus.RUNNING, JobStatus.SUCCEEDED):
+    if (
+        not isinstance(key, str)
+        or job.status not in (JobStatus.RUNNING, JobStatus.SUCCEEDED)
+        or job.delivered_at is not None
+    ):
         return None
     return PosePreview(job.chat_id, _language(session, job), key)

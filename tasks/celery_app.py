@@ -27,7 +27,9 @@ QUEUE_MODULES: dict[str, tuple[str, ...]] = {
 }
 TASK_MODULES = tuple(dict.fromkeys(m for modules in QUEUE_MODULES.values() for m in modules))
 
-GPU_TASKS = ("portrait.generate", "template.inpaint", "portrait.upscale", "style.train")
+GPU_TASKS = ("portrait.generate", "template.inpaint", "portrait.upscale")
+# Style trainings run for hours: on a queue of their own, so portraits never wait behind one.
+TRAIN_TASKS = ("style.train",)
 IO_TASKS = (
     "delivery.send_result",
     "delivery.progress",
@@ -70,9 +72,12 @@ def create_celery(config: AppConfig, queues: Iterable[str] | None = None) -> Cel
         task_acks_late=True,
         # A worker child killed mid-task puts the message back instead of dropping it.
         task_reject_on_worker_lost=True,
-        task_queues=(Queue("gpu"), Queue("io")),
+        task_queues=(Queue("gpu"), Queue("train"), Queue("io")),
         task_default_queue="io",
-        task_routes={name: {"queue": "gpu"} for name in GPU_TASKS},
+        task_routes={
+            **{name: {"queue": "gpu"} for name in GPU_TASKS},
+            **{name: {"queue": "train"} for name in TRAIN_TASKS},
+        },
         # The soft limit raises inside the task (the job fails as timed_out); the hard one kills.
         task_annotations={
             "portrait.generate": _limits(broker.gpu_time_limit),

@@ -1,12 +1,13 @@
 """io tasks that talk to Telegram: the result album and the live status message.
 
-The album is sent, then the job is marked delivered. Every Bot API call is throttled and retried
-in place (`telegram_ui.client.TelegramLimiter`: 429s after the asked delay, requests that never
-went out, and 5xx answers); when the result still cannot be sent, the task retries later, but
-only when Telegram certainly did not get it. A send that may have arrived (the connection broke
-after the request went out) is never repeated: the job counts as delivered and /history has the
-result. Once the result is out, the follow-ups (status edit, "what next" buttons) never cause it
-to be sent a second time."""
+The album is sent, then the delivery is recorded on the job (`delivered_at`; the job's status,
+its true outcome, never changes). Every Bot API call is throttled and retried in place
+(`telegram_ui.client.TelegramLimiter`: 429s after the asked delay, requests that never went out,
+and 5xx answers); when the result still cannot be sent, Celery retries the task with exponential
+backoff and jitter a bounded number of times, but only when Telegram certainly did not get it. A
+send that may have arrived is never repeated: /history has the result. Permanent refusals
+(`BadRequest`, `Forbidden`, 413) end the delivery at once: recorded in `delivery_error`, and the
+user is told in a new message. Photos are sent within Telegram's limits (`telegram_ui.media`)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,15 @@ from typing import Any
 from celery import Task, shared_task
 from PIL import Image
 from telegram import Bot, InputMediaPhoto
-from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TimedOut
+from telegram.error import (
+    BadRequest,
+    Forbidden,
+    InvalidToken,
+    NetworkError,
+    RetryAfter,
+    TelegramError,
+    TimedOut,
+)
 
 from db.models import JobKind, JobStatus
 from domain import lifecycle
@@ -28,10 +37,14 @@ from tasks.context import get_context
 from telegram_ui.client import make_bot, may_have_reached_telegram, retry_after_seconds
 from telegram_ui.i18n import error_text, translate
 from telegram_ui.keyboards import cancel_job_keyboard, result_keyboard
+from telegram_ui.media import full_size_document, outgoing
 
 logger = logging.getLogger(__name__)
 
-MAX_RETRIES = 12
+# Retries of one delivery message on transient errors (backoff 2 s, 4 s, … with jitter); after
+# that the sweep may send it again, up to `lifecycle.MAX_DELIVERY_ATTEMPTS` sends in all.
+MAX_RETRIES = 5
+TRANSIENT_ERRORS = (RetryAfter, TimedOut, NetworkError)
 # Failures users cannot fix themselves: the admin chat hears about these.
 OPERATOR_CODES = frozenset(
     {
@@ -52,16 +65,36 @@ def _snapshot(job_id: int) -> Delivery | None:
     return get_context().db.call(lifecycle.delivery, job_id)
 
 
-async def _edit_status(bot: Bot, d: Delivery, text: str, markup: Any = None) -> None:
+def is_terminal(exc: TelegramError) -> bool:
+    """Whether Telegram refused the request for good (repeating it cannot help)."""
+    if isinstance(exc, BadRequest | Forbidden | InvalidToken):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, NetworkError) and ("(413)" in text or "entity too large" in text)
+
+
+async def _edit_status(bot: Bot, d: Delivery, text: str, markup: Any = None) -> bool:
+    """Edit the status message; False when there is none or it can no longer be edited."""
     if d.chat_id is None or d.status_message_id is None:
-        return
+        return False
     try:
         await bot.edit_message_text(
             text, chat_id=d.chat_id, message_id=d.status_message_id, reply_markup=markup
         )
     except BadRequest as exc:
-        # "message is not modified" / deleted by the user: nothing to fix.
+        if "not modified" in str(exc).lower():
+            return True
+        # Deleted by the user, or too old to edit.
         logger.debug("status edit for job %s skipped: %s", d.job_id, exc)
+        return False
+    return True
+
+
+async def _notice(bot: Bot, d: Delivery, text: str) -> None:
+    """A failure or cancel notice: in the status message, or a new message when it is gone."""
+    if not await _edit_status(bot, d, text):
+        assert d.chat_id is not None
+        await bot.send_message(d.chat_id, text)
 
 
 async def _follow_up(d: Delivery, call: Awaitable[Any]) -> None:
@@ -83,10 +116,13 @@ async def _send_result(bot: Bot, d: Delivery) -> None:
                 d.chat_id, translate(lang, "training.done", name=d.meta.get("style_name", ""))
             )
         elif d.kind is JobKind.TEMPLATE and images:
-            await bot.send_photo(d.chat_id, images[0])
+            # A template keeps its size (up to 40 MP): a photo within Telegram's limits, and
+            # the full-size file as a document.
+            await bot.send_photo(d.chat_id, outgoing(images[0]).photo)
+            document, suffix = full_size_document(images[0])
             await _follow_up(
                 d,
-                bot.send_document(d.chat_id, images[0], filename=f"template-{d.job_id}.png"),
+                bot.send_document(d.chat_id, document, filename=f"template-{d.job_id}.{suffix}"),
             )
         elif d.kind is JobKind.UPSCALE and images:
             # A document, not a photo: Telegram would shrink a photo to 1280 px and recompress.
@@ -103,19 +139,17 @@ async def _send_result(bot: Bot, d: Delivery) -> None:
                     height=height,
                 ),
             )
-        elif len(images) == 1:
-            await bot.send_photo(d.chat_id, images[0])
         elif images:
-            await bot.send_media_group(d.chat_id, [InputMediaPhoto(img) for img in images[:10]])
-        if d.kind is JobKind.UPSCALE:
-            done = translate(lang, "hd.done")
-        else:
-            done = translate(lang, "job.done", count=len(images))
-        if d.meta.get("low_likeness"):
-            # A set is never refused for likeness alone: it is sent, and the user gets a tip.
-            tip = translate(lang, "job.low_likeness")
-            done = f"{done}\n\n{tip}"
-        await _follow_up(d, _edit_status(bot, d, done))
+            prepared = [outgoing(img) for img in images[:10]]
+            if len(prepared) == 1:
+                await bot.send_photo(d.chat_id, prepared[0].photo)
+            else:
+                await bot.send_media_group(d.chat_id, [InputMediaPhoto(p.photo) for p in prepared])
+            for n, p in enumerate(prepared, start=1):
+                if p.document is not None:
+                    name = f"result-{d.job_id}-{n}.{p.document_suffix}"
+                    await _follow_up(d, bot.send_document(d.chat_id, p.document, filename=name))
+        await _follow_up(d, _edit_status(bot, d, _done_text(d)))
         if d.kind is JobKind.PORTRAIT:
             await _follow_up(
                 d,
@@ -127,10 +161,33 @@ async def _send_result(bot: Bot, d: Delivery) -> None:
             )
     elif d.status is JobStatus.FAILED:
         reason = error_text(lang, d.error_code)
-        await _edit_status(bot, d, translate(lang, "job.failed", reason=reason))
+        await _notice(bot, d, translate(lang, "job.failed", reason=reason))
         await _follow_up(d, _alert_operator(bot, d))
     elif d.status is JobStatus.CANCELLED:
-        await _edit_status(bot, d, translate(lang, "job.cancelled"))
+        await _notice(bot, d, translate(lang, "job.cancelled"))
+
+
+def _done_text(d: Delivery) -> str:
+    """The status message of a succeeded job."""
+    if d.kind is JobKind.UPSCALE:
+        done = translate(d.language, "hd.done")
+    else:
+        done = translate(d.language, "job.done", count=len(d.result_blobs))
+    if d.meta.get("low_likeness"):
+        # A set is never refused for likeness alone: it is sent, and the user gets a tip.
+        done = f"{done}\n\n{translate(d.language, 'job.low_likeness')}"
+    return done
+
+
+def _final_text(d: Delivery) -> str | None:
+    """The status message's last text once the job has ended (None while it is active)."""
+    if d.status is JobStatus.SUCCEEDED and d.kind is not JobKind.TRAINING:
+        return _done_text(d)
+    if d.status is JobStatus.FAILED:
+        return translate(d.language, "job.failed", reason=error_text(d.language, d.error_code))
+    if d.status is JobStatus.CANCELLED:
+        return translate(d.language, "job.cancelled")
+    return None
 
 
 async def _alert_operator(bot: Bot, d: Delivery) -> None:
@@ -144,13 +201,9 @@ async def _alert_operator(bot: Bot, d: Delivery) -> None:
     )
 
 
-def _retry(task: Task, exc: Exception) -> None:
-    if isinstance(exc, RetryAfter):
-        delay = retry_after_seconds(exc) + 0.5
-    else:
-        delay = min(60.0, 2.0**task.request.retries)
-    logger.warning("telegram %s; retrying in %.1fs", exc, delay)
-    raise task.retry(exc=exc, countdown=delay, max_retries=MAX_RETRIES)
+async def _tell_undeliverable(bot: Bot, d: Delivery) -> None:
+    assert d.chat_id is not None
+    await bot.send_message(d.chat_id, translate(d.language, "job.undeliverable"))
 
 
 async def _with_bot(coro_fn: Any, d: Delivery) -> None:
@@ -159,32 +212,58 @@ async def _with_bot(coro_fn: Any, d: Delivery) -> None:
         await coro_fn(bot, d)
 
 
-@shared_task(name="delivery.send_result", bind=True, acks_late=True)
+@shared_task(
+    name="delivery.send_result",
+    bind=True,
+    acks_late=True,
+    autoretry_for=TRANSIENT_ERRORS,
+    dont_autoretry_for=(BadRequest,),
+    retry_backoff=2,
+    retry_backoff_max=300,
+    retry_jitter=True,
+    max_retries=MAX_RETRIES,
+)
 def send_result(self: Task, job_id: int) -> str:
-    """Send a finished job's outcome to its chat, once."""
-    d = _snapshot(job_id)
+    """Send a finished job's outcome to its chat, once; record the delivery on the job."""
+    db = get_context().db
+    d = db.call(lifecycle.start_delivery, job_id)
     if d is None:
         return "missing"
-    if d.status is JobStatus.DELIVERED:
+    if d.done:
         return "already delivered"
     if d.status in (JobStatus.QUEUED, JobStatus.RUNNING):
         return "not finished"
     if d.chat_id is not None:
         try:
             asyncio.run(_with_bot(_send_result, d))
-        except Forbidden:
-            logger.info("chat of job %s blocked the bot; result kept", job_id)
-        except NetworkError as exc:
-            if not may_have_reached_telegram(exc):
-                _retry(self, exc)
-            # Sending it again could show the album twice; /history has it if it is lost.
-            logger.warning(
-                "job %s: the result may have reached the chat (%s); not resent", job_id, exc
-            )
-        except RetryAfter as exc:
-            _retry(self, exc)
-    get_context().db.call(lifecycle.mark_delivered, job_id)
+        except TelegramError as exc:
+            if is_terminal(exc):
+                db.call(lifecycle.mark_undeliverable, job_id, f"{type(exc).__name__}: {exc}")
+                if not isinstance(exc, Forbidden | InvalidToken):
+                    _tell_user_undeliverable(d)
+                return "undeliverable"
+            if isinstance(exc, NetworkError) and may_have_reached_telegram(exc):
+                # Sending it again could show the album twice; /history has it if it is lost.
+                logger.warning(
+                    "job %s: the result may have reached the chat (%s); not resent", job_id, exc
+                )
+            else:
+                # Transient (429, 5xx, not sent): Celery retries with backoff and jitter.
+                if isinstance(exc, RetryAfter):
+                    logger.warning(
+                        "job %s: Telegram asks to wait %.0f s", job_id, retry_after_seconds(exc)
+                    )
+                raise
+    db.call(lifecycle.mark_delivered, job_id)
     return "delivered"
+
+
+def _tell_user_undeliverable(d: Delivery) -> None:
+    """One new message saying the result could not be sent (best effort)."""
+    try:
+        asyncio.run(_with_bot(_tell_undeliverable, d))
+    except TelegramError as exc:
+        logger.info("job %s: could not tell the chat about the failed delivery: %s", d.job_id, exc)
 
 
 async def _send_progress(bot: Bot, d: Delivery) -> None:
@@ -200,6 +279,13 @@ async def _send_progress(bot: Bot, d: Delivery) -> None:
     else:
         return
     await _edit_status(bot, d, text, cancel_job_keyboard(d.job_id, lang))
+    # The job may have ended while this edit was on its way, and the final edit may have landed
+    # first: this edit finished before the row is read again, so if it shows the job ended, the
+    # final text is put back (the final edit itself only happens after that row was committed).
+    after = _snapshot(d.job_id)
+    final = _final_text(after) if after is not None else None
+    if after is not None and final is not None:
+        await _edit_status(bot, after, final)
 
 
 @shared_task(name="delivery.progress", bind=True, ignore_result=True)

@@ -26,6 +26,8 @@ TASK_FOR_KIND: dict[JobKind, str] = {
     JobKind.TRAINING: "style.train",
     JobKind.UPSCALE: "portrait.upscale",
 }
+# Trainings have their own queue and workers (`worker --queues train`); the rest share `gpu`.
+QUEUE_FOR_KIND: dict[JobKind, str] = {JobKind.TRAINING: "train"}
 CHECK_TIMEOUT_SECONDS = 3.0
 
 
@@ -34,7 +36,7 @@ def dispatch_job(celery: Celery, db: Database, job_id: int) -> bool:
     kind = db.call(lifecycle.dispatchable_kind, job_id)
     if kind is None:
         return False
-    celery.send_task(TASK_FOR_KIND[kind], args=[job_id], queue="gpu")
+    celery.send_task(TASK_FOR_KIND[kind], args=[job_id], queue=QUEUE_FOR_KIND.get(kind, "gpu"))
     db.call(lifecycle.mark_dispatched, job_id)
     logger.info("dispatched job %s (%s)", job_id, kind.value)
     return True

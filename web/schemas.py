@@ -410,6 +410,8 @@ class JobOut(Model):
     started_at: datetime | None
     finished_at: datetime | None
     delivered_at: datetime | None
+    delivery_attempts: int
+    delivery_error: str | None
 
 
 # ---- broadcasts ----

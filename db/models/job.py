@@ -26,10 +26,10 @@ class JobStatus(enum.StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
-    DELIVERED = "delivered"
 
 
-# queued → running → succeeded | failed | cancelled, then delivered once the user has it.
+# queued → running → succeeded | failed | cancelled; final states stay final (delivery to the
+# chat is recorded apart: `delivered_at`, `delivery_attempts`, `delivery_error`).
 # running → running is a redelivery after a worker died mid-job (attempts counts them);
 # failed/cancelled → queued is an explicit retry (admin API).
 ALLOWED_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
@@ -37,16 +37,13 @@ ALLOWED_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.RUNNING: frozenset(
         {JobStatus.RUNNING, JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED}
     ),
-    JobStatus.SUCCEEDED: frozenset({JobStatus.DELIVERED}),
-    JobStatus.FAILED: frozenset({JobStatus.QUEUED, JobStatus.DELIVERED}),
+    JobStatus.SUCCEEDED: frozenset(),
+    JobStatus.FAILED: frozenset({JobStatus.QUEUED}),
     JobStatus.CANCELLED: frozenset({JobStatus.QUEUED}),
-    JobStatus.DELIVERED: frozenset(),
 }
 
 ACTIVE_STATUSES = frozenset({JobStatus.QUEUED, JobStatus.RUNNING})
-FINAL_STATUSES = frozenset(
-    {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.DELIVERED}
-)
+FINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
 
 
 class Job(TimestampMixin, Base):
@@ -81,12 +78,21 @@ class Job(TimestampMixin, Base):
     dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Delivery to the chat, recorded apart from the outcome: when it reached the chat, how many
+    # sends were tried, and why it was given up (a terminal Bot API error, or out of attempts).
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    delivery_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    delivery_error: Mapped[str | None] = mapped_column(Text)
     worker: Mapped[str | None] = mapped_column(String(128))
 
     @property
     def is_active(self) -> bool:
         return self.status in ACTIVE_STATUSES
+
+    @property
+    def delivery_done(self) -> bool:
+        """Whether the chat got the outcome, or its delivery was given up for good."""
+        return self.delivered_at is not None or self.delivery_error is not None
 
     def transition(self, to: JobStatus, *, now: datetime | None = None) -> None:
         """Move to `to`, stamping the time; IllegalTransition if the machine forbids it."""
@@ -109,12 +115,13 @@ class Job(TimestampMixin, Base):
             self.finished_at = None
             self.dispatched_at = None
             self.cancel_requested = False
+            self.delivered_at = None
+            self.delivery_attempts = 0
+            self.delivery_error = None
         elif to in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED):
             self.finished_at = now
             if to is JobStatus.SUCCEEDED:
                 self.progress = 1.0
-        elif to is JobStatus.DELIVERED:
-            self.delivered_at = now
         self.status = to
 
     def fail(self, code: str, detail: str | None = None) -> None:

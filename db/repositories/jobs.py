@@ -96,7 +96,9 @@ class JobRepository(RepositoryBase[Job]):
         """Seconds from start to finish of jobs that succeeded since a moment."""
         rows = self.session.execute(
             select(Job.started_at, Job.finished_at).where(
-                Job.finished_at >= since, Job.started_at.is_not(None)
+                Job.status == JobStatus.SUCCEEDED,
+                Job.finished_at >= since,
+                Job.started_at.is_not(None),
             )
         ).all()
         return [(f - s).total_seconds() for s, f in rows if s and f]

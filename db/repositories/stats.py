@@ -11,8 +11,8 @@ from sqlalchemy.orm import Session
 
 from db.models import Job, JobStatus, User
 
-# Jobs whose duration counts: they ran to completion (delivered ones succeeded first).
-_COMPLETED = (JobStatus.SUCCEEDED, JobStatus.DELIVERED)
+# Jobs whose duration counts: they ran to completion.
+_COMPLETED = (JobStatus.SUCCEEDED,)
 
 
 class StatsRepository:

@@ -78,6 +78,20 @@ class TestBanned:
         await tg.idle()
         assert tg.sent_texts(eve.id) == [translate("en", "error.banned")]
 
+    async def test_a_failed_ban_notice_does_not_let_the_update_through(
+        self, bot: BotHarness
+    ) -> None:
+        tg = bot.tg
+        rex = tg.user(5202, "Rex", "en")
+        give_selfie(bot, rex.id, is_banned=True)
+        # The ban notice is refused (the user blocked the bot): the error handler runs, and the
+        # update must still end there, before any flow handler.
+        tg.fail_next("sendMessage", 403)
+        tg.send_text(rex, "/help")
+        await tg.wait_count("sendMessage", 1)
+        await tg.idle()
+        assert [c.ok for c in tg.calls_to("sendMessage", chat_id=rex.id)] == [False]
+
 
 class TestTelegramFailures:
     async def test_429_is_retried_after_the_asked_delay(self, bot: BotHarness) -> None:

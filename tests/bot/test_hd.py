@@ -13,7 +13,7 @@ from tests.utils.factories import make_user
 
 
 def finished_portraits(
-    bot: BotHarness, telegram_id: int, count: int = 2, status: JobStatus = JobStatus.DELIVERED
+    bot: BotHarness, telegram_id: int, count: int = 2, status: JobStatus = JobStatus.SUCCEEDED
 ) -> Job:
     """A user with a portrait job holding `count` result images, as the workers leave it."""
     with bot.db.session() as s:
@@ -31,7 +31,6 @@ def finished_portraits(
         path = {
             JobStatus.CANCELLED: [JobStatus.CANCELLED],
             JobStatus.SUCCEEDED: [JobStatus.RUNNING, JobStatus.SUCCEEDED],
-            JobStatus.DELIVERED: [JobStatus.RUNNING, JobStatus.SUCCEEDED, JobStatus.DELIVERED],
         }[status]
         for step in path:
             job.transition(step)
@@ -168,7 +167,7 @@ class TestHdButtons:
             s.flush()
             hd.result_blobs = [bot.blobs.put(b"hd-png")]
             hd.result_meta = {"filename": f"portrait-{source.id}-1-256.png"}
-            for step in (JobStatus.RUNNING, JobStatus.SUCCEEDED, JobStatus.DELIVERED):
+            for step in (JobStatus.RUNNING, JobStatus.SUCCEEDED):
                 hd.transition(step)
         since = len(tg.calls)
         tg.send_text(ann, "/history")

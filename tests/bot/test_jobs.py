@@ -157,7 +157,7 @@ def finished_job(bot: BotHarness, telegram_id: int, results: list[bytes]) -> Job
         row.result_blobs = [bot.blobs.put(r) for r in results]
         row.transition(JobStatus.RUNNING)
         row.transition(JobStatus.SUCCEEDED)
-        row.transition(JobStatus.DELIVERED)
+        row.delivered_at = utcnow()
     return jobs_of(bot, telegram_id)[0]
 
 

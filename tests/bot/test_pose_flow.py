@@ -56,7 +56,7 @@ async def results_message(bot: BotHarness, user: Any) -> dict[str, Any]:
         row = s.get(Job, job.id)
         assert row is not None
         row.result_blobs = [bot.blobs.put(b"result")]
-        for status in (JobStatus.RUNNING, JobStatus.SUCCEEDED, JobStatus.DELIVERED):
+        for status in (JobStatus.RUNNING, JobStatus.SUCCEEDED):
             row.transition(status)
     published(bot.celery, "gpu")
     return bot.tg._bot_message(
@@ -121,7 +121,8 @@ class TestPoseFlow:
         assert len(album.get("media")) == 2
         await tg.wait_text(ann.id, translate("en", "job.done", count=2), since=since)
         job = next(j for j in jobs_of(bot, ann.id) if j.id == job_id)
-        assert job.status is JobStatus.DELIVERED
+        assert job.status is JobStatus.SUCCEEDED
+        assert job.delivered_at is not None
         stored = Image.open(io.BytesIO(bot.blobs.get(job.params["pose_map_blob"])))
         assert np.array_equal(np.asarray(stored), fake.body_map)
 

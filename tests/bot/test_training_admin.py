@@ -52,7 +52,9 @@ class TestTraining:
             assert training.trigger_word == "inkwash"
             assert training.job_id == job.id
             assert len(training.image_blobs) == 2
-        assert published(harness.celery) == [("style.train", [job.id])]
+        # Trainings have a queue of their own: portraits never wait behind one.
+        assert published(harness.celery, "train") == [("style.train", [job.id])]
+        assert published(harness.celery, "gpu") == []
 
     async def test_user_with_can_train(self, bot: BotHarness) -> None:
         ann = bot.tg.user(8002, "Ann", "en")

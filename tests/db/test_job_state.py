@@ -44,13 +44,11 @@ class TestTransitions:
         job.transition(JobStatus.SUCCEEDED)
         assert job.finished_at is not None
         assert job.progress == 1.0
-        job.transition(JobStatus.DELIVERED)
-        assert job.delivered_at is not None
         session.flush()
         session.expire_all()
         reloaded = session.get(Job, job.id)
         assert reloaded is not None
-        assert reloaded.status is JobStatus.DELIVERED
+        assert reloaded.status is JobStatus.SUCCEEDED
         assert reloaded.finished_at is not None
         assert reloaded.finished_at.tzinfo is not None
 

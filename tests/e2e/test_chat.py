@@ -42,7 +42,7 @@ async def album_of(stack: Stack, user: FakeUser) -> list[bytes]:
 async def delivered(stack: Stack, job_id: int) -> None:
     """Until the job is marked delivered."""
     await stack.wait(
-        lambda: stack.job(job_id).status is JobStatus.DELIVERED, 60, f"job {job_id} delivered"
+        lambda: stack.job(job_id).delivered_at is not None, 60, f"job {job_id} delivered"
     )
 
 

@@ -10,7 +10,6 @@ import io
 import pytest
 from PIL import Image
 
-from db.models import JobStatus
 from tests.utils.chat import JOB_SECONDS, prefix, press, send_selfie, text, use_style
 from tests.utils.fake_pose import ARMS_UP, skeleton_map
 from tests.utils.stack import Stack, face
@@ -44,7 +43,7 @@ class TestUsePose:
         await tg.wait_text(kim.id, text(kim, "job.failed", reason=reason), within=JOB_SECONDS)
         photo_job = stack.jobs_of(kim.id)[-1]
         await stack.wait(
-            lambda: stack.job(photo_job.id).status is JobStatus.DELIVERED, 60, "failure delivered"
+            lambda: stack.job(photo_job.id).delivered_at is not None, 60, "failure delivered"
         )
         photo_job = stack.job(photo_job.id)
         assert photo_job.error_code == "pose_no_person"
@@ -60,7 +59,7 @@ class TestUsePose:
         await stack.wait(lambda: len(stack.albums(kim.id)) == 2, JOB_SECONDS, "album of the map")
         map_job = stack.jobs_of(kim.id)[-1]
         await stack.wait(
-            lambda: stack.job(map_job.id).status is JobStatus.DELIVERED, 60, "album delivered"
+            lambda: stack.job(map_job.id).delivered_at is not None, 60, "album delivered"
         )
         map_job = stack.job(map_job.id)
         assert map_job.error_code is None

@@ -1,14 +1,21 @@
 """The io delivery task against the fake Bot API: albums once, failures explained, and the
-operator alerted about failures only they can fix."""
+operator alerted about failures only they can fix; delivery recorded apart from the outcome: a
+result Telegram refuses ends as a recorded delivery failure after a bounded number of Bot API
+calls, a 40 MP template result goes out within Telegram's photo limits, and a failed job stays
+failed (metrics, /history, admin retry) after its failure was delivered."""
 
 from __future__ import annotations
 
 import asyncio
+import io
 from collections.abc import AsyncIterator, Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import aiohttp
+import numpy as np
 import pytest
+from PIL import Image
 from telegram.error import NetworkError
 
 from core.settings import (
@@ -20,12 +27,14 @@ from core.settings import (
 )
 from db.models import Job, JobKind, JobStatus
 from db.session import Database
+from domain import jobs, lifecycle, stats
 from tasks import deliver
 from tasks.celery_app import create_celery
 from tasks.context import WorkerContext, set_context
 from tasks.deliver import send_progress, send_result
 from telegram_ui.i18n import error_text, translate
-from tests.utils.factories import make_user
+from telegram_ui.media import PHOTO_MAX_BYTES, PHOTO_MAX_SIDE, PHOTO_MAX_SIDE_SUM
+from tests.utils.factories import make_style, make_user
 from tests.utils.fake_telegram import TOKEN, FakeTelegram
 
 ADMIN_CHAT = 424242
@@ -81,6 +90,17 @@ def _job(ctx: WorkerContext, status: JobStatus, **fields: object) -> int:
         return job.id
 
 
+def _row(ctx: WorkerContext, job_id: int) -> Job:
+    with ctx.db.session() as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        return job
+
+
+def _delivered_at(ctx: WorkerContext, job_id: int) -> datetime | None:
+    return _row(ctx, job_id).delivered_at
+
+
 def _status(ctx: WorkerContext, job_id: int) -> JobStatus:
     with ctx.db.session() as s:
         job = s.get(Job, job_id)
@@ -98,7 +118,7 @@ class TestSendResult:
         album = await tg.wait_for("sendMediaGroup", chat_id=7001)
         assert len(album.get("media")) == 2
         await tg.wait_for("sendMessage", chat_id=7001)
-        assert _status(ctx, job_id) is JobStatus.DELIVERED
+        assert _delivered_at(ctx, job_id) is not None
         assert await asyncio.to_thread(send_result, job_id) == "already delivered"
         assert len(tg.calls_to("sendMediaGroup")) == 1
 
@@ -113,14 +133,21 @@ class TestSendResult:
         assert error_text("en", "weights_missing") in edit.get("text")
         alert = await tg.wait_for("sendMessage", chat_id=ADMIN_CHAT)
         assert "weights_missing" in alert.get("text")
-        assert _status(ctx, job_id) is JobStatus.DELIVERED
+        assert _delivered_at(ctx, job_id) is not None
 
     async def test_user_mistakes_do_not_page_the_operator(
         self, tg: FakeTelegram, ctx: WorkerContext
     ) -> None:
         job_id = _job(ctx, JobStatus.FAILED, error_code="no_face")
         await asyncio.to_thread(send_result, job_id)
-        assert [c.method for c in tg.calls if c.method != "getMe"] == ["editMessageText"]
+        # The status message is gone (the fake never sent it): the notice comes as a new one.
+        calls = [c for c in tg.calls if c.method != "getMe"]
+        assert [c.method for c in calls] == ["editMessageText", "sendMessage"]
+        assert calls[1].chat_id == 7001
+        assert calls[1].get("text") == translate(
+            "en", "job.failed", reason=error_text("en", "no_face")
+        )
+        assert _status(ctx, job_id) is JobStatus.FAILED
 
     @pytest.mark.parametrize(
         ("cause", "resent"),
@@ -151,7 +178,7 @@ class TestSendResult:
             assert _status(ctx, job_id) is JobStatus.SUCCEEDED
         else:
             assert await asyncio.to_thread(send_result, job_id) == "delivered"
-            assert _status(ctx, job_id) is JobStatus.DELIVERED
+            assert _delivered_at(ctx, job_id) is not None
 
 
 class TestHdDelivery:
@@ -202,3 +229,144 @@ class TestHdDelivery:
         await asyncio.to_thread(send_progress, job_id)
         (edit,) = tg.calls_to("editMessageText")
         assert edit.get("text") == translate("ru", "hd.running", percent=50)
+
+
+# ---- delivery recorded apart from the outcome (issue 12) ----
+
+CHAT = 7001
+
+
+def _chat_calls(tg: FakeTelegram) -> list[str]:
+    return [c.method for c in tg.calls if c.chat_id == CHAT]
+
+
+class TestRefusedResult:
+    async def test_400_is_a_recorded_failure_told_in_a_new_message(
+        self, tg: FakeTelegram, ctx: WorkerContext
+    ) -> None:
+        images = [
+            ctx.blobs.put((FACES / n).read_bytes()) for n in ("man_pose1.png", "man_pose2.png")
+        ]
+        job_id = _job(ctx, JobStatus.SUCCEEDED, result_blobs=images)
+        # Telegram refuses this album whatever happens.
+        tg.fail_next("sendMediaGroup", 400, times=50)
+
+        assert await asyncio.to_thread(send_result, job_id) == "undeliverable"
+        row = _row(ctx, job_id)
+        assert row.status is JobStatus.SUCCEEDED
+        assert row.delivered_at is None
+        assert row.delivery_attempts == 1
+        assert row.delivery_error is not None
+        assert row.delivery_error.startswith("BadRequest")
+        texts = tg.sent_texts(CHAT)
+        assert texts[-1] == translate("en", "job.undeliverable")
+
+        # Again, and through the sweep: nothing more is sent for this job.
+        assert await asyncio.to_thread(send_result, job_id) == "already delivered"
+        plan = ctx.db.call(
+            lifecycle.sweep,
+            outbox_grace=timedelta(0),
+            time_limit=timedelta(minutes=15),
+            redeliver_after=timedelta(0),
+        )
+        assert job_id not in plan.undelivered
+        # One refused album and one notice: the number of Bot API calls is bounded.
+        assert _chat_calls(tg) == ["sendMediaGroup", "sendMessage"]
+
+    async def test_transient_failures_end_after_a_bounded_number_of_sends(
+        self, tg: FakeTelegram, ctx: WorkerContext
+    ) -> None:
+        job_id = _job(ctx, JobStatus.SUCCEEDED, result_blobs=[])
+        with ctx.db.session() as s:
+            row = s.get(Job, job_id)
+            assert row is not None
+            row.delivery_attempts = lifecycle.MAX_DELIVERY_ATTEMPTS
+        plan = ctx.db.call(
+            lifecycle.sweep,
+            outbox_grace=timedelta(0),
+            time_limit=timedelta(minutes=15),
+            redeliver_after=timedelta(0),
+        )
+        assert job_id not in plan.undelivered
+        assert _row(ctx, job_id).delivery_error == (
+            f"gave up after {lifecycle.MAX_DELIVERY_ATTEMPTS} attempts"
+        )
+
+
+def _big_png(width: int, height: int) -> bytes:
+    """A smooth, quickly encoded picture of width x height."""
+    x = np.linspace(0, 255, width, dtype=np.float32)[None, :]
+    y = np.linspace(0, 255, height, dtype=np.float32)[:, None]
+    rgb = np.stack([x + 0 * y, y + 0 * x, (x + y) / 2], axis=-1).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+class TestPhotoLimits:
+    async def test_a_40_mp_template_result_is_sent_within_the_photo_limits(
+        self, tg: FakeTelegram, ctx: WorkerContext
+    ) -> None:
+        full = _big_png(8000, 5000)
+        job_id = _job(ctx, JobStatus.SUCCEEDED, result_blobs=[ctx.blobs.put(full)])
+        with ctx.db.session() as s:
+            row = s.get(Job, job_id)
+            assert row is not None
+            row.kind = JobKind.TEMPLATE
+
+        assert await asyncio.to_thread(send_result, job_id) == "delivered"
+        [photo_call] = [c for c in tg.calls_to("sendPhoto") if c.chat_id == CHAT]
+        assert photo_call.ok
+        [photo] = photo_call.files.values()
+        image = Image.open(io.BytesIO(photo))
+        assert image.format == "JPEG"
+        assert len(photo) <= PHOTO_MAX_BYTES
+        assert sum(image.size) <= PHOTO_MAX_SIDE_SUM
+        assert max(image.size) == PHOTO_MAX_SIDE
+        [document] = [c for c in tg.calls_to("sendDocument") if c.chat_id == CHAT]
+        assert list(document.files.values()) == [full]
+        assert _row(ctx, job_id).delivered_at is not None
+
+
+class TestFinalStatesStayFinal:
+    async def test_a_delivered_failure_stays_failed(
+        self, tg: FakeTelegram, ctx: WorkerContext
+    ) -> None:
+        job_id = _job(ctx, JobStatus.FAILED, error_code="no_face")
+        assert await asyncio.to_thread(send_result, job_id) == "delivered"
+        row = _row(ctx, job_id)
+        assert row.delivered_at is not None
+        assert row.status is JobStatus.FAILED
+        assert row.user_id is not None
+
+        figures = ctx.db.call(stats.stats)
+        assert figures["failures_by_code"] == {"no_face": 1}
+        assert figures["jobs"]["by_status"]["failed"] == 1
+        assert figures["durations_24h"]["count"] == 0  # failures are not run times
+        snapshot = ctx.db.call(stats.read_snapshot)
+        assert snapshot.failures == {"no_face": 1}
+        rows, _ = ctx.db.call(jobs.history, row.user_id, "en", 0, 10)
+        assert [(r.job_id, r.status) for r in rows] == [(job_id, JobStatus.FAILED)]
+
+        retried = ctx.db.call(jobs.retry_job, job_id, "admin:test")
+        assert retried.status is JobStatus.QUEUED
+        again = _row(ctx, job_id)
+        assert again.delivered_at is None
+        assert again.delivery_attempts == 0
+
+
+class TestTrainingDone:
+    async def test_the_style_ready_message_names_the_style(
+        self, tg: FakeTelegram, ctx: WorkerContext
+    ) -> None:
+        job_id = _job(ctx, JobStatus.SUCCEEDED)
+        with ctx.db.session() as s:
+            style = make_style(s, "trained-7-autumn")
+            style.names = {"en": "Autumn leaves"}
+            row = s.get(Job, job_id)
+            assert row is not None
+            row.kind = JobKind.TRAINING
+            row.style_id = style.id
+            row.result_meta = {"style_id": style.id}
+        assert await asyncio.to_thread(send_result, job_id) == "delivered"
+        assert translate("en", "training.done", name="Autumn leaves") in tg.sent_texts(CHAT)

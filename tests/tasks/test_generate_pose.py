@@ -26,6 +26,7 @@ from core.settings import (
     StorageSettings,
     TelegramSettings,
 )
+from db.base import utcnow
 from db.models import Job, JobKind, JobStatus
 from db.session import Database
 from facechain.engine import Engine, EngineConfig, letterbox
@@ -262,7 +263,14 @@ class TestPosePreview:
         yield context
         set_context(None)
 
-    def _job(self, ctx: SimpleNamespace, status: JobStatus, language: str = "ru") -> int:
+    def _job(
+        self,
+        ctx: SimpleNamespace,
+        status: JobStatus,
+        language: str = "ru",
+        *,
+        delivered: bool = False,
+    ) -> int:
         with ctx.db.session() as s:
             user = make_user(s, telegram_id=8201, language=language)
             job = Job(
@@ -273,10 +281,12 @@ class TestPosePreview:
             )
             s.add(job)
             s.flush()
-            for step in (JobStatus.RUNNING, JobStatus.SUCCEEDED, JobStatus.DELIVERED):
+            for step in (JobStatus.RUNNING, JobStatus.SUCCEEDED):
                 if job.status is status:
                     break
                 job.transition(step)
+            if delivered:
+                job.delivered_at = utcnow()
             return job.id
 
     async def test_sends_a_small_map_with_a_translated_caption(
@@ -295,6 +305,6 @@ class TestPosePreview:
     async def test_not_after_the_album(
         self, tg: FakeTelegram, preview_ctx: SimpleNamespace
     ) -> None:
-        job_id = self._job(preview_ctx, JobStatus.DELIVERED)
+        job_id = self._job(preview_ctx, JobStatus.SUCCEEDED, delivered=True)
         assert await asyncio.to_thread(send_pose_preview, job_id) == "skipped"
         assert tg.calls_to("sendPhoto") == []

@@ -80,7 +80,7 @@ def hd_job(ctx: WorkerContext, index: int = 1, size: int | None = 2048) -> tuple
         s.add(source)
         s.flush()
         source.result_blobs = [blobs.put(portrait_png(64, 48, i)) for i in range(2)]
-        for status in (JobStatus.RUNNING, JobStatus.SUCCEEDED, JobStatus.DELIVERED):
+        for status in (JobStatus.RUNNING, JobStatus.SUCCEEDED):
             source.transition(status)
         job = Job(
             user_id=user.id,

@@ -104,7 +104,7 @@ class TestRoundTrip:
         assert _job(client.db, job_id).dispatched_at is not None
 
         wait_for(
-            lambda: _job(client.db, job_id).status is JobStatus.DELIVERED,
+            lambda: _job(client.db, job_id).delivered_at is not None,
             120,
             "job delivered",
             worker,
@@ -124,7 +124,8 @@ class TestRoundTrip:
         again = _job(client.db, job_id)
         assert again.attempts == 1
         assert again.result_blobs == job.result_blobs
-        assert again.status is JobStatus.DELIVERED
+        assert again.status is JobStatus.SUCCEEDED
+        assert again.delivered_at is not None
 
     def test_sweep_resends_a_job_that_never_reached_the_broker(
         self, worker: WorkerProcess, client: WorkerContext
@@ -138,7 +139,7 @@ class TestRoundTrip:
         result = sweep_once(outbox_grace=timedelta(seconds=30), time_limit=timedelta(minutes=15))
         assert result["resent"] == 1
         wait_for(
-            lambda: _job(client.db, job_id).status is JobStatus.DELIVERED,
+            lambda: _job(client.db, job_id).delivered_at is not None,
             120,
             "swept job delivered",
             worker,
