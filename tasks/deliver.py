@@ -175,7 +175,8 @@ def _done_text(d: Delivery) -> str:
         done = translate(d.language, "job.done", count=len(d.result_blobs))
     if d.meta.get("low_likeness"):
         # A set is never refused for likeness alone: it is sent, and the user gets a tip.
-        done = f"{done}\n\n{translate(d.language, 'job.low_likeness')}"
+        tip = translate(d.language, "job.low_likeness")
+        done = f"{done}\n\n{tip}"
     return done
 
 
