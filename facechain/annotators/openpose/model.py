@@ -20,7 +20,8 @@ logger = logging.getLogger(__name__)
 _Layer = tuple[str, int, int, int]
 _POOL = "pool"
 
-_VGG_BODY: tuple[_Layer, ...] = (
+# The VGG-19 stem every OpenPose net starts with (same layer names in all three files).
+_VGG_STEM: tuple[_Layer, ...] = (
     ("conv1_1", 3, 64, 3),
     ("conv1_2", 64, 64, 3),
     (_POOL, 0, 0, 0),
@@ -34,25 +35,17 @@ _VGG_BODY: tuple[_Layer, ...] = (
     (_POOL, 0, 0, 0),
     ("conv4_1", 256, 512, 3),
     ("conv4_2", 512, 512, 3),
+)
+
+_VGG_BODY: tuple[_Layer, ...] = (
+    *_VGG_STEM,
     ("conv4_3_CPM", 512, 256, 3),
     ("conv4_4_CPM", 256, 128, 3),
 )
 
 # Backbone shared by the hand and face nets (identical layers and names).
 _VGG_HAND: tuple[_Layer, ...] = (
-    ("conv1_1", 3, 64, 3),
-    ("conv1_2", 64, 64, 3),
-    (_POOL, 0, 0, 0),
-    ("conv2_1", 64, 128, 3),
-    ("conv2_2", 128, 128, 3),
-    (_POOL, 0, 0, 0),
-    ("conv3_1", 128, 256, 3),
-    ("conv3_2", 256, 256, 3),
-    ("conv3_3", 256, 256, 3),
-    ("conv3_4", 256, 256, 3),
-    (_POOL, 0, 0, 0),
-    ("conv4_1", 256, 512, 3),
-    ("conv4_2", 512, 512, 3),
+    *_VGG_STEM,
     ("conv4_3", 512, 512, 3),
     ("conv4_4", 512, 512, 3),
     ("conv5_1", 512, 512, 3),
