@@ -84,6 +84,10 @@ class Job(TimestampMixin, Base):
     delivery_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     delivery_error: Mapped[str | None] = mapped_column(Text)
     worker: Mapped[str | None] = mapped_column(String(128))
+    # The lease of a running job: the worker that holds it and until when (database clock),
+    # renewed by the worker's heartbeat; an expired lease lets the sweep re-queue the job.
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
 
     @property
     def is_active(self) -> bool:
