@@ -164,6 +164,12 @@ def build_application(
     telegram = config.telegram
     if telegram.token is None:
         raise ConfigError("TELEGRAM_TOKEN is not set")
+    # One flood limiter: the update processor counts each update before it joins the user's
+    # queue, the gate handler answers or drops what is over the limit.
+    rate_limiter = UpdateRateLimiter(config.limits.updates_per_minute)
+    processor = PerUserUpdateProcessor(
+        MAX_CONCURRENT_UPDATES, rate_limiter=rate_limiter, exempt=telegram.admin_ids
+    )
     builder = (
         ApplicationBuilder()
         .application_class(FaceChainApplication)
@@ -171,7 +177,7 @@ def build_application(
         .base_url(telegram.api_base_url)
         .base_file_url(telegram.file_base_url)
         .context_types(ContextTypes(context=BotContext))
-        .concurrent_updates(PerUserUpdateProcessor(MAX_CONCURRENT_UPDATES))
+        .concurrent_updates(processor)
         .rate_limiter(TelegramLimiter())
         # aiohttp, not PTB's default httpx: a fifth of the CPU per Bot API call (bot/transport.py).
         .request(AiohttpRequest(connection_pool_size=64, media_write_timeout=60))
@@ -187,7 +193,7 @@ def build_application(
         blobs=blobs,
         publisher=publisher,
         metrics=metrics or default_metrics(),
-        rate_limiter=UpdateRateLimiter(config.limits.updates_per_minute),
+        rate_limiter=rate_limiter,
         cpu_slots=asyncio.Semaphore(max(1, os.cpu_count() or 1)),
     )
     register_handlers(application, config)

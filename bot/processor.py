@@ -2,32 +2,43 @@
 
 Different users are served in parallel (one slow selfie check never delays someone else), while
 one user's updates run one at a time, so "send a photo, then press a button" is handled in the
-order it was sent and their conversation state is never written by two handlers at once."""
+order it was sent and their conversation state is never written by two handlers at once.
+
+Flood control decides before an update joins its user's queue: an update over the user's
+per-minute limit (`bot.ratelimit.UpdateRateLimiter`) runs at once, outside the queue, and the
+gate handler only answers or drops it (no flow handler runs for it). Every update the limit
+lets through waits its turn, however long the queue: a 10-photo album is handled whole and in
+order. The limit also bounds how many concurrency slots one user's queue can hold."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Collection
 from typing import Any
 
 from telegram import Update
 from telegram.ext import BaseUpdateProcessor
 
+from bot.ratelimit import UpdateRateLimiter, Verdict
+
 logger = logging.getLogger(__name__)
 
 
 class PerUserUpdateProcessor(BaseUpdateProcessor):
-    """Parallel across users, sequential per user."""
+    """Parallel across users, sequential per user, flood excess dropped before queueing."""
 
     def __init__(
-        self, max_concurrent_updates: int = 256, *, max_waiting_per_user: int = 8
+        self,
+        max_concurrent_updates: int = 256,
+        *,
+        rate_limiter: UpdateRateLimiter | None = None,
+        exempt: Collection[int] = (),
     ) -> None:
         super().__init__(max_concurrent_updates)
-        # Beyond this many queued updates of one user (a flood) the extra ones skip the queue:
-        # the rate limiter drops them at once, and they must not hold concurrency slots that
-        # other users need while they wait.
-        self.max_waiting_per_user = max_waiting_per_user
+        self.rate_limiter = rate_limiter
+        # Admins are not flood-limited (they run /broadcast and /stats in bursts).
+        self.exempt = frozenset(exempt)
         self._locks: dict[int, asyncio.Lock] = {}
         self._waiting: dict[int, int] = {}
 
@@ -37,13 +48,23 @@ class PerUserUpdateProcessor(BaseUpdateProcessor):
             return update.effective_user.id
         return None
 
+    def _admit(self, update: Update, user_id: int) -> str:
+        """The flood verdict of this update, counted once and left for the gate to act on."""
+        if self.rate_limiter is None or user_id in self.exempt:
+            return Verdict.ALLOW
+        verdict = self.rate_limiter.check(user_id)
+        self.rate_limiter.decide(update.update_id, verdict)
+        return verdict
+
     async def do_process_update(self, update: object, coroutine: Awaitable[Any]) -> None:
-        """Await the coroutine under the user's lock (or directly for non-user updates)."""
+        """Await the coroutine under the user's lock (or directly for non-user updates and for
+        updates over the flood limit, which the gate ends at once)."""
         key = self._key(update)
         if key is None:
             await coroutine
             return
-        if self._waiting.get(key, 0) >= self.max_waiting_per_user:
+        assert isinstance(update, Update)
+        if self._admit(update, key) != Verdict.ALLOW:
             await coroutine
             return
         lock = self._locks.setdefault(key, asyncio.Lock())

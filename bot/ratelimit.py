@@ -1,7 +1,9 @@
 """Flood control of users' updates coming in (outgoing calls: `telegram_ui.client`).
 
 `UpdateRateLimiter` counts each user's updates per minute in memory, a cheap check before any
-database work."""
+database work. The update processor (`bot.processor`) asks it before an update joins its user's
+queue and leaves the verdict here (`decide`); the gate handler acts on it (`verdict_for`). The
+language each user chose is remembered here too, so the slow-down reply needs no database."""
 
 from __future__ import annotations
 
@@ -13,6 +15,9 @@ from dataclasses import dataclass
 logger = logging.getLogger(__name__)
 
 WINDOW_SECONDS = 60.0
+# Bounds on the in-memory maps (oldest entries go first beyond them).
+MAX_DECIDED = 10_000
+MAX_LANGUAGES = 100_000
 
 
 @dataclass
@@ -38,6 +43,8 @@ class UpdateRateLimiter:
         self.clock = clock
         self._windows: dict[int, _Window] = {}
         self._last_purge = clock()
+        self._decided: dict[int, str] = {}
+        self._languages: dict[int, str] = {}
 
     def check(self, user_id: int) -> str:
         """Count one update of `user_id` and return a `Verdict`."""
@@ -53,6 +60,29 @@ class UpdateRateLimiter:
             window.warned = True
             return Verdict.WARN
         return Verdict.DROP
+
+    def decide(self, update_id: int, verdict: str) -> None:
+        """Keep the verdict counted for an update until the gate asks for it."""
+        if len(self._decided) >= MAX_DECIDED:
+            self._decided.pop(next(iter(self._decided)))
+        self._decided[update_id] = verdict
+
+    def verdict_for(self, user_id: int, update_id: int) -> str:
+        """The verdict already counted for this update, else count it now."""
+        verdict = self._decided.pop(update_id, None)
+        return verdict if verdict is not None else self.check(user_id)
+
+    def remember_language(self, user_id: int, language: str) -> None:
+        """The language this user answers in (their stored choice), for the slow-down reply."""
+        if self._languages.get(user_id) == language:
+            return
+        if len(self._languages) >= MAX_LANGUAGES:
+            self._languages.pop(next(iter(self._languages)))
+        self._languages[user_id] = language
+
+    def language_of(self, user_id: int) -> str | None:
+        """The remembered language of a user, if any update of theirs got past the gate."""
+        return self._languages.get(user_id)
 
     def _purge(self, now: float) -> None:
         # Keeps memory bounded by the users active in the last minute.

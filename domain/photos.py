@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from core.blobstore import BlobStore, sha256_hex
 from core.settings import LimitsSettings
 from db.base import utcnow
-from db.models import Photo, PhotoKind
+from db.models import Photo, PhotoKind, User
 from db.repositories.jobs import JobRepository
 from db.repositories.photos import PhotoRepository
 from domain import conversations
@@ -65,6 +65,11 @@ def _new_photo(
 # ---- selfies ----
 
 
+def _lock_user(session: Session, user_id: int) -> None:
+    """Serialise a user's photo changes (PostgreSQL row lock; SQLite has one writer anyway)."""
+    session.get(User, user_id, with_for_update=True, populate_existing=True)
+
+
 @dataclass(frozen=True)
 class StoredSelfie:
     """A selfie as kept: its id, how many the user has, and whether a face is still to choose."""
@@ -100,7 +105,12 @@ def store_selfie(
     source: TelegramFile,
     limits: LimitsSettings,
 ) -> StoredSelfie:
-    """Keep a selfie (bytes in the blob store), dropping the oldest beyond `max_selfies`."""
+    """Keep a selfie (bytes in the blob store), dropping the oldest beyond `max_selfies`.
+
+    The user's row is locked first, so two selfies stored at once (two bot replicas, or a
+    retried update) count and drop under the lock one after the other: neither deletes a row
+    the other already deleted, and the count never goes over the limit."""
+    _lock_user(session, user_id)
     repo = PhotoRepository(session)
     existing = repo.by_sha(user_id, PhotoKind.SELFIE, sha256_hex(data))
     selfies = list(repo.of_kind(user_id, PhotoKind.SELFIE))

@@ -41,12 +41,15 @@ async def rate_limit(update: Update, context: BotContext) -> None:
     user = update.effective_user
     if user is None or user.id in context.config.telegram.admin_ids:
         return
-    verdict = context.deps.rate_limiter.check(user.id)
+    limiter = context.deps.rate_limiter
+    verdict = limiter.verdict_for(user.id, update.update_id)
     if verdict == Verdict.ALLOW:
         return
     if verdict == Verdict.WARN:
-        # No database here: flooding must stay cheap, so the client's language is used.
-        text = translate(normalize_language(user.language_code), "error.rate_limited")
+        # No database here: flooding must stay cheap, so the language remembered from the
+        # user's last update (their /lang choice) is used, else their client's.
+        language = limiter.language_of(user.id) or normalize_language(user.language_code)
+        text = translate(language, "error.rate_limited")
         try:
             if update.callback_query is not None:
                 await update.callback_query.answer(text, show_alert=False)
@@ -80,6 +83,7 @@ async def load_account(update: Update, context: BotContext) -> None:
         normalize_language(user.language_code),
     )
     account = context.account = contact.user
+    context.deps.rate_limiter.remember_language(user.id, normalize_language(account.language))
     context.is_admin = user.id in context.config.telegram.admin_ids
     if account.is_banned and not context.is_admin:
         if update.callback_query is not None:

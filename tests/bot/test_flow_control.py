@@ -3,10 +3,16 @@ answered once, Telegram's 429 and 5xx retried, private chats only."""
 
 from __future__ import annotations
 
+import io
 import time
+
+from PIL import Image
+from sqlalchemy import select
 
 from bot.handlers import intake
 from bot.ratelimit import UpdateRateLimiter, Verdict
+from db.models import Photo, PhotoKind
+from domain import conversations
 from facechain.quality import analyze_selfie
 from telegram_ui.i18n import translate
 from tests.bot.conftest import BotHarness, give_selfie
@@ -38,6 +44,43 @@ class TestConcurrency:
         listing = await tg.wait_text(ann.id, "Your selfies (1 of 5)")
         saved = await tg.wait_text(ann.id, "Selfie saved")
         assert saved.at < listing.at
+
+
+def _picture(n: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (96, 96), (n * 20 % 256, 255 - n * 20 % 256, n * 7 % 256)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+class TestAlbum:
+    async def test_a_10_photo_album_reaches_the_training_flow_whole_and_in_order(
+        self, bot: BotHarness
+    ) -> None:
+        tg = bot.tg
+        ann = tg.user(5004, "Ann", "en")
+        user_id, _ = give_selfie(bot, ann.id, can_train=True)
+        tg.send_text(ann, "/train_style")
+        await tg.wait_text(ann.id, "Let's train a style")
+        # An album arrives as 10 updates at once, well past any fixed per-user queue length.
+        sent = [tg.send_photo(ann, _picture(n), width=96, height=96) for n in range(10)]
+        await tg.wait_text(ann.id, translate("en", "training.received", count=10, min=5))
+        await tg.idle()
+        texts = tg.sent_texts(ann.id)
+        expected_texts = [
+            translate("en", "training.received", count=n, min=5) for n in range(1, 11)
+        ]
+        assert [t for t in texts if t in expected_texts] == expected_texts
+        assert not [t for t in texts if t == translate("en", "error.internal")]
+        conv = bot.db.call(conversations.load, user_id)
+        with bot.db.session() as s:
+            rows = {
+                p.id: p.telegram_file_id
+                for p in s.scalars(
+                    select(Photo).where(Photo.user_id == user_id, Photo.kind == PhotoKind.TRAINING)
+                )
+            }
+        expected = [m["photo"][0]["file_id"] for m in sent]
+        assert [rows[i] for i in conv.data["train_photo_ids"]] == expected
 
 
 class TestRateLimit:
