@@ -190,6 +190,13 @@ class EngineSettings(BaseSettings):
 class AdminSettings(BaseSettings):
     """Admin web API: bearer token and bind address."""
 
+    # GPU fast paths (`facechain/fastpath.py`), off until `bench/gpu.py` measured them on the
+    # operator's GPU: faster and within fp16 tolerance of eager (bench/README.md).
+    channels_last: bool = False
+    fuse_qkv: bool = False
+    compile_unet: bool = False
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] | None = None
+    vae_nan_guard: bool = False
     model_config = SettingsConfigDict(**_ENV, env_prefix="ADMIN_")
 
     token: SecretStr | None = None

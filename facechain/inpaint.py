@@ -50,7 +50,7 @@ from diffusers import (
 )
 from PIL import Image
 
-from facechain import registry, tiny
+from facechain import fastpath, registry, tiny
 from facechain.adapter import (
     TOKENS_PER_FACE,
     get_adapter_scale,
@@ -373,6 +373,8 @@ class TemplateInpainter:
         self.detector = detector or default_detector()
         controlnet = canny_controlnet or self._load_canny(engine)
         self.canny_controlnet = controlnet.to(engine.device).eval()
+        if engine.config.channels_last:
+            fastpath.set_channels_last([self.canny_controlnet])
         # Like the engine's OpenPose ControlNet, it must only see the text tokens.
         hide_face_tokens(self.canny_controlnet, TOKENS_PER_FACE)
         self._pipes: _Pipes | None = None

@@ -68,7 +68,14 @@ def build_engine(config: AppConfig) -> Engine:
     settings = config.engine
     logger.info("building %s engine from %s", settings.profile, settings.models_dir)
     engine_config = EngineConfig(
-        profile=settings.profile, models_dir=settings.models_dir, device=settings.device
+        profile=settings.profile,
+        models_dir=settings.models_dir,
+        device=settings.device,
+        channels_last=settings.channels_last,
+        fuse_qkv=settings.fuse_qkv,
+        compile_unet=settings.compile_unet,
+        compile_mode=settings.compile_mode,
+        vae_nan_guard=settings.vae_nan_guard,
     )
     if settings.steps:
         engine_config.steps = settings.steps
