@@ -78,6 +78,7 @@ class TestForgetUser:
         session.add(running)
         session.flush()
         report = forget_user(session, blobs, ann.id)
+        session.commit()
         assert report.photos == 1
         assert report.styles == 1
         assert report.jobs == 0
@@ -101,6 +102,7 @@ class TestForgetUser:
         job.transition(JobStatus.RUNNING)
         job.fail("pose_no_person", "nobody")
         assert forget_user(session, blobs, ann.id).jobs == 1
+        session.commit()
         assert not blobs.exists(photo)
         assert not blobs.exists(skeleton)
 
@@ -115,6 +117,7 @@ class TestExpire:
         session.flush()
         old_key = old.sha256
         assert expire_photos(session, blobs, utcnow()) == 1
+        session.commit()
         kinds = session.scalars(select(Photo.kind).where(Photo.user_id == ann.id)).all()
         assert kinds == [PhotoKind.SELFIE]
         assert not blobs.exists(old_key)

@@ -194,8 +194,10 @@ class TestTemplates:
         first = make_template(session, "x", 3, image_blob=shared, thumbnail_blob=own)
         second = make_template(session, "y", 4, image_blob=shared)
         templates.delete_template(session, blobs, first.id, "api")
+        session.commit()
         assert (blobs.exists(shared), blobs.exists(own)) == (True, False)
         templates.delete_template(session, blobs, second.id, "api")
+        session.commit()
         assert not blobs.exists(shared)
         assert session.get(Template, first.id) is None
         assert len(audit_rows(session, "template.delete")) == 2

@@ -242,9 +242,12 @@ class TestManagement:
         twin = upload(session, blobs, to_bytes(kohya_lora()))  # same LoRA bytes, same blob
         lora_key, thumb_key = style.lora_blob, style.thumbnail_blob
         delete_style(session, blobs, style.id, actor="api")
+        session.commit()
         assert blobs.exists(lora_key)
         assert blobs.exists(thumb_key)
         delete_style(session, blobs, twin.id, actor="api")
+        assert blobs.exists(lora_key)  # bytes go only once the deletion commits
+        session.commit()
         assert not blobs.exists(lora_key)
         assert not blobs.exists(thumb_key)
         assert StyleRepository(session).count() == 0
