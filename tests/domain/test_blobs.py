@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from sqlalchemy.orm import Session
 
 from core.blobstore import LocalBlobStore
 from db.models import Photo
@@ -22,10 +23,13 @@ def test_a_rollback_keeps_the_bytes_and_a_commit_deletes_them(
     class Later(Exception):
         pass
 
-    with pytest.raises(Later), committed_db.session() as s:
+    def delete_then_fail(s: Session) -> None:
         assert delete_selfie(s, blobs, user_id, photo_id)
         assert blobs.exists(key)  # still there inside the transaction
         raise Later  # a later step of the same transaction fails: everything rolls back
+
+    with pytest.raises(Later):
+        committed_db.call(delete_then_fail)
 
     with committed_db.session() as s:
         assert s.get(Photo, photo_id) is not None
