@@ -132,7 +132,12 @@ class BrokerSettings(BaseSettings):
     io_time_limit: int = 120
     # A job queued this long without reaching the broker is re-sent by the sweep.
     outbox_grace_seconds: int = 30
-    sweep_interval_seconds: int = 30
+    # How often beat runs the sweep (outbox, expired job leases, time limits, lost deliveries).
+    sweep_interval_seconds: int = Field(default=30, ge=1)
+    # A running job's lease: its worker renews it every third of this (heartbeat); once it has
+    # expired the next sweep re-queues the job for any worker. A worker that dies (SIGKILL, a
+    # lost machine, a redeploy) has its job taken over within lease + sweep interval (90 s).
+    job_lease_seconds: int = Field(default=60, ge=3)
 
     @cached_property
     def effective_url(self) -> str:

@@ -11,6 +11,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from core.errors import AppError, ConfigError
 from core.settings import AppConfig, load_config
@@ -18,10 +19,15 @@ from facechain.errors import FaceChainError
 from service.health_cmd import add_parser as health_parser
 from service.logging_setup import setup_logging
 
+if TYPE_CHECKING:
+    from service.probe import ProbeState
+
 logger = logging.getLogger(__name__)
 
-# Queues whose workers hold a model on the GPU: one task at a time, prefork (not threads).
+# Queues whose workers hold a model on the GPU: one task at a time (not the threads pool).
 GPU_QUEUES = frozenset({"gpu", "train"})
+# The queue whose workers build the engine before consuming and run tasks in-process (solo).
+WARM_QUEUE = "gpu"
 
 NO_TOKEN_HELP = """\
 TELEGRAM_TOKEN is not set, so the bot cannot connect to Telegram.
@@ -104,7 +110,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     signals.worker_ready.connect(ready, weak=False)
     signals.worker_shutting_down.connect(stopping, weak=False)
-    concurrency = args.concurrency or (1 if GPU_QUEUES & set(queues.split(",")) else 4)
+    concurrency = args.concurrency or (1 if GPU_QUEUES & set(names) else 4)
     argv = [
         "worker",
         f"--queues={queues}",
@@ -114,12 +120,52 @@ def cmd_worker(args: argparse.Namespace) -> int:
         "--without-gossip",
         "--without-mingle",
     ]
-    if not GPU_QUEUES & set(queues.split(",")):
+    if WARM_QUEUE in names:
+        # The engine is built here, before Celery starts consuming, and the tasks run in this
+        # very process (solo pool), so the first job finds it resident.
+        if not _warm_up(probe):
+            return 1
+        argv.append("--pool=solo")
+    elif not GPU_QUEUES & set(names):
         argv.append("--pool=threads")
     if args.beat:
         argv += ["--beat", f"--schedule={config.storage.data_dir / 'celerybeat-schedule'}"]
     app.worker_main(argv)
     return 0
+
+
+def _warm_up(probe: ProbeState) -> bool:
+    """Build the gpu engine before consuming (retrying with back-off); False when stopped."""
+    import signal
+    import threading
+
+    from tasks.context import get_context
+    from tasks.warm import SoloTimeLimits, build_until_ready
+
+    stop = threading.Event()
+
+    def interrupted(signum: int, frame: object) -> None:
+        stop.set()
+        raise SystemExit(128 + signum)
+
+    previous = {sig: signal.signal(sig, interrupted) for sig in (signal.SIGTERM, signal.SIGINT)}
+    probe.set_unready("building the engine")
+    try:
+        report = build_until_ready(
+            get_context(), on_failure=lambda reason: probe.set_unready(reason), stop=stop
+        )
+    except SystemExit:
+        logger.warning("stopped before the engine was built; nothing was consumed")
+        return False
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if report is None:
+        return False
+    logger.info("%s", report.line())
+    probe.set_unready("engine ready; connecting to the broker", **report.details())
+    SoloTimeLimits().connect()
+    return True
 
 
 def cmd_beat(args: argparse.Namespace) -> int:

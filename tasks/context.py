@@ -1,8 +1,9 @@
 """Per-process worker context: settings, database, blob store, Celery app and the engine.
 
 Built on first use in each worker process (`get_context`), never at import time, so a forked
-pool child builds its own connections. The engine is heavy, so it is built lazily by the first
-gpu task and stays resident for the life of the process."""
+pool child builds its own connections. The engine is heavy: a gpu worker builds it before it
+consumes its first message (`tasks.warm`) and keeps it resident for the life of the process;
+elsewhere (tests, the CLI) it is built on first use."""
 
 from __future__ import annotations
 
@@ -56,6 +57,12 @@ class WorkerContext:
             if self._upscaler is None:
                 self._upscaler = build_upscaler(self.config)
             return self._upscaler
+
+    def reset_models(self) -> None:
+        """Drop whatever a failed build left behind, so the next attempt starts clean."""
+        with self._engine_lock:
+            self._engine = None
+            self._upscaler = None
 
     def close(self) -> None:
         self.db.dispose()

@@ -9,9 +9,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import NoReturn
 
 from celery import Task
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import Reject, SoftTimeLimitExceeded
 from kombu.exceptions import KombuError
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -97,22 +98,34 @@ def _build_engine(ctx: WorkerContext) -> object:
 
 
 def run_gpu_job(
-    task: Task, job_id: int, work: Work, prepare: Callable[[WorkerContext], object] = _build_engine
+    task: Task,
+    job_id: int,
+    work: Work,
+    prepare: Callable[[WorkerContext], object] | None = None,
+    *,
+    needs_engine: bool = True,
 ) -> JobStatus | None:
     """Claim, run and record one gpu job; delivery is queued on io afterwards.
 
-    `prepare` builds the resident models the work needs (default: the engine)."""
+    The engine is built before claiming (a warm worker has it already, `tasks.warm`). A worker
+    that cannot build it fails no job: the message goes back to the queue for a healthy worker
+    and this worker stops consuming. `prepare` builds an optional model of one job kind (the HD
+    upscaler): when its weights are missing, the job fails with an operator error."""
     ctx = get_context()
-    try:
-        # Build the models before claiming, so a missing-weights worker fails the job cleanly
-        # and model loading time never counts as a stalled running job.
-        prepare(ctx)
-    except AppError as exc:
-        return _fail_unclaimed(ctx, job_id, exc.code, str(exc))
-    except Exception as exc:
-        code = getattr(exc, "code", "engine_unavailable")
-        logger.exception("models for job %s could not be built", job_id)
-        return _fail_unclaimed(ctx, job_id, code, str(exc))
+    if needs_engine:
+        try:
+            _build_engine(ctx)
+        except Exception as exc:
+            # Whatever stops the build stops this worker, never the job (it may be running
+            # elsewhere, or wait for a healthy worker).
+            _stop_consuming(ctx, job_id, exc)
+    if prepare is not None:
+        try:
+            # Before claiming, so this worker never holds a lease on a job it cannot run.
+            prepare(ctx)
+        except (AppError, FaceChainError) as exc:
+            logger.warning("job %s: %s", job_id, exc)
+            return _fail_unclaimed(ctx, job_id, exc.code, str(exc))
 
     claimed = ctx.db.call(lifecycle.claim, job_id, getattr(task.request, "hostname", None))
     if claimed.ended:
@@ -150,6 +163,23 @@ def run_gpu_job(
         # The outcome is committed; the sweep re-queues deliveries that never happened.
         logger.warning("job %s: delivery not queued now, the sweep will (%s)", job_id, exc)
     return status
+
+
+def _stop_consuming(ctx: WorkerContext, job_id: int, exc: BaseException) -> NoReturn:
+    """Requeue this message and shut this worker down (warm): it cannot run any gpu job."""
+    from celery.worker import state as worker_state
+
+    logger.error(
+        "job %s: the engine cannot be built (%s: %s); message requeued, this worker stops "
+        "consuming",
+        job_id,
+        type(exc).__name__,
+        exc,
+    )
+    ctx.reset_models()
+    # The consumer loop checks this after the task and shuts the worker down (exit status 1).
+    worker_state.should_stop = 1
+    raise Reject(f"engine unavailable: {exc}", requeue=True)
 
 
 def _fail_unclaimed(ctx: WorkerContext, job_id: int, code: str, detail: str) -> JobStatus | None:

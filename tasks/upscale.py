@@ -70,5 +70,7 @@ def _build_upscaler(ctx: WorkerContext) -> object:
 @shared_task(name="portrait.upscale", bind=True, acks_late=True)
 def upscale_portrait(self: Task, job_id: int) -> str | None:
     """Upscale one portrait for a job (idempotent: finished jobs are left alone)."""
-    status: JobStatus | None = run_gpu_job(self, job_id, upscale, prepare=_build_upscaler)
+    status: JobStatus | None = run_gpu_job(
+        self, job_id, upscale, prepare=_build_upscaler, needs_engine=False
+    )
     return status.value if status else None
