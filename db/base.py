@@ -6,10 +6,10 @@ import enum
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, DateTime, Enum, MetaData, TypeDecorator
+from sqlalchemy import JSON, DateTime, Enum, MetaData, TypeDecorator, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -23,6 +23,25 @@ NAMING_CONVENTION = {
 def utcnow() -> datetime:
     """Now, timezone-aware UTC."""
     return datetime.now(UTC)
+
+
+# The database's own clock: leases are compared with it, never with a worker's clock (two
+# machines' clocks drift; the database is the one place every worker agrees on).
+_CLOCK_SQL = {
+    "postgresql": "SELECT clock_timestamp()",
+    "sqlite": "SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')",
+}
+
+
+def db_now(session: Session) -> datetime:
+    """Now by the database's clock, timezone-aware UTC (PostgreSQL or SQLite)."""
+    dialect = session.get_bind().dialect.name
+    value = session.execute(text(_CLOCK_SQL[dialect])).scalar_one()
+    if isinstance(value, str):
+        # SQLite's clock: UTC text with milliseconds.
+        value = datetime.fromisoformat(value)
+    assert isinstance(value, datetime)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 class UTCDateTime(TypeDecorator[datetime]):

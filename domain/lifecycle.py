@@ -1,35 +1,45 @@
-"""A job's life on the workers: claimed, running with progress and cancellation, finished,
-delivered; and the sweep that finds jobs whose message or worker was lost.
+"""A job's life on the workers: claimed under a lease, running with progress, heartbeat and
+cancellation, finished, delivered; and the sweep that re-queues jobs whose lease expired.
 
-A job is idempotent: a redelivered message whose job is already finished does nothing, and a
-message for a job that is running elsewhere is a redelivery after a crash (`attempts` counts).
-Every change happens under the job's row lock; the io work (sending results, progress edits)
-is the caller's, after the commit."""
+One mechanism decides who may work on a job: its lease (`Job.lease_owner`, `lease_expires_at`,
+compared with the database's clock). A published job is leased to the broker (no owner) for
+`REQUEUE_AFTER`; a claim leases it to one worker attempt for `lease` (60 s by default), which
+that worker's heartbeat renews. A message for a job under a live worker lease is a duplicate and
+is dropped; a job whose lease expired (its worker died, or its message was lost) is re-queued by
+the sweep and taken over by whichever worker claims it next (`attempts` counts the claims).
+Results are written only while the lease is still the writer's. Every change happens under the
+job's row lock; the io work (sending results, progress edits) is the caller's, after the commit.
+See docs/ARCHITECTURE.md, "Job lease"."""
 
 from __future__ import annotations
 
 import logging
 import os
+import secrets
 import socket
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from db.base import utcnow
-from db.models import FINAL_STATUSES, Job, JobKind, JobStatus, Style, User
+from db.base import db_now, utcnow
+from db.models import ACTIVE_STATUSES, FINAL_STATUSES, Job, JobKind, JobStatus, Style, User
 from db.repositories.jobs import JobRepository
+from domain import outbox
 from domain.webhooks import emit_job_event
 
 logger = logging.getLogger(__name__)
 
+# Claims of one job in all: a job whose workers keep dying (say, it runs the gpu out of memory
+# and the kernel kills the worker) fails as `worker_lost` instead of taking down every worker.
 MAX_ATTEMPTS = 3
-# A running job whose row has not been touched (progress writes) for this long lost its worker.
-STALE_AFTER = timedelta(minutes=3)
-# A queued job whose message may have been lost with the broker (e.g. Redis restarted without
-# persistence) is re-sent after this long; duplicates are harmless (tasks are idempotent).
+# A worker's lease on a running job, unless the caller says otherwise (BROKER_JOB_LEASE_SECONDS).
+DEFAULT_LEASE = timedelta(seconds=60)
+# The broker's lease on a published job: if no worker claimed it this long after publishing (its
+# message may have been lost with the broker, e.g. Redis restarted without persistence), the sweep
+# publishes it again. Duplicates are harmless: a claim drops them.
 REQUEUE_AFTER = timedelta(minutes=5)
 # A finished job still not delivered this long after it finished lost its delivery message (the
 # broker restarted, or was down when the worker finished). Longer than a delivery's own retries
@@ -66,64 +76,96 @@ class JobSnapshot:
 
 @dataclass(frozen=True)
 class Claim:
-    """The claim's verdict: run `snapshot`, or nothing to run (`ended`: the job ended here and
-    its outcome must be delivered)."""
+    """The claim's verdict: run `snapshot` holding the lease `owner`, or nothing to run
+    (`ended`: the job ended here and its outcome must be delivered)."""
 
     snapshot: JobSnapshot | None
     ended: bool = False
+    owner: str | None = None
 
 
 def worker_name(hostname: str | None) -> str:
-    """`<node>:<pid>`, as recorded in `Job.worker`."""
+    """`<node>:<pid>`, as shown in `Job.worker` (display only; the lease decides)."""
     return f"{_node(hostname)}:{os.getpid()}"
+
+
+def lease_owner_id(hostname: str | None) -> str:
+    """A fresh lease owner for one claim: `<node>:<pid>:<random>`, never reused (a restarted
+    container has the same hostname and often the same pid)."""
+    return f"{_node(hostname)[:100]}:{os.getpid()}:{secrets.token_hex(6)}"
 
 
 def _node(hostname: str | None) -> str:
     return hostname or socket.gethostname()
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def _worker_lease_live(job: Job, now: datetime) -> bool:
+    """Whether a worker holds the job's lease at `now` (database clock)."""
+    return (
+        job.lease_owner is not None
+        and job.lease_expires_at is not None
+        and job.lease_expires_at > now
+    )
 
 
-def owner_alive(job: Job, hostname: str | None) -> bool:
-    """Whether the process that marked this job running may still be working on it.
-
-    A pool child killed on this node is known dead at once (its pid is gone), so its job is
-    taken over immediately; an owner on another node counts as alive until the row has gone
-    `STALE_AFTER` without a progress write."""
-    node, _, pid = (job.worker or "").rpartition(":")
-    if node and node == _node(hostname) and pid.isdigit():
-        # This process runs one task at a time, so its own earlier attempt has ended.
-        return int(pid) != os.getpid() and _pid_alive(int(pid))
-    return job.updated_at > utcnow() - STALE_AFTER
+def _release(job: Job) -> None:
+    job.lease_owner = None
+    job.lease_expires_at = None
 
 
-def claim(session: Session, job_id: int, hostname: str | None) -> Claim:
-    """Move the job to running and snapshot its inputs, unless there is nothing to do."""
-    job = session.get(Job, job_id, with_for_update=True)
+def _end(session: Session, job: Job, to: JobStatus, error: tuple[str, str] | None = None) -> None:
+    """Move an active job to a final state, drop its lease and emit its job.* event."""
+    if error is not None:
+        job.fail(*error)
+    else:
+        job.transition(to)
+    _release(job)
+    emit_job_event(session, job, _EVENT_FOR_STATUS[job.status])
+
+
+def _locked(session: Session, job_id: int) -> Job | None:
+    # populate_existing: the row as committed now, never an identity-map copy read earlier.
+    return session.get(Job, job_id, with_for_update=True, populate_existing=True)
+
+
+def claim(
+    session: Session, job_id: int, hostname: str | None, lease: timedelta = DEFAULT_LEASE
+) -> Claim:
+    """Lease the job to this worker attempt and snapshot its inputs, unless there is nothing
+    to do: it is final, or running under another worker's live lease (a duplicate message)."""
+    job = _locked(session, job_id)
     if job is None:
         logger.warning("job %s vanished before it ran", job_id)
         return Claim(None)
     if job.status in FINAL_STATUSES:
         logger.info("job %s already %s; redelivery ignored", job_id, job.status.value)
         return Claim(None)
-    if job.status is JobStatus.RUNNING and owner_alive(job, hostname):
-        logger.info("job %s is running on %s; duplicate message ignored", job_id, job.worker)
+    now = db_now(session)
+    if job.status is JobStatus.RUNNING and _worker_lease_live(job, now):
+        logger.info(
+            "job %s is leased to %s until %s; duplicate message ignored",
+            job_id,
+            job.lease_owner,
+            job.lease_expires_at,
+        )
         return Claim(None)
     if job.cancel_requested:
-        job.transition(JobStatus.CANCELLED)
+        _end(session, job, JobStatus.CANCELLED)
         return Claim(None, ended=True)
-    if job.status is JobStatus.RUNNING and job.attempts >= MAX_ATTEMPTS:
-        job.fail("internal", f"gave up after {job.attempts} attempts")
-        return Claim(None, ended=True)
+    if job.status is JobStatus.RUNNING:
+        if job.attempts >= MAX_ATTEMPTS:
+            _end(session, job, JobStatus.FAILED, _worker_lost(job))
+            return Claim(None, ended=True)
+        logger.warning(
+            "job %s: the lease of %s expired; taken over (attempt %d)",
+            job_id,
+            job.lease_owner or "the broker",
+            job.attempts + 1,
+        )
     job.transition(JobStatus.RUNNING)
+    owner = lease_owner_id(hostname)
+    job.lease_owner = owner
+    job.lease_expires_at = now + lease
     job.worker = worker_name(hostname)
     return Claim(
         JobSnapshot(
@@ -133,31 +175,66 @@ def claim(session: Session, job_id: int, hostname: str | None) -> Claim:
             style_id=job.style_id,
             template_id=job.template_id,
             attempts=job.attempts,
-        )
+        ),
+        owner=owner,
     )
 
 
+def _worker_lost(job: Job) -> tuple[str, str]:
+    return "worker_lost", f"its worker was lost {job.attempts} times (lease expired)"
+
+
+def renew_lease(session: Session, job_id: int, owner: str, lease: timedelta) -> bool:
+    """The heartbeat: extend our lease; False when it is no longer ours (the job was re-queued
+    and claimed elsewhere, or ended): the caller abandons the job without writing anything."""
+    now = db_now(session)
+    renewed = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.RUNNING, Job.lease_owner == owner)
+        .values(lease_expires_at=now + lease)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(getattr(renewed, "rowcount", 0))
+
+
 def dispatchable_kind(session: Session, job_id: int) -> JobKind | None:
-    """The kind of a job whose task should be published (queued, or a running one being
-    redelivered); None when it needs none."""
+    """The kind of a job whose task should be published (queued, or running and re-queued after
+    its lease expired); None when it needs none."""
     job = session.get(Job, job_id)
-    if job is None or job.status not in (JobStatus.QUEUED, JobStatus.RUNNING):
+    if job is None or job.status not in ACTIVE_STATUSES:
         return None
     return job.kind
 
 
-def mark_dispatched(session: Session, job_id: int) -> None:
-    """The job's task reached the broker (the sweep leaves it alone from now on)."""
-    job = session.get(Job, job_id)
-    if job is not None:
-        job.dispatched_at = utcnow()
+def mark_dispatched(
+    session: Session, job_id: int, requeue_after: timedelta = REQUEUE_AFTER
+) -> None:
+    """The job's task reached the broker: lease it to the broker (no owner) for `requeue_after`,
+    unless a worker claimed it meanwhile (its lease is left alone)."""
+    job = _locked(session, job_id)
+    if job is None:
+        return
+    job.dispatched_at = utcnow()
+    if job.status in ACTIVE_STATUSES and job.lease_owner is None:
+        job.lease_expires_at = db_now(session) + requeue_after
 
 
-def record_progress(session: Session, job_id: int, fraction: float) -> bool | None:
-    """Store progress in [0, 1]; returns whether a cancel was asked (None: the job is gone)."""
-    job = session.get(Job, job_id)
+def record_progress(
+    session: Session,
+    job_id: int,
+    fraction: float,
+    owner: str | None = None,
+    lease: timedelta = DEFAULT_LEASE,
+) -> bool | None:
+    """Store progress in [0, 1], renewing `owner`'s lease; whether a cancel was asked (None: the
+    job is gone, or no longer ours)."""
+    job = _locked(session, job_id)
     if job is None:
         return None
+    if owner is not None:
+        if job.status is not JobStatus.RUNNING or job.lease_owner != owner:
+            return None
+        job.lease_expires_at = db_now(session) + lease
     job.progress = max(0.0, min(1.0, float(fraction)))
     return job.cancel_requested
 
@@ -174,12 +251,31 @@ def finish(
     outcome: JobOutcome | None,
     error: tuple[str, str] | None,
     cancelled: bool = False,
-) -> JobStatus:
-    """Record the outcome under the row lock and emit its job.* event; the final status."""
-    job = session.get(Job, job_id, with_for_update=True)
+    owner: str | None = None,
+) -> JobStatus | None:
+    """Record the outcome under the row lock and emit its job.* event; the final status.
+
+    Only while `owner` still holds the lease (checked in the UPDATE's WHERE): None when the
+    job was re-queued and taken over meanwhile, and nothing is written."""
+    if owner is not None:
+        held = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == JobStatus.RUNNING, Job.lease_owner == owner)
+            .values(lease_owner=None, lease_expires_at=None)
+            .execution_options(synchronize_session=False)
+        )
+        if not getattr(held, "rowcount", 0):
+            job = _locked(session, job_id)
+            if job is not None and job.status in FINAL_STATUSES:
+                # Cancelled or failed by the sweep meanwhile: keep that verdict.
+                return job.status
+            logger.warning(
+                "job %s: lease lost to %s; outcome dropped", job_id, job and job.lease_owner
+            )
+            return None
+    job = _locked(session, job_id)
     assert job is not None
     if job.status is not JobStatus.RUNNING:
-        # Cancelled or failed by the sweep meanwhile: keep that verdict.
         return job.status
     if cancelled:
         job.transition(JobStatus.CANCELLED)
@@ -190,18 +286,22 @@ def finish(
         job.result_blobs = outcome.result_blobs
         job.result_meta = outcome.result_meta
         job.transition(JobStatus.SUCCEEDED)
+    _release(job)
     emit_job_event(session, job, _EVENT_FOR_STATUS[job.status])
     return job.status
 
 
 def fail_unclaimed(session: Session, job_id: int, code: str, detail: str) -> JobStatus | None:
-    """Fail a job before it ran (its worker cannot build the models); None if already final."""
-    job = session.get(Job, job_id, with_for_update=True)
+    """Fail a job before it ran (its worker cannot build the models); None if already final or
+    running under another worker's live lease (that worker's models are fine)."""
+    job = _locked(session, job_id)
     if job is None or job.status in FINAL_STATUSES:
+        return None
+    if job.status is JobStatus.RUNNING and _worker_lease_live(job, db_now(session)):
         return None
     if job.status is JobStatus.QUEUED:
         job.transition(JobStatus.RUNNING)
-    job.fail(code, detail)
+    _end(session, job, JobStatus.FAILED, (code, detail))
     return job.status
 
 
@@ -218,7 +318,9 @@ def record_pose_map(session: Session, job_id: int, key: str) -> None:
 
 @dataclass
 class SweepPlan:
-    """What one sweep decided: jobs to publish again, and jobs whose outcome to deliver."""
+    """What one sweep decided: jobs re-queued (published after the commit, through the outbox),
+    jobs it ended (failed or cancelled; their outcome to deliver), and finished jobs whose
+    outcome to deliver again."""
 
     resend: list[int] = field(default_factory=list)
     failed: list[int] = field(default_factory=list)
@@ -231,38 +333,69 @@ def sweep(
     outbox_grace: timedelta,
     time_limit: timedelta,
     train_time_limit: timedelta | None = None,
-    requeue_after: timedelta = REQUEUE_AFTER,
-    stale_after: timedelta = STALE_AFTER,
     redeliver_after: timedelta = REDELIVER_AFTER,
-    now: datetime | None = None,
+    limit: int = 100,
 ) -> SweepPlan:
-    """Find lost jobs to re-send, stalled ones to redeliver, those past their limit to fail, and
-    finished jobs whose result never reached the user."""
-    now = now or utcnow()
+    """Re-queue jobs whose lease expired (and those never published), end the ones out of
+    attempts, past their time limit or cancelled with nobody left to stop them, and find
+    finished jobs whose result never reached the user.
+
+    Rows are locked `FOR UPDATE SKIP LOCKED`: a job a worker is finishing right now is skipped,
+    and a final state committed meanwhile is seen, never overwritten. The jobs to publish go to
+    the session's outbox (`transact` publishes them after the commit)."""
+    now = db_now(session)
     plan = SweepPlan()
-    repo = JobRepository(session)
-    plan.resend += [j.id for j in repo.undispatched(outbox_grace)]
-    plan.resend += list(
-        session.scalars(
-            select(Job.id).where(
-                Job.status == JobStatus.QUEUED, Job.dispatched_at < now - requeue_after
-            )
-        )
-    )
-    for job in repo.stuck_running(now - time_limit):
+    # The outbox: committed, never published (the publisher died or the broker was down).
+    plan.resend += [j.id for j in JobRepository(session).undispatched(outbox_grace, limit)]
+    # Past the time limit (a worker stuck with a live lease): failed.
+    for job in session.scalars(
+        select(Job)
+        .where(Job.status == JobStatus.RUNNING, Job.started_at < now - time_limit)
+        .order_by(Job.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    ):
         # Style trainings legitimately run for hours; they have their own limit.
-        limit = train_time_limit or time_limit if job.kind is JobKind.TRAINING else time_limit
-        if job.started_at is not None and job.started_at < now - limit:
-            job.fail("timed_out", f"running for more than {limit}")
+        allowed = train_time_limit or time_limit if job.kind is JobKind.TRAINING else time_limit
+        if job.started_at is not None and job.started_at < now - allowed:
+            _end(session, job, JobStatus.FAILED, ("timed_out", f"running for more than {allowed}"))
             plan.failed.append(job.id)
-    stalled = session.scalars(
-        select(Job).where(Job.status == JobStatus.RUNNING, Job.updated_at < now - stale_after)
-    ).all()
-    for job in stalled:
-        if job.attempts >= MAX_ATTEMPTS:
-            job.fail("internal", f"worker lost {job.attempts} times")
+    # Expired leases: a worker that stopped renewing, or a message no worker ever claimed.
+    for job in session.scalars(
+        select(Job)
+        .where(
+            Job.status.in_(ACTIVE_STATUSES),
+            or_(
+                Job.lease_expires_at < now,
+                # Running since before leases existed (or a row written by hand).
+                (Job.status == JobStatus.RUNNING) & Job.lease_expires_at.is_(None),
+            ),
+        )
+        .order_by(Job.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    ):
+        if job.status not in ACTIVE_STATUSES or job.id in plan.failed:
+            continue
+        if job.status is JobStatus.RUNNING and job.cancel_requested:
+            # Its worker is gone, so nobody else will record the cancellation.
+            _end(session, job, JobStatus.CANCELLED)
+            plan.failed.append(job.id)
+        elif job.status is JobStatus.RUNNING and job.attempts >= MAX_ATTEMPTS:
+            _end(session, job, JobStatus.FAILED, _worker_lost(job))
             plan.failed.append(job.id)
         else:
+            if job.lease_owner is not None:
+                logger.warning(
+                    "job %s: the lease of %s expired at %s; re-queued",
+                    job.id,
+                    job.lease_owner,
+                    job.lease_expires_at,
+                )
+            # Nobody's now: the old owner's next heartbeat finds it gone. The expiry stays in
+            # the past until the publish is confirmed (`mark_dispatched`), so a failed publish
+            # is retried by the next sweep.
+            job.lease_owner = None
             plan.resend.append(job.id)
     undelivered = session.scalars(
         select(Job)
@@ -282,6 +415,7 @@ def sweep(
         else:
             plan.undelivered.append(job.id)
     plan.resend = list(dict.fromkeys(plan.resend))
+    outbox.pending(session).jobs.extend(plan.resend)
     return plan
 
 

@@ -60,7 +60,7 @@ def create_celery(config: AppConfig, queues: Iterable[str] | None = None) -> Cel
     if broker.effective_url.startswith(("redis://", "rediss://")):
         # An unacked message comes back this long after its worker vanished; it must outlast the
         # longest task, or Redis hands a running job to a second worker. Faster crash recovery
-        # comes from the sweep, which re-sends jobs whose progress stopped (tasks/sweep.py).
+        # comes from the job lease: the sweep re-queues a job whose worker stopped renewing it.
         longest = max(broker.gpu_time_limit, broker.train_time_limit)
         transport_options = {"visibility_timeout": longest + 300}
     app.conf.update(

@@ -55,6 +55,7 @@ OPERATOR_CODES = frozenset(
         "style_lora_missing",
         "timed_out",
         "pose_annotator_missing",
+        "worker_lost",
     }
 )
 # Side of the "pose found" preview photo (the skeleton map is 512 px).

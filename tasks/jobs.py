@@ -1,5 +1,5 @@
-"""How a gpu task runs its job: build the models, claim, run with throttled progress and
-cancellation, record the outcome, then hand delivery to the io queue.
+"""How a gpu task runs its job: build the models, claim its lease, run with throttled progress,
+a heartbeat and cancellation, record the outcome, then hand delivery to the io queue.
 
 The job rules (claiming, idempotence, outcomes) are `domain.lifecycle`; this module is the
 Celery side: time limits, the worker's models, and publishing after each commit."""
@@ -7,8 +7,10 @@ Celery side: time limits, the worker's models, and publishing after each commit.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from typing import NoReturn
 
 from celery import Task
@@ -32,25 +34,115 @@ logger = logging.getLogger(__name__)
 PROGRESS_DB_INTERVAL_S = 1.0
 PROGRESS_EDIT_INTERVAL_S = 3.0
 
-__all__ = ["JobCancelled", "JobOutcome", "JobSnapshot", "ProgressReporter", "run_gpu_job"]
+__all__ = [
+    "JobCancelled",
+    "JobOutcome",
+    "JobSnapshot",
+    "Lease",
+    "ProgressReporter",
+    "run_gpu_job",
+]
 
 
 class JobCancelled(Exception):
     """Raised by the cancel check when the user asked to stop."""
 
 
-class ProgressReporter:
-    """Throttled progress writes plus a cancellation check, called from the engine's loop."""
+class Lease:
+    """This attempt's lease on its job, renewed by a heartbeat thread every third of its length.
 
-    def __init__(self, ctx: WorkerContext, job_id: int) -> None:
+    The thread keeps the lease through phases that report no progress (model and LoRA loading,
+    pose annotation, export); `lost` turns true once a renewal finds the lease taken over (the
+    job was re-queued after this worker stalled), and the work then stops at its next cancel
+    check without writing anything. A worker killed outright stops renewing, and the sweep
+    re-queues its job once the lease expires."""
+
+    def __init__(self, ctx: WorkerContext, job_id: int, owner: str) -> None:
         self.ctx = ctx
         self.job_id = job_id
+        self.owner = owner
+        self.length = timedelta(seconds=ctx.config.broker.job_lease_seconds)
+        self._lost = threading.Event()
+        self._stop = threading.Event()
+        self._renewed = time.monotonic()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def lost(self) -> bool:
+        return self._lost.is_set()
+
+    @property
+    def interval(self) -> float:
+        return self.length.total_seconds() / 3
+
+    def mark_renewed(self, still_ours: bool) -> None:
+        """A renewal happened elsewhere (a progress write); `still_ours` is its verdict."""
+        if still_ours:
+            self._renewed = time.monotonic()
+        else:
+            self._lose()
+
+    def _lose(self) -> None:
+        if not self._lost.is_set():
+            logger.warning("job %s: lease %s lost; abandoning the job", self.job_id, self.owner)
+        self._lost.set()
+
+    def renew(self) -> None:
+        """One heartbeat (a database blip is logged; the next beat tries again)."""
+        try:
+            ours = self.ctx.db.call(lifecycle.renew_lease, self.job_id, self.owner, self.length)
+        except SQLAlchemyError as exc:
+            logger.warning("job %s: lease not renewed (%s)", self.job_id, type(exc).__name__)
+            return
+        self.mark_renewed(ours)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval / 4):
+            if time.monotonic() - self._renewed >= self.interval:
+                self.renew()
+            if self.lost:
+                return
+
+    def __enter__(self) -> Lease:
+        self._thread = threading.Thread(
+            target=self._beat, name=f"lease-{self.job_id}", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+class ProgressReporter:
+    """Throttled progress writes plus a cancellation check, called from the engine's loop.
+
+    With a `lease`, each progress write renews it too, and a lost lease reads as a cancel."""
+
+    def __init__(self, ctx: WorkerContext, job_id: int, lease: Lease | None = None) -> None:
+        self.ctx = ctx
+        self.job_id = job_id
+        self.lease = lease
         self._last_db = 0.0
         self._last_edit = 0.0
         self._cancelled = False
 
     def __call__(self, step: int, total: int) -> None:
         self.report(step / total if total else 0.0)
+
+    @property
+    def lease_lost(self) -> bool:
+        """Whether another worker took the job over (stop, and write nothing)."""
+        return self.lease is not None and self.lease.lost
+
+    def still_ours(self) -> bool:
+        """Renew the lease now; whether this attempt still holds it (True without a lease)."""
+        if self.lease is None:
+            return True
+        self.lease.renew()
+        return not self.lease.lost
 
     def report(self, fraction: float) -> None:
         """Record progress in [0, 1] (throttled)."""
@@ -60,8 +152,15 @@ class ProgressReporter:
         self._last_db = now
         # Progress is best effort: a database or broker blip must not kill a generation that
         # is otherwise fine (its outcome is recorded by `finish`, which does not swallow errors).
+        lease = self.lease
         try:
-            cancelled = self.ctx.db.call(lifecycle.record_progress, self.job_id, fraction)
+            if lease is None:
+                cancelled = self.ctx.db.call(lifecycle.record_progress, self.job_id, fraction)
+            else:
+                cancelled = self.ctx.db.call(
+                    lifecycle.record_progress, self.job_id, fraction, lease.owner, lease.length
+                )
+                lease.mark_renewed(cancelled is not None)
         except SQLAlchemyError as exc:
             logger.warning("job %s: progress not recorded (%s)", self.job_id, type(exc).__name__)
             return
@@ -76,7 +175,10 @@ class ProgressReporter:
                 logger.warning("job %s: progress edit not queued (%s)", self.job_id, exc)
 
     def cancelled(self) -> bool:
-        """Whether the user asked to cancel (read fresh at most once a second)."""
+        """Whether the user asked to cancel, or the lease was lost (read fresh at most once a
+        second)."""
+        if self.lease_lost:
+            return True
         now = time.monotonic()
         if now - self._last_db >= PROGRESS_DB_INTERVAL_S:
             self._last_db = now
@@ -127,35 +229,61 @@ def run_gpu_job(
             logger.warning("job %s: %s", job_id, exc)
             return _fail_unclaimed(ctx, job_id, exc.code, str(exc))
 
-    claimed = ctx.db.call(lifecycle.claim, job_id, getattr(task.request, "hostname", None))
+    lease_length = timedelta(seconds=ctx.config.broker.job_lease_seconds)
+    claimed = transact(
+        ctx.db,
+        ctx.publisher,
+        lifecycle.claim,
+        job_id,
+        getattr(task.request, "hostname", None),
+        lease_length,
+    )
     if claimed.ended:
         # Sent only after the commit, so the io worker reads the final row.
         send_io(ctx.celery, "delivery.send_result", job_id)
-    if claimed.snapshot is None:
+    if claimed.snapshot is None or claimed.owner is None:
         return None
-    reporter = ProgressReporter(ctx, job_id)
     outcome: JobOutcome | None = None
     error: tuple[str, str] | None = None
     cancelled = False
     started = time.monotonic()
-    try:
-        outcome = work(ctx, claimed.snapshot, reporter)
-    except JobCancelled:
-        cancelled = True
-    except SoftTimeLimitExceeded:
-        error = ("timed_out", "soft time limit exceeded")
-    except Exception as exc:  # the task is the boundary: every failure becomes a job error
-        # Only our typed errors carry user-facing codes (SQLAlchemy's `code` is a docs link id).
-        code = getattr(exc, "code", None) if isinstance(exc, AppError | FaceChainError) else None
-        if code == "cancelled":
+    with Lease(ctx, job_id, claimed.owner) as lease:
+        reporter = ProgressReporter(ctx, job_id, lease)
+        try:
+            outcome = work(ctx, claimed.snapshot, reporter)
+        except JobCancelled:
             cancelled = True
-        elif isinstance(code, str):
-            error = (code, str(exc))
-            logger.info("job %s failed: %s (%s)", job_id, code, exc)
-        else:
-            logger.exception("job %s crashed", job_id)
-            error = ("internal", f"{type(exc).__name__}: {exc}")
-    status = transact(ctx.db, ctx.publisher, lifecycle.finish, job_id, outcome, error, cancelled)
+        except SoftTimeLimitExceeded:
+            error = ("timed_out", "soft time limit exceeded")
+        except Exception as exc:  # the task is the boundary: every failure becomes a job error
+            # Only our typed errors carry user-facing codes (SQLAlchemy's `code` is a docs id).
+            code = (
+                getattr(exc, "code", None) if isinstance(exc, AppError | FaceChainError) else None
+            )
+            if code == "cancelled":
+                cancelled = True
+            elif lease.lost:
+                pass
+            elif isinstance(code, str):
+                error = (code, str(exc))
+                logger.info("job %s failed: %s (%s)", job_id, code, exc)
+            else:
+                logger.exception("job %s crashed", job_id)
+                error = ("internal", f"{type(exc).__name__}: {exc}")
+    if lease.lost:
+        # Re-queued and claimed by another worker: its outcome, not ours, reaches the user.
+        logger.warning(
+            "job %s: abandoned after %.1fs (lease lost)", job_id, time.monotonic() - started
+        )
+        return None
+    status = transact(
+        ctx.db, ctx.publisher, lifecycle.finish, job_id, outcome, error, cancelled, claimed.owner
+    )
+    if status is None:
+        logger.warning(
+            "job %s: abandoned after %.1fs (lease lost)", job_id, time.monotonic() - started
+        )
+        return None
     logger.info("job %s %s in %.1fs", job_id, status.value, time.monotonic() - started)
     try:
         send_io(ctx.celery, "delivery.send_result", job_id)
@@ -183,7 +311,7 @@ def _stop_consuming(ctx: WorkerContext, job_id: int, exc: BaseException) -> NoRe
 
 
 def _fail_unclaimed(ctx: WorkerContext, job_id: int, code: str, detail: str) -> JobStatus | None:
-    status = ctx.db.call(lifecycle.fail_unclaimed, job_id, code, detail)
+    status = transact(ctx.db, ctx.publisher, lifecycle.fail_unclaimed, job_id, code, detail)
     if status is not None:
         send_io(ctx.celery, "delivery.send_result", job_id)
     return status

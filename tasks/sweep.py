@@ -1,4 +1,4 @@
-"""Periodic maintenance (beat): the outbox sweep, stuck-job recovery and selfie expiry.
+"""Periodic maintenance (beat): the outbox sweep, expired job leases and selfie expiry.
 
 What is lost or stuck is decided by `domain.lifecycle.sweep` (and the webhook and broadcast
 queries); this module publishes what it found."""
@@ -12,10 +12,11 @@ from celery import Task, shared_task
 
 from db.base import utcnow
 from domain import lifecycle, privacy
-from domain.lifecycle import REDELIVER_AFTER, REQUEUE_AFTER, STALE_AFTER
+from domain.lifecycle import REDELIVER_AFTER, REQUEUE_AFTER
+from domain.outbox import transact
 from tasks.broadcast import resend_stalled_broadcasts
 from tasks.context import get_context
-from tasks.dispatch import dispatch_job, send_io
+from tasks.dispatch import send_io
 from tasks.webhooks import resend_stale_deliveries
 
 logger = logging.getLogger(__name__)
@@ -26,38 +27,38 @@ def sweep_once(
     outbox_grace: timedelta,
     time_limit: timedelta,
     train_time_limit: timedelta | None = None,
-    requeue_after: timedelta = REQUEUE_AFTER,
-    stale_after: timedelta = STALE_AFTER,
     redeliver_after: timedelta = REDELIVER_AFTER,
+    broadcast_stall: timedelta = REQUEUE_AFTER,
 ) -> dict[str, int]:
-    """One pass: re-send lost jobs, redeliver stalled ones, fail those past their limit, and
-    re-queue the delivery of finished jobs whose result never reached the user."""
+    """One pass: re-queue jobs whose lease expired (and those never published), fail or cancel
+    those that cannot go on, and re-queue the delivery of finished jobs whose result never
+    reached the user."""
     ctx = get_context()
-    plan = ctx.db.call(
+    # The re-queued jobs and the webhook events of ended ones are published after the commit.
+    plan = transact(
+        ctx.db,
+        ctx.publisher,
         lifecycle.sweep,
         outbox_grace=outbox_grace,
         time_limit=time_limit,
         train_time_limit=train_time_limit,
-        requeue_after=requeue_after,
-        stale_after=stale_after,
         redeliver_after=redeliver_after,
     )
-    sent = sum(dispatch_job(ctx.celery, ctx.db, job_id) for job_id in plan.resend)
     for job_id in dict.fromkeys(plan.failed + plan.undelivered):
         send_io(ctx.celery, "delivery.send_result", job_id)
     webhooks = resend_stale_deliveries(ctx.celery, ctx.db, outbox_grace)
-    broadcasts = resend_stalled_broadcasts(ctx.celery, ctx.db, requeue_after)
-    if sent or plan.failed or plan.undelivered or webhooks or broadcasts:
+    broadcasts = resend_stalled_broadcasts(ctx.celery, ctx.db, broadcast_stall)
+    if plan.resend or plan.failed or plan.undelivered or webhooks or broadcasts:
         logger.info(
-            "sweep: re-sent %d jobs, %d results, %d webhook deliveries, %d broadcasts; failed %d",
-            sent,
+            "sweep: re-queued %d jobs, %d results, %d webhook deliveries, %d broadcasts; ended %d",
+            len(plan.resend),
             len(plan.undelivered),
             webhooks,
             broadcasts,
             len(plan.failed),
         )
     return {
-        "resent": sent,
+        "resent": len(plan.resend),
         "failed": len(plan.failed),
         "redelivered": len(plan.undelivered),
         "webhooks": webhooks,

@@ -167,13 +167,18 @@ def train(ctx: WorkerContext, job: JobSnapshot, reporter: ProgressReporter) -> J
             cancel=reporter.cancelled,
         )
     except Cancelled:
-        # The user gave up on this training; a retry starts afresh.
-        shutil.rmtree(folder, ignore_errors=True)
+        if not reporter.lease_lost:
+            # The user gave up on this training; a retry starts afresh. (A lost lease keeps the
+            # checkpoints: the worker that took the job over resumes from them.)
+            shutil.rmtree(folder, ignore_errors=True)
         raise
     finally:
         del components
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    if not reporter.still_ours():
+        # Taken over by another worker meanwhile: that one registers the style.
+        raise Cancelled("the job's lease was lost")
     style_id = _register(ctx, job, inputs, result, images[0])
     shutil.rmtree(folder, ignore_errors=True)
     return _outcome(style_id, result)

@@ -1,4 +1,4 @@
-"""Jobs: creation, queue position, the outbox and stuck-job queries."""
+"""Jobs: creation, queue position and the outbox query."""
 
 from __future__ import annotations
 
@@ -67,14 +67,6 @@ class JobRepository(RepositoryBase[Job]):
                 Job.dispatched_at.is_(None),
                 Job.created_at < utcnow() - older_than,
             )
-            .order_by(Job.id)
-            .limit(limit)
-        ).all()
-
-    def stuck_running(self, started_before: datetime, limit: int = 100) -> Sequence[Job]:
-        return self.session.scalars(
-            select(Job)
-            .where(Job.status == JobStatus.RUNNING, Job.started_at < started_before)
             .order_by(Job.id)
             .limit(limit)
         ).all()

@@ -23,6 +23,13 @@ def upgrade() -> None:
         batch.add_column(sa.Column("lease_owner", sa.String(length=128), nullable=True))
         batch.add_column(sa.Column("lease_expires_at", db.base.UTCDateTime(), nullable=True))
         batch.create_index("ix_jobs_lease_expires_at", ["lease_expires_at"])
+    # Jobs already published or running when this ships carry no lease: expire one now, so the
+    # first sweep re-queues them (a duplicate of a message still queued is dropped by the claim;
+    # a job whose old-style worker is gone is taken over).
+    op.execute(
+        "UPDATE jobs SET lease_expires_at = CURRENT_TIMESTAMP "
+        "WHERE status IN ('queued', 'running') AND dispatched_at IS NOT NULL"
+    )
 
 
 def downgrade() -> None:
