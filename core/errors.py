@@ -33,6 +33,12 @@ class QuotaExceeded(AppError):
     code = "quota_exceeded"
 
 
+class CreditsNeeded(QuotaExceeded):
+    """Today's free quota is used up and the user lacks the credits (payments are on)."""
+
+    code = "credits_needed"
+
+
 class RateLimited(AppError):
     code = "rate_limited"
 
@@ -107,3 +113,41 @@ class InvalidStyleUpload(ValidationFailed):
     """An uploaded style (LoRA, thumbnail, names, prompt) was refused; the message says why."""
 
     code = "invalid_lora"
+
+
+class PaymentRefused(AppError):
+    """A purchase (or refund) that cannot go through; `reason` names why (a translation key
+    under `pay.refused.`)."""
+
+    code = "payment_refused"
+
+
+# Job error codes caused by what the user sent (no usable face, a file that is not an image,
+# a bad training set): such a job keeps what it was charged. Every other failure — a worker
+# crash, an engine or weights error, a time limit, an unknown code — is the operator's, and
+# gives the charge (free-quota slot or credits) back (`domain.billing`).
+USER_INPUT_CODES = frozenset(
+    {
+        "not_an_image",
+        "image_too_large",
+        "no_face",
+        "multiple_faces",
+        "face_too_small",
+        "poor_quality",
+        "invalid",
+        "invalid_lora",
+        "selfie_required",
+        "training_dataset_invalid",
+        "training_too_few_images",
+        "training_too_many_images",
+        "training_not_an_image",
+        "training_duplicate_images",
+        "training_no_variety",
+        "training_trigger_word",
+    }
+)
+
+
+def caused_by_user(code: str | None) -> bool:
+    """Whether a failed job's error code blames the user's input (see USER_INPUT_CODES)."""
+    return code in USER_INPUT_CODES

@@ -237,6 +237,46 @@ class LimitsSettings(BaseSettings):
     max_lora_bytes: int = Field(default=400 * 1024 * 1024, ge=1024)
 
 
+class PaymentsSettings(BaseSettings):
+    """Paid generations in Telegram Stars (off by default: then only the free daily quota).
+
+    Beyond the free daily quota a portrait or template job spends `price_*` credits; credits
+    come in packs bought with Stars (`/buy`). An HD upscale is outside the free quota and costs
+    `price_upscale` credits (0: free, as without payments). The terms and support texts answer
+    `/terms` and `/paysupport` (Telegram requires both of a bot that sells digital goods)."""
+
+    model_config = SettingsConfigDict(**_ENV, env_prefix="PAYMENTS_")
+
+    enabled: bool = False
+    price_portrait: int = Field(default=1, ge=1, le=1000)
+    price_template: int = Field(default=1, ge=1, le=1000)
+    price_upscale: int = Field(default=0, ge=0, le=1000)
+    # One text per language; an unset ru/zh text falls back to the English one, an unset
+    # English one to the bot's built-in wording.
+    terms_text: str | None = None
+    terms_text_ru: str | None = None
+    terms_text_zh: str | None = None
+    paysupport_text: str | None = None
+    paysupport_text_ru: str | None = None
+    paysupport_text_zh: str | None = None
+    # /forget deletes the user's payments too, unless bookkeeping law makes the operator keep
+    # them: then the payment rows (charge id, Stars, pack, dates, refund) stay.
+    forget_keeps_payment_records: bool = False
+
+    def price(self, kind: str) -> int:
+        """Credits a job of this kind costs beyond the free quota (training: free)."""
+        return {
+            "portrait": self.price_portrait,
+            "template": self.price_template,
+            "upscale": self.price_upscale,
+        }.get(kind, 0)
+
+    def text(self, which: Literal["terms", "paysupport"], language: str) -> str | None:
+        """The configured /terms or /paysupport text in a language (None: use the built-in)."""
+        own: str | None = getattr(self, f"{which}_text_{language}", None)
+        return own or getattr(self, f"{which}_text")
+
+
 class ProbeSettings(BaseSettings):
     """The probe port of bot, workers and beat: /healthz, /readyz, /metrics (off when unset)."""
 
@@ -260,6 +300,7 @@ class AppConfig(BaseSettings):
     admin: AdminSettings = Field(default_factory=AdminSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     probe: ProbeSettings = Field(default_factory=ProbeSettings)
+    payments: PaymentsSettings = Field(default_factory=PaymentsSettings)
     log_level: str = "INFO"
 
 
@@ -290,6 +331,7 @@ def format_validation_error(exc: Exception) -> str:
         "AdminSettings": "ADMIN_",
         "LimitsSettings": "LIMITS_",
         "ProbeSettings": "PROBE_",
+        "PaymentsSettings": "PAYMENTS_",
     }.get(exc.title, "")
     lines = []
     for err in exc.errors():

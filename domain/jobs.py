@@ -1,17 +1,19 @@
-"""Jobs as users and admins see them: create (with ban, active-job and quota checks), release
-to the workers, cancel, retry, and the queries behind the chat's job buttons and /history.
+"""Jobs as users and admins see them: create (with ban, active-job and quota/credit checks),
+release to the workers, cancel, retry, and the queries behind the chat's job buttons and
+/history.
 
-Every creation first locks the user's row, so the active-job and quota checks hold even when
-two updates (or two bot replicas) race. A created job is committed as queued and published only
-when `release_job` (after the chat showed its status message) or `retry_job` puts it in the
-outbox; the sweep publishes queued jobs that were never released."""
+Every creation first locks the user's row, so the active-job and quota checks and the credit
+spend (`domain.billing`) hold even when two updates (or two bot replicas) race. A created job
+is committed as queued and published only when `release_job` (after the chat showed its status
+message) or `retry_job` puts it in the outbox; the sweep publishes queued jobs that were never
+released."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, time, timedelta
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -20,14 +22,13 @@ from core.errors import (
     ActiveJobExists,
     IllegalTransition,
     NotFound,
-    QuotaExceeded,
     ResultUnavailable,
     SelfieRequired,
     TemplateUnavailable,
     UserBanned,
     ValidationFailed,
 )
-from core.settings import LimitsSettings
+from core.settings import LimitsSettings, PaymentsSettings
 from db.base import utcnow
 from db.models import (
     Job,
@@ -42,7 +43,7 @@ from db.models import (
 )
 from db.repositories.jobs import JobRepository
 from db.repositories.photos import PhotoRepository
-from domain import outbox
+from domain import billing, outbox
 from domain.audit import audit
 from domain.styles import usable_style
 from domain.templates import usable_template
@@ -51,8 +52,8 @@ from domain.webhooks import emit_job_event
 
 # Without history, assume a job takes this long (the tiny profile is faster, real is ~1 min).
 DEFAULT_JOB_SECONDS = 60.0
-# HD (upscale) jobs are free: see `create_upscale_job`.
-QUOTA_KINDS = {JobKind.PORTRAIT, JobKind.TEMPLATE}
+# Payments off: the free daily quota only (the charge rules are in `domain.billing`).
+NO_PAYMENTS = PaymentsSettings(enabled=False)
 
 
 @dataclass(frozen=True)
@@ -64,11 +65,6 @@ class CreatedJob:
     eta_minutes: int
 
 
-def day_start(now: datetime) -> datetime:
-    """Midnight UTC of `now`'s day (quotas reset then)."""
-    return datetime.combine(now.date(), time.min, tzinfo=now.tzinfo)
-
-
 def _lock_user(session: Session, user_id: int) -> User:
     user = session.get(User, user_id, with_for_update=True, populate_existing=True)
     if user is None:
@@ -77,20 +73,24 @@ def _lock_user(session: Session, user_id: int) -> User:
 
 
 def check_can_start(
-    session: Session, user: User, limits: LimitsSettings, *, is_admin: bool, quota: bool = True
-) -> None:
-    """Raise the typed error that stops this user from starting a job now, if any."""
+    session: Session,
+    user: User,
+    limits: LimitsSettings,
+    *,
+    is_admin: bool,
+    kind: JobKind,
+    payments: PaymentsSettings | None = None,
+) -> billing.Charge:
+    """What a new job of `kind` will cost this user; raises the typed error that stops them
+    from starting it now, if any (the caller holds the user's row lock)."""
     if user.is_banned:
         raise UserBanned("banned")
     jobs = JobRepository(session)
     if len(jobs.active_for_user(user.id)) >= limits.active_jobs_per_user:
         raise ActiveJobExists("a job is already running")
-    if not quota or is_admin:
-        return
-    allowed = user.daily_quota if user.daily_quota is not None else limits.daily_quota
-    used = jobs.count_since(user.id, day_start(utcnow()), QUOTA_KINDS)
-    if used >= allowed:
-        raise QuotaExceeded("daily quota reached", quota=allowed)
+    return billing.plan_charge(
+        session, user, kind, limits, payments or NO_PAYMENTS, is_admin=is_admin
+    )
 
 
 def _selfies(session: Session, user_id: int, limits: LimitsSettings) -> list[Photo]:
@@ -106,9 +106,10 @@ def _eta_minutes(session: Session, position: int) -> int:
     return max(1, math.ceil((position + 1) * average / 60.0))
 
 
-def _add(session: Session, job: Job) -> CreatedJob:
+def _add(session: Session, job: Job, charge: billing.Charge = billing.FREE) -> CreatedJob:
     repo = JobRepository(session)
     repo.add(job)
+    billing.apply_charge(session, job, charge)
     position = repo.queue_position(job)
     return CreatedJob(job.id, position, _eta_minutes(session, position))
 
@@ -124,10 +125,13 @@ def create_portrait_job(
     num_images: int,
     seed: int | None = None,
     pose_blob: str | None = None,
+    payments: PaymentsSettings | None = None,
 ) -> CreatedJob:
     """A queued portrait job from the user's selfies in a style (checks limits first)."""
     user = _lock_user(session, user_id)
-    check_can_start(session, user, limits, is_admin=is_admin)
+    charge = check_can_start(
+        session, user, limits, is_admin=is_admin, kind=JobKind.PORTRAIT, payments=payments
+    )
     style = usable_style(session, user_id, style_id)
     photos = _selfies(session, user_id, limits)
     params: dict[str, Any] = {
@@ -148,6 +152,7 @@ def create_portrait_job(
             style_id=style.id,
             chat_id=chat_id,
         ),
+        charge,
     )
 
 
@@ -162,10 +167,13 @@ def create_template_job(
     template_id: int | None = None,
     template_photo_id: int | None = None,
     seed: int | None = None,
+    payments: PaymentsSettings | None = None,
 ) -> CreatedJob:
     """A queued template job; `faces` are 0-based indices of the template's faces."""
     user = _lock_user(session, user_id)
-    check_can_start(session, user, limits, is_admin=is_admin)
+    charge = check_can_start(
+        session, user, limits, is_admin=is_admin, kind=JobKind.TEMPLATE, payments=payments
+    )
     if template_id is not None:
         count = len(usable_template(session, user_id, template_id).faces or [])
     else:
@@ -196,6 +204,7 @@ def create_template_job(
             template_id=template_id,
             chat_id=chat_id,
         ),
+        charge,
     )
 
 
@@ -214,7 +223,7 @@ def create_training_job(
     if not (valid_name(name) and valid_trigger(trigger_word)):
         raise ValidationFailed("a training needs a name and a trigger word")
     user = _lock_user(session, user_id)
-    check_can_start(session, user, limits, is_admin=is_admin, quota=False)
+    check_can_start(session, user, limits, is_admin=is_admin, kind=JobKind.TRAINING)
     repo = PhotoRepository(session)
     photos = [repo.owned(user_id, pid, PhotoKind.TRAINING) for pid in photo_ids]
     blobs = [p.sha256 for p in photos if p is not None]
@@ -248,15 +257,19 @@ def create_upscale_job(
     chat_id: int,
     limits: LimitsSettings,
     is_admin: bool,
+    payments: PaymentsSettings | None = None,
 ) -> CreatedJob:
     """A queued HD (×4) job for portrait `index` (0-based) of the user's finished portrait job.
 
     HD does not count against the daily quota: it costs about 1% of a generation (one RRDB
     pass against 30 denoising steps for several candidates) and only enlarges a portrait the
-    user already has. The one-active-job rule still applies, so it cannot flood the gpu queue.
+    user already has; with payments on it costs PAYMENTS_PRICE_UPSCALE credits (0: free). The
+    one-active-job rule still applies, so it cannot flood the gpu queue.
     """
     user = _lock_user(session, user_id)
-    check_can_start(session, user, limits, is_admin=is_admin, quota=False)
+    charge = check_can_start(
+        session, user, limits, is_admin=is_admin, kind=JobKind.UPSCALE, payments=payments
+    )
     source = owned_job(session, user_id, source_job_id)
     if (
         source is None
@@ -267,7 +280,9 @@ def create_upscale_job(
         raise ResultUnavailable(f"job {source_job_id} has no portrait {index}")
     params: dict[str, Any] = {"source_job_id": source.id, "index": index, "size": size}
     return _add(
-        session, Job(user_id=user_id, kind=JobKind.UPSCALE, params=params, chat_id=chat_id)
+        session,
+        Job(user_id=user_id, kind=JobKind.UPSCALE, params=params, chat_id=chat_id),
+        charge,
     )
 
 
@@ -331,7 +346,10 @@ def cancel_job(session: Session, job_id: int, actor: str) -> Job:
 
 
 def retry_job(session: Session, job_id: int, actor: str) -> Job:
-    """Put a failed or cancelled job back in the queue (published after the commit)."""
+    """Put a failed or cancelled job back in the queue (published after the commit).
+
+    The job keeps what it was charged; a charge already given back is not taken again (the
+    operator retries at their own cost)."""
     job = JobRepository(session).get_for_update(job_id)
     previous = job.status.value
     job.transition(JobStatus.QUEUED)

@@ -36,6 +36,8 @@ EVENTS: tuple[str, ...] = (
     "job.cancelled",
     "style.trained",
     "broadcast.finished",
+    "payment.succeeded",
+    "payment.refunded",
 )
 # Attempts in all (the first try plus retries); then the delivery is marked failed.
 MAX_ATTEMPTS = 6

@@ -1,6 +1,7 @@
 """All models, imported so the metadata is complete for Alembic and create_all."""
 
 from db.models.audit import AuditEntry
+from db.models.billing import ChargeKind, LedgerEntry, LedgerKind, Pack, Payment
 from db.models.broadcast import Broadcast
 from db.models.job import ACTIVE_STATUSES, FINAL_STATUSES, Job, JobKind, JobStatus
 from db.models.photo import Photo, PhotoKind
@@ -16,9 +17,14 @@ __all__ = [
     "AuditEntry",
     "BaseModelName",
     "Broadcast",
+    "ChargeKind",
     "Job",
     "JobKind",
     "JobStatus",
+    "LedgerEntry",
+    "LedgerKind",
+    "Pack",
+    "Payment",
     "Photo",
     "PhotoKind",
     "Style",

@@ -88,6 +88,12 @@ class Job(TimestampMixin, Base):
     # renewed by the worker's heartbeat; an expired lease lets the sweep re-queue the job.
     lease_owner: Mapped[str | None] = mapped_column(String(128))
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    # What creating the job cost the user (`ChargeKind` value: a free-quota slot or credits;
+    # None: nothing) and when that was given back (a failure that was not the user's, or a
+    # cancel before it ran: `domain.billing`); set once, never cleared.
+    charge: Mapped[str | None] = mapped_column(String(8))
+    charge_credits: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    charge_returned_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     @property
     def is_active(self) -> bool:

@@ -33,6 +33,11 @@ class User(TimestampMixin, Base):
     # None = decided by FairFace from the selfies (facechain.prompts.subject_from_prediction).
     subject: Mapped[str | None] = mapped_column(String(16))
     last_seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Paid generation credits, moved only with a ledger row under this row's lock
+    # (`domain.billing`), so it always equals the sum of the user's ledger deltas.
+    credits: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # When the user last ran /forget (invoices issued before it are refused at checkout).
+    forgotten_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class UserSession(Base):

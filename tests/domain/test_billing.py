@@ -1,0 +1,530 @@
+"""Paid generations: charging jobs (free quota, then credits), giving charges back on every final
+path, payments exactly once, refunds that never go negative, and a ledger that always agrees
+with the balances (property test), plus the credit race on real PostgreSQL."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from core.errors import CreditsNeeded, QuotaExceeded, caused_by_user
+from core.settings import LimitsSettings, PaymentsSettings
+from db.base import utcnow
+from db.models import (
+    ChargeKind,
+    Job,
+    JobKind,
+    JobStatus,
+    LedgerEntry,
+    LedgerKind,
+    Payment,
+    Photo,
+    PhotoKind,
+    User,
+)
+from db.session import Database
+from domain import billing, jobs, lifecycle
+from tests.utils.factories import make_style, make_user
+
+PAY = PaymentsSettings(enabled=True, price_portrait=1, price_template=2, price_upscale=1)
+_ids = itertools.count(50_000)
+
+
+def _user(session: Session, **kw: Any) -> User:
+    user = make_user(session, next(_ids), **kw)
+    session.add(
+        Photo(
+            user_id=user.id,
+            kind=PhotoKind.SELFIE,
+            sha256=f"{user.id:064x}",
+            size_bytes=1,
+            width=512,
+            height=512,
+            faces=[{"box": [0, 0, 100, 100], "score": 0.99}],
+            selected_face=0,
+        )
+    )
+    session.flush()
+    return user
+
+
+def _style(session: Session) -> int:
+    return make_style(session, slug=f"s{next(_ids)}").id
+
+
+def _portrait(
+    session: Session,
+    user: User,
+    style_id: int,
+    *,
+    quota: int = 0,
+    payments: PaymentsSettings = PAY,
+    active: int = 5,
+) -> jobs.CreatedJob:
+    return jobs.create_portrait_job(
+        session,
+        user.id,
+        style_id=style_id,
+        chat_id=user.telegram_id,
+        limits=LimitsSettings(daily_quota=quota, active_jobs_per_user=active),
+        is_admin=False,
+        num_images=1,
+        payments=payments,
+    )
+
+
+def _buy(session: Session, user: User, credits: int, charge: str | None = None) -> int:
+    pack = billing.create_pack(session, title="p", credits=credits, stars=credits * 10, actor="t")
+    payload = billing.invoice_payload(pack, user.id, 1)
+    result = billing.record_payment(
+        session, user.telegram_id, payload, pack.stars, charge or f"ch{next(_ids)}"
+    )
+    return result.payment_id
+
+
+def _credits(session: Session, user: User) -> int:
+    session.flush()
+    return int(session.scalar(select(User.credits).where(User.id == user.id)) or 0)
+
+
+def _ledger(session: Session, user: User) -> list[tuple[LedgerKind, int]]:
+    session.flush()
+    rows = session.scalars(
+        select(LedgerEntry).where(LedgerEntry.user_id == user.id).order_by(LedgerEntry.id)
+    )
+    return [(r.kind, r.delta) for r in rows]
+
+
+class TestCharging:
+    def test_free_quota_first_then_credits(self, session: Session) -> None:
+        user, style = _user(session), _style(session)
+        _buy(session, user, 2)
+        first = session.get(Job, _portrait(session, user, style, quota=1).job_id)
+        second = session.get(Job, _portrait(session, user, style, quota=1).job_id)
+        assert first is not None
+        assert second is not None
+        assert (first.charge, first.charge_credits) == (ChargeKind.QUOTA.value, 0)
+        assert (second.charge, second.charge_credits) == (ChargeKind.CREDITS.value, 1)
+        assert _credits(session, user) == 1
+        assert _ledger(session, user) == [(LedgerKind.PURCHASE, 2), (LedgerKind.SPEND, -1)]
+
+    def test_no_credits_left(self, session: Session) -> None:
+        user, style = _user(session), _style(session)
+        with pytest.raises(CreditsNeeded) as caught:
+            _portrait(session, user, style)
+        assert caught.value.details == {"quota": 0, "price": 1, "credits": 0}
+
+    def test_payments_off_means_quota_only(self, session: Session) -> None:
+        user, style = _user(session), _style(session)
+        _buy(session, user, 3)
+        off = PaymentsSettings(enabled=False)
+        with pytest.raises(QuotaExceeded) as caught:
+            _portrait(session, user, style, payments=off)
+        assert not isinstance(caught.value, CreditsNeeded)
+        assert _credits(session, user) == 3
+
+    def test_template_and_upscale_prices(self, session: Session) -> None:
+        user = _user(session)
+        _buy(session, user, 3)
+        source = Job(
+            user_id=user.id,
+            kind=JobKind.PORTRAIT,
+            params={},
+            status=JobStatus.SUCCEEDED,
+            result_blobs=["a"],
+        )
+        session.add(source)
+        session.flush()
+        up = jobs.create_upscale_job(
+            session,
+            user.id,
+            source_job_id=source.id,
+            index=0,
+            size=2048,
+            chat_id=1,
+            limits=LimitsSettings(daily_quota=5),
+            is_admin=False,
+            payments=PAY,
+        )
+        # HD is outside the free quota: it costs its own price even with quota left.
+        assert session.get(Job, up.job_id).charge_credits == 1  # type: ignore[union-attr]
+        assert _credits(session, user) == 2
+        free = jobs.create_upscale_job(
+            session,
+            user.id,
+            source_job_id=source.id,
+            index=0,
+            size=2048,
+            chat_id=1,
+            limits=LimitsSettings(daily_quota=5, active_jobs_per_user=5),
+            is_admin=False,
+            payments=PaymentsSettings(enabled=True, price_upscale=0),
+        )
+        assert session.get(Job, free.job_id).charge is None  # type: ignore[union-attr]
+
+    def test_admin_pays_nothing(self, session: Session) -> None:
+        user, style = _user(session), _style(session)
+        created = jobs.create_portrait_job(
+            session,
+            user.id,
+            style_id=style,
+            chat_id=1,
+            limits=LimitsSettings(daily_quota=0),
+            is_admin=True,
+            num_images=1,
+            payments=PAY,
+        )
+        assert session.get(Job, created.job_id).charge is None  # type: ignore[union-attr]
+
+
+def _job(session: Session, user: User, style: int, *, quota: int = 0) -> Job:
+    job = session.get(Job, _portrait(session, user, style, quota=quota).job_id)
+    assert job is not None
+    return job
+
+
+class TestGiveBack:
+    """Every final path of a job settles its charge through the one flush hook."""
+
+    def test_worker_error_gives_the_credit_back_once(self, session: Session) -> None:
+        user, style = _user(session), _style(session)
+        _buy(session, user, 1)
+        job = _job(session, user, style)
+        assert _credits(session, user) == 0
+        lifecycle.claim(session, job.id, "host")
+        lifecycle.finish(session, job.id, None, ("engine_unavailable", "no gpu"))
+        assert _credits(session, user) == 1
+        assert job.charge_returned_at is not None
+        # A retry that fails again gives nothing more.
+        jobs.retry_job(session, job.id, "admin")
+        lifecycle.claim(session, job.id, "host")
+        lifecycle.finish(session, job.id, None, ("internal", "boom"))
+        assert _credits(session, user) == 1
+        assert _ledger(session, user)[-1] == (LedgerKind.GIVEBACK, 1)
+        assert billing.ledger_mismatches(session) == []
+
+    def test_quota_counts_only_success_and_user_failures(self, session: Session) -> None:
+        """Issue 12: a worker's failure does not use up the day's free generation."""
+        user, style = _user(session), _style(session)
+        off = PaymentsSettings(enabled=False)
+        crashed = _portrait(session, user, style, quota=1, payments=off).job_id
+        lifecycle.claim(session, crashed, "host")
+        lifecycle.finish(session, crashed, None, ("internal", "worker crash"))
+        blamed = _portrait(session, user, style, quota=1, payments=off).job_id
+        lifecycle.claim(session, blamed, "host")
+        lifecycle.finish(session, blamed, None, ("multiple_faces", "two faces"))
+        with pytest.raises(QuotaExceeded):
+            _portrait(session, user, style, quota=1, payments=off)
+
+    def test_user_input_failure_keeps_the_charge(self, session: Session) -> None:
+        user, style = _user(session), _style(session)
+        _buy(session, user, 1)
+        job = _job(session, user, style)
+        lifecycle.claim(session, job.id, "host")
+        lifecycle.finish(session, job.id, None, ("no_face", "none found"))
+        assert _credits(session, user) == 0
+        assert job.charge_returned_at is None
+
+    def test_unclaimed_failure_and_sweep_timeout(self, session: Session) -> None:
+        user, style = _user(session), _style(session)
+        _buy(session, user, 2)
+        first = _job(session, user, style)
+        lifecycle.fail_unclaimed(session, first.id, "weights_missing", "no weights")
+        assert _credits(session, user) == 2
+        second = _job(session, user, style)
+        lifecycle.claim(session, second.id, "host")
+        second.started_at = utcnow() - timedelta(hours=2)
+        second.updated_at = utcnow()
+        session.flush()
+        plan = lifecycle.sweep(
+            session, outbox_grace=timedelta(seconds=30), time_limit=timedelta(minutes=15)
+        )
+        assert second.id in plan.failed
+        assert _credits(session, user) == 2
+
+    def test_cancel_before_running_returns_quota_slot_and_credit(self, session: Session) -> None:
+        user, style = _user(session), _style(session)
+        _buy(session, user, 1)
+        slot = _job(session, user, style, quota=1)
+        assert billing.quota_used(session, user.id) == 1
+        assert jobs.cancel_for_user(session, user.id, slot.id) == jobs.CancelOutcome.CANCELLED
+        assert billing.quota_used(session, user.id) == 0
+        paid = _job(session, user, style, quota=0)
+        assert _credits(session, user) == 0
+        jobs.cancel_job(session, paid.id, "admin")
+        assert _credits(session, user) == 1
+
+    def test_cancel_while_running_keeps_credits_but_frees_the_slot(self, session: Session) -> None:
+        user, style = _user(session), _style(session)
+        _buy(session, user, 1)
+        slot = _job(session, user, style, quota=1)
+        paid = _job(session, user, style, quota=1)
+        for job in (slot, paid):
+            lifecycle.claim(session, job.id, "host")
+            lifecycle.finish(session, job.id, None, None, cancelled=True)
+        assert billing.quota_used(session, user.id) == 0
+        assert _credits(session, user) == 0
+
+    def test_success_keeps_the_charge(self, session: Session) -> None:
+        user, style = _user(session), _style(session)
+        job = _job(session, user, style, quota=1)
+        lifecycle.claim(session, job.id, "host")
+        lifecycle.finish(session, job.id, lifecycle.JobOutcome(["k"]), None)
+        assert billing.quota_used(session, user.id) == 1
+
+    def test_a_second_giveback_row_is_refused_by_the_database(self, session: Session) -> None:
+        user, style = _user(session), _style(session)
+        _buy(session, user, 1)
+        job = _job(session, user, style)
+        lifecycle.fail_unclaimed(session, job.id, "internal", "x")
+        session.flush()
+        duplicate = LedgerEntry(
+            user_id=user.id, kind=LedgerKind.GIVEBACK, delta=1, balance=2, job_id=job.id
+        )
+        nested = session.begin_nested()
+        session.add(duplicate)
+        with pytest.raises(IntegrityError):
+            session.flush()
+        nested.rollback()
+
+    def test_user_input_codes_match_the_engine(self) -> None:
+        from facechain import errors as fe
+
+        for cls in (fe.NotAnImage, fe.NoFace, fe.MultipleFaces, fe.FaceTooSmall, fe.PoorQuality):
+            assert caused_by_user(cls.code)
+        for cls in (fe.WeightsMissing, fe.WeightsInvalid, fe.FaceChainError):
+            assert not caused_by_user(cls.code)
+        assert not caused_by_user("timed_out")
+        assert not caused_by_user(None)
+
+
+class TestPayments:
+    def _pack(self, session: Session, credits: int = 5, stars: int = 50) -> Any:
+        return billing.create_pack(session, title="Five", credits=credits, stars=stars, actor="t")
+
+    def test_checkout_rechecks_everything(self, session: Session) -> None:
+        user = _user(session)
+        pack = self._pack(session)
+        payload = billing.prepare_invoice(session, user.id, pack.id, PAY).payload
+
+        def verdict(total: int = 50, currency: str = "XTR", who: int | None = None) -> Any:
+            return billing.check_checkout(
+                session, who or user.telegram_id, payload, currency, total, PAY
+            )
+
+        assert verdict() is None
+        assert verdict(total=49) == "price_changed"
+        assert verdict(currency="USD") == "invalid"
+        assert verdict(who=_user(session).telegram_id) == "invalid"
+        assert (
+            billing.check_checkout(
+                session, user.telegram_id, payload, "XTR", 50, PaymentsSettings()
+            )
+            == "disabled"
+        )
+        billing.update_pack(session, pack.id, {"stars": 60}, "admin")
+        assert verdict() == "price_changed"
+        assert verdict(total=60) == "price_changed"
+        billing.update_pack(session, pack.id, {"stars": 50, "enabled": False}, "admin")
+        assert verdict() == "pack_gone"
+        billing.update_pack(session, pack.id, {"enabled": True}, "admin")
+        user.is_banned = True
+        assert verdict() == "banned"
+        user.is_banned = False
+        billing.forget_billing(session, user.id, keep_payment_records=True)
+        assert verdict() == "forgotten"
+
+    def test_duplicate_charge_credits_once(self, session: Session) -> None:
+        user = _user(session)
+        pack = self._pack(session)
+        payload = billing.invoice_payload(pack, user.id, 1)
+        first = billing.record_payment(session, user.telegram_id, payload, 50, "dup-1")
+        again = billing.record_payment(session, user.telegram_id, payload, 50, "dup-1")
+        assert (first.duplicate, again.duplicate) == (False, True)
+        assert _credits(session, user) == 5
+        assert _ledger(session, user) == [(LedgerKind.PURCHASE, 5)]
+
+    def test_refund_debits_only_unspent_credits(self, session: Session) -> None:
+        user, style = _user(session), _style(session)
+        payment = _buy(session, user, 3)
+        _job(session, user, style)
+        _job(session, user, style)
+        result = billing.refund_payment(session, payment, "admin")
+        assert (result.debited, result.shortfall, result.balance) == (1, 2, 0)
+        assert _credits(session, user) == 0
+        again = billing.refund_payment(session, payment, "telegram")
+        assert again.duplicate
+        assert again.debited == 1
+        assert _ledger(session, user)[-1] == (LedgerKind.REFUND, -1)
+        row = session.get(Payment, payment)
+        assert row is not None
+        assert row.refund_shortfall == 2
+
+    def test_grant_never_below_zero(self, session: Session) -> None:
+        from core.errors import ValidationFailed
+
+        user = _user(session)
+        billing.grant_credits(session, user.telegram_id, 2, "admin")
+        with pytest.raises(ValidationFailed):
+            billing.grant_credits(session, user.telegram_id, -3, "admin")
+        billing.grant_credits(session, user.telegram_id, -2, "admin")
+        assert _credits(session, user) == 0
+
+    def test_forget(self, session: Session) -> None:
+        kept, gone = _user(session), _user(session)
+        _buy(session, kept, 2)
+        _buy(session, gone, 2)
+        billing.forget_billing(session, kept.id, keep_payment_records=True)
+        billing.forget_billing(session, gone.id, keep_payment_records=False)
+        session.flush()
+        for user, payments in ((kept, 1), (gone, 0)):
+            assert _credits(session, user) == 0
+            assert _ledger(session, user) == []
+            count = session.scalars(select(Payment).where(Payment.user_id == user.id)).all()
+            assert len(count) == payments
+        assert billing.ledger_mismatches(session) == []
+
+    def test_revenue_by_day(self, session: Session) -> None:
+        user = _user(session)
+        payment = _buy(session, user, 2)
+        _buy(session, user, 1)
+        billing.refund_payment(session, payment, "admin")
+        days = billing.revenue_by_day(session, 3)
+        assert [d.day for d in days][-1] == utcnow().date()
+        today = days[-1]
+        assert (today.payments, today.stars, today.credits) == (2, 30, 3)
+        assert (today.refunds, today.refunded_stars, today.net_stars) == (1, 20, 10)
+
+
+# ---- the property: any sequence of movements leaves ledger and balances in agreement ----
+
+OPERATION = st.one_of(
+    st.tuples(st.just("buy"), st.integers(1, 4)),
+    st.tuples(st.just("spend"), st.integers(0, 2)),
+    st.tuples(st.just("fail"), st.sampled_from(["internal", "no_face", "timed_out"])),
+    st.tuples(st.just("cancel"), st.booleans()),
+    st.tuples(st.just("succeed"), st.just(0)),
+    st.tuples(st.just("refund"), st.integers(0, 5)),
+    st.tuples(st.just("grant"), st.integers(-3, 3)),
+)
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(st.lists(OPERATION, min_size=1, max_size=25))
+def test_ledger_and_balances_agree(session: Session, operations: list[tuple[str, Any]]) -> None:
+    from core.errors import ValidationFailed
+
+    user, style = _user(session), _style(session)
+    payments: list[int] = []
+    open_jobs: list[int] = []
+    for op, arg in operations:
+        if op == "buy":
+            payments.append(_buy(session, user, arg))
+        elif op == "spend":
+            try:
+                open_jobs.append(_portrait(session, user, style, quota=arg, active=100).job_id)
+            except QuotaExceeded:
+                pass
+        elif op in ("fail", "cancel", "succeed") and open_jobs:
+            job_id = open_jobs.pop(0)
+            if op == "cancel" and arg:
+                jobs.cancel_job(session, job_id, "admin")
+                continue
+            lifecycle.claim(session, job_id, "host")
+            if op == "fail":
+                lifecycle.finish(session, job_id, None, (arg, "x"))
+            elif op == "cancel":
+                lifecycle.finish(session, job_id, None, None, cancelled=True)
+            else:
+                lifecycle.finish(session, job_id, lifecycle.JobOutcome(["k"]), None)
+        elif op == "refund" and payments:
+            billing.refund_payment(session, payments[arg % len(payments)], "admin")
+        elif op == "grant" and arg:
+            try:
+                billing.grant_credits(session, user.telegram_id, arg, "admin")
+            except ValidationFailed:
+                pass
+        session.flush()
+        credits = _credits(session, user)
+        assert credits >= 0
+        assert billing.ledger_mismatches(session) == []
+        last = session.scalar(
+            select(LedgerEntry.balance)
+            .where(LedgerEntry.user_id == user.id)
+            .order_by(LedgerEntry.id.desc())
+            .limit(1)
+        )
+        assert credits == (last or 0)
+    # Each job was charged at most once and given back at most once.
+    spends = {j for k, j in _job_rows(session, user) if k is LedgerKind.SPEND}
+    givebacks = [j for k, j in _job_rows(session, user) if k is LedgerKind.GIVEBACK]
+    assert len(givebacks) == len(set(givebacks))
+    assert set(givebacks) <= spends
+
+
+def _job_rows(session: Session, user: User) -> list[tuple[LedgerKind, int | None]]:
+    return [
+        (r.kind, r.job_id)
+        for r in session.scalars(select(LedgerEntry).where(LedgerEntry.user_id == user.id))
+    ]
+
+
+# ---- the race, on real PostgreSQL ----
+
+
+def test_two_jobs_at_once_with_one_credit(committed_db: Database, database_url: str) -> None:
+    """Two bot replicas create a job for the same user at the same moment with one credit and
+    no free quota left: exactly one job is created, the other is refused, no credit is lost."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("needs real PostgreSQL row locks")
+    with committed_db.session() as s:
+        user = _user(s)
+        style = _style(s)
+        _buy(s, user, 1)
+        user_id, telegram_id = user.id, user.telegram_id
+    barrier = threading.Barrier(2)
+    outcomes: list[str] = []
+
+    def create() -> None:
+        with committed_db.session() as s:
+            # Both transactions are open and have read the user before either locks it.
+            s.get(User, user_id)
+            barrier.wait()
+            try:
+                jobs.create_portrait_job(
+                    s,
+                    user_id,
+                    style_id=style,
+                    chat_id=telegram_id,
+                    limits=LimitsSettings(daily_quota=0, active_jobs_per_user=5),
+                    is_admin=False,
+                    num_images=1,
+                    payments=PAY,
+                )
+                outcomes.append("created")
+            except CreditsNeeded:
+                outcomes.append("refused")
+
+    threads = [threading.Thread(target=create) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(outcomes) == ["created", "refused"]
+    with committed_db.session() as s:
+        assert s.scalar(select(User.credits).where(User.id == user_id)) == 0
+        assert len(s.scalars(select(Job).where(Job.user_id == user_id)).all()) == 1
+        assert billing.ledger_mismatches(s) == []
