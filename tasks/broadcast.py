@@ -125,25 +125,18 @@ async def run_broadcast(
 @shared_task(name="broadcast.send", queue="io", acks_late=True)
 def send_broadcast(broadcast_id: int) -> str:
     """Send a broadcast for up to the run budget, then re-publish itself to continue."""
-    from telegram import Bot
-
     from tasks.context import get_context
 
     ctx = get_context()
-    settings = ctx.config.telegram
-    if settings.token is None:
+    if ctx.config.telegram.token is None:
         raise ValidationFailed("TELEGRAM_TOKEN is not set; cannot broadcast")
-    bot = Bot(
-        settings.token.get_secret_value(),
-        base_url=settings.api_base_url,
-        base_file_url=settings.file_base_url,
+    # The process's one Bot; the run budget ends the run well inside the io time limit.
+    budget = min(RUN_BUDGET_SECONDS, max(1.0, ctx.config.broker.io_time_limit * 0.75))
+    status = ctx.call_telegram(
+        lambda bot: run_broadcast(
+            ctx.db, bot, broadcast_id, publisher=ctx.publisher, budget_seconds=budget
+        )
     )
-
-    async def _run() -> str:
-        async with bot:
-            return await run_broadcast(ctx.db, bot, broadcast_id, publisher=ctx.publisher)
-
-    status = asyncio.run(_run())
     if status == "more":
         enqueue_broadcast(ctx.celery, broadcast_id)
     return status

@@ -52,17 +52,51 @@ def modules_for(queues: Iterable[str] | None) -> tuple[str, ...]:
     return tuple(dict.fromkeys(m for q in queues for m in QUEUE_MODULES.get(q, ())))
 
 
+# Seconds an unacked message outlives its queue's time limit before Redis hands it out again.
+VISIBILITY_MARGIN_S = 300
+
+
+def visibility_timeout(config: AppConfig, queue: str) -> int:
+    """How long an unacked message of `queue` is held before it is given to another worker."""
+    broker = config.broker
+    limit = {
+        "gpu": broker.gpu_time_limit,
+        "train": broker.train_time_limit,
+        "io": broker.io_time_limit,
+    }.get(queue, max(broker.gpu_time_limit, broker.train_time_limit))
+    return limit + VISIBILITY_MARGIN_S
+
+
+def redis_transport_options(config: AppConfig, queues: Iterable[str] | None) -> dict[str, object]:
+    """Redis visibility timeout per worker role, each role with its own unacked set.
+
+    An unacked message comes back after the visibility timeout; it must outlast the task, or
+    Redis hands a running job to a second worker. Any client restores every message of its
+    unacked set that is older than its own timeout, so a role with a short timeout (io: a few
+    minutes) keeps its unacked messages under keys of its own: it never restores a gpu or
+    training message that is still running. Producers (bot, web, beat) consume nothing; they
+    keep the longest timeout and the shared default keys. Faster crash recovery of jobs comes
+    from the job lease: the sweep re-queues a job whose worker stopped renewing it."""
+    names = sorted(set(queues)) if queues is not None else []
+    if not names:
+        longest = max(visibility_timeout(config, "gpu"), visibility_timeout(config, "train"))
+        return {"visibility_timeout": longest}
+    role = "-".join(names)
+    return {
+        "visibility_timeout": max(visibility_timeout(config, q) for q in names),
+        "unacked_key": f"unacked:{role}",
+        "unacked_index_key": f"unacked_index:{role}",
+        "unacked_mutex_key": f"unacked_mutex:{role}",
+    }
+
+
 def create_celery(config: AppConfig, queues: Iterable[str] | None = None) -> Celery:
     """Build the Celery app for this configuration; a worker passes the queues it consumes."""
     broker = config.broker
     app = Celery("facechain_bot", broker=broker.effective_url, set_as_current=True)
     transport_options: dict[str, object] = {}
     if broker.effective_url.startswith(("redis://", "rediss://")):
-        # An unacked message comes back this long after its worker vanished; it must outlast the
-        # longest task, or Redis hands a running job to a second worker. Faster crash recovery
-        # comes from the job lease: the sweep re-queues a job whose worker stopped renewing it.
-        longest = max(broker.gpu_time_limit, broker.train_time_limit)
-        transport_options = {"visibility_timeout": longest + 300}
+        transport_options = redis_transport_options(config, queues)
     app.conf.update(
         imports=modules_for(queues),
         task_serializer="json",

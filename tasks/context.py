@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, TypeVar
 
 from celery import Celery, current_app
 
@@ -19,10 +20,14 @@ from db.session import Database
 from tasks.dispatch import CeleryPublisher
 
 if TYPE_CHECKING:
+    from telegram import Bot
+
     from facechain.annotators.rrdb import Upscaler
     from facechain.engine import Engine
+    from telegram_ui.client import BotRunner
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class WorkerContext:
@@ -36,6 +41,7 @@ class WorkerContext:
         self._engine: Engine | None = None
         self._engine_lock = threading.Lock()
         self._upscaler: Upscaler | None = None
+        self._telegram: BotRunner | None = None
 
     @property
     def publisher(self) -> CeleryPublisher:
@@ -58,6 +64,21 @@ class WorkerContext:
                 self._upscaler = build_upscaler(self.config)
             return self._upscaler
 
+    @property
+    def telegram(self) -> BotRunner:
+        """This process's one initialised Bot (io tasks), on its own event loop."""
+        from telegram_ui.client import BotRunner, make_bot
+
+        with _lock:
+            if self._telegram is None:
+                settings = self.config.telegram
+                self._telegram = BotRunner(lambda: make_bot(settings))
+            return self._telegram
+
+    def call_telegram(self, fn: Callable[[Bot], Awaitable[T]]) -> T:
+        """Run a Bot API coroutine within the io time limit (`BROKER_IO_TIME_LIMIT`)."""
+        return self.telegram.run(fn, timeout=float(self.config.broker.io_time_limit))
+
     def reset_models(self) -> None:
         """Drop whatever a failed build left behind, so the next attempt starts clean."""
         with self._engine_lock:
@@ -65,6 +86,8 @@ class WorkerContext:
             self._upscaler = None
 
     def close(self) -> None:
+        if self._telegram is not None:
+            self._telegram.close()
         self.db.dispose()
 
 

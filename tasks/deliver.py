@@ -11,7 +11,6 @@ user is told in a new message. Photos are sent within Telegram's limits (`telegr
 
 from __future__ import annotations
 
-import asyncio
 import io
 import logging
 from collections.abc import Awaitable
@@ -34,7 +33,7 @@ from db.models import JobKind, JobStatus
 from domain import lifecycle
 from domain.lifecycle import Delivery
 from tasks.context import get_context
-from telegram_ui.client import make_bot, may_have_reached_telegram, retry_after_seconds
+from telegram_ui.client import may_have_reached_telegram, retry_after_seconds
 from telegram_ui.i18n import error_text, translate
 from telegram_ui.keyboards import cancel_job_keyboard, result_keyboard
 from telegram_ui.media import full_size_document, outgoing
@@ -208,10 +207,9 @@ async def _tell_undeliverable(bot: Bot, d: Delivery) -> None:
     await bot.send_message(d.chat_id, translate(d.language, "job.undeliverable"))
 
 
-async def _with_bot(coro_fn: Any, d: Delivery) -> None:
-    bot = make_bot(get_context().config.telegram)
-    async with bot:
-        await coro_fn(bot, d)
+def _with_bot(coro_fn: Any, d: Delivery) -> None:
+    """Run `coro_fn(bot, d)` on this process's one Bot, cut off at the io time limit."""
+    get_context().call_telegram(lambda bot: coro_fn(bot, d))
 
 
 @shared_task(
@@ -237,7 +235,7 @@ def send_result(self: Task, job_id: int) -> str:
         return "not finished"
     if d.chat_id is not None:
         try:
-            asyncio.run(_with_bot(_send_result, d))
+            _with_bot(_send_result, d)
         except TelegramError as exc:
             if is_terminal(exc):
                 db.call(lifecycle.mark_undeliverable, job_id, f"{type(exc).__name__}: {exc}")
@@ -263,7 +261,7 @@ def send_result(self: Task, job_id: int) -> str:
 def _tell_user_undeliverable(d: Delivery) -> None:
     """One new message saying the result could not be sent (best effort)."""
     try:
-        asyncio.run(_with_bot(_tell_undeliverable, d))
+        _with_bot(_tell_undeliverable, d)
     except TelegramError as exc:
         logger.info("job %s: could not tell the chat about the failed delivery: %s", d.job_id, exc)
 
@@ -297,7 +295,7 @@ def send_progress(self: Task, job_id: int) -> None:
     if d is None or d.chat_id is None:
         return
     try:
-        asyncio.run(_with_bot(_send_progress, d))
+        _with_bot(_send_progress, d)
     except (RetryAfter, TimedOut, NetworkError, Forbidden) as exc:
         # A later progress edit supersedes this one.
         logger.debug("progress edit for job %s dropped: %s", job_id, exc)
@@ -312,10 +310,8 @@ def pose_preview_image(data: bytes, side: int = POSE_PREVIEW_SIDE) -> bytes:
     return buf.getvalue()
 
 
-async def _send_preview(chat_id: int, language: str, photo: bytes) -> None:
-    bot = make_bot(get_context().config.telegram)
-    async with bot:
-        await bot.send_photo(chat_id, photo, caption=translate(language, "pose.found"))
+async def _send_preview(bot: Bot, chat_id: int, language: str, photo: bytes) -> None:
+    await bot.send_photo(chat_id, photo, caption=translate(language, "pose.found"))
 
 
 @shared_task(name="delivery.pose_preview", bind=True, ignore_result=True)
@@ -327,7 +323,7 @@ def send_pose_preview(self: Task, job_id: int) -> str:
         return "skipped"
     photo = pose_preview_image(ctx.blobs.get(target.map_blob))
     try:
-        asyncio.run(_send_preview(target.chat_id, target.language, photo))
+        ctx.call_telegram(lambda bot: _send_preview(bot, target.chat_id, target.language, photo))
     except (RetryAfter, TimedOut, NetworkError, Forbidden) as exc:
         # The portraits still come; a late preview is worth less than none.
         logger.info("pose preview for job %s dropped: %s", job_id, exc)

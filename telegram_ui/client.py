@@ -16,16 +16,19 @@ means Telegram did nothing, so any call may be repeated. Network trouble is anot
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import logging
 import random
-from collections.abc import Callable, Coroutine
+import threading
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import httpx
 from telegram import Bot
-from telegram.error import BadRequest, NetworkError, RetryAfter
+from telegram.error import BadRequest, NetworkError, RetryAfter, TimedOut
 from telegram.ext import AIORateLimiter, ExtBot
 from telegram.request import HTTPXRequest
 
@@ -44,6 +47,11 @@ _NOT_SENT: tuple[type[BaseException], ...] = (
     httpx.PoolTimeout,
 )
 JSONResult = bool | dict[str, Any] | list[dict[str, Any]]
+T = TypeVar("T")
+
+
+class DeadlineExceeded(TimedOut):
+    """A Bot API call was cut off at its task's deadline (it may have reached Telegram)."""
 
 
 def retry_after_seconds(exc: RetryAfter) -> float:
@@ -64,6 +72,9 @@ def may_have_reached_telegram(exc: NetworkError) -> bool:
 
     A transport failure before the request went out says no; so does an HTTP error answer
     (PTB raises those without a transport cause). Everything else says maybe."""
+    if isinstance(exc, DeadlineExceeded):
+        # Cut off mid-flight: the request may have been written already.
+        return True
     cause = _transport_cause(exc)
     if cause is None:
         # No transport error underneath: Telegram answered, with an error status.
@@ -153,8 +164,84 @@ def make_bot(settings: TelegramSettings) -> Bot:
         settings.token.get_secret_value(),
         base_url=settings.api_base_url,
         base_file_url=settings.file_base_url,
+        # One Bot serves every io thread of a worker (`BotRunner`): a pool for all of them, and
+        # every call bounded (connect, pool wait, read, write) so none can hang a task.
         request=HTTPXRequest(
-            connection_pool_size=4, read_timeout=30, write_timeout=120, media_write_timeout=120
+            connection_pool_size=16,
+            connect_timeout=10,
+            pool_timeout=10,
+            read_timeout=30,
+            write_timeout=120,
+            media_write_timeout=120,
         ),
         rate_limiter=TelegramLimiter(),
     )
+
+
+class BotRunner:
+    """One initialised Bot per process, on an event loop of its own (a daemon thread).
+
+    The io worker runs its tasks on threads; each submits its Bot API coroutine here, so the
+    process keeps one HTTP connection pool and calls getMe once, not once per delivery or
+    progress edit. `run` waits at most `timeout` seconds: a call still hanging then is
+    cancelled and `DeadlineExceeded` raised, which enforces the io time limit that Celery's
+    threads pool does not."""
+
+    def __init__(self, factory: Callable[[], Bot]) -> None:
+        self._factory = factory
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._bot: Bot | None = None
+        self._init_lock: asyncio.Lock | None = None
+
+    def _ensure_loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                self._thread = threading.Thread(
+                    target=loop.run_forever, name="bot-api", daemon=True
+                )
+                self._thread.start()
+                self._loop = loop
+            return self._loop
+
+    async def _ready_bot(self) -> Bot:
+        if self._init_lock is None:
+            self._init_lock = asyncio.Lock()
+        async with self._init_lock:
+            if self._bot is None:
+                bot = self._factory()
+                try:
+                    await bot.initialize()  # getMe, once per process
+                except BaseException:
+                    await bot.shutdown()
+                    raise
+                self._bot = bot
+            return self._bot
+
+    async def _call(self, fn: Callable[[Bot], Awaitable[T]]) -> T:
+        return await fn(await self._ready_bot())
+
+    def run(self, fn: Callable[[Bot], Awaitable[T]], timeout: float) -> T:
+        """Run `fn(bot)` on the shared loop; DeadlineExceeded after `timeout` seconds."""
+        future = asyncio.run_coroutine_threadsafe(self._call(fn), self._ensure_loop())
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise DeadlineExceeded(f"Bot API call cut off after {timeout:g} s") from None
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Shut the Bot's HTTP clients and stop the loop."""
+        with self._lock:
+            loop, self._loop = self._loop, None
+        if loop is None:
+            return
+        bot, self._bot = self._bot, None
+        if bot is not None:
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(bot.shutdown(), loop).result(timeout)
+        loop.call_soon_threadsafe(loop.stop)
+        if self._thread is not None:
+            self._thread.join(timeout)
