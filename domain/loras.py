@@ -27,6 +27,7 @@ from core.errors import BlobMissing, InvalidStyleUpload, StyleLoRAMissing
 from core.settings import LimitsSettings
 from db.models import Style
 from db.repositories.styles import StyleRepository
+from domain.workerfiles import lora_cache_dir
 from facechain import registry
 from facechain.errors import InvalidLoRA
 
@@ -136,10 +137,17 @@ def fetch_catalog_lora(models_dir: Path, model_id: str, revision: str, filename:
 
 
 def _blob_lora_path(models_dir: Path, blobs: BlobStore, key: str) -> Path:
-    """A local file holding the LoRA blob `key` (written once, atomically)."""
-    path = styles_cache_dir(models_dir) / "blobs" / f"{key}.safetensors"
+    """A local file holding the LoRA blob `key` (written once, atomically).
+
+    A cached file is used only while its blob still exists: once the blob is deleted (/forget,
+    a deleted style) the file is dropped here, and `workerfiles.prune_lora_cache` drops the ones
+    nobody asks for."""
+    path = lora_cache_dir(models_dir) / f"{key}.safetensors"
     if path.is_file():
-        return path
+        if blobs.exists(key):
+            return path
+        path.unlink(missing_ok=True)
+        raise BlobMissing(f"blob {key} not found")
     data = blobs.get(key)
     if sha256_hex(data) != key:
         raise StyleLoRAMissing(f"LoRA blob {key} is corrupt (checksum mismatch)", blob=key)

@@ -1,7 +1,25 @@
 """Privacy: /forget erases a user's data; expired photos are removed on a schedule.
 
-Both run inside the caller's transaction (they never commit). Blob bytes are deleted after the
-rows are flushed and only when no remaining row points at the same content-addressed key."""
+Both run inside the caller's transaction (they never commit). Blob bytes are deleted after that
+transaction commits (`domain.blobs.release`) and only when no remaining row points at the same
+content-addressed key.
+
+What /forget removes (docs/ARCHITECTURE.md, "Privacy"): every photo (selfies, template photos,
+training images), every job with its results and the pose photo and skeleton map it used, every
+training, every trained or uploaded style of the user with its LoRA in both layouts (diffusers
+and the Kohya copy) and its thumbnail, the user's own templates, the conversation state, and
+the profile fields. The gpu workers' copies go too: a worker's cached LoRA file is dropped when
+its blob no longer exists (checked on every use, and pruned at the start of gpu jobs,
+`domain.workerfiles`), and a training's checkpoint folder is removed by the worker when the
+training is cancelled, or pruned when its training row is gone.
+
+A job that is running at that moment is asked to stop and detached from the user at once (no
+user, chat or inputs left on it); the worker checks the flag before it stores results, and the
+delivery step discards whatever a detached job still produced (`discard_detached_job`), so
+nothing is stored for or delivered to the forgotten user.
+
+The user row stays (a ban or a custom quota must survive /forget) with its profile fields
+cleared; `users.forgotten_at` marks it, and broadcasts skip it until the user writes again."""
 
 from __future__ import annotations
 
@@ -13,9 +31,21 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from core.blobstore import BlobStore
-from db.models import Job, JobStatus, Photo, Style, StyleTraining, Template, User, UserSession
+from db.models import (
+    FINAL_STATUSES,
+    Job,
+    JobStatus,
+    Photo,
+    Style,
+    StyleTraining,
+    Template,
+    User,
+    UserSession,
+)
 from db.repositories.photos import PhotoRepository
+from domain.billing import forget_billing
 from domain.blobs import release
+from domain.webhooks import emit_job_event
 
 logger = logging.getLogger(__name__)
 
@@ -28,34 +58,71 @@ class ForgetReport:
     jobs: int
     styles: int
     blobs: int
+    # Status messages (chat, message id) of the jobs /forget cancelled, to be edited to say so.
+    cancelled_messages: tuple[tuple[int, int], ...] = ()
 
 
-def forget_user(session: Session, blobs: BlobStore, user_id: int) -> ForgetReport:
-    """Delete a user's photos, results, trainings, trained styles and conversation state.
+def _job_keys(job: Job) -> list[str]:
+    """The blobs a job points at: its results, the pose the user sent and its skeleton map."""
+    keys = list(job.result_blobs or [])
+    for name in ("pose_blob", "pose_map_blob"):
+        pose = (job.params or {}).get(name)
+        if isinstance(pose, str):
+            keys.append(pose)
+    return keys
 
-    The user row stays (a ban or a custom quota must survive /forget) with its profile fields
-    cleared. A job that is running right now is asked to stop and kept until its worker sees
-    the flag; everything else goes at once.
-    """
+
+def style_keys(style: Style) -> list[str]:
+    """Every blob of a style: the LoRA (diffusers layout), its Kohya copy, the thumbnail."""
+    kohya = (style.extra or {}).get("kohya_blob")
+    return [k for k in (style.lora_blob, style.thumbnail_blob, kohya) if isinstance(k, str) and k]
+
+
+def forget_user(
+    session: Session, blobs: BlobStore, user_id: int, *, keep_payment_records: bool = False
+) -> ForgetReport:
+    """Delete a user's photos, results, trainings, trained styles and conversation state, and
+    their credit ledger and payments (`domain.billing.forget_billing`; payment records stay
+    when the operator must keep them).
+
+    Queued jobs are cancelled (`job.cancelled` is emitted) and deleted; a running job is asked
+    to stop and detached from the user (its worker owns the row until it ends, then the row
+    and whatever it produced are discarded)."""
     keys: list[str] = []
+    user = session.get(User, user_id, with_for_update=True, populate_existing=True)
 
     photos = session.scalars(select(Photo).where(Photo.user_id == user_id)).all()
     keys += [p.sha256 for p in photos]
     for photo in photos:
         session.delete(photo)
 
-    jobs = session.scalars(select(Job).where(Job.user_id == user_id)).all()
+    # Locked, and read fresh: a worker finishing one of these jobs right now commits first, and
+    # its results are then seen (and deleted) here.
+    jobs = session.scalars(
+        select(Job)
+        .where(Job.user_id == user_id)
+        .order_by(Job.id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).all()
     removed_jobs = 0
+    messages: list[tuple[int, int]] = []
     for job in jobs:
-        keys += list(job.result_blobs or [])
-        # The pose the user sent and the skeleton map a worker extracted from it.
-        for name in ("pose_blob", "pose_map_blob"):
-            pose = (job.params or {}).get(name)
-            if isinstance(pose, str):
-                keys.append(pose)
+        keys += _job_keys(job)
+        if job.is_active and job.chat_id is not None and job.status_message_id is not None:
+            messages.append((job.chat_id, job.status_message_id))
         if job.status is JobStatus.RUNNING:
             job.cancel_requested = True
+            # Nothing of the user stays on it: no owner, no chat, no inputs.
+            job.user_id = None
+            job.chat_id = None
+            job.status_message_id = None
+            job.params = {}
             continue
+        if job.status is JobStatus.QUEUED:
+            job.transition(JobStatus.CANCELLED)
+            job.error_code = "cancelled"
+            emit_job_event(session, job, "job.cancelled")
         session.delete(job)
         removed_jobs += 1
 
@@ -68,7 +135,7 @@ def forget_user(session: Session, blobs: BlobStore, user_id: int) -> ForgetRepor
 
     styles = session.scalars(select(Style).where(Style.owner_id == user_id)).all()
     for style in styles:
-        keys += [k for k in (style.lora_blob, style.thumbnail_blob) if k]
+        keys += style_keys(style)
         session.delete(style)
 
     templates = session.scalars(select(Template).where(Template.owner_id == user_id)).all()
@@ -77,10 +144,11 @@ def forget_user(session: Session, blobs: BlobStore, user_id: int) -> ForgetRepor
         session.delete(template)
 
     session.execute(delete(UserSession).where(UserSession.user_id == user_id))
-    user = session.get(User, user_id)
     if user is not None:
         user.username = None
         user.first_name = None
+    # Sets `forgotten_at` too: broadcasts skip the user from now on.
+    forget_billing(session, user_id, keep_payment_records=keep_payment_records)
 
     deleted = release(session, blobs, keys)
     logger.info(
@@ -91,7 +159,31 @@ def forget_user(session: Session, blobs: BlobStore, user_id: int) -> ForgetRepor
         len(styles),
         deleted,
     )
-    return ForgetReport(photos=len(photos), jobs=removed_jobs, styles=len(styles), blobs=deleted)
+    return ForgetReport(
+        photos=len(photos),
+        jobs=removed_jobs,
+        styles=len(styles),
+        blobs=deleted,
+        cancelled_messages=tuple(messages),
+    )
+
+
+def is_detached(job: Job) -> bool:
+    """Whether /forget detached this job from its user while it ran."""
+    return job.user_id is None and job.cancel_requested
+
+
+def discard_detached_job(session: Session, blobs: BlobStore, job_id: int) -> bool:
+    """Delete a job /forget detached, once it has ended, with anything it produced; True if
+    it did (the caller then delivers nothing)."""
+    job = session.get(Job, job_id, with_for_update=True, populate_existing=True)
+    if job is None or not is_detached(job) or job.status not in FINAL_STATUSES:
+        return False
+    keys = _job_keys(job)
+    session.delete(job)
+    release(session, blobs, keys)
+    logger.info("job %s of a forgotten user discarded with %d result blobs", job_id, len(keys))
+    return True
 
 
 def expire_photos(session: Session, blobs: BlobStore, now: datetime) -> int:

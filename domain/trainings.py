@@ -12,10 +12,11 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from core.blobstore import BlobStore
-from db.models import Job
+from db.models import Job, StyleTraining
 from db.repositories.styles import StyleTrainingRepository
 from domain.styles import add_trained_style
 from domain.webhooks import emit_event
+from facechain.errors import Cancelled
 
 MAX_NAME = 64
 TRIGGER = re.compile(r"^[a-z0-9_]{2,32}$")
@@ -67,8 +68,13 @@ def inputs(
 
 
 def record_step(session: Session, training_id: int, step: int, loss: float) -> None:
-    """How far the optimizer got (shown to admins; the job's progress bar is separate)."""
-    row = StyleTrainingRepository(session).get(training_id)
+    """How far the optimizer got (shown to admins; the job's progress bar is separate).
+
+    Nothing to record when the row is gone (/forget while it trains: the job's cancel flag
+    stops the training at its next check)."""
+    row = session.get(StyleTraining, training_id)
+    if row is None:
+        return
     row.step = step
     row.last_loss = loss
 
@@ -97,7 +103,15 @@ def register_style(
     inputs: TrainingInputs,
     result: TrainedLoRA,
 ) -> int:
-    """Store the LoRA, add the user's new style and emit `style.trained`; the style's id."""
+    """Store the LoRA, add the user's new style and emit `style.trained`; the style's id.
+
+    The job's row is locked first and its cancel flag read fresh: a training the user cancelled
+    or /forget stopped while it ran stores nothing (`Cancelled`; the worker removes its
+    checkpoints). /forget takes the same lock, so it either comes first and is seen here, or
+    comes after and finds the registered style to delete."""
+    job = session.get(Job, job_id, with_for_update=True, populate_existing=True)
+    if job is None or job.cancel_requested:
+        raise Cancelled(f"training job {job_id} was cancelled before its style was stored")
     row = StyleTrainingRepository(session).get_for_update(inputs.id)
     if row.style_id is not None:
         return row.style_id
@@ -126,9 +140,7 @@ def register_style(
     row.style_prompt = result.style_prompt
     row.step = result.steps
     row.last_loss = result.losses[-1] if result.losses else None
-    job = session.get(Job, job_id)
-    if job is not None:
-        job.style_id = style.id
+    job.style_id = style.id
     emit_event(
         session,
         "style.trained",

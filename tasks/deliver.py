@@ -30,7 +30,7 @@ from telegram.error import (
 )
 
 from db.models import JobKind, JobStatus
-from domain import lifecycle
+from domain import lifecycle, privacy
 from domain.lifecycle import Delivery
 from tasks.context import get_context
 from telegram_ui.client import may_have_reached_telegram, retry_after_seconds
@@ -225,7 +225,11 @@ def _with_bot(coro_fn: Any, d: Delivery) -> None:
 )
 def send_result(self: Task, job_id: int) -> str:
     """Send a finished job's outcome to its chat, once; record the delivery on the job."""
-    db = get_context().db
+    ctx = get_context()
+    db = ctx.db
+    if db.call(privacy.discard_detached_job, ctx.blobs, job_id):
+        # The user ran /forget while it ran: what it produced is deleted, nothing is sent.
+        return "discarded"
     d = db.call(lifecycle.start_delivery, job_id)
     if d is None:
         return "missing"

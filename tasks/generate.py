@@ -7,13 +7,14 @@ import logging
 from celery import Task, shared_task
 
 from db.models import JobStatus
-from domain import inputs
+from domain import inputs, lifecycle
 from domain.loras import resolve_style_lora
 from facechain.engine import PortraitRequest, StyleSpec
 from facechain.similarity import IdentityScorer
 from tasks.context import WorkerContext
+from tasks.housekeeping import prune_if_due
 from tasks.inputs import decide_subject, encode_png, load_selfies
-from tasks.jobs import JobOutcome, JobSnapshot, ProgressReporter, run_gpu_job
+from tasks.jobs import JobCancelled, JobOutcome, JobSnapshot, ProgressReporter, run_gpu_job
 from tasks.pose import prepare_pose
 
 logger = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ def style_spec(ctx: WorkerContext, style_id: int | None) -> StyleSpec:
 
 def generate(ctx: WorkerContext, job: JobSnapshot, reporter: ProgressReporter) -> JobOutcome:
     """Run the engine for one portrait job and store the images."""
+    prune_if_due(ctx)
     params = job.params
     selfies = load_selfies(ctx, job.user_id, params["photo_ids"])
     style = style_spec(ctx, job.style_id or params.get("style_id"))
@@ -63,6 +65,9 @@ def generate(ctx: WorkerContext, job: JobSnapshot, reporter: ProgressReporter) -
         progress=reporter,
         cancel=reporter.cancelled,
     )
+    if ctx.db.call(lifecycle.cancel_requested, job.id):
+        # Cancelled (or the user ran /forget) while the last step ran: store nothing.
+        raise JobCancelled
     blobs = [ctx.blobs.put(encode_png(p.image)) for p in portraits]
     meta = {
         "similarity": [

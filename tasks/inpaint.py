@@ -7,10 +7,11 @@ import logging
 from celery import Task, shared_task
 
 from db.models import JobStatus
-from domain import inputs
+from domain import inputs, lifecycle
 from tasks.context import WorkerContext
+from tasks.housekeeping import prune_if_due
 from tasks.inputs import decide_subject, encode_png, load_blob_image, load_selfies
-from tasks.jobs import JobOutcome, JobSnapshot, ProgressReporter, run_gpu_job
+from tasks.jobs import JobCancelled, JobOutcome, JobSnapshot, ProgressReporter, run_gpu_job
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ def inpaint(ctx: WorkerContext, job: JobSnapshot, reporter: ProgressReporter) ->
     """Replace the chosen template faces with the user's identity."""
     from facechain.inpaint import InpaintRequest
 
+    prune_if_due(ctx)
     params = job.params
     template = load_blob_image(ctx.blobs, template_blob(ctx, job))
     selfies = load_selfies(ctx, job.user_id, params["photo_ids"])
@@ -64,6 +66,9 @@ def inpaint(ctx: WorkerContext, job: JobSnapshot, reporter: ProgressReporter) ->
         progress=reporter,
         cancel=reporter.cancelled,
     )
+    if ctx.db.call(lifecycle.cancel_requested, job.id):
+        # Cancelled (or the user ran /forget) while the last step ran: store nothing.
+        raise JobCancelled
     key = ctx.blobs.put(encode_png(result))
     return JobOutcome(
         result_blobs=[key],

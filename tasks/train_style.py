@@ -32,6 +32,7 @@ from facechain.training import (
     training_resolution,
 )
 from tasks.context import WorkerContext
+from tasks.housekeeping import prune_if_due
 from tasks.jobs import JobOutcome, JobSnapshot, ProgressReporter, run_gpu_job
 
 logger = logging.getLogger(__name__)
@@ -118,6 +119,7 @@ def _outcome(style_id: int, result: TrainingResult | None = None) -> JobOutcome:
 
 def train(ctx: WorkerContext, job: JobSnapshot, reporter: ProgressReporter) -> JobOutcome:
     """Run one style training job: check the pictures, train (resuming), register the style."""
+    prune_if_due(ctx)
     folder = checkpoint_dir(ctx, int(job.params["training_id"]))
     loaded = ctx.db.call(trainings.inputs, int(job.params["training_id"]), job.id, str(folder))
     if isinstance(loaded, int):
@@ -179,7 +181,12 @@ def train(ctx: WorkerContext, job: JobSnapshot, reporter: ProgressReporter) -> J
     if not reporter.still_ours():
         # Taken over by another worker meanwhile: that one registers the style.
         raise Cancelled("the job's lease was lost")
-    style_id = _register(ctx, job, inputs, result, images[0])
+    try:
+        style_id = _register(ctx, job, inputs, result, images[0])
+    except Cancelled:
+        # Cancelled (or the user ran /forget) while the last steps ran: nothing was stored.
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
     shutil.rmtree(folder, ignore_errors=True)
     return _outcome(style_id, result)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from telegram import Message, Update
+from telegram.error import TelegramError
 
 from bot.context import BotContext
 from bot.handlers.common import reply
@@ -29,8 +30,21 @@ async def on_forget(update: Update, context: BotContext, data: cb.Forget) -> Non
     """Yes: erase everything; no: keep it."""
     message = update.callback_query.message
     if data.answer == "yes":
-        report: ForgetReport = await context.db.run(forget_user, context.blobs, context.account.id)
+        report: ForgetReport = await context.db.run(
+            forget_user,
+            context.blobs,
+            context.account.id,
+            keep_payment_records=context.config.payments.forget_keeps_payment_records,
+        )
         text = context.t("forget.done", photos=report.photos, jobs=report.jobs)
+        for chat_id, message_id in report.cancelled_messages:
+            # The cancelled jobs' status messages stop showing a queue place or progress.
+            try:
+                await context.bot.edit_message_text(
+                    context.t("job.cancelled"), chat_id=chat_id, message_id=message_id
+                )
+            except TelegramError as exc:
+                logger.info("status message %s not edited after /forget: %s", message_id, exc)
     elif data.answer == "no":
         text = context.t("forget.kept")
     else:

@@ -9,6 +9,7 @@ from sqlalchemy import Select, func, select
 
 from db.models import Broadcast, User
 from db.repositories.base import RepositoryBase
+from db.repositories.users import broadcast_audience
 
 
 class BroadcastRepository(RepositoryBase[Broadcast]):
@@ -18,10 +19,10 @@ class BroadcastRepository(RepositoryBase[Broadcast]):
         return select(Broadcast).order_by(Broadcast.id.desc())
 
     def count_recipients(self, after_id: int = 0) -> int:
-        """Unbanned users with id > after_id (the audience of a broadcast)."""
+        """The broadcast audience with id > after_id (`users.broadcast_audience`)."""
         return int(
             self.session.scalar(
-                select(func.count(User.id)).where(User.id > after_id, User.is_banned.is_(False))
+                select(func.count(User.id)).where(User.id > after_id, broadcast_audience())
             )
             or 0
         )

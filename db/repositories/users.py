@@ -5,12 +5,24 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, or_, select
+from sqlalchemy import ColumnElement, and_, or_, select
 from sqlalchemy.exc import IntegrityError
 
 from db.base import utcnow
 from db.models import User, UserSession
 from db.repositories.base import RepositoryBase
+
+
+def broadcast_audience() -> ColumnElement[bool]:
+    """Who gets broadcasts: unbanned users, except those who ran /forget and have not written
+    to the bot since (a returning user is an audience member again)."""
+    return and_(
+        User.is_banned.is_(False),
+        or_(
+            User.forgotten_at.is_(None),
+            and_(User.last_seen_at.is_not(None), User.last_seen_at > User.forgotten_at),
+        ),
+    )
 
 
 class UserRepository(RepositoryBase[User]):
@@ -60,10 +72,10 @@ class UserRepository(RepositoryBase[User]):
         return stmt
 
     def all_active_ids(self, after_id: int, limit: int) -> Sequence[tuple[int, int]]:
-        """(id, telegram_id) of unbanned users with id > after_id, for broadcasts."""
+        """(id, telegram_id) of the broadcast audience with id > after_id, in id order."""
         rows = self.session.execute(
             select(User.id, User.telegram_id)
-            .where(User.id > after_id, User.is_banned.is_(False))
+            .where(User.id > after_id, broadcast_audience())
             .order_by(User.id)
             .limit(limit)
         ).all()

@@ -9,7 +9,18 @@ from sqlalchemy.orm import Session
 
 from core.blobstore import LocalBlobStore
 from db.base import utcnow
-from db.models import Job, JobStatus, Photo, PhotoKind, Style, StyleOrigin, User, UserSession
+from db.models import (
+    Job,
+    JobStatus,
+    Photo,
+    PhotoKind,
+    Style,
+    StyleOrigin,
+    User,
+    UserSession,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
 from domain.privacy import expire_photos, forget_user
 from telegram_ui.i18n import translate
 from tests.bot.conftest import BotHarness, give_selfie, jobs_of
@@ -86,6 +97,8 @@ class TestForgetUser:
         assert not blobs.exists(lora)
         assert blobs.exists(mine.sha256)  # Bob still uses these bytes
         assert running.cancel_requested  # the worker is asked to stop; it owns the row
+        assert running.user_id is None  # and nothing of Ann stays on it
+        assert running.params == {}
 
     def test_pose_photo_and_its_extracted_map_go(
         self, session: Session, blobs: LocalBlobStore
@@ -105,6 +118,30 @@ class TestForgetUser:
         session.commit()
         assert not blobs.exists(photo)
         assert not blobs.exists(skeleton)
+
+    def test_queued_jobs_are_cancelled_with_their_webhook(
+        self, session: Session, blobs: LocalBlobStore
+    ) -> None:
+        ann = make_user(session, 6104)
+        session.add(
+            WebhookEndpoint(url="http://x.invalid/", secret="s" * 16, events=["job.cancelled"])
+        )
+        queued = Job(user_id=ann.id, kind="portrait", params={}, chat_id=6104)
+        queued.status_message_id = 77
+        session.add(queued)
+        session.flush()
+        job_id = queued.id
+        report = forget_user(session, blobs, ann.id)
+        session.commit()
+        assert report.jobs == 1
+        assert report.cancelled_messages == ((6104, 77),)
+        assert session.get(Job, job_id) is None
+        event = session.scalar(
+            select(WebhookDelivery).where(WebhookDelivery.event == "job.cancelled")
+        )
+        assert event is not None
+        assert (event.payload["job_id"], event.payload["status"]) == (job_id, "cancelled")
+        assert session.get(User, ann.id).forgotten_at is not None  # type: ignore[union-attr]
 
 
 class TestExpire:

@@ -14,11 +14,14 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 from telegram.error import BadRequest, Forbidden, RetryAfter, TimedOut
 
+from core.blobstore import LocalBlobStore
 from core.errors import IllegalTransition, ValidationFailed
 from db.base import utcnow
 from db.models import AuditEntry, Broadcast, User, WebhookDelivery, WebhookEndpoint
 from db.session import Database
 from domain.broadcasts import STALE_SENDER_SECONDS, cancel_broadcast, create_broadcast, progress
+from domain.privacy import forget_user
+from domain.users import touch
 from tasks.broadcast import RATE_PER_SECOND, resend_stalled_broadcasts, run_broadcast
 from tasks.dispatch import CeleryPublisher
 
@@ -290,3 +293,31 @@ class TestTask:
         # Each run ends inside the io time limit, which Celery's threads pool does not enforce.
         assert budgets == [90.0, 90.0]
         assert max(budgets) < config.broker.io_time_limit
+
+
+class TestForgottenUsers:
+    async def test_a_forgotten_user_gets_none_until_they_write_again(
+        self, db: Database, blobs: LocalBlobStore
+    ) -> None:
+        def forget_one(session: Session) -> int:
+            add_users(session, [301, 302, 303])
+            for user in session.scalars(select(User).where(User.telegram_id.in_([301, 302, 303]))):
+                user.last_seen_at = utcnow()  # all three wrote to the bot before
+            gone = session.scalar(select(User.id).where(User.telegram_id == 302))
+            assert gone is not None
+            forget_user(session, blobs, gone)
+            return create_broadcast(session, "News", "api").id
+
+        bid = db.call(forget_one)
+        assert load(db, bid).total == 2
+        clock = FakeClock()
+        bot = FakeBot(clock)
+        assert await run_broadcast(db, bot, bid, clock=clock, sleep=clock.sleep) == "done"
+        assert [c for c, _ in bot.sent] == [301, 303]
+
+        # Writing to the bot again makes them part of the audience again.
+        db.call(touch, 302, None, "Ann", "en")
+        again = db.call(lambda s: create_broadcast(s, "More news", "api").id)
+        bot = FakeBot(clock)
+        assert await run_broadcast(db, bot, again, clock=clock, sleep=clock.sleep) == "done"
+        assert [c for c, _ in bot.sent] == [301, 302, 303]

@@ -25,9 +25,13 @@ from db.models import (
     Job,
     JobKind,
     JobStatus,
+    Photo,
     Style,
     StyleOrigin,
     StyleTraining,
+    Template,
+    User,
+    UserSession,
     WebhookDelivery,
     WebhookEndpoint,
 )
@@ -255,3 +259,102 @@ class TestTrainStyle:
         assert train_style(job_id) is None
         session.expire_all()
         assert session.get(Job, job_id).status is JobStatus.CANCELLED  # type: ignore[union-attr]
+
+
+def _files_under(*roots: Path) -> list[Path]:
+    return [p for root in roots if root.exists() for p in root.rglob("*")]
+
+
+class TestForget:
+    def test_forget_after_a_trained_style_and_during_a_training_leaves_nothing(
+        self, ctx: SimpleNamespace, session: Session, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        from domain.privacy import forget_user
+        from tasks.deliver import send_result
+        from tasks.housekeeping import prune_worker_files
+        from tests.utils.factories import make_selfie
+
+        # A trained style, used once by this worker (its LoRA copied into the worker's cache).
+        job_id, _ = make_training(session, ctx.blobs, portraits())
+        session.commit()
+        assert train_style(job_id) == "succeeded"
+        session.expire_all()
+        job = session.get(Job, job_id)
+        assert job is not None
+        user_id = job.user_id
+        assert user_id is not None
+        style = session.get(Style, job.result_meta["style_id"])
+        assert style is not None
+        cached = style_spec(ctx, style.id).lora_path  # type: ignore[arg-type]
+        assert cached is not None
+        assert cached.is_file()
+        selfie = make_selfie(session, ctx.blobs, session.get(User, user_id))
+        # A second training, running when the user sends /forget.
+        second = StyleTraining(
+            user_id=user_id,
+            name="Charcoal",
+            trigger_word="zkchar",
+            base_model="film",
+            image_blobs=[ctx.blobs.put(data) for data in reversed(portraits())],
+            captions=[],
+            config=TRAINING_CONFIG,
+        )
+        session.add(second)
+        session.flush()
+        running = Job(user_id=user_id, kind=JobKind.TRAINING, params={"training_id": second.id})
+        session.add(running)
+        session.flush()
+        second.job_id = running.id
+        session.commit()
+        running_id, second_id = running.id, second.id
+        keys = {
+            selfie.sha256,
+            style.lora_blob,
+            style.thumbnail_blob,
+            style.extra["kohya_blob"],
+            *second.image_blobs,
+        }
+        assert all(ctx.blobs.exists(k) for k in keys)
+        folder = train_module.checkpoint_dir(ctx, second_id)  # type: ignore[arg-type]
+
+        report = train_module._TrainingReporter.__call__
+        forgotten: list[bool] = []
+
+        def forget_at_step_3(self, progress):  # type: ignore[no-untyped-def]
+            report(self, progress)
+            if progress.step == 3 and not forgotten:
+                assert any(p.name.startswith("checkpoint-") for p in folder.iterdir())
+                ctx.db.call(forget_user, ctx.blobs, user_id)
+                forgotten.append(True)
+
+        monkeypatch.setattr(train_module._TrainingReporter, "__call__", forget_at_step_3)
+        assert train_style(running_id) == "cancelled"
+        assert forgotten
+        # The delivery step finds the detached job and discards it: nothing reaches the chat.
+        assert send_result(running_id) == "discarded"
+        # The worker's next prune (at the start of its next gpu job) drops the cached LoRA.
+        prune_worker_files(ctx)  # type: ignore[arg-type]
+
+        session.expire_all()
+        owned = [
+            Photo.user_id,
+            Job.user_id,
+            StyleTraining.user_id,
+            Style.owner_id,
+            Template.owner_id,
+            UserSession.user_id,
+        ]
+        for column in owned:
+            assert session.scalar(select(func.count()).where(column == user_id)) == 0
+        assert session.get(Job, running_id) is None
+        assert session.scalar(select(func.count(Style.id))) == 0
+        assert not [k for k in keys if ctx.blobs.exists(k)]
+        roots = (ctx.config.storage.data_dir, ctx.config.engine.models_dir, ctx.blobs.root)
+        leftovers = [
+            p
+            for p in _files_under(*roots)
+            if any(k in p.name for k in keys) or p.name == str(second_id)
+        ]
+        assert leftovers == []
+        assert not folder.exists()
+        assert not cached.exists()
