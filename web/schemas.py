@@ -126,7 +126,13 @@ Prompt = Annotated[
 ]
 LoraWeight = Annotated[float, Field(gt=0.0, le=1.0)]
 WebhookEvent = Literal[
-    "job.succeeded", "job.failed", "job.cancelled", "style.trained", "broadcast.finished"
+    "job.succeeded",
+    "job.failed",
+    "job.cancelled",
+    "style.trained",
+    "broadcast.finished",
+    "payment.succeeded",
+    "payment.refunded",
 ]
 assert set(WebhookEvent.__args__) == set(EVENTS)  # type: ignore[attr-defined]
 
