@@ -12,9 +12,11 @@ from datetime import timedelta
 
 import pytest
 import pytest_asyncio
+from sqlalchemy import update
 from sqlalchemy.engine import make_url
 
-from db.models import JobStatus
+from db.base import db_now
+from db.models import Job, JobStatus
 from tests.e2e.test_chat import album_of, delivered, freeze_gpu_child
 from tests.utils.chat import JOB_SECONDS, prefix, press, send_selfie, text, use_style
 from tests.utils.redis_server import OwnRedis, redis_server_available
@@ -117,7 +119,15 @@ class TestRedisRestart:
         own_redis.start()
         await stack.wait(lambda: reconnects(stack) >= before + 2, 60, "workers reconnect")
 
-        swept = stack.sweep(requeue_after=timedelta(0), redeliver_after=timedelta(0))
+        # Five minutes on (`lifecycle.REQUEUE_AFTER`), no worker has claimed the two queued jobs:
+        # the broker's lease on them expired, and the sweep re-queues them.
+        with stack.db.session() as s:
+            s.execute(
+                update(Job)
+                .where(Job.id.in_(queued))
+                .values(lease_expires_at=db_now(s) - timedelta(seconds=1))
+            )
+        swept = stack.sweep(redeliver_after=timedelta(0))
         assert swept["resent"] == 3  # two lost messages and the never-sent one
         assert swept["redelivered"] == 1  # the lost album
         for user in users:

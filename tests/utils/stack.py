@@ -233,12 +233,17 @@ class Stack:
 
     # processes --------------------------------------------------------------------------
 
-    def start_worker(self, queues: str, name: str | None = None, **env: str) -> WorkerProcess:
-        """A real `facechain-bot worker` for these queues (gpu: prefork 1; io: 4 threads)."""
+    def start_worker(
+        self, queues: str, name: str | None = None, hostname: str | None = None, **env: str
+    ) -> WorkerProcess:
+        """A real `facechain-bot worker` for these queues (gpu: one at a time; io: 4 threads),
+        named `hostname` (Celery's node name; default: one per queue list and test process)."""
         name = name or queues.replace(",", "-")
         concurrency = 1 if "gpu" in queues.split(",") else 4
         log = self.logs / f"worker-{name}-{len(self.workers)}.log"
-        worker = WorkerProcess({**self.env, **env}, queues, log, concurrency=concurrency)
+        worker = WorkerProcess(
+            {**self.env, **env}, queues, log, concurrency=concurrency, hostname=hostname
+        )
         self.workers[name] = worker
         return worker
 

@@ -72,14 +72,19 @@ class WorkerProcess(CliProcess):
     """A running `facechain-bot worker`."""
 
     def __init__(
-        self, env: dict[str, str], queues: str, log_path: Path, concurrency: int = 1
+        self,
+        env: dict[str, str],
+        queues: str,
+        log_path: Path,
+        concurrency: int = 1,
+        hostname: str | None = None,
     ) -> None:
         super().__init__(
             [
                 "worker",
                 f"--queues={queues}",
                 f"--concurrency={concurrency}",
-                f"--hostname=test-{queues}-{os.getpid()}@%h",
+                f"--hostname={hostname or f'test-{queues}-{os.getpid()}@%h'}",
             ],
             env,
             log_path,
