@@ -20,6 +20,7 @@ from telegram.ext import (
     CommandHandler,
     ContextTypes,
     MessageHandler,
+    PreCheckoutQueryHandler,
     TypeHandler,
     filters,
 )
@@ -32,6 +33,7 @@ from bot.handlers import (
     fallback,
     gate,
     intake,
+    payments,
     photos,
     privacy,
     results,
@@ -67,7 +69,7 @@ MENU_COMMANDS = (
     "forget",
     "help",
 )
-ADMIN_COMMANDS = ("stats", "ban", "unban", "quota", "broadcast")
+ADMIN_COMMANDS = ("stats", "ban", "unban", "quota", "broadcast", *payments.ADMIN_PAYMENT_COMMANDS)
 MAX_CONCURRENT_UPDATES = 256
 
 
@@ -87,9 +89,13 @@ class FaceChainApplication(Application[Any, Any, Any, Any, Any, Any]):
 async def publish_commands(application: Application[Any, Any, Any, Any, Any, Any]) -> None:
     """The command menu in every language."""
     bot = application.bot
+    deps = application.bot_data.get(DEPS_KEY)
+    names: tuple[str, ...] = MENU_COMMANDS
+    if deps is not None and deps.config.payments.enabled:
+        names = (*MENU_COMMANDS, *payments.PAYMENT_COMMANDS)
     try:
         for language in LANGUAGES:
-            commands = [BotCommand(c, translate(language, f"cmd.{c}")) for c in MENU_COMMANDS]
+            commands = [BotCommand(c, translate(language, f"cmd.{c}")) for c in names]
             code = None if language == DEFAULT_LANGUAGE else language
             await bot.set_my_commands(commands, language_code=code)
     except TelegramError as exc:
@@ -106,6 +112,17 @@ def register_handlers(
     application.add_handler(TypeHandler(Update, gate.load_account), group=-1)
 
     new_message = filters.UpdateType.MESSAGE
+    # Payments first: money that arrived is credited (or a refund debited) whatever else
+    # happens; a checkout is answered even with payments off (refused), never left to time out.
+    application.add_handler(PreCheckoutQueryHandler(payments.on_pre_checkout))
+    application.add_handler(
+        MessageHandler(new_message & filters.SUCCESSFUL_PAYMENT, payments.on_successful_payment)
+    )
+    application.add_handler(
+        MessageHandler(
+            new_message & filters.StatusUpdate.REFUNDED_PAYMENT, payments.on_refunded_payment
+        )
+    )
     commands = {
         "start": start.start,
         "help": start.help_command,
@@ -120,6 +137,13 @@ def register_handlers(
         "train_style": training.train_command,
         "done": training.done_command,
     }
+    if config.payments.enabled:
+        commands |= {
+            "buy": payments.buy_command,
+            "balance": payments.balance_command,
+            "terms": payments.terms_command,
+            "paysupport": payments.paysupport_command,
+        }
     for name, callback in commands.items():
         application.add_handler(CommandHandler(name, callback, filters=new_message))
 
@@ -132,6 +156,16 @@ def register_handlers(
         "quota": admin.quota_command,
         "broadcast": admin.broadcast_command,
     }
+    if config.payments.enabled:
+        admin_commands |= {
+            "packs": payments.packs_command,
+            "pack_add": payments.pack_add_command,
+            "pack_edit": payments.pack_edit_command,
+            "pack_on": payments.pack_on_command,
+            "pack_off": payments.pack_off_command,
+            "refund": payments.refund_command,
+            "grant": payments.grant_command,
+        }
     for name, callback in admin_commands.items():
         application.add_handler(CommandHandler(name, callback, filters=new_message & admins))
 

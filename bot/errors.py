@@ -19,9 +19,10 @@ from telegram import Update
 from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TelegramError
 from telegram.ext import ApplicationHandlerStop
 
-from core.errors import AppError
+from core.errors import AppError, CreditsNeeded
 from facechain.errors import FaceChainError
 from telegram_ui.i18n import DEFAULT_LANGUAGE, catalog, normalize_language, translate
+from telegram_ui.keyboards import buy_keyboard
 
 logger = logging.getLogger(__name__)
 
@@ -54,11 +55,11 @@ def _language(update: object, context: Any) -> str:
     return DEFAULT_LANGUAGE
 
 
-async def _tell_user(update: object, context: Any, text: str) -> None:
+async def _tell_user(update: object, context: Any, text: str, markup: Any = None) -> None:
     if not isinstance(update, Update) or update.effective_chat is None:
         return
     try:
-        await context.bot.send_message(update.effective_chat.id, text)
+        await context.bot.send_message(update.effective_chat.id, text, reply_markup=markup)
     except TelegramError as exc:
         logger.warning("could not tell chat %s about an error: %s", update.effective_chat.id, exc)
 
@@ -136,7 +137,10 @@ async def _handle_error(update: object, context: Any) -> None:
         raise ApplicationHandlerStop
     if isinstance(error, AppError | FaceChainError):
         logger.info("typed error %s: %s", getattr(error, "code", "?"), error)
-        await _tell_user(update, context, describe_error(_language(update, context), error))
+        language = _language(update, context)
+        # Free quota used up with payments on: the reply carries the Buy button.
+        markup = buy_keyboard(language) if isinstance(error, CreditsNeeded) else None
+        await _tell_user(update, context, describe_error(language, error), markup)
         return
     if isinstance(error, Forbidden):
         # The user blocked the bot; nothing to send and nothing to fix.

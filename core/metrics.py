@@ -42,6 +42,31 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.payments = Counter(
+            "facechain_payments",
+            "Telegram Stars payments by event (succeeded, duplicate, refunded)",
+            ["event"],
+            registry=self.registry,
+        )
+        self.payment_stars = Counter(
+            "facechain_payment_stars",
+            "Telegram Stars received and refunded",
+            ["event"],
+            registry=self.registry,
+        )
+        self.precheckouts = Counter(
+            "facechain_precheckout_answers",
+            "Pre-checkout answers: ok, or the refusal reason",
+            ["outcome"],
+            registry=self.registry,
+        )
+
+    def record_payment(self, event: str, stars: int = 0) -> None:
+        """Count one payment event and its Stars (none for a duplicate)."""
+        self.payments.labels(event=event).inc()
+        if stars:
+            self.payment_stars.labels(event=event).inc(stars)
+
     def record_error(self, code: str, source: str) -> None:
         """Count one error with its stable code."""
         self.errors.labels(code=code, source=source).inc()

@@ -609,6 +609,9 @@ class RefundResult:
     shortfall: int
     balance: int | None
     duplicate: bool
+    telegram_id: int = 0
+    # The payer's language when they are still known (to tell them), else None.
+    language: str | None = None
 
 
 def refund_payment(
@@ -628,12 +631,15 @@ def refund_payment(
             payment.refund_shortfall or 0,
             None,
             True,
+            payment.telegram_id,
         )
     balance: int | None = None
     debited = 0
+    language: str | None = None
     if payment.user_id is not None:
         user = session.get(User, payment.user_id, with_for_update=True, populate_existing=True)
         if user is not None:
+            language = user.language
             debited = min(payment.credits, max(user.credits, 0))
             balance = _move(
                 session,
@@ -667,7 +673,15 @@ def refund_payment(
             payment.credits,
         )
     return RefundResult(
-        payment.id, payment.charge_id, payment.stars, debited, shortfall, balance, False
+        payment.id,
+        payment.charge_id,
+        payment.stars,
+        debited,
+        shortfall,
+        balance,
+        False,
+        payment.telegram_id,
+        language,
     )
 
 

@@ -243,3 +243,15 @@ class Noop(CallbackData, prefix="nop"):
     """A button that only labels something (e.g. the carousel position)."""
 
     tag: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ShowPacks(CallbackData, prefix="bs"):
+    """Show the Star packs on sale (the Buy button when the free quota is used up)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BuyPack(CallbackData, prefix="bp"):
+    """Send the invoice of pack `pack_id` (re-checked: a disabled or unknown pack is refused)."""
+
+    pack_id: int

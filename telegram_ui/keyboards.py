@@ -238,3 +238,25 @@ def history_keyboard(
     if paging:
         rows.append(paging)
     return InlineKeyboardMarkup(rows) if rows else None
+
+
+def buy_keyboard(language: str) -> InlineKeyboardMarkup:
+    """The one "Buy credits" button (under the "free quota used up" reply)."""
+    return InlineKeyboardMarkup([[_button(translate(language, "btn.buy"), cb.ShowPacks())]])
+
+
+def packs_keyboard(
+    packs: Sequence[tuple[int, str, int, int]], language: str
+) -> InlineKeyboardMarkup:
+    """One button per pack on sale: (id, title, credits, Stars) in shop order."""
+    return InlineKeyboardMarkup(
+        [
+            [
+                _button(
+                    translate(language, "btn.pack", title=title, credits=credits, stars=stars),
+                    cb.BuyPack(pack_id),
+                )
+            ]
+            for pack_id, title, credits, stars in packs
+        ]
+    )

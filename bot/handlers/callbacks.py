@@ -13,6 +13,7 @@ from telegram import Update
 from bot.context import BotContext
 from bot.handlers import (
     intake,
+    payments,
     photos,
     privacy,
     results,
@@ -55,6 +56,8 @@ ROUTES: dict[type[cb.CallbackData], Handler] = {
     cb.StartTemplate: template.on_start_template,
     cb.Forget: privacy.on_forget,
     cb.TrainConfirm: training.on_train_confirm,
+    cb.ShowPacks: payments.on_show_packs,
+    cb.BuyPack: payments.on_buy_pack,
     cb.Noop: _noop,
 }
 

@@ -53,6 +53,7 @@ async def start_portrait(
         chat_id=update.effective_chat.id,
         limits=context.config.limits,
         is_admin=context.is_admin,
+        payments=context.config.payments,
         num_images=context.config.engine.num_images,
         pose_blob=pose_blob,
     )

@@ -34,12 +34,21 @@ async def count_update(update: Update, context: BotContext) -> None:
     context.deps.metrics.record_update(update_kind(update))
 
 
+def is_payment(update: Update) -> bool:
+    """A checkout question or a payment/refund report: never dropped (money is involved)."""
+    message = update.message
+    return update.pre_checkout_query is not None or (
+        message is not None
+        and (message.successful_payment is not None or message.refunded_payment is not None)
+    )
+
+
 async def rate_limit(update: Update, context: BotContext) -> None:
     """Drop a user's updates beyond the per-minute limit, after one "slow down" reply.
 
-    Admins are exempt (they run /broadcast and /stats in bursts)."""
+    Admins are exempt (they run /broadcast and /stats in bursts), and so are payment updates."""
     user = update.effective_user
-    if user is None or user.id in context.config.telegram.admin_ids:
+    if user is None or user.id in context.config.telegram.admin_ids or is_payment(update):
         return
     limiter = context.deps.rate_limiter
     verdict = limiter.verdict_for(user.id, update.update_id)
@@ -86,6 +95,16 @@ async def load_account(update: Update, context: BotContext) -> None:
     context.deps.rate_limiter.remember_language(user.id, normalize_language(account.language))
     context.is_admin = user.id in context.config.telegram.admin_ids
     if account.is_banned and not context.is_admin:
+        if update.pre_checkout_query is not None:
+            # Answered (refused) at once: Telegram would otherwise wait 10 s and fail it.
+            await update.pre_checkout_query.answer(
+                ok=False, error_message=context.t("pay.refused.banned")
+            )
+            context.deps.metrics.precheckouts.labels(outcome="banned").inc()
+            raise ApplicationHandlerStop
+        if is_payment(update):
+            # Paid before the ban (or refunded): the money is accounted for all the same.
+            return
         if update.callback_query is not None:
             await update.callback_query.answer()
         if contact.tell_ban and chat is not None:

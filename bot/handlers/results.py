@@ -85,7 +85,8 @@ async def on_use_pose(update: Update, context: BotContext, data: cb.UsePose) -> 
 
 
 async def on_upscale(update: Update, context: BotContext, data: cb.Upscale) -> None:
-    """HD n: a ×4 PNG of one portrait (no quota; the one-active-job rule applies)."""
+    """HD n: a ×4 PNG of one portrait (no free quota; PAYMENTS_PRICE_UPSCALE credits when
+    payments are on; the one-active-job rule applies)."""
     created = await context.db.run(
         jobs.create_upscale_job,
         context.account.id,
@@ -95,6 +96,7 @@ async def on_upscale(update: Update, context: BotContext, data: cb.Upscale) -> N
         chat_id=update.effective_chat.id,
         limits=context.config.limits,
         is_admin=context.is_admin,
+        payments=context.config.payments,
     )
     logger.info(
         "user %s started HD job %s (job %s, #%s)",

@@ -21,8 +21,13 @@ async def start(update: Update, context: BotContext) -> None:
 async def help_command(update: Update, context: BotContext) -> None:
     """List what the bot can do."""
     text = context.t("help.text")
+    paid = context.config.payments.enabled
+    if paid:
+        text += "\n\n" + context.t("help.payments")
     if context.is_admin:
         text += "\n\n" + context.t("help.admin")
+        if paid:
+            text += "\n" + context.t("help.admin_payments")
     await reply(update, context, text)
 
 

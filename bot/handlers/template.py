@@ -87,6 +87,7 @@ async def start_template(
         chat_id=update.effective_chat.id,
         limits=context.config.limits,
         is_admin=context.is_admin,
+        payments=context.config.payments,
         template_id=template_id,
         template_photo_id=template_photo_id,
     )

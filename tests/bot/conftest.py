@@ -25,6 +25,7 @@ from core.settings import (
     DatabaseSettings,
     EngineSettings,
     LimitsSettings,
+    PaymentsSettings,
     StorageSettings,
     TelegramSettings,
 )
@@ -45,6 +46,7 @@ def make_config(
     tmp_path: Path,
     *,
     broker_url: str = "memory://",
+    payments: PaymentsSettings | None = None,
     **limits: Any,
 ) -> AppConfig:
     """A config pointing at the fake server, the test database and a broker (in-memory)."""
@@ -61,6 +63,7 @@ def make_config(
         storage=StorageSettings(DATA_DIR=tmp_path, blob_dir=tmp_path / "blobs"),
         engine=EngineSettings(profile="tiny", num_images=2),
         limits=LimitsSettings(**limits),
+        payments=payments or PaymentsSettings(),
     )
 
 
@@ -122,6 +125,8 @@ class BotHarness:
     # A Redis URL when a real worker consumes the jobs (end-to-end tests).
     broker_url: str = "memory://"
     config: AppConfig | None = None
+    # Telegram Stars settings (payments off unless a test turns them on).
+    payments: PaymentsSettings | None = None
     celery: Celery | None = None
     app: Application[Any, Any, Any, Any, Any, Any] | None = None
     style_ids: list[int] = field(default_factory=list)
@@ -133,7 +138,12 @@ class BotHarness:
         """Build and run a fresh Application (same DB, blobs and broker as before)."""
         self.limits.update(limits)
         self.config = make_config(
-            self.tg, self.database_url, self.tmp_path, broker_url=self.broker_url, **self.limits
+            self.tg,
+            self.database_url,
+            self.tmp_path,
+            broker_url=self.broker_url,
+            payments=self.payments,
+            **self.limits,
         )
         if self.celery is None:
             self.celery = create_celery(self.config)

@@ -12,6 +12,7 @@ import pytest
 from telegram import Update
 
 from bot.app import ADMIN_COMMANDS, MENU_COMMANDS, build_application
+from bot.handlers.payments import PAYMENT_COMMANDS
 from core import errors as app_errors
 from core.errors import SelfieRequired
 from db.models import JobKind, JobStatus
@@ -55,6 +56,7 @@ def keys_used_in_code() -> set[str]:
     keys |= {f"kind.{k.value}" for k in JobKind}
     keys |= {f"status.{s.value}" for s in JobStatus}
     keys |= {f"cmd.{c}" for c in MENU_COMMANDS}
+    keys |= {f"cmd.{c}" for c in PAYMENT_COMMANDS}
     keys |= {f"admin.{op}_{part}" for op in ("ban", "unban") for part in ("usage", "done")}
     return keys
 

@@ -51,6 +51,13 @@ STRING_PARAMS = frozenset(
         "filename",
         "emoji",
         "action",
+        "title",
+        "description",
+        "payload",
+        "currency",
+        "pre_checkout_query_id",
+        "error_message",
+        "telegram_payment_charge_id",
     }
 )
 
@@ -101,6 +108,17 @@ class ApiCall:
 
 
 @dataclass
+class Charge:
+    """A Stars payment Telegram made for the bot."""
+
+    charge_id: str
+    user_id: int
+    amount: int
+    payload: str
+    refunded: bool = False
+
+
+@dataclass
 class StoredFile:
     file_id: str
     unique_id: str
@@ -143,6 +161,11 @@ class FakeTelegram:
         self.webhook_statuses: list[int] = []
         self._webhook_queue: asyncio.Queue[dict[str, Any]] | None = None
         self._webhook_task: asyncio.Task[None] | None = None
+        # Telegram Stars: every charge made through `pay` (charge id -> Charge), and the
+        # answers to pre-checkout queries by query id.
+        self.charges: dict[str, Charge] = {}
+        self.checkout_answers: dict[str, ApiCall] = {}
+        self._charge_ids = itertools.count(1)
 
     # lifecycle -------------------------------------------------------------------------
 
@@ -363,6 +386,79 @@ class FakeTelegram:
         """Press the button whose label contains `text` under the current state of `message`."""
         data = button_data(self.current(message), text)
         return self.press(user, message, data)
+
+    # Telegram Stars payments ----------------------------------------------------------
+
+    def pre_checkout(
+        self, user: FakeUser, payload: str, total_amount: int, currency: str = "XTR"
+    ) -> str:
+        """The user pressed Pay on an invoice: Telegram asks the bot (a pre_checkout_query)."""
+        query_id = f"PCQ{next(self._query_ids)}"
+        self._push(
+            {
+                "pre_checkout_query": {
+                    "id": query_id,
+                    "from": user.to_dict(),
+                    "currency": currency,
+                    "total_amount": total_amount,
+                    "invoice_payload": payload,
+                }
+            }
+        )
+        return query_id
+
+    def successful_payment(
+        self,
+        user: FakeUser,
+        payload: str,
+        total_amount: int,
+        charge_id: str | None = None,
+        currency: str = "XTR",
+    ) -> str:
+        """Telegram took the money: the `successful_payment` service message (sent again with
+        the same `charge_id`, it is the duplicate update a bot must not credit twice)."""
+        if charge_id is None:
+            charge_id = f"stxCHARGE{next(self._charge_ids):06d}"
+        self.charges.setdefault(charge_id, Charge(charge_id, user.id, total_amount, payload))
+        payment = {
+            "currency": currency,
+            "total_amount": total_amount,
+            "invoice_payload": payload,
+            "telegram_payment_charge_id": charge_id,
+            "provider_payment_charge_id": "",
+        }
+        self._push({"message": self._user_message(user, successful_payment=payment)})
+        return charge_id
+
+    def refunded_payment(self, user: FakeUser, charge_id: str) -> None:
+        """Telegram reports a refund of the charge (the `refunded_payment` service message)."""
+        charge = self.charges[charge_id]
+        refunded = {
+            "currency": "XTR",
+            "total_amount": charge.amount,
+            "invoice_payload": charge.payload,
+            "telegram_payment_charge_id": charge_id,
+        }
+        self._push({"message": self._user_message(user, refunded_payment=refunded)})
+
+    async def pay(self, user: FakeUser, invoice: ApiCall, *, within: float = 15.0) -> str | None:
+        """The user pays an invoice the bot sent: pre-checkout, then (if the bot said ok) the
+        successful payment. The charge id, or None when the bot refused the checkout."""
+        payload = str(invoice.params["payload"])
+        amount = sum(int(p["amount"]) for p in invoice.params["prices"])
+        answer = await self.checkout(user, payload, amount, within=within)
+        if not answer.params.get("ok"):
+            return None
+        return self.successful_payment(user, payload, amount)
+
+    async def checkout(
+        self, user: FakeUser, payload: str, amount: int, *, within: float = 15.0
+    ) -> ApiCall:
+        """Send a pre-checkout query and wait for the bot's answer (Telegram waits 10 s)."""
+        query_id = self.pre_checkout(user, payload, amount)
+        return await self.wait_for(
+            "answerPreCheckoutQuery", within=min(within, 10.0), pre_checkout_query_id=query_id
+        )
 
     # inspecting ------------------------------------------------------------------------
 
@@ -678,6 +774,43 @@ class FakeTelegram:
         message = self._existing(call)
         _set_markup(message, call.get("reply_markup"))
         return message
+
+    async def _m_sendInvoice(self, call: ApiCall) -> Any:
+        # What Telegram checks of a Stars invoice: XTR, one price, no provider token needed.
+        if call.get("currency") != "XTR":
+            raise _ApiError(400, "Bad Request: CURRENCY_INVALID")
+        prices = call.get("prices") or []
+        if len(prices) != 1 or int(prices[0].get("amount", 0)) < 1:
+            raise _ApiError(400, "Bad Request: STARS_INVOICE_INVALID")
+        payload = str(call.get("payload") or "")
+        if not payload or len(payload.encode()) > 128:
+            raise _ApiError(400, "Bad Request: INVOICE_PAYLOAD_INVALID")
+        invoice = {
+            "title": call.get("title"),
+            "description": call.get("description"),
+            "start_parameter": "",
+            "currency": "XTR",
+            "total_amount": int(prices[0]["amount"]),
+        }
+        return self._bot_message(
+            int(call.get("chat_id")), invoice=invoice, reply_markup=call.get("reply_markup")
+        )
+
+    async def _m_answerPreCheckoutQuery(self, call: ApiCall) -> Any:
+        ok = call.get("ok")
+        if ok is False and not call.get("error_message"):
+            raise _ApiError(400, "Bad Request: error_message is required")
+        self.checkout_answers[str(call.get("pre_checkout_query_id"))] = call
+        return True
+
+    async def _m_refundStarPayment(self, call: ApiCall) -> Any:
+        charge = self.charges.get(str(call.get("telegram_payment_charge_id")))
+        if charge is None or charge.user_id != int(call.get("user_id")):
+            raise _ApiError(400, "Bad Request: CHARGE_NOT_FOUND")
+        if charge.refunded:
+            raise _ApiError(400, "Bad Request: CHARGE_ALREADY_REFUNDED")
+        charge.refunded = True
+        return True
 
     async def _m_deleteMessage(self, call: ApiCall) -> Any:
         self.messages.pop((int(call.get("chat_id")), int(call.get("message_id"))), None)

@@ -1,0 +1,58 @@
+"""Refunding a Stars payment, shared by the admin chat command and the admin API: Telegram
+first (`refundStarPayment`), then the record (`domain.billing.refund_payment`, which debits the
+payment's unspent credits once), then a note to the payer.
+
+Telegram is asked first so that nothing is debited for a refund that did not happen. A refund
+Telegram already made (`CHARGE_ALREADY_REFUNDED`, e.g. the `refunded_payment` update was lost)
+is recorded all the same; the record is idempotent, so the `refunded_payment` update that
+follows a refund changes nothing."""
+
+from __future__ import annotations
+
+import logging
+
+from telegram import Bot
+from telegram.error import BadRequest, TelegramError
+
+from core.errors import PaymentRefused
+from db.session import Database
+from domain import billing
+from domain.outbox import Publisher, transact_async
+from telegram_ui.i18n import translate
+
+logger = logging.getLogger(__name__)
+
+ALREADY_REFUNDED = "CHARGE_ALREADY_REFUNDED"
+
+
+async def refund(
+    bot: Bot, db: Database, publisher: Publisher, ref: int | str, actor: str
+) -> billing.RefundResult:
+    """Refund a payment (by id or Telegram charge id); PaymentRefused when Telegram refuses."""
+    target = await db.run(billing.refund_target, ref)
+    if not target.refunded:
+        try:
+            await bot.refund_star_payment(target.telegram_id, target.charge_id)
+        except BadRequest as exc:
+            if ALREADY_REFUNDED not in str(exc).upper():
+                raise PaymentRefused(str(exc), reason="telegram", telegram=str(exc)) from exc
+            logger.info("payment %s was already refunded at Telegram", target.charge_id)
+    result = await transact_async(db, publisher, billing.refund_payment, target.payment_id, actor)
+    if not result.duplicate and result.language is not None:
+        await tell_refunded(bot, result)
+    return result
+
+
+async def tell_refunded(bot: Bot, result: billing.RefundResult) -> None:
+    """Tell the payer their payment came back (best effort: they may have blocked the bot)."""
+    text = translate(
+        result.language,
+        "pay.refunded",
+        stars=result.stars,
+        debited=result.debited,
+        balance=result.balance if result.balance is not None else 0,
+    )
+    try:
+        await bot.send_message(result.telegram_id, text)
+    except TelegramError as exc:
+        logger.info("could not tell %s about their refund: %s", result.telegram_id, exc)

@@ -1,0 +1,316 @@
+"""Paid generations in Telegram Stars, driven through the fake Bot API: packs, invoices, the
+pre-checkout answer, payments credited once, credits spent and given back, refunds, and the
+rules Telegram sets for sellers (/terms, /paysupport, nothing shown with payments off)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from core.settings import PaymentsSettings
+from db.models import JobStatus, LedgerEntry, LedgerKind, Pack, Payment, User
+from domain import billing, lifecycle
+from telegram_ui.i18n import translate
+from tests.bot.conftest import ADMIN_ID, BotHarness, give_selfie, jobs_of
+from tests.utils.fake_telegram import FakeUser, button_data, buttons
+
+PAID = PaymentsSettings(
+    enabled=True,
+    price_portrait=1,
+    terms_text="Operator terms.",
+    terms_text_ru="Условия оператора.",
+)
+
+
+@pytest.fixture
+async def shop(harness: BotHarness) -> BotHarness:
+    """A running bot with payments on, no free generations, and one pack for sale."""
+    harness.payments = PAID
+    await harness.start(daily_quota=0, active_jobs_per_user=3)
+    with harness.db.session() as s:
+        s.add(Pack(title="Small", credits=3, stars=30, enabled=True, position=1))
+    return harness
+
+
+def credits_of(bot: BotHarness, telegram_id: int) -> int:
+    with bot.db.session() as s:
+        return int(s.scalar(select(User.credits).where(User.telegram_id == telegram_id)) or 0)
+
+
+def ledger_of(bot: BotHarness, telegram_id: int) -> list[tuple[LedgerKind, int]]:
+    with bot.db.session() as s:
+        user_id = s.scalar(select(User.id).where(User.telegram_id == telegram_id))
+        rows = s.scalars(
+            select(LedgerEntry).where(LedgerEntry.user_id == user_id).order_by(LedgerEntry.id)
+        )
+        return [(r.kind, r.delta) for r in rows]
+
+
+async def invoice_for(bot: BotHarness, user: FakeUser, pack: str = "Small") -> Any:
+    """/buy, press the pack's button, and return the sendInvoice call."""
+    tg = bot.tg
+    since = len(tg.calls)
+    tg.send_text(user, "/buy")
+    menu = translate(user.language_code, "buy.choose", portrait=1, template=1)
+    await tg.wait_text(user.id, menu, since=since)
+    tg.press_button(user, tg.bot_messages(user.id)[-1], pack)
+    return await tg.wait_for("sendInvoice", chat_id=user.id, since=since)
+
+
+async def pick_first_style(bot: BotHarness, user: FakeUser) -> None:
+    """/style, then "Use this style" on the first style of the new carousel."""
+    since = len(bot.tg.calls)
+    bot.tg.send_text(user, "/style")
+    await bot.tg.wait_for("sendPhoto", chat_id=user.id, since=since)
+    picker = [m for m in bot.tg.bot_messages(user.id) if "photo" in m][-1]
+    bot.tg.press_button(user, picker, translate(user.language_code, "btn.use_style"))
+
+
+async def buy(bot: BotHarness, user: FakeUser) -> str:
+    invoice = await invoice_for(bot, user)
+    charge = await bot.tg.pay(user, invoice)
+    assert charge is not None
+    await bot.tg.wait_text(user.id, "credits added")
+    return charge
+
+
+class TestBuying:
+    async def test_buy_spend_and_a_failed_job_gives_the_credit_back(
+        self, shop: BotHarness
+    ) -> None:
+        tg = shop.tg
+        ann = tg.user(9101, "Ann", "en")
+        give_selfie(shop, ann.id)
+        invoice = await invoice_for(shop, ann)
+        assert invoice.params["currency"] == "XTR"
+        assert invoice.params["prices"] == [{"label": "Small", "amount": 30}]
+        assert "provider_token" not in invoice.params
+        charge = await tg.pay(ann, invoice)
+        assert charge is not None
+        answer = tg.calls_to("answerPreCheckoutQuery")[-1]
+        assert answer.params["ok"] is True
+        await tg.wait_text(ann.id, translate("en", "pay.done", credits=3, balance=3))
+        assert credits_of(shop, ann.id) == 3
+
+        # Spend: no free generations today, so the portrait costs one credit.
+        await pick_first_style(shop, ann)
+        await tg.wait_text(ann.id, "in the queue")
+        [job] = jobs_of(shop, ann.id)
+        assert (job.charge, job.charge_credits) == ("credits", 1)
+        assert credits_of(shop, ann.id) == 2
+
+        # The worker fails through no fault of the user: the credit comes back.
+        shop.db.call(lifecycle.claim, job.id, "gpu-1")
+        shop.db.call(lifecycle.finish, job.id, None, ("engine_unavailable", "no GPU"))
+        assert credits_of(shop, ann.id) == 3
+        since = len(tg.calls)
+        tg.send_text(ann, "/balance")
+        await tg.wait_text(ann.id, "Credits: 3", since=since)
+        assert ledger_of(shop, ann.id) == [
+            (LedgerKind.PURCHASE, 3),
+            (LedgerKind.SPEND, -1),
+            (LedgerKind.GIVEBACK, 1),
+        ]
+        with shop.db.session() as s:
+            assert billing.ledger_mismatches(s) == []
+
+    async def test_a_duplicate_successful_payment_credits_once(self, shop: BotHarness) -> None:
+        tg = shop.tg
+        bob = tg.user(9102, "Bob", "en")
+        charge = await buy(shop, bob)
+        payload = tg.charges[charge].payload
+        tg.successful_payment(bob, payload, 30, charge_id=charge)
+        await tg.idle()
+        assert credits_of(shop, bob.id) == 3
+        assert len([t for t in tg.sent_texts(bob.id) if "credits added" in t]) == 1
+        with shop.db.session() as s:
+            assert len(s.scalars(select(Payment)).all()) == 1
+        assert shop.metrics.payments.labels(event="duplicate")._value.get() == 1
+        assert shop.metrics.payment_stars.labels(event="succeeded")._value.get() == 30
+
+    async def test_checkout_for_a_changed_price_is_refused(self, shop: BotHarness) -> None:
+        tg = shop.tg
+        cat = tg.user(9103, "Cat", "ru")
+        invoice = await invoice_for(shop, cat)
+        admin = tg.user(ADMIN_ID, "Root", "en")
+        with shop.db.session() as s:
+            pack_id = s.scalar(select(Pack.id))
+        tg.send_text(admin, f"/pack_edit {pack_id} 3 45")
+        await tg.wait_text(admin.id, "Saved: #")
+        assert await tg.pay(cat, invoice) is None
+        answer = tg.calls_to("answerPreCheckoutQuery")[-1]
+        assert answer.params["ok"] is False
+        assert answer.params["error_message"] == translate("ru", "pay.refused.price_changed")
+        assert credits_of(shop, cat.id) == 0
+
+    async def test_a_banned_user_cannot_pay(self, shop: BotHarness) -> None:
+        tg = shop.tg
+        dan = tg.user(9104, "Dan", "en")
+        invoice = await invoice_for(shop, dan)
+        admin = tg.user(ADMIN_ID, "Root", "en")
+        tg.send_text(admin, f"/ban {dan.id}")
+        await tg.wait_text(admin.id, "is banned")
+        answer = await tg.checkout(dan, invoice.params["payload"], 30)
+        assert answer.params["ok"] is False
+        assert answer.params["error_message"] == translate("en", "pay.refused.banned")
+        assert credits_of(shop, dan.id) == 0
+
+    async def test_money_paid_before_a_ban_is_still_credited(self, shop: BotHarness) -> None:
+        tg = shop.tg
+        eve = tg.user(9105, "Eve", "en")
+        invoice = await invoice_for(shop, eve)
+        answer = await tg.checkout(eve, invoice.params["payload"], 30)
+        assert answer.params["ok"] is True
+        with shop.db.session() as s:
+            s.scalar(select(User).where(User.telegram_id == eve.id)).is_banned = True
+        tg.successful_payment(eve, invoice.params["payload"], 30)
+        await tg.idle()
+        assert credits_of(shop, eve.id) == 3
+
+    async def test_forged_pack_button_is_refused(self, shop: BotHarness) -> None:
+        tg = shop.tg
+        fay = tg.user(9106, "Fay", "en")
+        tg.send_text(fay, "/buy")
+        await tg.wait_text(fay.id, "Pick a pack")
+        menu = tg.bot_messages(fay.id)[-1]
+        tg.press(fay, menu, "bp:999")
+        await tg.wait_text(fay.id, translate("en", "pay.refused.pack_gone"))
+        tg.press(fay, menu, "bp:x")
+        await tg.idle()
+        assert not tg.calls_to("sendInvoice", chat_id=fay.id)
+
+    async def test_quota_used_up_offers_the_packs(self, shop: BotHarness) -> None:
+        tg = shop.tg
+        gil = tg.user(9107, "Gil", "en")
+        give_selfie(shop, gil.id)
+        await pick_first_style(shop, gil)
+        refusal = await tg.wait_text(
+            gil.id, translate("en", "error.credits_needed", quota=0, price=1, credits=0)
+        )
+        assert jobs_of(shop, gil.id) == []
+        message = tg.bot_messages(gil.id)[-1]
+        assert refusal.params["reply_markup"]
+        tg.press(gil, message, button_data(message, translate("en", "btn.buy")))
+        await tg.wait_text(gil.id, "Pick a pack")
+
+
+class TestRefunds:
+    async def test_admin_refund_debits_unspent_credits(self, shop: BotHarness) -> None:
+        tg = shop.tg
+        hal = tg.user(9201, "Hal", "en")
+        give_selfie(shop, hal.id)
+        charge = await buy(shop, hal)
+        # Two credits spent on portraits that succeed; one left.
+        for _ in range(2):
+            since = len(tg.calls)
+            await pick_first_style(shop, hal)
+            await tg.wait_text(hal.id, "in the queue", since=since)
+            job = jobs_of(shop, hal.id)[-1]
+            shop.db.call(lifecycle.claim, job.id, "gpu-1")
+            shop.db.call(lifecycle.finish, job.id, lifecycle.JobOutcome(["k"]), None)
+        assert credits_of(shop, hal.id) == 1
+        admin = tg.user(ADMIN_ID, "Root", "en")
+        tg.send_text(admin, f"/refund {charge}")
+        done = await tg.wait_text(admin.id, "Refunded 30")
+        assert translate("en", "admin.refund_shortfall", shortfall=2) in done.params["text"]
+        refund = tg.calls_to("refundStarPayment")[-1]
+        assert refund.params == {"user_id": hal.id, "telegram_payment_charge_id": charge}
+        await tg.wait_text(hal.id, translate("en", "pay.refunded", stars=30, debited=1, balance=0))
+        assert credits_of(shop, hal.id) == 0
+        # Telegram's refunded_payment update that follows changes nothing.
+        tg.refunded_payment(hal, charge)
+        await tg.idle()
+        assert credits_of(shop, hal.id) == 0
+        assert ledger_of(shop, hal.id)[-1] == (LedgerKind.REFUND, -1)
+        # A second /refund is told, not repeated at Telegram.
+        tg.send_text(admin, f"/refund {charge}")
+        await tg.wait_text(admin.id, "already refunded")
+        assert len(tg.calls_to("refundStarPayment")) == 1
+
+    async def test_refunded_payment_update_debits_and_tells_the_admin(
+        self, shop: BotHarness
+    ) -> None:
+        tg = shop.tg
+        ivy = tg.user(9202, "Ivy", "en")
+        give_selfie(shop, ivy.id)
+        charge = await buy(shop, ivy)
+        await pick_first_style(shop, ivy)
+        await tg.wait_text(ivy.id, "in the queue")
+        tg.refunded_payment(ivy, charge)
+        await tg.wait_text(ivy.id, translate("en", "pay.refunded", stars=30, debited=2, balance=0))
+        await tg.wait_text(ADMIN_ID, "already spent: 1")
+        with shop.db.session() as s:
+            payment = s.scalar(select(Payment).where(Payment.charge_id == charge))
+            assert (payment.refund_debited, payment.refund_shortfall) == (2, 1)
+            assert billing.ledger_mismatches(s) == []
+        # The job still queued is not affected; it keeps running on its spent credit.
+        [job] = jobs_of(shop, ivy.id)
+        assert job.status is JobStatus.QUEUED
+
+
+class TestSellerRules:
+    async def test_terms_and_paysupport(self, shop: BotHarness) -> None:
+        tg = shop.tg
+        ru = tg.user(9301, "Рита", "ru")
+        en = tg.user(9302, "Ed", "en")
+        tg.send_text(ru, "/terms")
+        await tg.wait_text(ru.id, "Условия оператора.")
+        tg.send_text(en, "/terms")
+        await tg.wait_text(en.id, "Operator terms.")
+        tg.send_text(ru, "/paysupport")
+        await tg.wait_text(ru.id, translate("ru", "paysupport.default"))
+
+    async def test_nothing_shows_with_payments_off(self, bot: BotHarness) -> None:
+        tg = bot.tg
+        jo = tg.user(9303, "Jo", "en")
+        for command in ("/buy", "/balance", "/terms", "/paysupport"):
+            since = len(tg.calls)
+            tg.send_text(jo, command)
+            await tg.wait_text(jo.id, translate("en", "fallback.unknown_command"), since=since)
+        tg.send_text(jo, "/help")
+        help_text = await tg.wait_text(jo.id, "What I can do")
+        assert "/buy" not in help_text.params["text"]
+        menus = tg.calls_to("setMyCommands")
+        assert menus
+        assert all(c["command"] != "buy" for m in menus for c in m.params["commands"])
+        # A stray checkout is answered (refused) at once, never left to time out.
+        answer = await tg.checkout(jo, "pk:1:3:30:1:1", 30)
+        assert answer.params["ok"] is False
+        assert answer.params["error_message"] == translate("en", "pay.refused.disabled")
+
+    async def test_menu_lists_the_payment_commands(self, shop: BotHarness) -> None:
+        menus = shop.tg.calls_to("setMyCommands")
+        names = {c["command"] for m in menus for c in m.params["commands"]}
+        assert {"buy", "balance", "terms", "paysupport"} <= names
+
+
+class TestAdminPacks:
+    async def test_pack_commands_and_grant(self, shop: BotHarness) -> None:
+        tg = shop.tg
+        admin = tg.user(ADMIN_ID, "Root", "en")
+        tg.send_text(admin, "/pack_add 10 90 Big pack")
+        await tg.wait_text(admin.id, "Big pack: 10 credits for 90")
+        tg.send_text(admin, "/pack_add ten 90 X")
+        await tg.wait_text(admin.id, translate("en", "admin.pack_add_usage"))
+        with shop.db.session() as s:
+            big = s.scalar(select(Pack.id).where(Pack.title == "Big pack"))
+        tg.send_text(admin, f"/pack_off {big}")
+        await tg.wait_text(admin.id, "(off)")
+        tg.send_text(admin, "/packs")
+        listing = await tg.wait_text(admin.id, "Packs:")
+        assert "Small" in listing.params["text"]
+        kim = tg.user(9401, "Kim", "en")
+        tg.send_text(kim, "/buy")
+        await tg.wait_text(kim.id, "Pick a pack")
+        labels = [label for label, _ in buttons(tg.bot_messages(kim.id)[-1])]
+        assert labels == [translate("en", "btn.pack", title="Small", credits=3, stars=30)]
+        tg.send_text(admin, f"/grant {kim.id} 4")
+        await tg.wait_text(admin.id, f"Credits of {kim.id}: 4")
+        tg.send_text(admin, f"/grant {kim.id} -5")
+        await tg.wait_text(admin.id, translate("en", "error.invalid"))
+        assert credits_of(shop, kim.id) == 4
+        # Not for everyone.
+        tg.send_text(kim, "/packs")
+        await tg.wait_text(kim.id, translate("en", "fallback.unknown_command"))
