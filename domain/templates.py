@@ -30,7 +30,7 @@ from domain.blobs import release
 from domain.catalog import TEMPLATE_THUMBNAIL_SIDE, detect_template_faces, slugify
 from domain.ordering import put_first
 from facechain.errors import NoFace
-from facechain.imageio import downscale, load_image
+from facechain.imageio import clean_image, downscale, load_image
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +144,9 @@ def analyse_template_image(data: bytes, *, max_bytes: int, max_pixels: int) -> T
         raise NoFace("no face found in the template photo")
     buf = io.BytesIO()
     downscale(image, TEMPLATE_THUMBNAIL_SIDE).save(buf, format="JPEG", quality=90)
-    return TemplateImage(data, buf.getvalue(), image.width, image.height, faces)
+    # Stored without its metadata (EXIF, XMP), orientation applied.
+    clean = clean_image(data, max_bytes=max_bytes, max_pixels=max_pixels)
+    return TemplateImage(clean, buf.getvalue(), image.width, image.height, faces)
 
 
 def add_uploaded_template(

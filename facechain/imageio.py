@@ -115,3 +115,38 @@ def downscale(img: Image.Image, max_side: int) -> Image.Image:
     scale = max_side / longest
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     return img.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+
+
+# Lossless formats stay PNG; JPEG stays JPEG at a quality that hides the re-encoding.
+CLEAN_JPEG_QUALITY = 95
+
+
+def clean_image(
+    data: bytes,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> bytes:
+    """The picture without its metadata, as the bytes to store.
+
+    Decoded like `load_image` (the same limits and errors) with the EXIF orientation applied to
+    the pixels, then encoded again with nothing but the pixels and the ICC colour profile: EXIF
+    (GPS position, camera, time), XMP, IPTC and comments are gone. The ICC profile stays: it
+    says how to show the colours and tells nothing about the user. A JPEG stays a JPEG (quality
+    95), anything else becomes a PNG (lossless). The same input always gives the same output,
+    so a picture sent twice is still recognised as a duplicate.
+
+    Raises:
+        NotAnImage, ImageTooLarge: as `load_image`.
+    """
+    image = load_image(data, max_bytes=max_bytes, max_pixels=max_pixels)
+    with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as source:
+        fmt = source.format
+        icc = source.info.get("icc_profile")
+    buf = io.BytesIO()
+    options: dict[str, object] = {"icc_profile": icc} if icc else {}
+    if fmt in ("JPEG", "MPO"):
+        image.save(buf, "JPEG", quality=CLEAN_JPEG_QUALITY, **options)
+    else:
+        image.save(buf, "PNG", **options)
+    return buf.getvalue()

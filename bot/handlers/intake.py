@@ -28,6 +28,7 @@ from bot.images import numbered_faces_preview, validate_image
 from core.errors import StyleUnavailable
 from domain import conversations, photos
 from facechain.errors import MultipleFaces
+from facechain.imageio import clean_image
 from facechain.quality import SelfieAnalysis, analyze_selfie
 from telegram_ui import callbacks as cb
 from telegram_ui.keyboards import face_choice_keyboard
@@ -184,7 +185,15 @@ async def on_image(update: Update, context: BotContext) -> None:
         await training.remind(update, context, conv)
         return
     await context.bot.send_chat_action(update.effective_chat.id, ChatAction.TYPING)
-    data = await download(context, image)
+    # Every picture is stored without its metadata (EXIF with GPS, XMP): selfies as photos or
+    # files, pose photos, template photos and training images alike.
+    data = await cpu(
+        context,
+        clean_image,
+        await download(context, image),
+        max_bytes=limits.max_upload_bytes,
+        max_pixels=limits.max_image_pixels,
+    )
     if conv.state is conversations.State.AWAIT_POSE:
         await on_pose(update, context, image, data)
     elif conv.state in (

@@ -3,13 +3,16 @@ input gets its own reply and no traceback."""
 
 from __future__ import annotations
 
+import io
 import logging
 
+import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 from sqlalchemy import select
 
 from db.models import Photo, PhotoKind
+from facechain.imageio import load_image
 from telegram_ui.i18n import translate
 from tests.bot.conftest import FACES, BotHarness
 from tests.facechain.face_data import encode, landscape_rgb
@@ -44,7 +47,9 @@ class TestGoodSelfie:
         assert len(photo.faces) == 1
         assert len(photo.faces[0]["landmarks"]) == 5
         assert photo.expires_at is not None
-        assert bot.blobs.get(photo.sha256) == data
+        # Stored as the same pixels (re-encoded without metadata).
+        stored = np.asarray(load_image(bot.blobs.get(photo.sha256)))
+        assert np.array_equal(stored, np.asarray(load_image(data)))
 
     async def test_image_sent_as_a_document_is_accepted(self, bot: BotHarness, face_bytes) -> None:
         ann = bot.tg.user(2002, "Ann", "ru")
@@ -53,6 +58,34 @@ class TestGoodSelfie:
         )
         await bot.tg.wait_text(ann.id, translate("ru", "selfie.saved", count=1, max=5))
         assert len(selfies(bot, ann.id)) == 1
+
+    async def test_a_document_is_stored_without_its_exif_and_upright(
+        self, bot: BotHarness
+    ) -> None:
+        ann = bot.tg.user(2004, "Ann", "en")
+        exif = Image.Exif()
+        exif[0x0112] = 6  # orientation: the camera was turned; shown rotated 90 degrees
+        exif[0x010F] = "PhoneMaker"
+        exif[0x8825] = {1: "N", 2: (52.0, 31.0, 12.0), 3: "E", 4: (13.0, 24.0, 36.0)}
+        upright = portrait().crop((0, 32, 512, 480))  # not square, so a rotation shows
+        sideways = upright.transpose(Image.Transpose.ROTATE_90)
+        buf = io.BytesIO()
+        sideways.save(buf, "JPEG", quality=95, exif=exif.tobytes())
+        data = buf.getvalue()
+        assert Image.open(io.BytesIO(data)).getexif().get_ifd(0x8825)  # GPS is in the upload
+        bot.tg.send_document(ann, data, file_name="IMG_0001.jpg", mime_type="image/jpeg")
+        await bot.tg.wait_text(ann.id, translate("en", "selfie.saved", count=1, max=5))
+        [photo] = selfies(bot, ann.id)
+        stored = bot.blobs.get(photo.sha256)
+        assert b"Exif" not in stored
+        assert b"PhoneMaker" not in stored
+        with Image.open(io.BytesIO(stored)) as image:
+            assert image.format == "JPEG"
+            assert not image.getexif()
+            assert not image.getexif().get_ifd(0x8825)
+            assert "xmp" not in image.info
+            # The orientation was applied to the pixels before the tag went.
+            assert image.size == upright.size == (512, 448)
 
 
 class TestGroupPhoto:
