@@ -47,11 +47,21 @@ def describe_error(language: str | None, error: BaseException) -> str:
 
 
 def _language(update: object, context: Any) -> str:
+    """The language the user chose with /lang, else their client's.
+
+    PTB hands the error handler a fresh context, without the account the gate loaded; the
+    gate left the stored language with the flood limiter (`remember_language`), so no
+    database read is needed here (the database may be what failed)."""
     account = getattr(context, "account", None)
     if account is not None:
         return normalize_language(account.language)
     if isinstance(update, Update) and update.effective_user is not None:
-        return normalize_language(update.effective_user.language_code)
+        user = update.effective_user
+        try:
+            remembered = context.deps.rate_limiter.language_of(user.id)
+        except (AttributeError, KeyError):  # a context without the bot's services
+            remembered = None
+        return remembered or normalize_language(user.language_code)
     return DEFAULT_LANGUAGE
 
 

@@ -38,6 +38,24 @@ class TestLanguage:
         tg.send_text(ann, "/help")  # the client still says "en"; the choice wins
         await tg.wait_text(ann.id, translate("zh", "help.text"))
 
+    async def test_error_replies_use_the_chosen_language(self, bot: BotHarness) -> None:
+        from tests.facechain.face_data import encode, landscape_rgb
+
+        tg = bot.tg
+        ann = tg.user(1102, "Ann", "en")
+        tg.send_text(ann, "/lang")
+        await tg.wait_text(ann.id, translate("en", "lang.choose"))
+        since = len(tg.calls)
+        tg.press_button(ann, tg.bot_messages(ann.id)[-1], "Русский")
+        await tg.wait_text(ann.id, translate("ru", "lang.changed"), since=since)
+        # A photo with nobody in it: the error handler explains, in Russian (the client
+        # still says "en").
+        since = len(tg.calls)
+        tg.send_photo(ann, encode(landscape_rgb()))
+        await tg.wait_text(ann.id, translate("ru", "error.no_face"), since=since)
+        await tg.idle()
+        assert translate("en", "error.no_face") not in tg.sent_texts(ann.id)
+
     async def test_help_for_admins_lists_admin_commands(self, bot: BotHarness) -> None:
         from tests.bot.conftest import ADMIN_ID
 
