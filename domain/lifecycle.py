@@ -45,6 +45,9 @@ REQUEUE_AFTER = timedelta(minutes=5)
 # broker restarted, or was down when the worker finished). Longer than a delivery's own retries
 # take, so a delivery that is merely waiting out a 429 is not sent twice.
 REDELIVER_AFTER = timedelta(minutes=15)
+# A running job is failed as timed_out this long past its (soft) time limit even under a live
+# lease (its worker should have stopped it itself), and at once past it when its lease expired.
+TIME_GRACE = timedelta(seconds=60)
 # Sends of a job's outcome in all (the io task's own retries and the sweep's re-sends together).
 MAX_DELIVERY_ATTEMPTS = 12
 _EVENT_FOR_STATUS = {
@@ -347,18 +350,31 @@ def sweep(
     plan = SweepPlan()
     # The outbox: committed, never published (the publisher died or the broker was down).
     plan.resend += [j.id for j in JobRepository(session).undispatched(outbox_grace, limit)]
-    # Past the time limit (a worker stuck with a live lease): failed.
+
+    def allowed(job: Job) -> timedelta:
+        # Style trainings legitimately run for hours; they have their own limit.
+        if job.kind is JobKind.TRAINING and train_time_limit is not None:
+            return train_time_limit
+        return time_limit
+
+    def timed_out(job: Job, margin: timedelta) -> bool:
+        return job.started_at is not None and job.started_at < now - allowed(job) - margin
+
+    # Past the time limit and its grace with a live lease (a worker the limit did not stop).
     for job in session.scalars(
         select(Job)
-        .where(Job.status == JobStatus.RUNNING, Job.started_at < now - time_limit)
+        .where(Job.status == JobStatus.RUNNING, Job.started_at < now - time_limit - TIME_GRACE)
         .order_by(Job.id)
         .limit(limit)
         .with_for_update(skip_locked=True)
     ):
-        # Style trainings legitimately run for hours; they have their own limit.
-        allowed = train_time_limit or time_limit if job.kind is JobKind.TRAINING else time_limit
-        if job.started_at is not None and job.started_at < now - allowed:
-            _end(session, job, JobStatus.FAILED, ("timed_out", f"running for more than {allowed}"))
+        if timed_out(job, TIME_GRACE):
+            _end(
+                session,
+                job,
+                JobStatus.FAILED,
+                ("timed_out", f"running for more than {allowed(job)}"),
+            )
             plan.failed.append(job.id)
     # Expired leases: a worker that stopped renewing, or a message no worker ever claimed.
     for job in session.scalars(
@@ -380,6 +396,11 @@ def sweep(
         if job.status is JobStatus.RUNNING and job.cancel_requested:
             # Its worker is gone, so nobody else will record the cancellation.
             _end(session, job, JobStatus.CANCELLED)
+            plan.failed.append(job.id)
+        elif job.status is JobStatus.RUNNING and timed_out(job, timedelta(0)):
+            # Its worker ran the whole time limit and is gone (the hard limit ends the process):
+            # another attempt would only run out of time again.
+            _end(session, job, JobStatus.FAILED, ("timed_out", f"ran out of {allowed(job)}"))
             plan.failed.append(job.id)
         elif job.status is JobStatus.RUNNING and job.attempts >= MAX_ATTEMPTS:
             _end(session, job, JobStatus.FAILED, _worker_lost(job))

@@ -113,7 +113,9 @@ class Lease:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join()
+            # A beat stuck on an unreachable database must not hold the task up; a renewal that
+            # lands after `finish` matches no row (the lease is released).
+            self._thread.join(timeout=5)
 
 
 class ProgressReporter:

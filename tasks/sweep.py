@@ -72,8 +72,8 @@ def sweep(self: Task) -> dict[str, int]:
     broker = get_context().config.broker
     return sweep_once(
         outbox_grace=timedelta(seconds=broker.outbox_grace_seconds),
-        time_limit=timedelta(seconds=broker.gpu_time_limit + 60),
-        train_time_limit=timedelta(seconds=broker.train_time_limit + 60),
+        time_limit=timedelta(seconds=broker.gpu_time_limit),
+        train_time_limit=timedelta(seconds=broker.train_time_limit),
     )
 
 

@@ -283,6 +283,22 @@ class TestSweep:
         assert job.lease_owner is None
         assert events_of(session) == [("job.failed", job_id)]
 
+    def test_a_worker_that_ran_out_of_time_and_died_is_not_rerun(self, session: Session) -> None:
+        """The hard time limit ended the worker: its lease expires, and another attempt would
+        only run out of time again, so the job fails as timed_out instead of being re-queued."""
+        job_id = claimed_by(session, NODE_A)
+        started = db_now(session) - LIMITS["time_limit"] - timedelta(seconds=30)
+        set_row(session, job_id, started_at=started)
+        # Past the limit but within its grace, under a live lease: the worker's own limit acts.
+        assert lifecycle.sweep(session, **LIMITS).failed == []
+        expire_lease(session, job_id)
+
+        plan = lifecycle.sweep(session, **LIMITS)
+
+        assert plan.failed == [job_id]
+        assert plan.resend == []
+        assert row(session, job_id).error_code == "timed_out"
+
     def test_cancel_with_a_dead_worker_is_recorded_with_webhook(self, session: Session) -> None:
         subscribe(session, "job.cancelled")
         job_id = claimed_by(session, NODE_A)
