@@ -169,6 +169,8 @@ async def _send_result(bot: Bot, d: Delivery) -> None:
 
 def _done_text(d: Delivery) -> str:
     """The status message of a succeeded job."""
+    if d.kind is JobKind.TRAINING:
+        return translate(d.language, "training.done", name=d.meta.get("style_name", ""))
     if d.kind is JobKind.UPSCALE:
         done = translate(d.language, "hd.done")
     else:
@@ -182,7 +184,7 @@ def _done_text(d: Delivery) -> str:
 
 def _final_text(d: Delivery) -> str | None:
     """The status message's last text once the job has ended (None while it is active)."""
-    if d.status is JobStatus.SUCCEEDED and d.kind is not JobKind.TRAINING:
+    if d.status is JobStatus.SUCCEEDED:
         return _done_text(d)
     if d.status is JobStatus.FAILED:
         return translate(d.language, "job.failed", reason=error_text(d.language, d.error_code))

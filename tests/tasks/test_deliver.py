@@ -370,3 +370,54 @@ class TestTrainingDone:
             row.result_meta = {"style_id": style.id}
         assert await asyncio.to_thread(send_result, job_id) == "delivered"
         assert translate("en", "training.done", name="Autumn leaves") in tg.sent_texts(CHAT)
+
+
+class TestLateProgressEdit:
+    @pytest.mark.parametrize("kind", [JobKind.PORTRAIT, JobKind.TRAINING])
+    async def test_a_progress_edit_landing_after_the_final_edit_leaves_the_final_text(
+        self,
+        tg: FakeTelegram,
+        ctx: WorkerContext,
+        monkeypatch: pytest.MonkeyPatch,
+        kind: JobKind,
+    ) -> None:
+        running_text = translate("en", "job.running", percent=95)
+        status = tg._bot_message(CHAT, text=running_text)
+        images = [ctx.blobs.put((FACES / "man_pose1.png").read_bytes())]
+        job_id = _job(ctx, JobStatus.RUNNING)
+        with ctx.db.session() as s:
+            row = s.get(Job, job_id)
+            assert row is not None
+            row.status_message_id = status["message_id"]
+            row.kind = kind
+            row.progress = 0.99
+        # The progress task read the job while it was still running...
+        stale = ctx.db.call(lifecycle.delivery, job_id)
+        assert stale is not None
+        assert stale.status is JobStatus.RUNNING
+        # ...then the job finished and its delivery made the final edit...
+        with ctx.db.session() as s:
+            row = s.get(Job, job_id)
+            assert row is not None
+            if kind is JobKind.TRAINING:
+                style = make_style(s, "trained-late-edit")
+                style.names = {"en": "Ink wash"}
+                s.flush()
+                row.style_id = style.id
+                row.result_meta = {"style_id": style.id}
+            else:
+                row.result_blobs = images
+            row.transition(JobStatus.SUCCEEDED)
+        assert await asyncio.to_thread(send_result, job_id) == "delivered"
+        final = tg.current(status)["text"]
+        assert final != running_text
+        # ...and only now does the progress edit (99 %) reach Telegram.
+        reads = iter([stale])
+        real_snapshot = deliver._snapshot
+        monkeypatch.setattr(
+            deliver, "_snapshot", lambda jid: next(reads, None) or real_snapshot(jid)
+        )
+        await asyncio.to_thread(send_progress, job_id)
+        late = [c for c in tg.calls_to("editMessageText") if "99" in str(c.get("text"))]
+        assert late, "the late progress edit was sent"
+        assert tg.current(status)["text"] == final
