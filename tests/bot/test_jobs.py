@@ -6,7 +6,7 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from db.base import utcnow
-from db.models import Job, JobKind, JobStatus, User
+from db.models import Job, JobKind, JobStatus, User, WebhookDelivery, WebhookEndpoint
 from telegram_ui.i18n import translate
 from telegram_ui.keyboards import result_keyboard
 from tests.bot.conftest import ADMIN_ID, BotHarness, give_selfie, jobs_of, published
@@ -110,6 +110,10 @@ class TestCancel:
         tg = bot.tg
         ann = tg.user(4101, "Ann", "ru")
         give_selfie(bot, ann.id)
+        with bot.db.session() as s:
+            s.add(
+                WebhookEndpoint(url="http://x.invalid/", secret="s" * 16, events=["job.cancelled"])
+            )
         await pick_first_style(bot, ann)
         await tg.wait_text(ann.id, "в очереди")
         status = tg.bot_messages(ann.id)[-1]
@@ -120,6 +124,9 @@ class TestCancel:
         [job] = jobs_of(bot, ann.id)
         assert job.status is JobStatus.CANCELLED
         assert job.error_code == "cancelled"
+        with bot.db.session() as s:
+            [event] = s.scalars(select(WebhookDelivery)).all()
+        assert (event.event, event.payload["job_id"]) == ("job.cancelled", job.id)
 
     async def test_cancel_a_running_job_asks_the_worker(self, bot: BotHarness) -> None:
         tg = bot.tg

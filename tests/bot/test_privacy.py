@@ -61,6 +61,39 @@ class TestForgetCommand:
         for key in [selfie_key, *result_keys]:
             assert not bot.blobs.exists(key)
 
+    async def test_an_active_jobs_status_message_says_cancelled(self, bot: BotHarness) -> None:
+        tg = bot.tg
+        ann = tg.user(6003, "Ann", "en")
+        user_id, photo_id = give_selfie(bot, ann.id)
+        status = tg._bot_message(ann.id, text=translate("en", "job.running", percent=40))
+        with bot.db.session() as s:
+            job = Job(
+                user_id=user_id,
+                kind="portrait",
+                params={"photo_ids": [photo_id]},
+                chat_id=ann.id,
+                status_message_id=status["message_id"],
+            )
+            s.add(job)
+            s.flush()
+            job.transition(JobStatus.RUNNING)
+            job_id = job.id
+        tg.send_text(ann, "/forget")
+        await tg.wait_text(ann.id, translate("en", "forget.confirm"))
+        since = len(tg.calls)
+        tg.press_button(ann, tg.bot_messages(ann.id)[-1], translate("en", "btn.forget_yes"))
+        await tg.wait_text(ann.id, translate("en", "forget.done", photos=1, jobs=0), since=since)
+        assert tg.current(status)["text"] == translate("en", "job.cancelled")
+        with bot.db.session() as s:
+            running = s.get(Job, job_id)
+            assert running is not None
+            # The worker owns it until it stops; nothing ties it to Ann any more.
+            assert (running.cancel_requested, running.user_id, running.chat_id) == (
+                True,
+                None,
+                None,
+            )
+
     async def test_no_keeps_everything(self, bot: BotHarness) -> None:
         tg = bot.tg
         ann = tg.user(6002, "Ann", "zh")
