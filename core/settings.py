@@ -7,6 +7,7 @@ under `DATA_DIR`, so `facechain-bot run` works on a fresh machine with only a to
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from functools import cached_property
 from pathlib import Path
@@ -209,6 +210,31 @@ class AdminSettings(BaseSettings):
     port: int = Field(default=8080, ge=0, le=65535)
     # Public metrics are convenient behind a private network; off means bearer auth.
     public_metrics: bool = True
+    # When set, /metrics answers only `Authorization: Bearer <this>` (or the admin token):
+    # Prometheus gets its own secret, not the admin one.
+    metrics_token: SecretStr | None = None
+    # Reverse proxies (addresses or networks, comma-separated) whose X-Forwarded-For names the
+    # client: the admin lockout then counts failures per client, not per proxy.
+    trusted_proxies: str = ""
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, value: str) -> str:
+        for item in value.split(","):
+            if item.strip():
+                try:
+                    ipaddress.ip_network(item.strip(), strict=False)
+                except ValueError:
+                    raise ValueError(f"{item.strip()!r} is not an address or network") from None
+        return value
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _metrics_token(cls, value: SecretStr | None) -> SecretStr | None:
+        _reject_placeholder(value, "ADMIN_METRICS_TOKEN")
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters (try: openssl rand -hex 24)")
+        return value
 
     @field_validator("token")
     @classmethod

@@ -64,6 +64,10 @@ def ping_broker(celery: Celery, timeout: float = CHECK_TIMEOUT_SECONDS) -> None:
         conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=timeout)
 
 
+# The worker queues whose depth /metrics reports.
+QUEUES = ("gpu", "train", "io")
+
+
 class CeleryPublisher:
     """`domain.outbox.Publisher` on a Celery app: jobs on gpu, deliveries and broadcasts on io."""
 
@@ -85,6 +89,18 @@ class CeleryPublisher:
     def ping(self) -> None:
         """Raise if the broker cannot be reached."""
         ping_broker(self.celery)
+
+    def queue_depths(self) -> dict[str, int]:
+        """Messages waiting in each worker queue (Redis: LLEN over its priority lists)."""
+        with self.celery.connection_for_read() as conn:
+            channel = conn.default_channel
+            size = getattr(channel, "_size", None)
+            if size is None:
+                # A broker without a cheap size (AMQP): passive declares report the count.
+                return {
+                    q: int(channel.queue_declare(q, passive=True).message_count) for q in QUEUES
+                }
+            return {q: int(size(q)) for q in QUEUES}
 
     @staticmethod
     def _quietly(what: str, fn: Callable[..., object], *args: object) -> None:

@@ -17,7 +17,13 @@ from core.settings import AppConfig
 from db.session import Database
 from domain.outbox import Publisher
 from web.api import api_routes
-from web.auth import DEFAULT_MAX_FAILURES, DEFAULT_WINDOW_SECONDS, AuthGuard, FailureLimiter
+from web.auth import (
+    DEFAULT_MAX_FAILURES,
+    DEFAULT_WINDOW_SECONDS,
+    AuthGuard,
+    FailureLimiter,
+    parse_networks,
+)
 from web.health import health_routes
 from web.http import error_middleware, make_handler
 from web.keys import (
@@ -73,7 +79,11 @@ def create_web_app(
     app[PUBLISHER] = publisher
     app[METRICS] = metrics or default_metrics()
     token = config.admin.token.get_secret_value() if config.admin.token else None
-    app[AUTH] = AuthGuard(token, FailureLimiter(auth_max_failures, auth_window))
+    app[AUTH] = AuthGuard(
+        token,
+        FailureLimiter(auth_max_failures, auth_window),
+        parse_networks(config.admin.trusted_proxies),
+    )
     if token is None:
         logger.warning("ADMIN_TOKEN is not set: the admin API answers 503 until it is")
     routes = [*health_routes(config), *api_routes(config)]

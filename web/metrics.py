@@ -1,5 +1,6 @@
 """`/metrics`: the process counters (`core.metrics`) followed by job, user, webhook and broadcast
-figures read from the database at scrape time (the one place every process writes to)."""
+figures read from the database at scrape time (the one place every process writes to) and the
+broker's queue depths."""
 
 from __future__ import annotations
 
@@ -95,10 +96,39 @@ class DatabaseUpCollector(Collector):
         yield gauge
 
 
-def render(metrics: Metrics, snapshot: DatabaseSnapshot | None) -> bytes:
-    """The exposition text: process counters followed by the database figures (if read)."""
+class BrokerQueueCollector(Collector):
+    """Messages waiting in each worker queue, read from the broker (Redis LLEN)."""
+
+    def __init__(self, depths: dict[str, int] | None) -> None:
+        self.depths = depths
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily(
+            "facechain_metrics_broker_up", "1 if this scrape read the broker's queue depths"
+        )
+        up.add_metric([], 0.0 if self.depths is None else 1.0)
+        yield up
+        if self.depths is not None:
+            depth = GaugeMetricFamily(
+                "facechain_broker_queue_messages",
+                "Messages waiting in the broker, by worker queue (gpu, train, io)",
+                labels=["queue"],
+            )
+            for queue, n in sorted(self.depths.items()):
+                depth.add_metric([queue], float(n))
+            yield depth
+
+
+def render(
+    metrics: Metrics,
+    snapshot: DatabaseSnapshot | None,
+    queue_depths: dict[str, int] | None = None,
+) -> bytes:
+    """The exposition text: process counters, then the database figures and the broker's
+    queue depths (each when it could be read)."""
     scrape = CollectorRegistry(auto_describe=False)
     scrape.register(DatabaseUpCollector(snapshot is not None))
     if snapshot is not None:
         scrape.register(SnapshotCollector(snapshot))
+    scrape.register(BrokerQueueCollector(queue_depths))
     return generate_latest(metrics.registry) + generate_latest(scrape)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Float, case, cast, func, select
+from sqlalchemy import ColumnElement, Float, case, cast, func, select, text
 from sqlalchemy.orm import Session
 
 from db.models import Job, JobStatus, User
@@ -28,6 +28,12 @@ class StatsRepository:
                 (func.julianday(Job.finished_at) - func.julianday(Job.started_at)) * 86400.0, Float
             )
         return cast(func.extract("epoch", Job.finished_at - Job.started_at), Float)
+
+    def bound_statement_time(self, milliseconds: int) -> None:
+        """Cancel any statement of this transaction that runs longer (PostgreSQL; a no-op on
+        SQLite, whose files are small)."""
+        if self.session.get_bind().dialect.name == "postgresql":
+            self.session.execute(text(f"SET LOCAL statement_timeout = {int(milliseconds)}"))
 
     def user_counts(self, active_since: datetime) -> dict[str, int]:
         """Total, banned and recently active users."""

@@ -274,3 +274,31 @@ def test_solo_time_limits_raise_the_soft_limit_inside_the_task_and_end_a_hung_on
     finally:
         limits._stop()
         signal.signal(signal.SIGALRM, signal.SIG_DFL)
+
+
+@pytest.mark.slow
+def test_sigterm_is_a_warm_shutdown_the_job_in_hand_finishes(
+    env: dict[str, str], client: WorkerContext, tmp_path: Path
+) -> None:
+    """A deploy stops the worker with SIGTERM: the running job completes, then it exits 0."""
+    _, queued = _jobs(client)
+    worker = WorkerProcess(
+        {**env, "ENGINE_PROFILE": "tiny", "ENGINE_STEPS": "6"}, "gpu", tmp_path / "worker.log"
+    )
+    try:
+        port = int(env["PROBE_PORT"])
+        wait_for(lambda: _readyz(port)[0] == 200, 180, "the worker to be ready", worker)
+        client.celery.send_task("portrait.generate", args=[queued], queue="gpu")
+        wait_for(
+            lambda: _row(client.db, queued).status is JobStatus.RUNNING,
+            60,
+            "the job to start",
+            worker,
+        )
+        worker.proc.send_signal(signal.SIGTERM)
+        worker.proc.wait(120)
+    finally:
+        worker.stop()
+    assert worker.proc.returncode == 0, worker.log()[-3000:]
+    assert _row(client.db, queued).status is JobStatus.SUCCEEDED
+    assert "warm shutdown" in worker.log().lower()
