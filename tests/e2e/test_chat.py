@@ -132,8 +132,11 @@ def _no_open_transactions(stack: Stack) -> bool:
 
 
 async def freeze_gpu_child(stack: Stack) -> int:
-    """SIGSTOP the gpu worker's pool process between two transactions; returns its pid."""
-    [child] = child_pids(stack.workers["gpu"].proc.pid)
+    """SIGSTOP the process running the gpu worker's tasks between two transactions (the worker
+    itself: gpu workers run their tasks in-process, `tasks.warm`; a pool child if it has one);
+    returns its pid."""
+    worker = stack.workers["gpu"].proc.pid
+    [child] = child_pids(worker) or [worker]
     for _ in range(100):
         os.kill(child, signal.SIGSTOP)
         if _no_open_transactions(stack):
