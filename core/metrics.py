@@ -41,6 +41,13 @@ class Metrics:
             ["method", "route", "status"],
             registry=self.registry,
         )
+        self.delivery_errors = Counter(
+            "facechain_delivery_errors",
+            "Telegram sends of the io worker that failed, by reason (undeliverable, "
+            "maybe_delivered, rate_limited, retried, progress_dropped, preview_dropped)",
+            ["reason"],
+            registry=self.registry,
+        )
 
         self.payments = Counter(
             "facechain_payments",
@@ -66,6 +73,10 @@ class Metrics:
         self.payments.labels(event=event).inc()
         if stars:
             self.payment_stars.labels(event=event).inc(stars)
+
+    def record_delivery_error(self, reason: str) -> None:
+        """Count one result or status message the io worker could not send, by reason."""
+        self.delivery_errors.labels(reason=reason).inc()
 
     def record_error(self, code: str, source: str) -> None:
         """Count one error with its stable code."""

@@ -86,8 +86,8 @@ def cmd_web(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     """A Celery worker for the given queues (gpu workers run one task at a time)."""
     from celery import signals
-    from prometheus_client import CollectorRegistry
 
+    from core.metrics import default_metrics
     from service.probe import GpuMemoryCollector, serve_probe
     from tasks.celery_app import create_celery
 
@@ -96,7 +96,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     names = [q for q in queues.split(",") if q]
     # Only the task modules of these queues: an io worker never imports torch.
     app = create_celery(config, queues=names)
-    registry = CollectorRegistry()
+    # The process counters (delivery errors on io workers) plus GPU memory on gpu workers.
+    registry = default_metrics().registry
     if {"gpu", "train"} & set(names):
         registry.register(GpuMemoryCollector())
     probe = serve_probe("worker", config.probe.host, config.probe.port, registry)

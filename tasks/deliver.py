@@ -29,6 +29,7 @@ from telegram.error import (
     TimedOut,
 )
 
+from core.metrics import default_metrics
 from db.models import JobKind, JobStatus
 from domain import lifecycle, privacy
 from domain.lifecycle import Delivery
@@ -243,6 +244,7 @@ def send_result(self: Task, job_id: int) -> str:
         try:
             _with_bot(_send_result, d)
         except TelegramError as exc:
+            _count_error(exc)
             if is_terminal(exc):
                 db.call(lifecycle.mark_undeliverable, job_id, f"{type(exc).__name__}: {exc}")
                 if not isinstance(exc, Forbidden | InvalidToken):
@@ -262,6 +264,19 @@ def send_result(self: Task, job_id: int) -> str:
                 raise
     db.call(lifecycle.mark_delivered, job_id)
     return "delivered"
+
+
+def _count_error(exc: TelegramError) -> None:
+    """Count a failed result send by what happens next (`facechain_delivery_errors_total`)."""
+    if is_terminal(exc):
+        reason = "undeliverable"
+    elif isinstance(exc, NetworkError) and may_have_reached_telegram(exc):
+        reason = "maybe_delivered"
+    elif isinstance(exc, RetryAfter):
+        reason = "rate_limited"
+    else:
+        reason = "retried"
+    default_metrics().record_delivery_error(reason)
 
 
 def _tell_user_undeliverable(d: Delivery) -> None:
@@ -304,6 +319,7 @@ def send_progress(self: Task, job_id: int) -> None:
         _with_bot(_send_progress, d)
     except (RetryAfter, TimedOut, NetworkError, Forbidden) as exc:
         # A later progress edit supersedes this one.
+        default_metrics().record_delivery_error("progress_dropped")
         logger.debug("progress edit for job %s dropped: %s", job_id, exc)
 
 
@@ -332,6 +348,7 @@ def send_pose_preview(self: Task, job_id: int) -> str:
         ctx.call_telegram(lambda bot: _send_preview(bot, target.chat_id, target.language, photo))
     except (RetryAfter, TimedOut, NetworkError, Forbidden) as exc:
         # The portraits still come; a late preview is worth less than none.
+        default_metrics().record_delivery_error("preview_dropped")
         logger.info("pose preview for job %s dropped: %s", job_id, exc)
         return "dropped"
     return "sent"

@@ -47,7 +47,8 @@ def test_the_dashboard_is_provisioned_json() -> None:
     dashboard: dict[str, Any] = json.loads(DASHBOARD.read_text())
     assert dashboard["uid"] == "facechain-bot"
     titles = " ".join(p["title"].lower() for p in dashboard["panels"])
-    for topic in ("jobs by state", "queue depth", "p50", "failures", "updates", "delivery", "gpu"):
+    topics = ("jobs by state", "queue depth", "p50", "failures", "updates", "delivery", "gpu")
+    for topic in (*topics, "delivery errors", "broker queue depth per queue"):
         assert topic in titles, topic
     provisioning = yaml.safe_load(
         (ROOT / "deploy/grafana/provisioning/dashboards/facechain.yml").read_text()
@@ -81,7 +82,7 @@ def test_every_queried_metric_is_exposed(session: Any) -> None:
     from web.metrics import render
 
     metrics = create_metrics()
-    web_text = render(metrics, read_snapshot(session)).decode()
+    web_text = render(metrics, read_snapshot(session), {"gpu": 0, "train": 0, "io": 0}).decode()
     worker = CollectorRegistry()
     worker.register(GpuMemoryCollector())
     families = exposed(web_text) | exposed(generate_latest(metrics.registry).decode())

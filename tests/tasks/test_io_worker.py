@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from core.metrics import default_metrics
 from core.settings import (
     AppConfig,
     BrokerSettings,
@@ -106,6 +107,7 @@ async def test_a_hung_bot_api_call_ends_the_task_within_the_io_limit(
         await asyncio.sleep(120)
 
     tg._m_sendMediaGroup = hang  # type: ignore[method-assign]
+    before = _delivery_errors("maybe_delivered")
     started = time.monotonic()
     outcome = await asyncio.to_thread(send_result, job_id)
     elapsed = time.monotonic() - started
@@ -114,12 +116,21 @@ async def test_a_hung_bot_api_call_ends_the_task_within_the_io_limit(
     # The album may have arrived: it is not sent twice (the user has /history).
     assert outcome == "delivered"
     assert len(hung) == 1
+    # Counted for the dashboard's delivery errors panel (the io worker's probe /metrics).
+    assert _delivery_errors("maybe_delivered") == before + 1
 
     # The process's Bot is still usable afterwards.
     other = _job(ctx, JobStatus.RUNNING, 8301)
     await asyncio.to_thread(send_progress, other)
     # The task has returned, so its call is recorded (answered 400: the fake never sent it).
     assert [c for c in tg.calls if c.method == "editMessageText" and c.chat_id == 8301]
+
+
+def _delivery_errors(reason: str) -> float:
+    value = default_metrics().registry.get_sample_value(
+        "facechain_delivery_errors_total", {"reason": reason}
+    )
+    return value or 0.0
 
 
 def _config(**broker: Any) -> AppConfig:
@@ -143,9 +154,9 @@ def test_visibility_timeout_per_worker_role(queues: list[str], timeout: int) -> 
 
 def test_visibility_timeout_follows_the_limits_and_mixed_roles_take_the_longest() -> None:
     config = _config(io_time_limit=30, gpu_time_limit=600)
-    assert create_celery(config, ["io"]).conf.broker_transport_options[
-        "visibility_timeout"
-    ] == (30 + 300)
+    assert create_celery(config, ["io"]).conf.broker_transport_options["visibility_timeout"] == (
+        30 + 300
+    )
     mixed = create_celery(config, ["io", "gpu"]).conf.broker_transport_options
     assert mixed["visibility_timeout"] == 600 + 300
     assert mixed["unacked_key"] == "unacked:gpu-io"
