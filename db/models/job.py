@@ -30,7 +30,8 @@ class JobStatus(enum.StrEnum):
 
 # queued → running → succeeded | failed | cancelled; final states stay final (delivery to the
 # chat is recorded apart: `delivered_at`, `delivery_attempts`, `delivery_error`).
-# running → running is a redelivery after a worker died mid-job (attempts counts them);
+# running → running is a takeover once the job's lease expired (its worker died; attempts
+# counts the claims);
 # failed/cancelled → queued is an explicit retry (admin API).
 ALLOWED_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELLED, JobStatus.FAILED}),
@@ -84,8 +85,9 @@ class Job(TimestampMixin, Base):
     delivery_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     delivery_error: Mapped[str | None] = mapped_column(Text)
     worker: Mapped[str | None] = mapped_column(String(128))
-    # The lease of a running job: the worker that holds it and until when (database clock),
-    # renewed by the worker's heartbeat; an expired lease lets the sweep re-queue the job.
+    # The lease of an active job (docs/ARCHITECTURE.md, "Job lease"): the claim that holds it
+    # (null: the broker, once published) and until when, by the database clock; renewed by the
+    # worker's heartbeat; an expired lease lets the sweep re-queue the job.
     lease_owner: Mapped[str | None] = mapped_column(String(128))
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
     # What creating the job cost the user (`ChargeKind` value: a free-quota slot or credits;
@@ -128,8 +130,13 @@ class Job(TimestampMixin, Base):
             self.delivered_at = None
             self.delivery_attempts = 0
             self.delivery_error = None
+            self.lease_owner = None
+            self.lease_expires_at = None
         elif to in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED):
             self.finished_at = now
+            # Nobody holds a finished job (a worker still at it finds its lease gone and stops).
+            self.lease_owner = None
+            self.lease_expires_at = None
             if to is JobStatus.SUCCEEDED:
                 self.progress = 1.0
         self.status = to

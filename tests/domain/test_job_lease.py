@@ -164,6 +164,16 @@ class TestClaim:
         assert status is JobStatus.FAILED
         assert events_of(session) == [("job.failed", other)]
 
+    def test_final_and_retried_jobs_hold_no_lease(self, session: Session) -> None:
+        job_id = new_job(session)
+        lifecycle.mark_dispatched(session, job_id)  # the broker's lease
+        job = row(session, job_id)
+        assert job.lease_expires_at is not None
+        job.transition(JobStatus.CANCELLED)  # the user cancelled it while queued
+        assert (job.lease_owner, job.lease_expires_at) == (None, None)
+        job.transition(JobStatus.QUEUED)  # an admin retry starts without one
+        assert (job.lease_owner, job.lease_expires_at) == (None, None)
+
 
 class TestRenewal:
     def test_the_old_owner_is_refused_after_a_takeover(self, session: Session) -> None:
