@@ -19,6 +19,7 @@ from domain.loras import (
     download_style_loras,
     resolve_style_lora,
 )
+from domain.workerfiles import lora_cache_dir, prune_lora_cache
 from facechain import registry
 from tests.domain.lora_data import kohya_lora, to_bytes
 from tests.utils.factories import make_style
@@ -163,3 +164,30 @@ class TestBlobLoRA:
         style = make_style(session, slug="gone", lora_blob="0" * 64)
         with pytest.raises(StyleLoRAMissing, match="missing from the blob store"):
             resolve_style_lora(style, tmp_path, blobs)
+
+    def test_a_cached_copy_is_not_used_once_its_blob_is_deleted(
+        self, session: Session, blobs: LocalBlobStore, tmp_path: Path
+    ) -> None:
+        data = to_bytes(kohya_lora())
+        style = make_style(session, slug="forgotten", lora_blob=blobs.put(data))
+        path = resolve_style_lora(style, tmp_path, blobs)
+        assert path is not None
+        assert path.is_file()
+        blobs.delete(style.lora_blob)  # /forget (or a deleted style), on another machine
+        with pytest.raises(StyleLoRAMissing, match="missing from the blob store"):
+            resolve_style_lora(style, tmp_path, blobs)
+        assert not path.exists()
+
+    def test_prune_drops_cached_copies_whose_blob_is_gone(
+        self, blobs: LocalBlobStore, tmp_path: Path
+    ) -> None:
+        kept_key = blobs.put(b"kept-lora")
+        gone_key = blobs.put(b"gone-lora")
+        folder = lora_cache_dir(tmp_path)
+        folder.mkdir(parents=True)
+        for key in (kept_key, gone_key):
+            (folder / f"{key}.safetensors").write_bytes(b"x")
+        (folder / ".tmp-abc").write_bytes(b"being written")
+        blobs.delete(gone_key)
+        assert prune_lora_cache(tmp_path, blobs) == 1
+        assert sorted(p.name for p in folder.iterdir()) == [".tmp-abc", f"{kept_key}.safetensors"]

@@ -421,3 +421,26 @@ class TestLateProgressEdit:
         late = [c for c in tg.calls_to("editMessageText") if "99" in str(c.get("text"))]
         assert late, "the late progress edit was sent"
         assert tg.current(status)["text"] == final
+
+
+class TestForgottenWhileRunning:
+    async def test_a_job_finishing_after_forget_is_discarded_not_delivered(
+        self, tg: FakeTelegram, ctx: WorkerContext
+    ) -> None:
+        from domain.privacy import forget_user
+
+        job_id = _job(ctx, JobStatus.RUNNING)
+        user_id = _row(ctx, job_id).user_id
+        ctx.db.call(forget_user, ctx.blobs, user_id)
+        # The worker was past its last cancel check: it stores the portraits and finishes.
+        images = [ctx.blobs.put((FACES / "man_pose1.png").read_bytes())]
+        with ctx.db.session() as s:
+            row = s.get(Job, job_id)
+            assert row is not None
+            row.result_blobs = images
+            row.transition(JobStatus.SUCCEEDED)
+        assert await asyncio.to_thread(send_result, job_id) == "discarded"
+        assert _chat_calls(tg) == []
+        with ctx.db.session() as s:
+            assert s.get(Job, job_id) is None
+        assert not ctx.blobs.exists(images[0])
