@@ -32,7 +32,7 @@ CHECK_TIMEOUT_SECONDS = 3.0
 
 
 def dispatch_job(celery: Celery, db: Database, job_id: int) -> bool:
-    """Publish the task of a queued (or redelivered running) job; False if it needs none."""
+    """Publish the task of a queued (or re-queued running) job; False if it needs none."""
     kind = db.call(lifecycle.dispatchable_kind, job_id)
     if kind is None:
         return False
