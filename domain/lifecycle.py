@@ -367,6 +367,7 @@ def sweep(
         .order_by(Job.id)
         .limit(limit)
         .with_for_update(skip_locked=True)
+        .execution_options(populate_existing=True)
     ):
         if timed_out(job, TIME_GRACE):
             _end(
@@ -390,6 +391,7 @@ def sweep(
         .order_by(Job.id)
         .limit(limit)
         .with_for_update(skip_locked=True)
+        .execution_options(populate_existing=True)
     ):
         if job.status not in ACTIVE_STATUSES or job.id in plan.failed:
             continue
