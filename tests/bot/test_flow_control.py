@@ -108,6 +108,19 @@ class TestRateLimit:
         tg.send_text(bob, "/help")
         await tg.wait_for("sendMessage", chat_id=bob.id)
 
+    async def test_the_slow_down_is_in_the_chosen_language(self, harness: BotHarness) -> None:
+        await harness.start(updates_per_minute=2)
+        tg = harness.tg
+        ann = tg.user(5103, "Ann", "en")  # the client says English; Ann chose Russian
+        give_selfie(harness, ann.id, language="ru", language_chosen=True)
+        tg.send_text(ann, "hello")
+        await tg.wait_text(ann.id, translate("ru", "fallback.text"))
+        for i in range(3):
+            tg.send_text(ann, f"hello {i}")
+        await tg.wait_text(ann.id, translate("ru", "error.rate_limited"))
+        await tg.idle()
+        assert translate("en", "error.rate_limited") not in tg.sent_texts(ann.id)
+
 
 class TestBanned:
     async def test_banned_user_is_answered_once(self, bot: BotHarness) -> None:
