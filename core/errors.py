@@ -75,6 +75,12 @@ class Conflict(AppError):
     code = "conflict"
 
 
+class InsufficientCredits(Conflict):
+    """Taking credits a user does not have (a balance never goes below zero)."""
+
+    code = "insufficient_credits"
+
+
 class InUse(Conflict):
     """A catalog item still has queued or running jobs."""
 

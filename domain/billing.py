@@ -50,6 +50,7 @@ from sqlalchemy.orm.util import identity_key
 
 from core.errors import (
     CreditsNeeded,
+    InsufficientCredits,
     NotFound,
     PaymentRefused,
     QuotaExceeded,
@@ -699,7 +700,7 @@ def grant_credits(
     user = by_telegram_id(session, who)
     session.get(User, user.id, with_for_update=True, populate_existing=True)
     if _move(session, user.id, LedgerKind.GRANT, delta, actor=actor, note=note) is None:
-        raise ValidationFailed(
+        raise InsufficientCredits(
             f"the user has {user.credits} credits; cannot take {-delta}",
             credits=user.credits,
         )

@@ -10,6 +10,8 @@ follows a refund changes nothing."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 
 from telegram import Bot
 from telegram.error import BadRequest, TelegramError
@@ -26,20 +28,31 @@ ALREADY_REFUNDED = "CHARGE_ALREADY_REFUNDED"
 
 
 async def refund(
-    bot: Bot, db: Database, publisher: Publisher, ref: int | str, actor: str
+    open_bot: Callable[[], AbstractAsyncContextManager[Bot]],
+    db: Database,
+    publisher: Publisher,
+    ref: int | str,
+    actor: str,
 ) -> billing.RefundResult:
-    """Refund a payment (by id or Telegram charge id); PaymentRefused when Telegram refuses."""
+    """Refund a payment (by id or Telegram charge id); NotFound for an unknown one,
+    PaymentRefused when Telegram refuses. `open_bot` gives the Bot (opened only when needed)."""
     target = await db.run(billing.refund_target, ref)
-    if not target.refunded:
+    if target.refunded:
+        return await transact_async(
+            db, publisher, billing.refund_payment, target.payment_id, actor
+        )
+    async with open_bot() as bot:
         try:
             await bot.refund_star_payment(target.telegram_id, target.charge_id)
         except BadRequest as exc:
             if ALREADY_REFUNDED not in str(exc).upper():
                 raise PaymentRefused(str(exc), reason="telegram", telegram=str(exc)) from exc
             logger.info("payment %s was already refunded at Telegram", target.charge_id)
-    result = await transact_async(db, publisher, billing.refund_payment, target.payment_id, actor)
-    if not result.duplicate and result.language is not None:
-        await tell_refunded(bot, result)
+        result = await transact_async(
+            db, publisher, billing.refund_payment, target.payment_id, actor
+        )
+        if not result.duplicate and result.language is not None:
+            await tell_refunded(bot, result)
     return result
 
 

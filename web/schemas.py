@@ -22,7 +22,8 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 from typing_extensions import TypedDict
 
-from db.models import BaseModelName, JobKind, JobStatus, StyleOrigin
+from db.models import BaseModelName, JobKind, JobStatus, LedgerKind, StyleOrigin
+from domain.billing import MAX_GRANT, MAX_PACK_CREDITS, MAX_STARS, MIN_STARS
 from domain.broadcasts import MAX_TEXT_LENGTH
 from domain.users import MAX_QUOTA
 from domain.webhooks import EVENTS
@@ -261,6 +262,8 @@ class UserOut(Model):
     is_banned: bool
     can_train: bool
     daily_quota: int | None
+    # Paid generation credits (Telegram Stars packs; see /api/v1/users/{id}/ledger).
+    credits: int
     created_at: datetime
     last_seen_at: datetime | None
 
@@ -510,3 +513,164 @@ class TelegramUpdateIn(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     update_id: int = Field(ge=0, le=INT64_MAX)
+
+
+# ---- paid generations (Telegram Stars) ----
+
+PackTitle = Annotated[
+    str, Field(min_length=1, max_length=32, pattern=NON_BLANK), AfterValidator(_clean_text)
+]
+PackCredits = Annotated[int, Field(ge=1, le=MAX_PACK_CREDITS), BeforeValidator(_json_integer)]
+Stars = Annotated[int, Field(ge=MIN_STARS, le=MAX_STARS), BeforeValidator(_json_integer)]
+PackPosition = Annotated[int, Field(ge=0, le=MAX_POSITION), BeforeValidator(_json_integer)]
+
+
+class PackIn(JsonInput):
+    """A pack of generation credits sold for Telegram Stars."""
+
+    title: PackTitle
+    credits: PackCredits
+    stars: Stars
+    enabled: StrictBool = True
+    # Shop order (ascending); omitted: after the last pack.
+    position: PackPosition | None = None
+
+
+class PackPatch(JsonInput):
+    """Fields to change; at least one (null: unchanged). Invoices already sent for the old
+    terms are refused at checkout."""
+
+    model_config = ConfigDict(json_schema_extra={"minProperties": 1})
+
+    title: PackTitle | None = None
+    credits: PackCredits | None = None
+    stars: Stars | None = None
+    enabled: StrictBool | None = None
+    position: PackPosition | None = None
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> PackPatch:
+        if not self.model_fields_set:
+            raise ValueError("give at least one field to change")
+        return self
+
+
+class PackOut(Model):
+    id: int
+    title: str
+    credits: int
+    stars: int
+    enabled: bool
+    position: int
+    created_at: datetime
+
+
+class PackList(BaseModel):
+    items: list[PackOut]
+
+
+class LedgerOut(Model):
+    """One credit movement (append-only), newest first."""
+
+    id: int
+    kind: LedgerKind
+    delta: int
+    balance: int
+    job_id: int | None
+    payment_id: int | None
+    actor: str | None
+    note: str | None
+    created_at: datetime
+
+
+class LedgerPage(Page[LedgerOut]):
+    telegram_id: int
+    credits: int
+
+
+def _not_zero(schema: dict[str, Any], name: str) -> None:
+    """Document that a property may not be 0 (`not: {const: 0}`)."""
+    schema["properties"][name]["not"] = {"const": 0}
+
+
+class GrantIn(JsonInput):
+    """An admin's correction of a user's credits (written to the ledger); never below 0."""
+
+    model_config = ConfigDict(json_schema_extra=lambda schema: _not_zero(schema, "credits"))
+
+    credits: Annotated[int, Field(ge=-MAX_GRANT, le=MAX_GRANT), BeforeValidator(_json_integer)]
+    note: Annotated[Text, Field(max_length=255)] | None = None
+
+    @model_validator(mode="after")
+    def _non_zero(self) -> GrantIn:
+        if self.credits == 0:
+            raise ValueError("credits must not be 0")
+        return self
+
+
+class PaymentQuery(PageQuery):
+    telegram_id: Annotated[int, Field(ge=1, le=INT64_MAX)] | None = None
+
+
+class PaymentOut(Model):
+    id: int
+    charge_id: str
+    telegram_id: int
+    user_id: int | None
+    pack_id: int | None
+    title: str
+    stars: int
+    credits: int
+    created_at: datetime
+    refunded_at: datetime | None
+    refund_debited: int | None
+    refund_shortfall: int | None
+
+
+class RefundOut(BaseModel):
+    """What a refund did: credits debited, those already spent (`shortfall`, not debited: the
+    balance never goes negative), and whether it had been refunded before (`duplicate`)."""
+
+    payment_id: int
+    charge_id: str
+    stars: int
+    debited: int
+    shortfall: int
+    balance: int | None
+    duplicate: bool
+
+
+class RevenueQuery(Query):
+    days: int = Field(default=30, ge=1, le=366)
+
+
+class RevenueDayOut(BaseModel):
+    day: str
+    payments: int
+    stars: int
+    credits: int
+    refunds: int
+    refunded_stars: int
+    net_stars: int
+
+
+class RevenueOut(BaseModel):
+    """Sales per UTC day, oldest first (today last), and the totals."""
+
+    days: list[RevenueDayOut]
+    stars: int
+    refunded_stars: int
+    net_stars: int
+
+
+class LedgerMismatch(BaseModel):
+    user_id: int
+    credits: int
+    ledger_sum: int
+
+
+class LedgerCheckOut(BaseModel):
+    """Users whose balance disagrees with their ledger (empty: all agree)."""
+
+    ok: bool
+    mismatches: list[LedgerMismatch]

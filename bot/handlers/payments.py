@@ -10,6 +10,7 @@ the ban still gets what they paid for; a banned user's checkout is refused in th
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 
 from telegram import LabeledPrice, Update
 
@@ -295,7 +296,11 @@ async def refund_command(update: Update, context: BotContext) -> None:
         return
     try:
         result = await telegram_payments.refund(
-            context.bot, context.db, context.deps.publisher, args[0], _actor(context)
+            lambda: nullcontext(context.bot),
+            context.db,
+            context.deps.publisher,
+            args[0],
+            _actor(context),
         )
     except PaymentRefused as exc:
         reason = str(exc.details.get("telegram", exc))

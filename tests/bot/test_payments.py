@@ -309,7 +309,7 @@ class TestAdminPacks:
         tg.send_text(admin, f"/grant {kim.id} 4")
         await tg.wait_text(admin.id, f"Credits of {kim.id}: 4")
         tg.send_text(admin, f"/grant {kim.id} -5")
-        await tg.wait_text(admin.id, translate("en", "error.invalid"))
+        await tg.wait_text(admin.id, translate("en", "error.insufficient_credits", credits=4))
         assert credits_of(shop, kim.id) == 4
         # Not for everyone.
         tg.send_text(kim, "/packs")

@@ -370,11 +370,11 @@ class TestPayments:
         assert row.refund_shortfall == 2
 
     def test_grant_never_below_zero(self, session: Session) -> None:
-        from core.errors import ValidationFailed
+        from core.errors import InsufficientCredits
 
         user = _user(session)
         billing.grant_credits(session, user.telegram_id, 2, "admin")
-        with pytest.raises(ValidationFailed):
+        with pytest.raises(InsufficientCredits):
             billing.grant_credits(session, user.telegram_id, -3, "admin")
         billing.grant_credits(session, user.telegram_id, -2, "admin")
         assert _credits(session, user) == 0
@@ -425,7 +425,7 @@ OPERATION = st.one_of(
 )
 @given(st.lists(OPERATION, min_size=1, max_size=25))
 def test_ledger_and_balances_agree(session: Session, operations: list[tuple[str, Any]]) -> None:
-    from core.errors import ValidationFailed
+    from core.errors import InsufficientCredits
 
     user, style = _user(session), _style(session)
     payments: list[int] = []
@@ -455,7 +455,7 @@ def test_ledger_and_balances_agree(session: Session, operations: list[tuple[str,
         elif op == "grant" and arg:
             try:
                 billing.grant_credits(session, user.telegram_id, arg, "admin")
-            except ValidationFailed:
+            except InsufficientCredits:
                 pass
         session.flush()
         credits = _credits(session, user)

@@ -8,7 +8,7 @@ AuditEntry."""
 from __future__ import annotations
 
 from core.settings import AppConfig
-from web.api import broadcasts, jobs, meta, styles, templates, users, webhooks
+from web.api import billing, broadcasts, jobs, meta, styles, templates, users, webhooks
 from web.openapi import Route
 
 
@@ -22,4 +22,5 @@ def api_routes(config: AppConfig) -> list[Route]:
         *jobs.routes(),
         *broadcasts.routes(),
         *webhooks.routes(),
+        *billing.routes(),
     ]
