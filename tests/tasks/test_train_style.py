@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import io
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from unittest import mock
@@ -15,11 +16,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from core.blobstore import LocalBlobStore
 from core.settings import AppConfig
+from db.base import db_now
 from db.models import (
     BaseModelName,
     Job,
@@ -224,6 +226,15 @@ class TestTrainStyle:
         ]
 
         monkeypatch.setattr(train_module._TrainingReporter, "__call__", report)
+        # Redelivered at once, the message finds the dead attempt's lease still live: dropped.
+        assert train_style(job_id) is None
+        # The dead worker renews nothing; once its lease ran out, the redelivery takes over.
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(lease_expires_at=db_now(session) - timedelta(seconds=1))
+        )
+        session.commit()
         assert train_style(job_id) == "succeeded"
         session.expire_all()
         job = session.get(Job, job_id)
