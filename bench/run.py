@@ -1,8 +1,8 @@
 """Benchmark runner: every benchmark in `bench/` as a subprocess, figures into `bench/RESULTS.md`.
 
 Runs the engine (`bench/engine.py`), GPU (`bench/gpu.py`), template (`bench/template.py`),
-annotators (`bench/annotators.py`), training (`bench/training.py`) and load (`bench/load.py`)
-benchmarks that exist, collects their
+annotators (`bench/annotators.py`), training (`bench/training.py`), warm worker
+(`bench/warm_worker.py`) and load (`bench/load.py`) benchmarks that exist, collects their
 `label: value` lines, and writes a dated Markdown section with the machine (CPU, cores, RAM,
 GPU), the library versions and the figures, plus the commands that reproduce them. A section
 from another machine (say, a GPU box) is kept; a re-run on the same machine replaces its own.
@@ -52,6 +52,12 @@ BENCHMARKS: dict[str, tuple[str, list[str], str]] = {
         "OpenPose body/hand/face, FairFace and RRDB upscale at full size (seconds, peak memory)",
     ),
     "training": ("training.py", [], "style LoRA training (seconds per step, peak memory)"),
+    "warm_worker": (
+        "warm_worker.py",
+        ["--runs", "3"],
+        "a warm gpu worker: engine load before consuming, ready line to the first denoising "
+        "step, a later job's publish to first step, RSS (tiny profile)",
+    ),
     "load": (
         "load.py",
         ["--users", "50", "--seconds", "20"],

@@ -204,6 +204,10 @@ class FaceDetector:
         # cv2.dnn networks keep per-call state (input size, blobs): one instance per thread.
         self._local = threading.local()
 
+    def load(self) -> None:
+        """Build this thread's network now (a warm worker does it before its first job)."""
+        self._net()
+
     def _net(self) -> cv2.FaceDetectorYN:
         """This thread's YuNet instance."""
         net: cv2.FaceDetectorYN | None = getattr(self._local, "net", None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Sequence
@@ -38,6 +39,10 @@ class FaceEmbedder:
         # cv2.dnn networks are not safe for concurrent forward passes.
         self._local = threading.local()
 
+    def load(self) -> None:
+        """Build this thread's network now (a warm worker does it before its first job)."""
+        self._net()
+
     def _net(self) -> cv2.FaceRecognizerSF:
         """This thread's SFace instance."""
         net: cv2.FaceRecognizerSF | None = getattr(self._local, "net", None)
@@ -64,6 +69,13 @@ class FaceEmbedder:
         Alignment is our own ArcFace-template warp, the same template SFace's alignCrop uses.
         """
         return self.embed_aligned(align_face(image_rgb, face.landmarks, 112))
+
+
+@functools.cache
+def default_embedder() -> FaceEmbedder:
+    """Process-wide SFace embedder on the packaged weights (its networks are built once per
+    thread, not once per job)."""
+    return FaceEmbedder()
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -101,7 +113,7 @@ class IdentityScorer:
             raise ValueError(f"reference embeddings must be {EMBEDDING_DIM}-d, got {refs.shape}")
         self.references = refs / np.linalg.norm(refs, axis=1, keepdims=True)
         self.detector = detector or default_detector()
-        self.embedder = embedder or FaceEmbedder()
+        self.embedder = embedder or default_embedder()
 
     @classmethod
     def from_images(
@@ -113,7 +125,7 @@ class IdentityScorer:
     ) -> IdentityScorer:
         """References from RGB selfies (largest face of each); NoFace if one has none."""
         detector = detector or default_detector()
-        embedder = embedder or FaceEmbedder()
+        embedder = embedder or default_embedder()
         refs = []
         for index, image in enumerate(images_rgb):
             face = largest_face(detector.detect_faces(image))

@@ -78,11 +78,17 @@ def warm_engine(ctx: WorkerContext) -> WarmReport:
     """Build everything a gpu task uses now (raises what the build raises)."""
     from facechain.engine import BaseModel
     from facechain.errors import WeightsMissing
+    from facechain.faces import default_detector
+    from facechain.similarity import default_embedder
 
     started = time.perf_counter()
     engine = ctx.engine
     bases: list[BaseModel] = ["film", "majic"]
     engine.warmup(bases)
+    # Every job detects and embeds faces (selfies, ranking): the process-wide YuNet and SFace
+    # networks of this thread (the solo pool runs tasks on it) are built now.
+    default_detector().load()
+    default_embedder().load()
     annotators = {
         "openpose": engine.pose_annotator() is not None,
         "fairface": engine.fairface is not None,
