@@ -417,7 +417,7 @@ class Invoice:
 
 
 def invoice_payload(pack: Pack, user_id: int, issued: int) -> str:
-    """`pk:<pack>:<credits>:<stars>:<user>:<unix time>` (well under Telegram's 128 bytes)."""
+    """`pk:<pack>:<credits>:<stars>:<user>:<unix time in ms>` (under Telegram's 128 bytes)."""
     return f"{PAYLOAD_PREFIX}:{pack.id}:{pack.credits}:{pack.stars}:{user_id}:{issued}"
 
 
@@ -457,7 +457,7 @@ def prepare_invoice(
     pack = session.get(Pack, pack_id)
     if pack is None or not pack.enabled:
         raise PaymentRefused("the pack is no longer sold", reason="pack_gone")
-    payload = invoice_payload(pack, user.id, int(time.time()))
+    payload = invoice_payload(pack, user.id, int(time.time() * 1000))
     return Invoice(pack.id, pack.title, pack.credits, pack.stars, payload)
 
 
@@ -480,7 +480,7 @@ def check_checkout(
         return "invalid"
     if user.is_banned:
         return "banned"
-    if user.forgotten_at is not None and user.forgotten_at.timestamp() >= parsed.issued:
+    if user.forgotten_at is not None and user.forgotten_at.timestamp() * 1000 >= parsed.issued:
         return "forgotten"
     pack = session.get(Pack, parsed.pack_id)
     if pack is None or not pack.enabled:

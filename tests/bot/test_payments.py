@@ -250,6 +250,36 @@ class TestRefunds:
         assert job.status is JobStatus.QUEUED
 
 
+class TestForget:
+    @pytest.mark.parametrize("keep", [False, True])
+    async def test_forget_takes_credits_and_old_invoices(
+        self, harness: BotHarness, keep: bool
+    ) -> None:
+        harness.payments = PAID.model_copy(update={"forget_keeps_payment_records": keep})
+        await harness.start(daily_quota=0)
+        with harness.db.session() as s:
+            s.add(Pack(title="Small", credits=3, stars=30, enabled=True, position=1))
+        tg = harness.tg
+        lea = tg.user(9501, "Lea", "en")
+        await buy(harness, lea)
+        old_invoice = await invoice_for(harness, lea)
+        since = len(tg.calls)
+        tg.send_text(lea, "/forget")
+        await tg.wait_text(lea.id, translate("en", "forget.confirm"), since=since)
+        tg.press_button(lea, tg.bot_messages(lea.id)[-1], translate("en", "btn.forget_yes"))
+        await tg.idle()
+        assert credits_of(harness, lea.id) == 0
+        assert ledger_of(harness, lea.id) == []
+        with harness.db.session() as s:
+            kept = s.scalars(select(Payment).where(Payment.telegram_id == lea.id)).all()
+            assert len(kept) == (1 if keep else 0)
+            assert billing.ledger_mismatches(s) == []
+        # An invoice issued before /forget is refused at checkout.
+        answer = await tg.checkout(lea, old_invoice.params["payload"], 30)
+        assert answer.params["ok"] is False
+        assert answer.params["error_message"] == translate("en", "pay.refused.forgotten")
+
+
 class TestSellerRules:
     async def test_terms_and_paysupport(self, shop: BotHarness) -> None:
         tg = shop.tg

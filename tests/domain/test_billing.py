@@ -171,6 +171,42 @@ class TestCharging:
         )
         assert session.get(Job, free.job_id).charge is None  # type: ignore[union-attr]
 
+    def test_template_costs_its_own_price(self, session: Session) -> None:
+        user = _user(session)
+        _buy(session, user, 3)
+        photo = Photo(
+            user_id=user.id,
+            kind=PhotoKind.TEMPLATE,
+            sha256=f"t{user.id:063x}",
+            size_bytes=1,
+            width=512,
+            height=512,
+            faces=[{"box": [0, 0, 100, 100], "score": 0.99}],
+        )
+        session.add(photo)
+        session.flush()
+
+        def template() -> Job:
+            created = jobs.create_template_job(
+                session,
+                user.id,
+                faces=[0],
+                chat_id=1,
+                limits=LimitsSettings(daily_quota=0, active_jobs_per_user=5),
+                is_admin=False,
+                template_photo_id=photo.id,
+                payments=PAY,
+            )
+            job = session.get(Job, created.job_id)
+            assert job is not None
+            return job
+
+        assert template().charge_credits == 2
+        assert _credits(session, user) == 1
+        with pytest.raises(CreditsNeeded) as caught:
+            template()
+        assert caught.value.details["price"] == 2
+
     def test_admin_pays_nothing(self, session: Session) -> None:
         user, style = _user(session), _style(session)
         created = jobs.create_portrait_job(
