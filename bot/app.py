@@ -71,6 +71,9 @@ MENU_COMMANDS = (
 )
 ADMIN_COMMANDS = ("stats", "ban", "unban", "quota", "broadcast", *payments.ADMIN_PAYMENT_COMMANDS)
 MAX_CONCURRENT_UPDATES = 256
+# What the webhook asks Telegram for: messages (successful and refunded payments included),
+# button presses, and the pre-checkout queries of Stars payments (answered within 10 s).
+ALLOWED_UPDATES = ("message", "edited_message", "callback_query", "pre_checkout_query")
 
 
 class FaceChainApplication(Application[Any, Any, Any, Any, Any, Any]):
@@ -234,4 +237,10 @@ def build_application(
     return application
 
 
-__all__ = ["ADMIN_COMMANDS", "BotContext", "build_application", "register_handlers"]
+__all__ = [
+    "ADMIN_COMMANDS",
+    "ALLOWED_UPDATES",
+    "BotContext",
+    "build_application",
+    "register_handlers",
+]

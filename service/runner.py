@@ -65,7 +65,7 @@ async def _serve(
     probe: ProbeState | None = None,
 ) -> None:
     """Run the bot and/or web server until SIGINT/SIGTERM."""
-    from bot.app import build_application
+    from bot.app import ALLOWED_UPDATES, build_application
     from web.app import create_web_app
 
     db, blobs, publisher = _resources(config)
@@ -96,7 +96,7 @@ async def _serve(
                 await application.bot.set_webhook(
                     config.telegram.webhook_url,
                     secret_token=config.telegram.webhook_secret.get_secret_value(),
-                    allowed_updates=["message", "callback_query", "edited_message"],
+                    allowed_updates=list(ALLOWED_UPDATES),
                 )
         if web_server:
             sink = None

@@ -159,6 +159,10 @@ class FakeTelegram:
         self.webhook_url: str | None = None
         self.webhook_secret: str | None = None
         self.webhook_statuses: list[int] = []
+        # setWebhook's allowed_updates (None: Telegram's default, which includes
+        # pre_checkout_query); an update of another type is never sent, as Telegram does.
+        self.webhook_allowed: list[str] | None = None
+        self.dropped_updates: list[dict[str, Any]] = []
         self._webhook_queue: asyncio.Queue[dict[str, Any]] | None = None
         self._webhook_task: asyncio.Task[None] | None = None
         # Telegram Stars: every charge made through `pay` (charge id -> Charge), and the
@@ -247,6 +251,10 @@ class FakeTelegram:
         update["update_id"] = update_id
         if self.webhook_url is not None:
             assert self._webhook_queue is not None
+            kind = next(k for k in update if k != "update_id")
+            if self.webhook_allowed is not None and kind not in self.webhook_allowed:
+                self.dropped_updates.append(update)
+                return update_id
             self._webhook_queue.put_nowait(update)
             return update_id
         self._pending.append(update)
@@ -637,6 +645,8 @@ class FakeTelegram:
     async def _m_setWebhook(self, call: ApiCall) -> Any:
         self.webhook_url = str(call.get("url") or "") or None
         self.webhook_secret = call.get("secret_token")
+        allowed = call.get("allowed_updates")
+        self.webhook_allowed = list(allowed) if allowed else None
         if self.webhook_url is not None and self._webhook_task is None:
             self._webhook_queue = asyncio.Queue()
             self._webhook_task = asyncio.get_running_loop().create_task(self._post_updates())

@@ -1,0 +1,85 @@
+"""`facechain-bot run` in webhook mode with Telegram Stars on: the webhook asks Telegram for the
+pre-checkout queries (the fake Bot API, like Telegram, sends only the update types given to
+setWebhook), so an admin's pack is bought through the real service end to end."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from telegram_ui.i18n import translate
+from tests.service.test_run_command import free_port, wait_healthy
+from tests.utils.fake_telegram import TOKEN, FakeTelegram
+
+pytestmark = pytest.mark.slow
+ADMIN = 9900
+
+
+@pytest.fixture
+async def tg() -> AsyncIterator[FakeTelegram]:
+    async with FakeTelegram() as server:
+        yield server
+
+
+async def test_buying_a_pack_in_webhook_mode(tg: FakeTelegram, tmp_path: Path) -> None:
+    port = free_port()
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DATABASE_", "BROKER_", "TELEGRAM_", "STORAGE_", "PAYMENTS_"))
+    }
+    env.update(
+        {
+            "TELEGRAM_TOKEN": TOKEN,
+            "TELEGRAM_API_BASE_URL": tg.api_base_url,
+            "TELEGRAM_FILE_BASE_URL": tg.file_base_url,
+            "TELEGRAM_ADMIN_IDS": str(ADMIN),
+            "TELEGRAM_MODE": "webhook",
+            "TELEGRAM_WEBHOOK_URL": f"http://127.0.0.1:{port}/telegram/webhook",
+            "TELEGRAM_WEBHOOK_SECRET": "payments-webhook-secret-7",
+            "PAYMENTS_ENABLED": "true",
+            "DATA_DIR": str(tmp_path / "data"),
+            "ADMIN_PORT": str(port),
+            "ENGINE_PROFILE": "tiny",
+        }
+    )
+    log = tmp_path / "run.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "run"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+        )
+    try:
+        await wait_healthy(f"http://127.0.0.1:{port}/healthz", proc, log)
+        await tg.wait_for("setWebhook", within=60)
+        admin = tg.user(ADMIN, "Root", "en")
+        tg.send_text(admin, "/pack_add 5 25 Five")
+        await tg.wait_text(admin.id, "Five: 5 credits for 25", within=30)
+        ann = tg.user(9901, "Ann", "en")
+        tg.send_text(ann, "/buy")
+        await tg.wait_text(ann.id, "Pick a pack", within=30)
+        tg.press_button(ann, tg.bot_messages(ann.id)[-1], "Five")
+        invoice = await tg.wait_for("sendInvoice", chat_id=ann.id, within=30)
+        charge = await tg.pay(ann, invoice, within=10)
+        assert charge is not None
+        await tg.wait_text(ann.id, translate("en", "pay.done", credits=5, balance=5), within=30)
+        assert tg.dropped_updates == []
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n--- run log ---\n{log.read_text()[-4000:]}") from None
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            code = proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert code == 0, log.read_text()[-3000:]
