@@ -81,7 +81,10 @@ async def _serve(
             stack.push_async_callback(application.stop)
             if config.telegram.mode == "polling":
                 assert application.updater is not None
-                await application.updater.start_polling(drop_pending_updates=False)
+                # Explicit: getUpdates otherwise keeps whatever a former webhook asked for.
+                await application.updater.start_polling(
+                    drop_pending_updates=False, allowed_updates=list(ALLOWED_UPDATES)
+                )
                 stack.push_async_callback(application.updater.stop)
                 updater = application.updater
                 updates_ready = lambda: updater.running  # noqa: E731

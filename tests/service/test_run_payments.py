@@ -1,6 +1,7 @@
-"""`facechain-bot run` in webhook mode with Telegram Stars on: the webhook asks Telegram for the
-pre-checkout queries (the fake Bot API, like Telegram, sends only the update types given to
-setWebhook), so an admin's pack is bought through the real service end to end."""
+"""`facechain-bot run` with Telegram Stars on, in both update modes: the bot asks Telegram for
+the pre-checkout queries (the fake Bot API, like Telegram, sends only the update types given to
+setWebhook or to getUpdates, where a call without the list keeps the previous one), so an
+admin's pack is bought through the real service end to end."""
 
 from __future__ import annotations
 
@@ -27,8 +28,11 @@ async def tg() -> AsyncIterator[FakeTelegram]:
         yield server
 
 
-async def test_buying_a_pack_in_webhook_mode(tg: FakeTelegram, tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["webhook", "polling"])
+async def test_buying_a_pack(tg: FakeTelegram, tmp_path: Path, mode: str) -> None:
     port = free_port()
+    # What an earlier deployment's webhook left behind (getUpdates keeps it unless told).
+    tg.polling_allowed = ["message", "callback_query", "edited_message"]
     env = {
         k: v
         for k, v in os.environ.items()
@@ -40,15 +44,16 @@ async def test_buying_a_pack_in_webhook_mode(tg: FakeTelegram, tmp_path: Path) -
             "TELEGRAM_API_BASE_URL": tg.api_base_url,
             "TELEGRAM_FILE_BASE_URL": tg.file_base_url,
             "TELEGRAM_ADMIN_IDS": str(ADMIN),
-            "TELEGRAM_MODE": "webhook",
-            "TELEGRAM_WEBHOOK_URL": f"http://127.0.0.1:{port}/telegram/webhook",
-            "TELEGRAM_WEBHOOK_SECRET": "payments-webhook-secret-7",
+            "TELEGRAM_MODE": mode,
             "PAYMENTS_ENABLED": "true",
             "DATA_DIR": str(tmp_path / "data"),
             "ADMIN_PORT": str(port),
             "ENGINE_PROFILE": "tiny",
         }
     )
+    if mode == "webhook":
+        env["TELEGRAM_WEBHOOK_URL"] = f"http://127.0.0.1:{port}/telegram/webhook"
+        env["TELEGRAM_WEBHOOK_SECRET"] = "payments-webhook-secret-7"
     log = tmp_path / "run.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -60,7 +65,8 @@ async def test_buying_a_pack_in_webhook_mode(tg: FakeTelegram, tmp_path: Path) -
         )
     try:
         await wait_healthy(f"http://127.0.0.1:{port}/healthz", proc, log)
-        await tg.wait_for("setWebhook", within=60)
+        if mode == "webhook":
+            await tg.wait_for("setWebhook", within=60)
         admin = tg.user(ADMIN, "Root", "en")
         tg.send_text(admin, "/pack_add 5 25 Five")
         await tg.wait_text(admin.id, "Five: 5 credits for 25", within=30)

@@ -163,6 +163,8 @@ class FakeTelegram:
         # pre_checkout_query); an update of another type is never sent, as Telegram does.
         self.webhook_allowed: list[str] | None = None
         self.dropped_updates: list[dict[str, Any]] = []
+        # getUpdates' allowed_updates; like Telegram, a call without it keeps the last setting.
+        self.polling_allowed: list[str] | None = None
         self._webhook_queue: asyncio.Queue[dict[str, Any]] | None = None
         self._webhook_task: asyncio.Task[None] | None = None
         # Telegram Stars: every charge made through `pay` (charge id -> Charge), and the
@@ -624,6 +626,9 @@ class FakeTelegram:
     async def _m_getUpdates(self, call: ApiCall) -> Any:
         offset = int(call.get("offset") or 0)
         limit = int(call.get("limit") or 100)
+        allowed = call.get("allowed_updates")
+        if allowed is not None:
+            self.polling_allowed = list(allowed) or None
         timeout = float(call.get("timeout") or 0)
         if offset:
             self.delivered_offset = max(self.delivered_offset, offset)
@@ -636,6 +641,12 @@ class FakeTelegram:
             async with self._changed:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), remaining)
+        if self.polling_allowed is not None:
+            kept = []
+            for update in self._pending:
+                kind = next(k for k in update if k != "update_id")
+                (kept if kind in self.polling_allowed else self.dropped_updates).append(update)
+            self._pending = kept
         return self._pending[:limit]
 
     async def _m_deleteWebhook(self, call: ApiCall) -> Any:
