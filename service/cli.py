@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +23,7 @@ from service.logging_setup import setup_logging
 
 if TYPE_CHECKING:
     from service.probe import ProbeState
+    from service.worker_status import StatusWriter
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +105,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
         registry.register(GpuMemoryCollector())
     probe = serve_probe("worker", config.probe.host, config.probe.port, registry)
     probe.details["queues"] = names
+    hostname = args.hostname or queues.replace(",", "-") + "@%h"
+    status: StatusWriter | None = None
+    if config.broker.effective_url.startswith(("redis://", "rediss://")):
+        from service.worker_status import StatusWriter as Writer
+
+        # The admin web's /readyz lists every worker from these (a gpu worker's engine too).
+        name = f"{hostname.replace('%h', socket.gethostname())}:{os.getpid()}"
+        status = Writer(config.broker.effective_url, name, names, probe).start()
 
     def ready(**_: object) -> None:
         probe.set_ready()
@@ -116,7 +127,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         "worker",
         f"--queues={queues}",
         f"--concurrency={concurrency}",
-        f"--hostname={args.hostname or queues.replace(',', '-') + '@%h'}",
+        f"--hostname={hostname}",
         f"--loglevel={config.log_level}",
         "--without-gossip",
         "--without-mingle",
@@ -125,13 +136,19 @@ def cmd_worker(args: argparse.Namespace) -> int:
         # The engine is built here, before Celery starts consuming, and the tasks run in this
         # very process (solo pool), so the first job finds it resident.
         if not _warm_up(probe):
+            if status is not None:
+                status.stop()
             return 1
         argv.append("--pool=solo")
     elif not GPU_QUEUES & set(names):
         argv.append("--pool=threads")
     if args.beat:
         argv += ["--beat", f"--schedule={config.storage.data_dir / 'celerybeat-schedule'}"]
-    app.worker_main(argv)
+    try:
+        app.worker_main(argv)
+    finally:
+        if status is not None:
+            status.stop()
     return 0
 
 

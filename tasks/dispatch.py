@@ -7,12 +7,14 @@ with no attempts) and broadcasts (a queued row), which the sweep re-sends too.""
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Callable, Iterable
 
 from celery import Celery
 from kombu.exceptions import KombuError
 
+from core.workers import KEY_PREFIX, MAX_LISTED, WorkerStatus
 from db.models import JobKind
 from db.session import Database
 from domain import lifecycle
@@ -89,6 +91,19 @@ class CeleryPublisher:
     def ping(self) -> None:
         """Raise if the broker cannot be reached."""
         ping_broker(self.celery)
+
+    def workers(self) -> list[WorkerStatus]:
+        """The workers whose status is in the broker (Redis only; bounded SCAN + MGET)."""
+        with self.celery.connection_for_read() as conn:
+            client = getattr(conn.default_channel, "client", None)
+            if client is None or not hasattr(client, "scan_iter"):
+                return []
+            keys = list(
+                itertools.islice(client.scan_iter(match=f"{KEY_PREFIX}*", count=100), MAX_LISTED)
+            )
+            raws = client.mget(keys) if keys else []
+        found = [WorkerStatus.decode(raw) for raw in raws if raw is not None]
+        return sorted((w for w in found if w is not None), key=lambda w: w.name)
 
     def queue_depths(self) -> dict[str, int]:
         """Messages waiting in each worker queue (Redis: LLEN over its priority lists)."""

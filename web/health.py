@@ -20,7 +20,7 @@ from web.http import Call
 from web.keys import AUTH, CHECK_EXECUTOR, METRICS
 from web.metrics import CONTENT_TYPE, render
 from web.openapi import Route
-from web.schemas import CheckOut, HealthOut, ReadyOut
+from web.schemas import CheckOut, HealthOut, ReadyOut, WorkerOut
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +100,8 @@ SCRAPE_CACHE = web.AppKey("scrape_cache", Cached[Scrape])
 
 
 async def readyz(call: Call) -> web.Response:
-    """Database, broker and blob store reachable: 200, else 503, with one entry per check."""
+    """Database, broker and blob store reachable: 200, else 503, with one entry per check; and
+    every worker's own readiness as it last reported it (a gpu worker: its engine)."""
 
     async def check_all() -> ReadyOut:
         checks = {
@@ -108,16 +109,48 @@ async def readyz(call: Call) -> web.Response:
             "broker": call.publisher.ping,
             "blobs": call.blobs.ping,
         }
-        results = await asyncio.gather(*(run_check(call.app, n, c) for n, c in checks.items()))
+        results, workers = await asyncio.gather(
+            asyncio.gather(*(run_check(call.app, n, c) for n, c in checks.items())),
+            _workers(call),
+        )
         return ReadyOut(
             status="ok" if all(r.ok for r in results) else "unavailable",
             checks=dict(zip(checks, results, strict=True)),
+            workers=workers,
         )
 
     out = await cached(call.app, READY_CACHE, READY_CACHE_SECONDS).get(check_all)
     return web.json_response(
         out.model_dump(mode="json"), status=200 if out.status == "ok" else 503
     )
+
+
+async def _workers(call: Call) -> list[WorkerOut]:
+    """Every worker's last reported status (`core.workers`), bounded in time; [] if unreadable."""
+    read = getattr(call.publisher, "workers", None)
+    if read is None:
+        return []
+    loop = asyncio.get_running_loop()
+    try:
+        found = await asyncio.wait_for(
+            loop.run_in_executor(call.app[CHECK_EXECUTOR], read), CHECK_TIMEOUT_SECONDS
+        )
+    except Exception as exc:
+        # The broker check says whether the broker is down; this list is information only.
+        logger.warning("readiness: worker status unreadable: %s", exc)
+        return []
+    now = time.time()
+    return [
+        WorkerOut(
+            name=w.name,
+            queues=w.queues,
+            ready=w.ready,
+            reason=w.reason,
+            engine_load_s=w.engine_load_s,
+            seen_s_ago=round(max(0.0, now - w.at), 1),
+        )
+        for w in found
+    ]
 
 
 def cached(app: web.Application, key: web.AppKey[Cached[T]], ttl: float) -> Cached[T]:

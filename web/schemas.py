@@ -203,9 +203,22 @@ class CheckOut(BaseModel):
     error: str | None = None
 
 
+class WorkerOut(BaseModel):
+    """A worker process as its own probe reports it (written to the broker every 10 s)."""
+
+    name: str
+    queues: list[str]
+    ready: bool
+    reason: str
+    engine_load_s: float | None = None
+    seen_s_ago: float
+
+
 class ReadyOut(BaseModel):
     status: Literal["ok", "unavailable"]
     checks: dict[str, CheckOut]
+    # Informational: web's own readiness does not depend on them (empty without Redis).
+    workers: list[WorkerOut] = []
 
 
 # ---- stats ----

@@ -30,6 +30,7 @@ from db.session import Database
 from tasks import generate as generate_task
 from tasks.celery_app import create_celery
 from tasks.context import WorkerContext, set_context
+from tasks.dispatch import CeleryPublisher
 from tasks.warm import SoloTimeLimits, WarmReport, build_until_ready
 from tests.tasks.test_upscale import worker_context
 from tests.utils.factories import make_portrait_job, make_selfie, make_style, make_user
@@ -144,6 +145,10 @@ def test_a_worker_whose_engine_cannot_be_built_consumes_nothing(
         log = worker.log()
         assert "not consuming the gpu queue" in log
         assert worker.proc.poll() is None  # backing off, not crash-looping
+        # The admin web's /readyz lists it, unready, with the reason.
+        [listed] = CeleryPublisher(client.celery, client.db).workers()
+        assert (listed.ready, listed.queues) == (False, ["gpu"])
+        assert "engine build failed: [weights_missing]" in listed.reason
     finally:
         worker.stop()
     # SIGTERM while backing off: it exits at once, having consumed nothing.
@@ -166,6 +171,14 @@ def test_a_warm_worker_is_ready_before_it_consumes_and_the_first_job_loads_nothi
         assert body["engine"]["controlnet"] is True
         assert body["engine"]["annotators"] == {"openpose": True, "fairface": True, "rrdb": True}
         assert body["engine"]["load_s"] > 0
+        wait_for(
+            lambda: [w for w in CeleryPublisher(client.celery, client.db).workers() if w.ready],
+            30,
+            "the worker's status in the broker",
+            worker,
+        )
+        [listed] = CeleryPublisher(client.celery, client.db).workers()
+        assert listed.engine_load_s == body["engine"]["load_s"]
         log = worker.log()
         assert re.search(r"engine ready in \d+\.\d\d s \(profile tiny, bases film\+majic", log)
         ready_at = len(log)

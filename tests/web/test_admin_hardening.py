@@ -156,3 +156,43 @@ async def test_metrics_report_the_broker_queue_depth_per_queue(
     assert found == {"gpu": "2.0", "io": "3.0", "train": "0.0"}
     assert "facechain_metrics_broker_up 1.0" in text
     redis.Redis.from_url(url).flushdb()
+
+
+@pytest.mark.skipif(not redis_available(), reason="no Redis on 127.0.0.1:6379")
+async def test_readyz_lists_every_worker_as_its_probe_reports_it(
+    tmp_path: Path, db: Database, blobs: LocalBlobStore
+) -> None:
+    from service.probe import ProbeState
+    from service.worker_status import StatusWriter
+
+    url = redis_test_url()
+    config = make_config(tmp_path)
+    config.broker.url = url
+    gpu = ProbeState("worker")
+    gpu.set_unready("engine build failed: [weights_missing] model transface is missing")
+    io = ProbeState("worker")
+    io.set_ready()
+    writers = [
+        StatusWriter(url, "gpu@a:1", ["gpu"], gpu),
+        StatusWriter(url, "io@a:2", ["io"], io),
+    ]
+    for writer in writers:
+        writer.write()
+    app = create_web_app(
+        config, db, blobs, CeleryPublisher(create_celery(config), db), metrics=create_metrics()
+    )
+    async with TestClient(TestServer(app, host="127.0.0.1")) as c:
+        r = await c.get("/readyz")
+        body = await r.json()
+        assert r.status == 200  # informational: web's own readiness does not depend on them
+        workers = {w["name"]: w for w in body["workers"]}
+        assert workers["gpu@a:1"]["ready"] is False
+        assert workers["gpu@a:1"]["reason"].startswith("engine build failed")
+        assert workers["io@a:2"]["ready"] is True
+        assert workers["io@a:2"]["seen_s_ago"] < 5
+        # A worker that stops cleanly removes itself.
+        writers[1].stop()
+        body = await (await c.get("/readyz")).json()
+        assert [w["name"] for w in body["workers"]] == ["gpu@a:1"]
+    writers[0].stop()
+    redis.Redis.from_url(url).flushdb()
