@@ -191,11 +191,6 @@ class EngineSettings(BaseSettings):
     num_candidates: int = Field(default=6, ge=1, le=16)
     steps: int | None = Field(default=None, ge=1, le=150)
     similarity_floor: float = Field(default=0.2, ge=-1.0, le=1.0)
-
-
-class AdminSettings(BaseSettings):
-    """Admin web API: bearer token and bind address."""
-
     # GPU fast paths (`facechain/fastpath.py`), off until `bench/gpu.py` measured them on the
     # operator's GPU: faster and within fp16 tolerance of eager (bench/README.md).
     channels_last: bool = False
@@ -203,6 +198,11 @@ class AdminSettings(BaseSettings):
     compile_unet: bool = False
     compile_mode: Literal["default", "reduce-overhead", "max-autotune"] | None = None
     vae_nan_guard: bool = False
+
+
+class AdminSettings(BaseSettings):
+    """Admin web API: bearer token and bind address."""
+
     model_config = SettingsConfigDict(**_ENV, env_prefix="ADMIN_")
 
     token: SecretStr | None = None
