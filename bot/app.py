@@ -168,6 +168,7 @@ def register_handlers(
             "pack_off": payments.pack_off_command,
             "refund": payments.refund_command,
             "grant": payments.grant_command,
+            "reconcile": payments.reconcile_command,
         }
     for name, callback in admin_commands.items():
         application.add_handler(CommandHandler(name, callback, filters=new_message & admins))

@@ -499,6 +499,8 @@ class PaymentResult:
     stars: int
     balance: int
     duplicate: bool
+    telegram_id: int = 0
+    language: str | None = None
 
 
 def record_payment(
@@ -521,7 +523,15 @@ def record_payment(
     existing = session.scalar(select(Payment).where(Payment.charge_id == charge_id))
     if existing is not None:
         logger.info("payment %s: duplicate update credited nothing", charge_id)
-        return PaymentResult(existing.id, existing.credits, existing.stars, user.credits, True)
+        return PaymentResult(
+            existing.id,
+            existing.credits,
+            existing.stars,
+            user.credits,
+            True,
+            telegram_id,
+            user.language,
+        )
     parsed = parse_payload(payload)
     if parsed is None:
         # Not our invoice: keep the money's record, credit nothing, let an admin refund it.
@@ -546,7 +556,45 @@ def record_payment(
     assert new_balance is not None
     emit_event(session, "payment.succeeded", payment_payload(payment))
     logger.info("payment %s: %d credits for %d Stars", charge_id, credits, total_amount)
-    return PaymentResult(payment.id, credits, total_amount, new_balance, False)
+    return PaymentResult(
+        payment.id, credits, total_amount, new_balance, False, telegram_id, user.language
+    )
+
+
+@dataclass(frozen=True)
+class StarPayment:
+    """A payment as Telegram's Stars transactions list it (`getStarTransactions`)."""
+
+    charge_id: str
+    telegram_id: int
+    payload: str
+    stars: int
+    date: datetime
+
+
+def reconcile_payments(session: Session, received: Sequence[StarPayment]) -> list[PaymentResult]:
+    """Credit the payments Telegram made that were never recorded (a `successful_payment`
+    update lost with a crashed process), each exactly once like any other (`record_payment`).
+
+    Left alone: payments already recorded, payers this bot never saw, and payments made before
+    the payer's /forget (their record may have been deleted on purpose)."""
+    credited = []
+    for item in received:
+        if session.scalar(select(Payment.id).where(Payment.charge_id == item.charge_id)):
+            continue
+        user = _payer(session, item.telegram_id)
+        if user is None:
+            logger.warning("payment %s: unknown payer %s", item.charge_id, item.telegram_id)
+            continue
+        if user.forgotten_at is not None and item.date <= user.forgotten_at:
+            continue
+        result = record_payment(
+            session, item.telegram_id, item.payload, item.stars, item.charge_id
+        )
+        if not result.duplicate:
+            logger.warning("payment %s was never recorded: credited now", item.charge_id)
+            credited.append(result)
+    return credited
 
 
 def payment_payload(payment: Payment) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 
-from telegram import Bot
+from telegram import Bot, TransactionPartnerUser
 from telegram.error import BadRequest, TelegramError
 
 from core.errors import PaymentRefused
@@ -54,6 +54,54 @@ async def refund(
         if not result.duplicate and result.language is not None:
             await tell_refunded(bot, result)
     return result
+
+
+# Stars transactions read per call (Telegram's maximum) and in all.
+TRANSACTIONS_PAGE = 100
+MAX_TRANSACTIONS = 10_000
+
+
+async def star_payments(bot: Bot) -> list[billing.StarPayment]:
+    """Payments to this bot that Telegram lists and has not refunded, newest first."""
+    received: list[billing.StarPayment] = []
+    refunded: set[str] = set()
+    offset = 0
+    while offset < MAX_TRANSACTIONS:
+        page = await bot.get_star_transactions(offset=offset, limit=TRANSACTIONS_PAGE)
+        for tx in page.transactions:
+            if isinstance(tx.receiver, TransactionPartnerUser):
+                # A refund carries the id of the payment it returns.
+                refunded.add(tx.id)
+            source = tx.source
+            if isinstance(source, TransactionPartnerUser) and source.invoice_payload:
+                received.append(
+                    billing.StarPayment(
+                        tx.id, source.user.id, source.invoice_payload, tx.amount, tx.date
+                    )
+                )
+        if len(page.transactions) < TRANSACTIONS_PAGE:
+            break
+        offset += len(page.transactions)
+    return [p for p in received if p.charge_id not in refunded]
+
+
+async def reconcile(
+    open_bot: Callable[[], AbstractAsyncContextManager[Bot]], db: Database, publisher: Publisher
+) -> list[billing.PaymentResult]:
+    """Credit the Stars payments Telegram made that this bot never recorded, and tell each
+    payer (`domain.billing.reconcile_payments`)."""
+    async with open_bot() as bot:
+        received = await star_payments(bot)
+        credited = await transact_async(db, publisher, billing.reconcile_payments, received)
+        for result in credited:
+            text = translate(
+                result.language, "pay.done", credits=result.credits, balance=result.balance
+            )
+            try:
+                await bot.send_message(result.telegram_id, text)
+            except TelegramError as exc:
+                logger.info("could not tell %s about their credits: %s", result.telegram_id, exc)
+    return credited
 
 
 async def tell_refunded(bot: Bot, result: billing.RefundResult) -> None:

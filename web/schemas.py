@@ -687,3 +687,11 @@ class LedgerCheckOut(BaseModel):
 
     ok: bool
     mismatches: list[LedgerMismatch]
+
+
+class ReconcileOut(BaseModel):
+    """Payments Telegram lists (getStarTransactions) that were never recorded, credited now."""
+
+    credited: int
+    stars: int
+    payment_ids: list[int]

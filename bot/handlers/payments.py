@@ -45,6 +45,7 @@ ADMIN_PAYMENT_COMMANDS = (
     "pack_off",
     "refund",
     "grant",
+    "reconcile",
 )
 
 
@@ -321,6 +322,19 @@ async def refund_command(update: Update, context: BotContext) -> None:
         if result.shortfall:
             text += "\n" + context.t("admin.refund_shortfall", shortfall=result.shortfall)
     await reply(update, context, text)
+
+
+async def reconcile_command(update: Update, context: BotContext) -> None:
+    """/reconcile: credit the payments Telegram lists that were never recorded."""
+    credited = await telegram_payments.reconcile(
+        lambda: nullcontext(context.bot), context.db, context.deps.publisher
+    )
+    for result in credited:
+        context.deps.metrics.record_payment("succeeded", result.stars)
+    stars = sum(r.stars for r in credited)
+    await reply(
+        update, context, context.t("admin.reconcile_done", count=len(credited), stars=stars)
+    )
 
 
 async def grant_command(update: Update, context: BotContext) -> None:

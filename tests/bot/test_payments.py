@@ -250,6 +250,36 @@ class TestRefunds:
         assert job.status is JobStatus.QUEUED
 
 
+class TestReconcile:
+    async def test_a_payment_whose_update_was_lost_is_credited_once(
+        self, shop: BotHarness
+    ) -> None:
+        tg = shop.tg
+        max_ = tg.user(9601, "Max", "en")
+        invoice = await invoice_for(shop, max_)
+        answer = await tg.checkout(max_, invoice.params["payload"], 30)
+        assert answer.params["ok"] is True
+        lost = tg.lost_payment(max_, invoice.params["payload"], 30)
+        # Another payment that was refunded at Telegram is not credited.
+        refunded = tg.lost_payment(max_, invoice.params["payload"], 30)
+        tg.charges[refunded].refunded = True
+        await tg.idle()
+        assert credits_of(shop, max_.id) == 0
+        admin = tg.user(ADMIN_ID, "Root", "en")
+        tg.send_text(admin, "/reconcile")
+        await tg.wait_text(admin.id, translate("en", "admin.reconcile_done", count=1, stars=30))
+        await tg.wait_text(max_.id, translate("en", "pay.done", credits=3, balance=3))
+        assert credits_of(shop, max_.id) == 3
+        with shop.db.session() as s:
+            assert [p.charge_id for p in s.scalars(select(Payment))] == [lost]
+        since = len(tg.calls)
+        tg.send_text(admin, "/reconcile")
+        await tg.wait_text(
+            admin.id, translate("en", "admin.reconcile_done", count=0, stars=0), since=since
+        )
+        assert credits_of(shop, max_.id) == 3
+
+
 class TestForget:
     @pytest.mark.parametrize("keep", [False, True])
     async def test_forget_takes_credits_and_old_invoices(

@@ -429,6 +429,33 @@ class TestPayments:
             assert len(count) == payments
         assert billing.ledger_mismatches(session) == []
 
+    def test_reconcile_skips_recorded_unknown_and_forgotten(self, session: Session) -> None:
+        user, forgot = _user(session), _user(session)
+        pack = self._pack(session)
+        now = utcnow()
+
+        def star(who: User | int, charge: str, when: Any = now) -> billing.StarPayment:
+            telegram_id = who if isinstance(who, int) else who.telegram_id
+            user_id = who if isinstance(who, int) else who.id
+            payload = billing.invoice_payload(pack, user_id, 1)
+            return billing.StarPayment(charge, telegram_id, payload, 50, when)
+
+        billing.record_payment(session, user.telegram_id, star(user, "a").payload, 50, "a")
+        billing.forget_billing(session, forgot.id, keep_payment_records=False)
+        received = [
+            star(user, "a"),  # recorded already
+            star(user, "b"),  # lost: credited
+            star(424242, "c"),  # a payer this bot never saw
+            star(forgot, "d", now - timedelta(minutes=1)),  # before their /forget
+        ]
+        credited = billing.reconcile_payments(session, received)
+        assert [r.payment_id for r in credited] == [
+            session.scalar(select(Payment.id).where(Payment.charge_id == "b"))
+        ]
+        assert _credits(session, user) == 10
+        assert _credits(session, forgot) == 0
+        assert billing.reconcile_payments(session, received) == []
+
     def test_revenue_by_day(self, session: Session) -> None:
         user = _user(session)
         payment = _buy(session, user, 2)

@@ -116,6 +116,7 @@ class Charge:
     amount: int
     payload: str
     refunded: bool = False
+    date: int = field(default_factory=lambda: int(time.time()))
 
 
 @dataclass
@@ -438,6 +439,13 @@ class FakeTelegram:
             "provider_payment_charge_id": "",
         }
         self._push({"message": self._user_message(user, successful_payment=payment)})
+        return charge_id
+
+    def lost_payment(self, user: FakeUser, payload: str, total_amount: int) -> str:
+        """Telegram took the money but the bot never got the `successful_payment` update (the
+        process died with it); only getStarTransactions lists it."""
+        charge_id = f"stxLOST{next(self._charge_ids):06d}"
+        self.charges[charge_id] = Charge(charge_id, user.id, total_amount, payload)
         return charge_id
 
     def refunded_payment(self, user: FakeUser, charge_id: str) -> None:
@@ -832,6 +840,40 @@ class FakeTelegram:
             raise _ApiError(400, "Bad Request: CHARGE_ALREADY_REFUNDED")
         charge.refunded = True
         return True
+
+    async def _m_getStarTransactions(self, call: ApiCall) -> Any:
+        # Newest first, as Telegram lists them: each payment, and a refund as its own entry
+        # with the payment's id and the user as the receiver.
+        transactions: list[dict[str, Any]] = []
+        for charge in self.charges.values():
+            user = {"id": charge.user_id, "is_bot": False, "first_name": "Payer"}
+            partner = {
+                "type": "user",
+                "transaction_type": "invoice_payment",
+                "user": user,
+                "invoice_payload": charge.payload,
+            }
+            transactions.append(
+                {
+                    "id": charge.charge_id,
+                    "amount": charge.amount,
+                    "date": charge.date,
+                    "source": partner,
+                }
+            )
+            if charge.refunded:
+                transactions.append(
+                    {
+                        "id": charge.charge_id,
+                        "amount": charge.amount,
+                        "date": charge.date,
+                        "receiver": partner,
+                    }
+                )
+        transactions.reverse()
+        offset = int(call.get("offset") or 0)
+        limit = int(call.get("limit") or 100)
+        return {"transactions": transactions[offset : offset + limit]}
 
     async def _m_deleteMessage(self, call: ApiCall) -> Any:
         self.messages.pop((int(call.get("chat_id")), int(call.get("message_id"))), None)

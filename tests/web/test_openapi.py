@@ -24,6 +24,7 @@ from core.blobstore import LocalBlobStore
 from core.metrics import create_metrics
 from db.session import Database
 from tests.utils.factories import make_style, make_user
+from tests.utils.fake_telegram import FakeTelegram
 from tests.web.conftest import AUTH, TOKEN, make_config, publisher_for
 from web.app import create_web_app
 from web.keys import OPENAPI, ROUTES
@@ -197,6 +198,26 @@ class LiveServer:
         return f"http://127.0.0.1:{self.port}"
 
 
+class LiveTelegram:
+    """The fake Bot API in its own thread and loop (the payment routes call Telegram)."""
+
+    def __init__(self, token: str) -> None:
+        self.server = FakeTelegram(token)
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def __enter__(self) -> FakeTelegram:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)
+        return self.server
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
+
+
 @pytest.fixture
 def live_server(
     tmp_path: Path, db: Database, blobs: LocalBlobStore, celery: Any
@@ -205,17 +226,23 @@ def live_server(
         make_user(session, 1)
         make_style(session, "seeded", position=1)
         session.commit()
-    # Fuzzing sends requests without credentials too; don't let the lockout hide real answers.
-    app = create_web_app(
-        make_config(tmp_path),
-        db,
-        blobs,
-        publisher_for(celery, db),
-        metrics=create_metrics(),
-        auth_max_failures=10**9,
-    )
-    with LiveServer(app) as server:
-        yield server
+    config = make_config(tmp_path)
+    assert config.telegram.token is not None
+    with LiveTelegram(config.telegram.token.get_secret_value()) as telegram:
+        config.telegram.api_base_url = telegram.api_base_url
+        config.telegram.file_base_url = telegram.file_base_url
+        # Fuzzing sends requests without credentials too; don't let the lockout hide real
+        # answers.
+        app = create_web_app(
+            config,
+            db,
+            blobs,
+            publisher_for(celery, db),
+            metrics=create_metrics(),
+            auth_max_failures=10**9,
+        )
+        with LiveServer(app) as server:
+            yield server
 
 
 # Test cases per operation and phase; the whole run stays around a minute on two cores.

@@ -158,6 +158,41 @@ class TestRefunds:
         assert tg.calls_to("refundStarPayment") == []
 
 
+class TestReconcile:
+    async def test_lost_payment_credited_once(
+        self, api: Client, session: Session, tg: FakeTelegram
+    ) -> None:
+        user = make_user(session, 7301)
+        pack = billing.create_pack(session, title="Five", credits=5, stars=50, actor="t")
+        payload = billing.invoice_payload(pack, user.id, 1)
+        session.flush()
+        tg.lost_payment(tg.user(7301), payload, 50)
+        r = await api.post("/api/v1/payments/reconcile", headers=AUTH)
+        assert r.status == 200, await r.text()
+        body = await r.json()
+        assert (body["credited"], body["stars"]) == (1, 50)
+        again = await (await api.post("/api/v1/payments/reconcile", headers=AUTH)).json()
+        assert again["credited"] == 0
+        session.expire_all()
+        assert session.get(User, user.id).credits == 5  # type: ignore[union-attr]
+
+    async def test_telegram_out_of_reach_is_503(
+        self,
+        tmp_path: Path,
+        db: Database,
+        blobs: LocalBlobStore,
+        celery: Any,
+        metrics: Metrics,
+    ) -> None:
+        config = make_config(tmp_path)
+        config.telegram.api_base_url = "http://127.0.0.1:9/bot"
+        app = create_web_app(config, db, blobs, publisher_for(celery, db), metrics=metrics)
+        async with TestClient(TestServer(app, host="127.0.0.1", port=0)) as client:
+            r = await client.post("/api/v1/payments/reconcile", headers=AUTH)
+            assert r.status == 503
+            assert (await r.json())["error"]["code"] == "unavailable"
+
+
 class TestLedgerAndRevenue:
     async def test_grant_ledger_revenue_and_check(
         self, api: Client, session: Session, tg: FakeTelegram

@@ -3,14 +3,20 @@ revenue per day, and the ledger check (`domain.billing`)."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
+from pydantic import BaseModel
+from telegram import Bot
+from telegram.error import BadRequest, TelegramError
+
+from core.settings import TelegramSettings
 from domain import billing
 from telegram_ui import payments as telegram_payments
 from telegram_ui.client import make_bot
 from web.api.common import page_of
 from web.api.users import TELEGRAM_ID_BOUNDS
-from web.http import Call
+from web.http import Call, Unavailable
 from web.keys import METRICS
 from web.openapi import API_PREFIX, Route
 from web.schemas import (
@@ -27,12 +33,29 @@ from web.schemas import (
     PageQuery,
     PaymentOut,
     PaymentQuery,
+    ReconcileOut,
     RefundOut,
     RevenueDayOut,
     RevenueOut,
     RevenueQuery,
     UserOut,
 )
+
+
+def _telegram(settings: TelegramSettings) -> Callable[[], AbstractAsyncContextManager[Bot]]:
+    """Opens a Bot for one call; Telegram out of reach (or the token refused) answers 503."""
+
+    @asynccontextmanager
+    async def opened() -> AsyncIterator[Bot]:
+        try:
+            async with make_bot(settings) as bot:
+                yield bot
+        except BadRequest:
+            raise
+        except TelegramError as exc:
+            raise Unavailable(f"Telegram is not reachable: {exc}") from exc
+
+    return opened
 
 
 async def list_packs(call: Call) -> PackList:
@@ -97,9 +120,8 @@ async def list_payments(call: Call) -> BaseModel:
 
 async def refund_payment(call: Call) -> RefundOut:
     """Refund through Telegram (refundStarPayment), then debit the unspent credits once."""
-    settings = call.config.telegram
     result = await telegram_payments.refund(
-        lambda: make_bot(settings),
+        _telegram(call.config.telegram),
         call.db,
         call.publisher,
         call.path_int("payment_id"),
@@ -115,6 +137,20 @@ async def refund_payment(call: Call) -> RefundOut:
         shortfall=result.shortfall,
         balance=result.balance,
         duplicate=result.duplicate,
+    )
+
+
+async def reconcile_payments(call: Call) -> ReconcileOut:
+    """Credit the payments Telegram made that were never recorded (lost updates)."""
+    credited = await telegram_payments.reconcile(
+        _telegram(call.config.telegram), call.db, call.publisher
+    )
+    for result in credited:
+        call.app[METRICS].record_payment("succeeded", result.stars)
+    return ReconcileOut(
+        credited=len(credited),
+        stars=sum(r.stars for r in credited),
+        payment_ids=[r.payment_id for r in credited],
     )
 
 
@@ -204,7 +240,16 @@ def routes() -> list[Route]:
             "Refund a payment through Telegram and debit its unspent credits",
             "payments",
             response=RefundOut,
-            errors=(409,),
+            errors=(409, 503),
+        ),
+        Route(
+            "POST",
+            f"{p}/payments/reconcile",
+            reconcile_payments,
+            "Credit the payments Telegram lists that were never recorded",
+            "payments",
+            response=ReconcileOut,
+            errors=(503,),
         ),
         Route(
             "GET",
