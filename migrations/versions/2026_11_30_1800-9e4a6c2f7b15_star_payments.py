@@ -19,6 +19,18 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 LEDGER_KINDS = ("purchase", "spend", "giveback", "refund", "grant")
+# core.errors.USER_INPUT_CODES as of this revision (frozen here: a migration must not change).
+USER_INPUT_CODES = (
+    "not_an_image",
+    "image_too_large",
+    "no_face",
+    "multiple_faces",
+    "face_too_small",
+    "poor_quality",
+    "invalid",
+    "invalid_lora",
+    "selfie_required",
+)
 
 
 def upgrade() -> None:
@@ -105,6 +117,19 @@ def upgrade() -> None:
             sa.Column("charge_credits", sa.Integer(), server_default="0", nullable=False)
         )
         batch.add_column(sa.Column("charge_returned_at", db.base.UTCDateTime(), nullable=True))
+    # Jobs made before this revision held a quota slot the way the quota counted them then
+    # (every portrait or template job not cancelled), so a deploy in the middle of a day frees
+    # no slot by itself; a failure that was not the user's gives its slot back, as from now on.
+    op.execute(
+        "UPDATE jobs SET charge = 'quota' "
+        "WHERE kind IN ('portrait', 'template') AND status <> 'cancelled'"
+    )
+    codes = ", ".join(f"'{c}'" for c in USER_INPUT_CODES)
+    op.execute(
+        "UPDATE jobs SET charge_returned_at = finished_at "
+        "WHERE charge = 'quota' AND status = 'failed' "
+        f"AND (error_code IS NULL OR error_code NOT IN ({codes}))"
+    )
 
 
 def downgrade() -> None:
