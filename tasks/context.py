@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar
 
-from celery import Celery, current_app
+from celery import Celery, Task, current_app, signals
 
 from core.blobstore import BlobStore, create_blob_store
 from core.settings import AppConfig, load_config
@@ -76,8 +77,12 @@ class WorkerContext:
             return self._telegram
 
     def call_telegram(self, fn: Callable[[Bot], Awaitable[T]]) -> T:
-        """Run a Bot API coroutine within the io time limit (`BROKER_IO_TIME_LIMIT`)."""
-        return self.telegram.run(fn, timeout=float(self.config.broker.io_time_limit))
+        """Run a Bot API coroutine within what is left of the running task's time limit
+        (`BROKER_IO_TIME_LIMIT` for io tasks; the whole limit outside a task)."""
+        limit = float(self.config.broker.io_time_limit)
+        deadline: float | None = getattr(_task_clock, "deadline", None)
+        timeout = limit if deadline is None else max(0.1, deadline - time.monotonic())
+        return self.telegram.run(fn, timeout=timeout)
 
     def reset_models(self) -> None:
         """Drop whatever a failed build left behind, so the next attempt starts clean."""
@@ -134,6 +139,19 @@ def build_upscaler(config: AppConfig) -> Upscaler:
 
 _lock = threading.Lock()
 _context: WorkerContext | None = None
+# The running task's deadline on this thread (the io worker runs tasks on threads).
+_task_clock = threading.local()
+
+
+@signals.task_prerun.connect(weak=False)
+def _start_task_clock(task: Task | None = None, **_: object) -> None:
+    limit = getattr(task, "soft_time_limit", None) if task is not None else None
+    _task_clock.deadline = time.monotonic() + float(limit) if limit else None
+
+
+@signals.task_postrun.connect(weak=False)
+def _stop_task_clock(**_: object) -> None:
+    _task_clock.deadline = None
 
 
 def get_context() -> WorkerContext:

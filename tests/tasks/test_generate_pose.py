@@ -257,11 +257,21 @@ class TestPosePreview:
         tmp_path: Path,
         database_url: str,
     ) -> Iterator[SimpleNamespace]:
+        from telegram_ui.client import BotRunner, make_bot
+
         config = make_config(database_url, tmp_path, tg)
-        context = SimpleNamespace(config=config, db=db, blobs=blobs)
+        # The io worker's one Bot (`WorkerContext.call_telegram`).
+        runner = BotRunner(lambda: make_bot(config.telegram))
+        context = SimpleNamespace(
+            config=config,
+            db=db,
+            blobs=blobs,
+            call_telegram=lambda fn: runner.run(fn, timeout=30),
+        )
         set_context(context)  # type: ignore[arg-type]
         yield context
         set_context(None)
+        runner.close()
 
     def _job(
         self,

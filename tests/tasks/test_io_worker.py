@@ -164,3 +164,27 @@ def test_visibility_timeout_follows_the_limits_and_mixed_roles_take_the_longest(
     producer = create_celery(config).conf.broker_transport_options
     assert "unacked_key" not in producer
     assert producer["visibility_timeout"] == 6 * 3600 + 300
+
+
+async def test_a_task_s_bot_api_calls_share_its_time_limit(ctx: WorkerContext) -> None:
+    """Two calls in one task cannot take twice the limit: each gets what is left of it."""
+    from tasks import context as context_module
+    from telegram_ui.client import DeadlineExceeded
+
+    async def hang(bot: Any) -> None:
+        await asyncio.sleep(60)
+
+    def task_body() -> float:
+        # What Celery's task_prerun does for an io task whose limit is IO_LIMIT_S.
+        context_module._start_task_clock(task=type("T", (), {"soft_time_limit": IO_LIMIT_S}))
+        started = time.monotonic()
+        try:
+            for _ in range(2):
+                with pytest.raises(DeadlineExceeded):
+                    ctx.call_telegram(hang)
+        finally:
+            context_module._stop_task_clock()
+        return time.monotonic() - started
+
+    elapsed = await asyncio.to_thread(task_body)
+    assert IO_LIMIT_S - 0.2 < elapsed < IO_LIMIT_S + 1.0
