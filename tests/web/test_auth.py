@@ -52,6 +52,10 @@ def request_kwargs(method: str) -> dict[str, Any]:
     return {"json": {}} if method in ("POST", "PUT", "PATCH") else {}
 
 
+# Routes that talk to the Bot API before answering (Telegram Stars reconciliation).
+CALLS_TELEGRAM = frozenset({"/api/v1/payments/reconcile"})
+
+
 @pytest.mark.parametrize(("method", "path"), ALL_ROUTES, ids=[f"{m} {p}" for m, p in ALL_ROUTES])
 class TestEveryRoute:
     async def test_without_token(
@@ -88,6 +92,10 @@ class TestEveryRoute:
             assert response.status == 404
             return
         assert response.status not in (401, 403, 429), await response.text()
+        if path in CALLS_TELEGRAM:
+            # This app's Bot API is out of reach: "unavailable", never a crash.
+            assert response.status in (200, 503), await response.text()
+            return
         assert response.status < 500, await response.text()
 
 
