@@ -280,7 +280,13 @@ def finish(
     assert job is not None
     if job.status is not JobStatus.RUNNING:
         return job.status
-    if cancelled:
+    if job.cancel_requested and job.user_id is None:
+        # /forget detached it while it ran (`domain.privacy`): whatever it produced is kept on
+        # the row only so that delivery deletes it (`discard_detached_job`); it ends cancelled.
+        if outcome is not None:
+            job.result_blobs = outcome.result_blobs
+        job.transition(JobStatus.CANCELLED)
+    elif cancelled:
         job.transition(JobStatus.CANCELLED)
     elif error is not None:
         job.fail(*error)
@@ -437,6 +443,19 @@ def sweep(
             job.delivery_error = f"gave up after {job.delivery_attempts} attempts"
         else:
             plan.undelivered.append(job.id)
+    # Jobs /forget detached that ended but were never discarded (their delivery message was
+    # lost): the delivery task deletes them with whatever they produced.
+    plan.undelivered += session.scalars(
+        select(Job.id)
+        .where(
+            Job.status.in_(FINAL_STATUSES),
+            Job.user_id.is_(None),
+            Job.cancel_requested.is_(True),
+            Job.finished_at <= now - redeliver_after,
+        )
+        .order_by(Job.id)
+        .limit(limit)
+    ).all()
     plan.resend = list(dict.fromkeys(plan.resend))
     outbox.pending(session).jobs.extend(plan.resend)
     return plan

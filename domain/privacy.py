@@ -14,9 +14,10 @@ its blob no longer exists (checked on every use, and pruned at the start of gpu 
 training is cancelled, or pruned when its training row is gone.
 
 A job that is running at that moment is asked to stop and detached from the user at once (no
-user, chat or inputs left on it); the worker checks the flag before it stores results, and the
-delivery step discards whatever a detached job still produced (`discard_detached_job`), so
-nothing is stored for or delivered to the forgotten user.
+user, chat or inputs left on it); the worker checks the flag before it stores results, a
+detached job that finishes anyway ends cancelled (`lifecycle.finish`), and the delivery step
+discards whatever a detached job still produced (`discard_detached_job`; the sweep re-sends a
+lost delivery message), so nothing is stored for or delivered to the forgotten user.
 
 The user row stays (a ban or a custom quota must survive /forget) with its profile fields
 cleared; `users.forgotten_at` marks it, and broadcasts skip it until the user writes again."""

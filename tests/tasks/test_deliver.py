@@ -16,6 +16,7 @@ import aiohttp
 import numpy as np
 import pytest
 from PIL import Image
+from sqlalchemy import select
 from telegram.error import NetworkError
 
 from core.settings import (
@@ -25,7 +26,7 @@ from core.settings import (
     StorageSettings,
     TelegramSettings,
 )
-from db.models import Job, JobKind, JobStatus
+from db.models import Job, JobKind, JobStatus, WebhookDelivery
 from db.session import Database
 from domain import jobs, lifecycle, stats
 from tasks import deliver
@@ -439,6 +440,53 @@ class TestForgottenWhileRunning:
             assert row is not None
             row.result_blobs = images
             row.transition(JobStatus.SUCCEEDED)
+        assert await asyncio.to_thread(send_result, job_id) == "discarded"
+        assert _chat_calls(tg) == []
+        with ctx.db.session() as s:
+            assert s.get(Job, job_id) is None
+        assert not ctx.blobs.exists(images[0])
+
+    async def test_a_job_its_worker_finishes_after_forget_ends_cancelled(
+        self, tg: FakeTelegram, ctx: WorkerContext
+    ) -> None:
+        from domain.privacy import forget_user
+        from domain.webhooks import create_endpoint
+
+        with ctx.db.session() as s:
+            create_endpoint(
+                s,
+                url="https://hooks.example.com/facechain",
+                secret="s3cret-s3cret-s3cret",
+                events=["job.succeeded", "job.failed", "job.cancelled"],
+                enabled=True,
+                actor="test",
+            )
+        job_id = _job(ctx, JobStatus.RUNNING)
+        claim = ctx.db.call(lifecycle.claim, job_id, "gpu@host")
+        assert claim.owner is not None
+        user_id = _row(ctx, job_id).user_id
+        ctx.db.call(forget_user, ctx.blobs, user_id)
+        # The worker was past its last cancel check: it stores the portraits and finishes
+        # through the same path as a real gpu task (`finish` under its lease).
+        images = [ctx.blobs.put((FACES / "man_pose1.png").read_bytes())]
+        outcome = lifecycle.JobOutcome(result_blobs=images, result_meta={})
+        status = ctx.db.call(lifecycle.finish, job_id, outcome, None, False, claim.owner)
+
+        assert status is JobStatus.CANCELLED
+        with ctx.db.session() as s:
+            events = [
+                (d.event, d.payload["job_id"])
+                for d in s.scalars(select(WebhookDelivery).order_by(WebhookDelivery.id))
+            ]
+        assert events == [("job.cancelled", job_id)]
+        # Its delivery message may be lost: the sweep sends it again, and delivery discards it.
+        plan = ctx.db.call(
+            lifecycle.sweep,
+            outbox_grace=timedelta(minutes=5),
+            time_limit=timedelta(minutes=15),
+            redeliver_after=timedelta(0),
+        )
+        assert job_id in plan.undelivered
         assert await asyncio.to_thread(send_result, job_id) == "discarded"
         assert _chat_calls(tg) == []
         with ctx.db.session() as s:
