@@ -427,6 +427,10 @@ class JobOut(Model):
     template_id: int | None
     cancel_requested: bool
     worker: str | None
+    # The running job's lease (docs/ARCHITECTURE.md, "Job lease"): the worker attempt holding it
+    # (null: the broker's, or none) and when it expires unless renewed.
+    lease_owner: str | None
+    lease_expires_at: datetime | None
     created_at: datetime
     dispatched_at: datetime | None
     started_at: datetime | None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from aiohttp.test_utils import TestClient
@@ -9,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db.models import AuditEntry, Job, JobKind, JobStatus, User, WebhookEndpoint
+from domain import lifecycle
 from tests.utils.factories import make_user
 from tests.web.conftest import AUTH
 
@@ -128,6 +130,23 @@ class TestJobs:
         assert r.status == 404
         r = await client.get(f"/api/v1/jobs/{2**40}", headers=AUTH)
         assert r.status == 404
+
+    async def test_a_running_job_shows_its_lease(self, client: Client, session: Session) -> None:
+        job = make_job(session)
+        claim = lifecycle.claim(session, job.id, "gpu-a@host-1")
+        session.flush()
+        r = await client.get(f"/api/v1/jobs/{job.id}", headers=AUTH)
+        body = await r.json()
+        assert body["status"] == "running"
+        assert body["lease_owner"] == claim.owner
+        expires = datetime.fromisoformat(body["lease_expires_at"])
+        assert expires > datetime.fromisoformat(body["started_at"])
+        r = await client.get("/api/v1/jobs", params={"status": "running"}, headers=AUTH)
+        [item] = (await r.json())["items"]
+        assert item["lease_owner"] == claim.owner
+        document = await (await client.get("/api/v1/openapi.json", headers=AUTH)).json()
+        fields = document["components"]["schemas"]["JobOut"]["properties"]
+        assert {"lease_owner", "lease_expires_at"} <= set(fields)
 
     async def test_cancel_queued_publishes_webhook(
         self, client: Client, session: Session, celery: Any
