@@ -438,6 +438,12 @@ class JobOut(Model):
     delivered_at: datetime | None
     delivery_attempts: int
     delivery_error: str | None
+    # What creating the job cost (`quota`: a free daily slot, `credits`: `charge_credits`
+    # credits; null: nothing) and when it was given back (a failure that was not the user's,
+    # or a cancel before it ran).
+    charge: str | None
+    charge_credits: int
+    charge_returned_at: datetime | None
 
 
 # ---- broadcasts ----

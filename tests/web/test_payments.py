@@ -16,7 +16,17 @@ from sqlalchemy.orm import Session
 from core.blobstore import LocalBlobStore
 from core.metrics import Metrics
 from core.settings import TelegramSettings
-from db.models import AuditEntry, LedgerKind, Pack, User, WebhookDelivery, WebhookEndpoint
+from db.models import (
+    AuditEntry,
+    Job,
+    JobKind,
+    JobStatus,
+    LedgerKind,
+    Pack,
+    User,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
 from db.session import Database
 from domain import billing
 from tests.utils.factories import make_user
@@ -191,6 +201,32 @@ class TestReconcile:
             r = await client.post("/api/v1/payments/reconcile", headers=AUTH)
             assert r.status == 503
             assert (await r.json())["error"]["code"] == "unavailable"
+
+
+class TestJobs:
+    async def test_a_job_shows_its_charge_and_give_back(
+        self, api: Client, session: Session
+    ) -> None:
+        user = make_user(session, 7401)
+        job = Job(
+            user_id=user.id,
+            kind=JobKind.PORTRAIT,
+            params={},
+            charge="credits",
+            charge_credits=2,
+        )
+        session.add(job)
+        session.flush()
+        job.transition(JobStatus.RUNNING)
+        job.fail("internal", "boom")
+        session.flush()
+        body = await (await api.get(f"/api/v1/jobs/{job.id}", headers=AUTH)).json()
+        assert (body["charge"], body["charge_credits"]) == ("credits", 2)
+        assert body["charge_returned_at"] is not None
+        ledger = await (await api.get("/api/v1/users/7401/ledger", headers=AUTH)).json()
+        assert [(e["kind"], e["delta"], e["job_id"]) for e in ledger["items"]] == [
+            ("giveback", 2, job.id)
+        ]
 
 
 class TestLedgerAndRevenue:
