@@ -17,13 +17,12 @@ logger = logging.getLogger(__name__)
 
 
 async def forget_command(update: Update, context: BotContext) -> None:
-    """Ask for confirmation."""
-    await reply(
-        update,
-        context,
-        context.t("forget.confirm"),
-        reply_markup=forget_keyboard(context.language),
-    )
+    """Ask for confirmation; with payments on, say how many unspent credits go with the rest."""
+    text = context.t("forget.confirm")
+    credits = context.account.credits if context.account is not None else 0
+    if context.config.payments.enabled and credits > 0:
+        text += "\n\n" + context.t("forget.credits_lost", credits=credits)
+    await reply(update, context, text, reply_markup=forget_keyboard(context.language))
 
 
 async def on_forget(update: Update, context: BotContext, data: cb.Forget) -> None:

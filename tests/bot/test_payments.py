@@ -14,6 +14,7 @@ from db.models import JobStatus, LedgerEntry, LedgerKind, Pack, Payment, User
 from domain import billing, lifecycle
 from telegram_ui.i18n import translate
 from tests.bot.conftest import ADMIN_ID, BotHarness, give_selfie, jobs_of
+from tests.utils.factories import make_user
 from tests.utils.fake_telegram import FakeUser, button_data, buttons
 
 PAID = PaymentsSettings(
@@ -308,6 +309,38 @@ class TestForget:
         answer = await tg.checkout(lea, old_invoice.params["payload"], 30)
         assert answer.params["ok"] is False
         assert answer.params["error_message"] == translate("en", "pay.refused.forgotten")
+
+    async def test_forget_confirmation_warns_of_unspent_credits(self, shop: BotHarness) -> None:
+        tg = shop.tg
+        lea = tg.user(9511, "Lea", "en")
+        await buy(shop, lea)
+        with shop.db.session() as s:
+            make_user(s, telegram_id=9512, language="zh")
+            billing.grant_credits(s, 9512, 2, "test")
+        mei = tg.user(9512, "Mei", "zh")
+        nia = tg.user(9513, "Nia", "en")
+        for user, credits in ((lea, 3), (mei, 2), (nia, 0)):
+            since = len(tg.calls)
+            tg.send_text(user, "/forget")
+            lang = user.language_code
+            call = await tg.wait_text(user.id, translate(lang, "forget.confirm"), since=since)
+            warning = translate(lang, "forget.credits_lost", credits=credits)
+            # Only a user with credits is told how many go with the rest.
+            assert (warning in call.params["text"]) is (credits > 0), call.params["text"]
+        # Nothing was deleted by asking.
+        assert credits_of(shop, lea.id) == 3
+
+    async def test_forget_confirmation_says_nothing_of_credits_with_payments_off(
+        self, bot: BotHarness
+    ) -> None:
+        with bot.db.session() as s:
+            make_user(s, telegram_id=9514, language="en")
+            billing.grant_credits(s, 9514, 4, "test")
+        tg = bot.tg
+        ola = tg.user(9514, "Ola", "en")
+        tg.send_text(ola, "/forget")
+        call = await tg.wait_text(ola.id, translate("en", "forget.confirm"))
+        assert call.params["text"] == translate("en", "forget.confirm")
 
 
 class TestSellerRules:
