@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 from collections.abc import AsyncIterator, Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
@@ -492,3 +492,28 @@ class TestForgottenWhileRunning:
         with ctx.db.session() as s:
             assert s.get(Job, job_id) is None
         assert not ctx.blobs.exists(images[0])
+
+
+class TestEta:
+    def test_the_eta_averages_successes_only(self, ctx: WorkerContext) -> None:
+        from db.repositories.jobs import JobRepository
+
+        ok = _job(ctx, JobStatus.SUCCEEDED)
+        with ctx.db.session() as s:
+            failed = Job(user_id=_row(ctx, ok).user_id, kind=JobKind.PORTRAIT, params={})
+            s.add(failed)
+            s.flush()
+            failed.transition(JobStatus.RUNNING)
+            failed.fail("internal", "boom")
+            bad = failed.id
+        with ctx.db.session() as s:
+            for job_id, seconds in ((ok, 60), (bad, 3600)):
+                row = s.get(Job, job_id)
+                assert row is not None
+                assert row.finished_at is not None
+                row.started_at = row.finished_at - timedelta(seconds=seconds)
+        since = datetime.now(tz=UTC) - timedelta(days=1)
+        durations = ctx.db.call(lambda s: JobRepository(s).finished_durations(since))
+        # The hour-long failure is not a run time: the ETA of the next job is one minute.
+        assert durations == [pytest.approx(60, abs=1)]
+        assert ctx.db.call(jobs._eta_minutes, 0) == 1
