@@ -34,7 +34,7 @@ from db.models import JobKind, JobStatus
 from domain import lifecycle, privacy
 from domain.lifecycle import Delivery
 from tasks.context import get_context
-from telegram_ui.client import may_have_reached_telegram, retry_after_seconds
+from telegram_ui.client import may_have_reached_telegram, retry_after_seconds, too_large
 from telegram_ui.i18n import error_text, translate
 from telegram_ui.keyboards import cancel_job_keyboard, result_keyboard
 from telegram_ui.media import full_size_document, outgoing
@@ -70,8 +70,7 @@ def is_terminal(exc: TelegramError) -> bool:
     """Whether Telegram refused the request for good (repeating it cannot help)."""
     if isinstance(exc, BadRequest | Forbidden | InvalidToken):
         return True
-    text = str(exc).lower()
-    return isinstance(exc, NetworkError) and ("(413)" in text or "entity too large" in text)
+    return isinstance(exc, NetworkError) and too_large(exc)
 
 
 async def _edit_status(bot: Bot, d: Delivery, text: str, markup: Any = None) -> bool:

@@ -82,10 +82,18 @@ def may_have_reached_telegram(exc: NetworkError) -> bool:
     return not isinstance(cause, _NOT_SENT)
 
 
+def too_large(exc: NetworkError) -> bool:
+    """Whether Telegram refused the request as too large (HTTP 413; PTB raises a plain
+    NetworkError for it): the same upload is refused every time."""
+    text = str(exc).lower()
+    return "(413)" in text or "entity too large" in text
+
+
 def safe_to_repeat(endpoint: str, exc: NetworkError) -> bool:
     """Whether the call may be sent again after `exc` without risking a duplicate."""
-    if isinstance(exc, BadRequest):
-        # Our request is wrong (a subclass of NetworkError in PTB); repeating won't help.
+    if isinstance(exc, BadRequest) or too_large(exc):
+        # Our request is wrong (BadRequest is a subclass of NetworkError in PTB), or too large:
+        # repeating won't help.
         return False
     return endpoint.startswith(IDEMPOTENT_PREFIXES) or not may_have_reached_telegram(exc)
 

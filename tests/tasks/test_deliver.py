@@ -274,6 +274,33 @@ class TestRefusedResult:
         # One refused album and one notice: the number of Bot API calls is bounded.
         assert _chat_calls(tg) == ["sendMediaGroup", "sendMessage"]
 
+    @pytest.mark.parametrize(
+        ("status", "error", "told"),
+        [(403, "Forbidden", False), (413, "NetworkError", True)],
+    )
+    async def test_403_and_413_are_terminal_too(
+        self, tg: FakeTelegram, ctx: WorkerContext, status: int, error: str, told: bool
+    ) -> None:
+        images = [
+            ctx.blobs.put((FACES / n).read_bytes()) for n in ("man_pose1.png", "man_pose2.png")
+        ]
+        job_id = _job(ctx, JobStatus.SUCCEEDED, result_blobs=images)
+        tg.fail_next("sendMediaGroup", status, times=50)
+
+        assert await asyncio.to_thread(send_result, job_id) == "undeliverable"
+        row = _row(ctx, job_id)
+        assert (row.status, row.delivered_at, row.delivery_attempts) == (
+            JobStatus.SUCCEEDED,
+            None,
+            1,
+        )
+        assert row.delivery_error is not None
+        assert row.delivery_error.startswith(error)
+        assert await asyncio.to_thread(send_result, job_id) == "already delivered"
+        # A blocked bot cannot tell the user anything; a too large upload is explained.
+        notice = ["sendMessage"] if told else []
+        assert _chat_calls(tg) == ["sendMediaGroup", *notice]
+
     async def test_transient_failures_end_after_a_bounded_number_of_sends(
         self, tg: FakeTelegram, ctx: WorkerContext
     ) -> None:
