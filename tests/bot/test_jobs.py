@@ -95,6 +95,35 @@ class TestCreateJob:
                 )
                 assert len(jobs_of(harness, telegram_id)) == 1
 
+    async def test_the_quota_counts_successes_and_the_users_own_failures(
+        self, harness: BotHarness
+    ) -> None:
+        """Issue 12: a job that failed through no fault of the user does not use up the day."""
+        await harness.start(daily_quota=1)
+        tg = harness.tg
+        user = tg.user(4006, "Q", "en")
+        give_selfie(harness, user.id)
+        picker = await pick_first_style(harness, user)
+        await tg.wait_text(user.id, "in the queue")
+        for code in ("internal", "no_face"):
+            job = jobs_of(harness, user.id)[-1]
+            with harness.db.session() as s:
+                row = s.get(Job, job.id)
+                row.transition(JobStatus.RUNNING)
+                row.fail(code, "boom")
+            since = len(tg.calls)
+            tg.press_button(user, picker, translate("en", "btn.use_style"))
+            if code == "internal":
+                # The worker's failure: the day's generation is still there.
+                await tg.wait_text(user.id, "in the queue", since=since)
+                assert len(jobs_of(harness, user.id)) == 2
+            else:
+                # The user's photo had no face: that one counts.
+                await tg.wait_text(
+                    user.id, translate("en", "error.quota_exceeded", quota=1), since=since
+                )
+                assert len(jobs_of(harness, user.id)) == 2
+
     async def test_banned_user_cannot_start(self, bot: BotHarness) -> None:
         tg = bot.tg
         ann = tg.user(4005, "Ann", "en")
