@@ -68,6 +68,21 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.payments_reconciled = Counter(
+            "facechain_payments_reconciled",
+            "Payments a reconciliation with Telegram credited (their successful_payment update "
+            "was lost), by trigger (schedule, chat, api)",
+            ["trigger"],
+            registry=self.registry,
+        )
+        self.reconcile_runs = Counter(
+            "facechain_payment_reconcile_runs",
+            "Scheduled reconciliations by outcome (done, locked: another one was running, "
+            "failed: Telegram out of reach)",
+            ["outcome"],
+            registry=self.registry,
+        )
+
     def record_payment(self, event: str, stars: int = 0) -> None:
         """Count one payment event and its Stars (none for a duplicate)."""
         self.payments.labels(event=event).inc()

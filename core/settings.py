@@ -288,6 +288,17 @@ class PaymentsSettings(BaseSettings):
     # /forget deletes the user's payments too, unless bookkeeping law makes the operator keep
     # them: then the payment rows (charge id, Stars, pack, dates, refund) stay.
     forget_keeps_payment_records: bool = False
+    # How often beat reconciles with Telegram (getStarTransactions): a payment whose
+    # successful_payment update was lost is credited within this many seconds. 0: only an
+    # admin's /reconcile or POST /api/v1/payments/reconcile.
+    reconcile_interval_seconds: int = Field(default=3600, ge=0)
+
+    @field_validator("reconcile_interval_seconds")
+    @classmethod
+    def _interval(cls, value: int) -> int:
+        if 0 < value < 60:
+            raise ValueError("must be 0 (off) or at least 60 seconds")
+        return value
 
     def price(self, kind: str) -> int:
         """Credits a job of this kind costs beyond the free quota (training: free)."""

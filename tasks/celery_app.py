@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 QUEUE_MODULES: dict[str, tuple[str, ...]] = {
     "gpu": ("tasks.generate", "tasks.inpaint", "tasks.upscale", "tasks.train_style"),
     "train": ("tasks.train_style",),
-    "io": ("tasks.deliver", "tasks.webhooks", "tasks.broadcast", "tasks.sweep"),
+    "io": ("tasks.deliver", "tasks.webhooks", "tasks.broadcast", "tasks.sweep", "tasks.payments"),
 }
 TASK_MODULES = tuple(dict.fromkeys(m for modules in QUEUE_MODULES.values() for m in modules))
 
@@ -38,6 +38,7 @@ IO_TASKS = (
     "broadcast.send",
     "maintenance.sweep",
     "maintenance.expire",
+    "payments.reconcile",
 )
 
 
@@ -90,6 +91,30 @@ def redis_transport_options(config: AppConfig, queues: Iterable[str] | None) -> 
     }
 
 
+def beat_schedule(config: AppConfig) -> dict[str, dict[str, object]]:
+    """What beat sends, and how often; reconciling payments only with payments on."""
+    schedule: dict[str, dict[str, object]] = {
+        "sweep": {
+            "task": "maintenance.sweep",
+            "schedule": timedelta(seconds=config.broker.sweep_interval_seconds),
+            "options": {"queue": "io"},
+        },
+        "expire": {
+            "task": "maintenance.expire",
+            "schedule": timedelta(hours=1),
+            "options": {"queue": "io"},
+        },
+    }
+    payments = config.payments
+    if payments.enabled and payments.reconcile_interval_seconds > 0:
+        schedule["reconcile-payments"] = {
+            "task": "payments.reconcile",
+            "schedule": timedelta(seconds=payments.reconcile_interval_seconds),
+            "options": {"queue": "io"},
+        }
+    return schedule
+
+
 def create_celery(config: AppConfig, queues: Iterable[str] | None = None) -> Celery:
     """Build the Celery app for this configuration; a worker passes the queues it consumes."""
     broker = config.broker
@@ -127,18 +152,7 @@ def create_celery(config: AppConfig, queues: Iterable[str] | None = None) -> Cel
         broker_connection_retry_on_startup=True,
         broker_transport_options=transport_options,
         timezone="UTC",
-        beat_schedule={
-            "sweep": {
-                "task": "maintenance.sweep",
-                "schedule": timedelta(seconds=broker.sweep_interval_seconds),
-                "options": {"queue": "io"},
-            },
-            "expire": {
-                "task": "maintenance.expire",
-                "schedule": timedelta(hours=1),
-                "options": {"queue": "io"},
-            },
-        },
+        beat_schedule=beat_schedule(config),
     )
     app.conf.facechain_config = config
     return app

@@ -331,6 +331,7 @@ async def reconcile_command(update: Update, context: BotContext) -> None:
     )
     for result in credited:
         context.deps.metrics.record_payment("succeeded", result.stars)
+    context.deps.metrics.payments_reconciled.labels(trigger="chat").inc(len(credited))
     stars = sum(r.stars for r in credited)
     await reply(
         update, context, context.t("admin.reconcile_done", count=len(credited), stars=stars)

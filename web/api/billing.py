@@ -147,6 +147,7 @@ async def reconcile_payments(call: Call) -> ReconcileOut:
     )
     for result in credited:
         call.app[METRICS].record_payment("succeeded", result.stars)
+    call.app[METRICS].payments_reconciled.labels(trigger="api").inc(len(credited))
     return ReconcileOut(
         credited=len(credited),
         stars=sum(r.stars for r in credited),

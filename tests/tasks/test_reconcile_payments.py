@@ -1,0 +1,252 @@
+"""Scheduled reconciliation of Stars payments (issue 16): beat sends `payments.reconcile` only
+with payments on; the io task credits a payment whose `successful_payment` update was lost once
+(getStarTransactions on the fake Bot API), tells the payer and the admin chat, and counts it; a
+run while another holds the lock does nothing; the lock itself holds across connections."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+from sqlalchemy import select
+
+from core.metrics import create_metrics
+from core.settings import (
+    AppConfig,
+    BrokerSettings,
+    DatabaseSettings,
+    PaymentsSettings,
+    StorageSettings,
+    TelegramSettings,
+)
+from db.locks import try_lock
+from db.models import Pack, Payment, User
+from db.session import Database
+from domain import billing
+from tasks.celery_app import QUEUE_MODULES, beat_schedule, create_celery, modules_for
+from tasks.context import WorkerContext, set_context
+from tasks.payments import LOCK_NAME, TASK_NAME, reconcile_once
+from telegram_ui.i18n import translate
+from tests.utils.factories import make_user
+from tests.utils.fake_telegram import TOKEN, FakeTelegram
+
+ADMIN_CHAT = -100777
+
+
+def test_beat_reconciles_only_with_payments_on() -> None:
+    on = PaymentsSettings(enabled=True, reconcile_interval_seconds=600)
+    schedule = beat_schedule(AppConfig(payments=on))
+    entry = schedule["reconcile-payments"]
+    assert entry["task"] == TASK_NAME
+    assert entry["options"] == {"queue": "io"}
+    assert getattr(entry["schedule"], "total_seconds", lambda: 0)() == 600
+    off = AppConfig(payments=PaymentsSettings(enabled=False))
+    assert TASK_NAME not in {e["task"] for e in beat_schedule(off).values()}
+    zero = AppConfig(payments=PaymentsSettings(enabled=True, reconcile_interval_seconds=0))
+    assert TASK_NAME not in {e["task"] for e in beat_schedule(zero).values()}
+    # The default: hourly.
+    assert PaymentsSettings().reconcile_interval_seconds == 3600
+    with pytest.raises(ValidationError, match="at least 60"):
+        PaymentsSettings(reconcile_interval_seconds=5)
+
+
+def test_only_io_workers_import_the_task() -> None:
+    assert "tasks.payments" in modules_for(["io"])
+    assert "tasks.payments" not in QUEUE_MODULES["gpu"] + QUEUE_MODULES["train"]
+    app = create_celery(AppConfig(broker=BrokerSettings(url="memory://")))
+    assert app.amqp.router.route({}, TASK_NAME)["queue"].name == "io"
+
+
+@pytest.fixture
+async def tg() -> Any:
+    async with FakeTelegram() as server:
+        yield server
+
+
+@pytest.fixture
+def ctx(
+    tg: FakeTelegram, committed_db: Database, tmp_path: Path, database_url: str
+) -> Iterator[WorkerContext]:
+    config = AppConfig(
+        telegram=TelegramSettings(
+            token=TOKEN,
+            api_base_url=tg.api_base_url,
+            file_base_url=tg.file_base_url,
+            admin_chat_id=ADMIN_CHAT,
+        ),
+        database=DatabaseSettings(url=database_url),
+        broker=BrokerSettings(url="memory://", io_time_limit=30),
+        storage=StorageSettings(DATA_DIR=tmp_path, blob_dir=tmp_path / "blobs"),  # type: ignore[call-arg]
+        payments=PaymentsSettings(enabled=True),
+    )
+    context = WorkerContext(config, create_celery(config))
+    context.db.dispose()
+    context.db = committed_db
+    set_context(context)
+    yield context
+    set_context(None)
+    if context._telegram is not None:
+        context._telegram.close()
+
+
+def _lost_payment(ctx: WorkerContext, tg: FakeTelegram, telegram_id: int) -> str:
+    """A payer who checked out a 3-credit pack whose successful_payment never arrived."""
+    with ctx.db.session() as s:
+        user = make_user(s, telegram_id=telegram_id)
+        pack = Pack(title="Small", credits=3, stars=30, enabled=True, position=1)
+        s.add(pack)
+        s.flush()
+        payload = billing.invoice_payload(pack, user.id, int(time.time() * 1000))
+    return tg.lost_payment(tg.user(telegram_id, "Max", "en"), payload, 30)
+
+
+def _credits(ctx: WorkerContext, telegram_id: int) -> int:
+    with ctx.db.session() as s:
+        return int(s.scalar(select(User.credits).where(User.telegram_id == telegram_id)) or 0)
+
+
+async def test_a_lost_payment_is_credited_once_and_the_admins_are_told(
+    tg: FakeTelegram, ctx: WorkerContext
+) -> None:
+    charge = _lost_payment(ctx, tg, 9701)
+    metrics = create_metrics()
+    run = await asyncio.to_thread(reconcile_once, ctx, metrics)
+    assert run.outcome == "done"
+    assert [r.stars for r in run.credited] == [30]
+    assert _credits(ctx, 9701) == 3
+    with ctx.db.session() as s:
+        assert s.scalars(select(Payment.charge_id)).all() == [charge]
+    await tg.wait_text(9701, translate("en", "pay.done", credits=3, balance=3))
+    notice = translate(
+        None,
+        "admin.reconcile_notice",
+        count=1,
+        stars=30,
+        payments=str(run.credited[0].payment_id),
+    )
+    await tg.wait_text(ADMIN_CHAT, notice)
+    assert metrics.payments_reconciled.labels(trigger="schedule")._value.get() == 1
+    assert metrics.payments.labels(event="succeeded")._value.get() == 1
+
+    # The next run finds the payment recorded: it credits nothing and tells nobody.
+    since = len(tg.calls)
+    again = await asyncio.to_thread(reconcile_once, ctx, metrics)
+    assert (again.outcome, again.credited) == ("done", [])
+    assert _credits(ctx, 9701) == 3
+    assert len(tg.calls_to("getStarTransactions")) == 2
+    assert [c for c in tg.calls[since:] if c.method == "sendMessage"] == []
+    assert metrics.payments_reconciled.labels(trigger="schedule")._value.get() == 1
+    assert metrics.reconcile_runs.labels(outcome="done")._value.get() == 2
+
+
+async def test_a_run_while_another_holds_the_lock_does_nothing(
+    tg: FakeTelegram, ctx: WorkerContext
+) -> None:
+    _lost_payment(ctx, tg, 9702)
+    metrics = create_metrics()
+    with try_lock(ctx.db, LOCK_NAME) as held:
+        assert held
+        run = await asyncio.to_thread(reconcile_once, ctx, metrics)
+    assert run.outcome == "locked"
+    assert tg.calls_to("getStarTransactions") == []
+    assert _credits(ctx, 9702) == 0
+    assert metrics.reconcile_runs.labels(outcome="locked")._value.get() == 1
+    # Once the holder is done, the next run reconciles.
+    run = await asyncio.to_thread(reconcile_once, ctx, metrics)
+    assert run.outcome == "done"
+    assert _credits(ctx, 9702) == 3
+
+
+async def test_payments_off_reconciles_nothing(tg: FakeTelegram, ctx: WorkerContext) -> None:
+    _lost_payment(ctx, tg, 9703)
+    ctx.config = ctx.config.model_copy(update={"payments": PaymentsSettings(enabled=False)})
+    run = await asyncio.to_thread(reconcile_once, ctx, create_metrics())
+    assert run.outcome == "off"
+    assert tg.calls_to("getStarTransactions") == []
+    assert _credits(ctx, 9703) == 0
+
+
+def _lock_databases(tmp_path: Path, database_url: str) -> list[Database]:
+    urls = {database_url, f"sqlite:///{tmp_path / 'locks.db'}", "sqlite://"}
+    return [Database.from_url(url) for url in sorted(urls)]
+
+
+def test_the_lock_is_exclusive_across_connections_and_threads(
+    tmp_path: Path, database_url: str
+) -> None:
+    for db in _lock_databases(tmp_path, database_url):
+        other = Database.from_url(str(db.engine.url.render_as_string(hide_password=False)))
+        try:
+            with try_lock(db, "test.lock") as first:
+                assert first, db.engine.url
+                # Another engine (as another process would) and another thread are refused.
+                with try_lock(other, "test.lock") as second:
+                    assert not second, db.engine.url
+
+                def take() -> bool:
+                    with try_lock(db, "test.lock") as held:
+                        return held
+
+                with ThreadPoolExecutor(1) as pool:
+                    assert pool.submit(take).result() is False
+                # A different name is a different lock.
+                with try_lock(other, "test.other") as unrelated:
+                    assert unrelated
+            with try_lock(other, "test.lock") as after:
+                assert after, db.engine.url
+        finally:
+            other.dispose()
+            db.dispose()
+
+
+HOLDER = """
+import sys, time
+from db.locks import try_lock
+from db.session import Database
+with try_lock(Database.from_url(sys.argv[1]), "test.lock") as held:
+    print("held" if held else "busy", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_another_process_holding_the_lock_blocks_until_it_dies(
+    tmp_path: Path, database_url: str
+) -> None:
+    """Two beats are two processes: one holds, the other is refused; a holder killed with
+    SIGKILL (no cleanup) frees the lock with its connection or open file."""
+    for url in sorted({database_url, f"sqlite:///{tmp_path / 'locks.db'}"}):
+        holder = subprocess.Popen(
+            [sys.executable, "-c", HOLDER, url],
+            cwd=Path(__file__).resolve().parents[2],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        db = Database.from_url(url)
+        try:
+            assert holder.stdout is not None
+            assert holder.stdout.readline().strip() == "held"
+            with try_lock(db, "test.lock") as held:
+                assert not held, url
+            holder.send_signal(signal.SIGKILL)
+            holder.wait(10)
+            deadline = time.monotonic() + 10
+            while True:
+                with try_lock(db, "test.lock") as held:
+                    if held:
+                        break
+                assert time.monotonic() < deadline, f"lock of a killed holder not freed: {url}"
+                time.sleep(0.1)
+        finally:
+            if holder.poll() is None:
+                holder.kill()
+                holder.wait(10)
+            db.dispose()
