@@ -182,6 +182,46 @@ class TestSendResult:
             assert _delivered_at(ctx, job_id) is not None
 
 
+class TestTransientRetries:
+    async def test_a_send_that_keeps_failing_is_retried_a_bounded_number_of_times(
+        self, ctx: WorkerContext, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Celery's own retries (autoretry with backoff and jitter), then the sweep's turn."""
+        from celery.app import autoretry
+
+        job_id = _job(ctx, JobStatus.SUCCEEDED, result_blobs=[])
+        sends: list[int] = []
+        countdowns: list[float] = []
+
+        async def unsent(bot: object, d: object) -> None:
+            sends.append(1)
+            raise NetworkError("Bad Gateway")  # an error answer: certainly not shown
+
+        real_backoff = autoretry.get_exponential_backoff_interval
+
+        def backoff(*args: object, **kwargs: object) -> float:
+            countdowns.append(real_backoff(*args, **kwargs))  # type: ignore[arg-type]
+            return countdowns[-1]
+
+        monkeypatch.setattr(deliver, "_send_result", unsent)
+        monkeypatch.setattr(autoretry, "get_exponential_backoff_interval", backoff)
+        # Eager: each retry runs at once, in this thread.
+        result = await asyncio.to_thread(send_result.apply, (job_id,))
+        assert isinstance(result.result, NetworkError)
+        assert len(sends) == 1 + deliver.MAX_RETRIES
+        # Exponential backoff from 2 s with full jitter (Celery also works one out for the
+        # attempt that finds the retries spent).
+        assert len(countdowns) >= deliver.MAX_RETRIES
+        assert all(0 <= c <= 2 * 2**n for n, c in enumerate(countdowns))
+        row = _row(ctx, job_id)
+        assert (row.status, row.delivered_at, row.delivery_error) == (
+            JobStatus.SUCCEEDED,
+            None,
+            None,
+        )
+        assert row.delivery_attempts == 1 + deliver.MAX_RETRIES
+
+
 class TestHdDelivery:
     def _hd_job(self, ctx: WorkerContext, status: JobStatus) -> tuple[int, bytes]:
         png = (FACES / "man_pose1.png").read_bytes()
