@@ -94,6 +94,14 @@ async def test_run_serves_a_user_and_stops_on_ctrl_c(tg: FakeTelegram, tmp_path:
         await tg.wait_text(user.id, translate("en", "job.low_likeness"), within=30)
         assert (tmp_path / "data" / "facechain.db").exists()
         assert (tmp_path / "data" / "broker.db").exists()
+        # A worker per queue: gpu, train (a training never holds portraits up) and io + beat
+        # (a worker's pool or embedded beat process repeats its command line).
+        commands = [
+            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            for pid in processes_with_env(f"DATA_DIR={tmp_path / 'data'}")
+        ]
+        for queues in ("--queues=gpu", "--queues=train", "--queues=io --beat"):
+            assert any(queues in command for command in commands), (queues, commands)
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n--- run log ---\n{log.read_text()[-4000:]}") from None
     finally:
