@@ -200,6 +200,21 @@ def renew_lease(session: Session, job_id: int, owner: str, lease: timedelta) -> 
     return bool(getattr(renewed, "rowcount", 0))
 
 
+def hand_back(session: Session, job_id: int, owner: str) -> bool:
+    """Give a running job back without an outcome (its worker is shutting down, a checkpoint
+    saved): the lease ends now, so the requeued message's next claim takes it over at once.
+    False when the lease is no longer `owner`'s."""
+    now = db_now(session)
+    handed = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.RUNNING, Job.lease_owner == owner)
+        # No owner: the heartbeat's last renewal cannot take it back.
+        .values(lease_owner=None, lease_expires_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(getattr(handed, "rowcount", 0))
+
+
 def dispatchable_kind(session: Session, job_id: int) -> JobKind | None:
     """The kind of a job whose task should be published (queued, or running and re-queued after
     its lease expired); None when it needs none."""

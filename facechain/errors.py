@@ -73,6 +73,16 @@ class Cancelled(FaceChainError):
     code = "cancelled"
 
 
+class TrainingInterrupted(Exception):
+    """A training was asked to stop (its worker is shutting down) and saved a checkpoint.
+
+    Not a FaceChainError: no user ever sees it (the job is handed over and resumes)."""
+
+    def __init__(self, message: str, step: int) -> None:
+        super().__init__(message)
+        self.step = step
+
+
 class InvalidLoRA(FaceChainError):
     """A style LoRA file cannot be used."""
 

@@ -118,7 +118,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
         probe.set_ready()
 
     def stopping(**_: object) -> None:
+        from tasks.warm import STOPPING
+
         probe.set_unready("shutting down")
+        # A training in hand checkpoints and hands its job over (tasks.train_style).
+        STOPPING.set()
 
     signals.worker_ready.connect(ready, weak=False)
     signals.worker_shutting_down.connect(stopping, weak=False)
@@ -140,7 +144,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
                 status.stop()
             return 1
         argv.append("--pool=solo")
-    elif not GPU_QUEUES & set(names):
+    elif GPU_QUEUES & set(names):
+        # train: in-process too, so a warm shutdown reaches the training (checkpoint, hand over).
+        from tasks.warm import SoloTimeLimits
+
+        SoloTimeLimits().connect()
+        argv.append("--pool=solo")
+    else:
         argv.append("--pool=threads")
     if args.beat:
         argv += ["--beat", f"--schedule={config.storage.data_dir / 'celerybeat-schedule'}"]

@@ -152,8 +152,8 @@ def serve_probe(
 class GpuMemoryCollector(Collector):
     """GPU memory per visible device through NVML (reports nothing without a GPU or NVML).
 
-    NVML, not torch: the gpu worker's main process must not initialise CUDA before it forks
-    its pool process."""
+    NVML, not torch: a scrape reads the driver's figures for every process on the device and
+    never initialises CUDA in the probe's thread."""
 
     def __init__(self) -> None:
         self._nvml: Any = None

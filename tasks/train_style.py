@@ -15,12 +15,13 @@ from pathlib import Path
 
 import torch
 from celery import Task, shared_task
+from celery.exceptions import Reject
 
 from db.models import JobStatus
-from domain import trainings
+from domain import lifecycle, trainings
 from domain.outbox import transact
 from domain.trainings import TrainedLoRA, TrainingInputs
-from facechain.errors import Cancelled
+from facechain.errors import Cancelled, TrainingInterrupted
 from facechain.training import (
     DatasetLimits,
     TrainingConfig,
@@ -34,6 +35,7 @@ from facechain.training import (
 from tasks.context import WorkerContext
 from tasks.housekeeping import prune_if_due
 from tasks.jobs import JobOutcome, JobSnapshot, ProgressReporter, run_gpu_job
+from tasks.warm import STOPPING, WorkerStopping
 
 logger = logging.getLogger(__name__)
 
@@ -167,7 +169,20 @@ def train(ctx: WorkerContext, job: JobSnapshot, reporter: ProgressReporter) -> J
             device=device,
             progress=_TrainingReporter(ctx, inputs.id, reporter),
             cancel=reporter.cancelled,
+            # A warm shutdown (a deploy): checkpoint now and hand the job over.
+            stop=STOPPING.is_set,
         )
+    except TrainingInterrupted as stopped:
+        owner = reporter.lease.owner if reporter.lease is not None else None
+        handed = owner is not None and ctx.db.call(lifecycle.hand_back, job.id, owner)
+        logger.warning(
+            "training job %s stopped at step %d for the worker's shutdown; checkpoint kept, "
+            "job %s",
+            job.id,
+            stopped.step,
+            "handed back" if handed else "left to its lease",
+        )
+        raise WorkerStopping(str(stopped)) from None
     except Cancelled:
         if not reporter.lease_lost:
             # The user gave up on this training; a retry starts afresh. (A lost lease keeps the
@@ -193,6 +208,12 @@ def train(ctx: WorkerContext, job: JobSnapshot, reporter: ProgressReporter) -> J
 
 @shared_task(name="style.train", bind=True, acks_late=True)
 def train_style(self: Task, job_id: int) -> str | None:
-    """Train a style LoRA for a job (idempotent; resumes from a checkpoint on redelivery)."""
-    status: JobStatus | None = run_gpu_job(self, job_id, train)
+    """Train a style LoRA for a job (idempotent; resumes from a checkpoint on redelivery).
+
+    On the worker's warm shutdown the training saves a checkpoint, gives the job back and its
+    message goes back to the queue: the next training worker resumes from that step."""
+    try:
+        status: JobStatus | None = run_gpu_job(self, job_id, train)
+    except WorkerStopping as stopped:
+        raise Reject(str(stopped), requeue=True) from None
     return status.value if status else None

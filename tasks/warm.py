@@ -33,6 +33,17 @@ from tasks.context import WorkerContext
 
 logger = logging.getLogger(__name__)
 
+# Set when this worker starts its warm shutdown (SIGTERM): a training checkpoints and hands over.
+STOPPING = threading.Event()
+
+
+class WorkerStopping(BaseException):
+    """The task gave its job back because the worker is shutting down (its message requeued).
+
+    A BaseException, so the job runner records no outcome for it (the job stays running and
+    another worker takes it over)."""
+
+
 # Back-off between build attempts of a worker whose engine cannot be built.
 FIRST_RETRY_S = 5.0
 MAX_RETRY_S = 300.0

@@ -40,7 +40,7 @@ from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
-from facechain.errors import Cancelled
+from facechain.errors import Cancelled, TrainingInterrupted
 from facechain.training.checkpoints import (
     LORA_FILE,
     TrainingState,
@@ -321,6 +321,7 @@ def train_style_lora(
     device: torch.device | str | None = None,
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
+    stop: CancelFn | None = None,
 ) -> TrainingResult:
     """Train a style LoRA on the UNet attention projections and write it to `output_dir`.
 
@@ -335,9 +336,12 @@ def train_style_lora(
         device: training device (default CUDA when available).
         progress: called after each optimizer step.
         cancel: polled before each step; True raises Cancelled.
+        stop: polled after each step; True saves a checkpoint of the steps done and raises
+            TrainingInterrupted (a worker shutting down: the next run resumes from it).
 
     Raises:
         Cancelled: `cancel()` returned True.
+        TrainingInterrupted: `stop()` returned True.
     """
     if len(dataset) == 0:
         raise ValueError("the dataset is empty")
@@ -443,20 +447,23 @@ def train_style_lora(
             optimizer.zero_grad(set_to_none=True)
             losses.append(float(loss.detach()))
             done = step + 1
-            if done % config.checkpointing_steps == 0 and done < total_steps:
+            checkpoint = TrainingState(
+                step=done, fingerprint=fingerprint, losses=losses, eval_loss_before=eval_before
+            )
+            saved = done % config.checkpointing_steps == 0 and done < total_steps
+            if saved:
                 save_checkpoint(
-                    accelerator,
-                    checkpoint_dir,
-                    TrainingState(
-                        step=done,
-                        fingerprint=fingerprint,
-                        losses=losses,
-                        eval_loss_before=eval_before,
-                    ),
-                    keep=config.checkpoints_total_limit,
+                    accelerator, checkpoint_dir, checkpoint, keep=config.checkpoints_total_limit
                 )
             if progress is not None:
                 progress(TrainingProgress(done, total_steps, losses[-1]))
+            if stop is not None and done < total_steps and stop():
+                if not saved:
+                    keep = config.checkpoints_total_limit
+                    save_checkpoint(accelerator, checkpoint_dir, checkpoint, keep=keep)
+                raise TrainingInterrupted(
+                    f"training stopped at step {done} of {total_steps}; checkpoint saved", done
+                )
         loop_seconds = time.monotonic() - loop_started
         unet.eval()
         if config.gradient_checkpointing:

@@ -369,3 +369,54 @@ class TestForget:
         assert leftovers == []
         assert not folder.exists()
         assert not cached.exists()
+
+
+class TestWarmShutdown:
+    def test_a_stopping_worker_checkpoints_hands_the_job_over_and_the_next_resumes(
+        self, ctx: SimpleNamespace, session: Session, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        from celery.exceptions import Reject
+
+        from tasks.warm import STOPPING
+
+        job_id, training_id = make_training(session, ctx.blobs, portraits())
+        session.commit()
+        report = train_module._TrainingReporter.__call__
+
+        def sigterm_at_step_3(self, progress):  # type: ignore[no-untyped-def]
+            report(self, progress)
+            if progress.step == 3:
+                STOPPING.set()  # what the worker's warm-shutdown handler does
+
+        monkeypatch.setattr(train_module._TrainingReporter, "__call__", sigterm_at_step_3)
+        try:
+            with pytest.raises(Reject) as raised:
+                train_style(job_id)
+        finally:
+            STOPPING.clear()
+        assert raised.value.requeue is True
+        session.expire_all()
+        job = session.get(Job, job_id)
+        training = session.get(StyleTraining, training_id)
+        assert job is not None
+        assert training is not None
+        # No outcome recorded, the lease given back at once, a checkpoint at the stop step
+        # (checkpointing_steps is 2: step 3 has one only because of the stop).
+        assert (job.status, job.error_code, job.lease_owner) == (JobStatus.RUNNING, None, None)
+        assert job.lease_expires_at is not None
+        assert job.lease_expires_at <= db_now(session)
+        folder = Path(training.checkpoint_path)
+        assert sorted(p.name for p in folder.iterdir() if p.name.startswith("checkpoint-")) == [
+            "checkpoint-0000002",
+            "checkpoint-0000003",
+        ]
+
+        # The requeued message, taken by the next worker at once: resumes from step 3.
+        monkeypatch.setattr(train_module._TrainingReporter, "__call__", report)
+        assert train_style(job_id) == "succeeded"
+        session.expire_all()
+        job = session.get(Job, job_id)
+        assert job is not None
+        assert job.result_meta["resumed_from_step"] == 3
+        assert job.result_meta["steps"] == 6
+        assert job.attempts == 2

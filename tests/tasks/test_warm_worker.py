@@ -315,3 +315,63 @@ def test_sigterm_is_a_warm_shutdown_the_job_in_hand_finishes(
     assert worker.proc.returncode == 0, worker.log()[-3000:]
     assert _row(client.db, queued).status is JobStatus.SUCCEEDED
     assert "warm shutdown" in worker.log().lower()
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_training_worker_checkpoints_and_hands_the_job_over(
+    env: dict[str, str], client: WorkerContext, tmp_path: Path
+) -> None:
+    """A deploy stops the train worker mid-training: a checkpoint at the step it reached, the
+    job given back (no outcome, no lease) and its message back on the queue; exit 0."""
+    from db.models import JobKind, StyleTraining
+    from tests.facechain.face_data import PORTRAITS, fixture_bytes
+
+    blobs = LocalBlobStore(client.config.storage.blobs_path)
+    with client.db.session() as s:
+        user = make_user(s, telegram_id=772)
+        training = StyleTraining(
+            user_id=user.id,
+            name="Ink wash",
+            trigger_word="zkstyle",
+            base_model="film",
+            image_blobs=[blobs.put(fixture_bytes(name)) for name in PORTRAITS],
+            captions=[],
+            # Long enough to be stopped half-way; no periodic checkpoint before the stop.
+            config={"rank": 4, "max_train_steps": 2000, "checkpointing_steps": 5000},
+        )
+        s.add(training)
+        s.flush()
+        job = Job(user_id=user.id, kind=JobKind.TRAINING, params={"training_id": training.id})
+        s.add(job)
+        s.flush()
+        training.job_id = job.id
+        job_id, training_id = job.id, training.id
+    client.celery.send_task("style.train", args=[job_id], queue="train")
+    worker = WorkerProcess({**env, "ENGINE_PROFILE": "tiny"}, "train", tmp_path / "worker.log")
+    broker = redis.Redis.from_url(env["BROKER_URL"])
+    try:
+        wait_for(
+            lambda: _row(client.db, job_id).progress > 0.05,
+            240,
+            "the training to be under way",
+            worker,
+        )
+        worker.proc.send_signal(signal.SIGTERM)
+        worker.proc.wait(120)
+    finally:
+        worker.stop()
+    log = worker.log()
+    assert worker.proc.returncode == 0, log[-3000:]
+    assert "checkpoint kept, job handed back" in log
+    job_row = _row(client.db, job_id)
+    assert (job_row.status, job_row.error_code, job_row.lease_owner) == (
+        JobStatus.RUNNING,
+        None,
+        None,
+    )
+    with client.db.session() as s:
+        folder = Path(s.get(StyleTraining, training_id).checkpoint_path)  # type: ignore[union-attr]
+    steps = [p.name for p in folder.iterdir() if p.name.startswith("checkpoint-")]
+    assert len(steps) == 1, steps
+    assert 0 < int(steps[0].split("-")[1]) < 2000
+    assert broker.llen("train") == 1  # the message is back for the next training worker
