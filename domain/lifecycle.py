@@ -203,13 +203,15 @@ def renew_lease(session: Session, job_id: int, owner: str, lease: timedelta) -> 
 def hand_back(session: Session, job_id: int, owner: str) -> bool:
     """Give a running job back without an outcome (its worker is shutting down, a checkpoint
     saved): the lease ends now, so the requeued message's next claim takes it over at once.
-    False when the lease is no longer `owner`'s."""
+    A hand-back is not a lost worker: the claim it gives back is uncounted, so deploys during
+    a long training never use up its `MAX_ATTEMPTS`. False when the lease is no longer
+    `owner`'s."""
     now = db_now(session)
     handed = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status == JobStatus.RUNNING, Job.lease_owner == owner)
         # No owner: the heartbeat's last renewal cannot take it back.
-        .values(lease_owner=None, lease_expires_at=now)
+        .values(lease_owner=None, lease_expires_at=now, attempts=Job.attempts - 1)
         .execution_options(synchronize_session=False)
     )
     return bool(getattr(handed, "rowcount", 0))

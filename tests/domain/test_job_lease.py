@@ -126,6 +126,25 @@ class TestClaim:
         assert job.lease_owner == takeover.owner != old
         assert str(job.lease_owner).startswith(f"{NODE_B}:")
 
+    def test_hand_backs_on_shutdown_never_use_up_the_attempts(self, session: Session) -> None:
+        # A training handed back by one warm shutdown after another (several deploys in a day)
+        # is resumed every time; only lost workers count towards MAX_ATTEMPTS.
+        job_id = claimed_by(session, NODE_A)
+        for deploy in range(lifecycle.MAX_ATTEMPTS + 2):
+            owner = str(row(session, job_id).lease_owner)
+            assert lifecycle.hand_back(session, job_id, owner)
+            assert row(session, job_id).lease_owner is None
+            node = NODE_B if deploy % 2 == 0 else NODE_A
+            resumed = lifecycle.claim(session, job_id, node)
+            assert resumed.snapshot is not None, f"deploy {deploy}: {row(session, job_id).status}"
+            session.flush()
+        job = row(session, job_id)
+        assert (job.status, job.attempts) == (JobStatus.RUNNING, 1)
+        # A lost worker still counts.
+        expire_lease(session, job_id)
+        assert lifecycle.claim(session, job_id, NODE_B).snapshot is not None
+        assert row(session, job_id).attempts == 2
+
     def test_out_of_attempts_fails_as_worker_lost_with_webhook(self, session: Session) -> None:
         subscribe(session, "job.failed")
         job_id = claimed_by(session, NODE_A)
