@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 from sqlalchemy.orm import Session
 
@@ -89,6 +90,22 @@ def check_events(events: Sequence[str]) -> list[str]:
     return sorted(set(events), key=EVENTS.index)
 
 
+def check_url(url: str) -> str:
+    """An endpoint's URL must be one a delivery can reach: http(s) with a host (and a port, if
+    given, that parses); ValidationFailed otherwise (e.g. `http://[` with an unclosed IPv6
+    bracket, which the pattern of the API document alone lets through)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ValidationFailed(f"url is not a valid URL: {exc}", url=url) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValidationFailed("url must be http(s) with a host", url=url)
+    if port == 0:
+        raise ValidationFailed("url has port 0", url=url)
+    return url
+
+
 # ---- endpoints ----
 
 
@@ -97,6 +114,7 @@ def create_endpoint(
 ) -> WebhookEndpoint:
     """Register an endpoint for these events (the secret is stored, never shown again)."""
     checked = check_events(events)
+    check_url(url)
     endpoint = WebhookEndpointRepository(session).add(
         WebhookEndpoint(url=url, secret=secret, events=checked, enabled=enabled)
     )

@@ -84,8 +84,14 @@ Weight = Annotated[float, Field(gt=0.0, le=1.0), BeforeValidator(_json_number)]
 _SPACE = r"\t\n\x0b\x0c\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 # Text with at least one character that is not whitespace (and no NUL anywhere).
 NON_BLANK = rf"^[^\x00]*[^\x00{_SPACE}][^\x00]*$"
-# An http(s) URL with a host (and no NUL anywhere).
-URL = rf"^https?://[^/\x00{_SPACE}]+[^\x00]*$"
+# An http(s) URL a delivery can reach, exactly what `domain.webhooks.check_url` accepts: an
+# ASCII host name or address (optionally with user info), a port from 1 to 65535, then a path,
+# query or fragment (no NUL anywhere). IPv6 literals and non-ASCII hosts (use punycode) are out.
+_PORT = r"(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})"
+URL = (
+    r"^https?://(?:[A-Za-z0-9._~%!$&'()*+,;=:-]+@)?[A-Za-z0-9._~-]+"
+    rf"(?::{_PORT})?(?:[/?#][^\x00]*)?$"
+)
 # Strings as stored: no NUL (each pattern says so, for the document), valid Unicode. One pattern
 # per field: it must be the whole rule, since the document shows only one.
 Text = Annotated[str, Field(pattern=r"^[^\x00]*$"), AfterValidator(_clean_text)]

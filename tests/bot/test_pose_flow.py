@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 from collections.abc import Iterator
+from contextlib import contextmanager
 from types import SimpleNamespace
 from typing import Any
 
@@ -14,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from core.settings import EngineSettings
+from core.settings import AppConfig, EngineSettings
 from db.models import Job, JobStatus
 from facechain.engine import Engine, EngineConfig
 from tasks.context import set_context
@@ -22,6 +23,7 @@ from tasks.deliver import send_pose_preview, send_progress, send_result
 from tasks.dispatch import CeleryPublisher
 from tasks.generate import generate
 from tasks.jobs import run_gpu_job
+from telegram_ui.client import BotRunner, make_bot
 from telegram_ui.i18n import translate
 from telegram_ui.keyboards import result_keyboard
 from tests.bot.conftest import BotHarness, give_selfie, jobs_of, published
@@ -41,6 +43,29 @@ def engine() -> Iterator[Engine]:
     torch.set_num_threads(1)
     yield Engine.from_config(EngineConfig(profile="tiny", device="cpu", steps=2))
     torch.set_num_threads(threads)
+
+
+@contextmanager
+def worker_context(bot: BotHarness, engine: Engine, config: AppConfig) -> Iterator[None]:
+    """The gpu and io workers' context, here: the bot's database, blobs and broker, the engine,
+    and the io worker's one Bot (`WorkerContext.call_telegram`)."""
+    runner = BotRunner(lambda: make_bot(config.telegram))
+    set_context(
+        SimpleNamespace(  # type: ignore[arg-type]
+            config=config,
+            db=bot.db,
+            blobs=bot.blobs,
+            engine=engine,
+            celery=bot.celery,
+            publisher=CeleryPublisher(bot.celery, bot.db),
+            call_telegram=lambda fn: runner.run(fn, timeout=30),
+        )
+    )
+    try:
+        yield
+    finally:
+        set_context(None)
+        runner.close()
 
 
 async def results_message(bot: BotHarness, user: Any) -> dict[str, Any]:
@@ -93,24 +118,14 @@ class TestPoseFlow:
                 )
             }
         )
-        set_context(
-            SimpleNamespace(  # type: ignore[arg-type]
-                config=config,
-                db=bot.db,
-                blobs=bot.blobs,
-                engine=engine,
-                celery=bot.celery,
-                publisher=CeleryPublisher(bot.celery, bot.db),
-            )
-        )
         try:
-            status = await asyncio.to_thread(run_gpu_job, TASK, job_id, generate)  # type: ignore[arg-type]
-            assert status is JobStatus.SUCCEEDED
-            # The io worker, here, in publish order.
-            for name, args in published(bot.celery, "io"):
-                await asyncio.to_thread(IO_TASKS[name], *args)
+            with worker_context(bot, engine, config):
+                status = await asyncio.to_thread(run_gpu_job, TASK, job_id, generate)  # type: ignore[arg-type]
+                assert status is JobStatus.SUCCEEDED
+                # The io worker, here, in publish order.
+                for name, args in published(bot.celery, "io"):
+                    await asyncio.to_thread(IO_TASKS[name], *args)
         finally:
-            set_context(None)
             engine.set_pose_annotator(None)
 
         assert len(fake.calls) == 1
@@ -142,23 +157,13 @@ class TestPoseFlow:
 
         engine.set_pose_annotator(FakePoseAnnotator(people=0))  # type: ignore[arg-type]
         assert bot.config is not None
-        set_context(
-            SimpleNamespace(  # type: ignore[arg-type]
-                config=bot.config,
-                db=bot.db,
-                blobs=bot.blobs,
-                engine=engine,
-                celery=bot.celery,
-                publisher=CeleryPublisher(bot.celery, bot.db),
-            )
-        )
         try:
-            status = await asyncio.to_thread(run_gpu_job, TASK, job_id, generate)  # type: ignore[arg-type]
-            assert status is JobStatus.FAILED
-            for name, args in published(bot.celery, "io"):
-                await asyncio.to_thread(IO_TASKS[name], *args)
+            with worker_context(bot, engine, bot.config):
+                status = await asyncio.to_thread(run_gpu_job, TASK, job_id, generate)  # type: ignore[arg-type]
+                assert status is JobStatus.FAILED
+                for name, args in published(bot.celery, "io"):
+                    await asyncio.to_thread(IO_TASKS[name], *args)
         finally:
-            set_context(None)
             engine.set_pose_annotator(None)
 
         reason = translate("ru", "error.pose_no_person")
