@@ -344,7 +344,7 @@ class Engine:
             models = config.models_dir
             transface = load_transface(registry.resolve(registry.TRANSFACE, models))
             controlnet = ControlNetModel.from_pretrained(
-                registry.resolve(registry.CONTROLNET_OPENPOSE, models), torch_dtype=dtype
+                registry.resolve(registry.CONTROLNET_OPENPOSE, models), dtype=dtype
             )
             lora = parse_lora(registry.resolve(registry.DEFAULT_STYLE_LORA, models))
         controlnet = controlnet.to(device).eval()
@@ -490,7 +490,7 @@ class Engine:
         else:
             pipe = StableDiffusionPipeline.from_pretrained(
                 registry.resolve(_BASE_SPECS[name], cfg.models_dir),
-                torch_dtype=self.dtype,
+                dtype=self.dtype,
                 safety_checker=None,
                 feature_extractor=None,
                 requires_safety_checker=False,

@@ -398,7 +398,7 @@ class TemplateInpainter:
         if engine.config.profile == "tiny":
             return tiny.controlnet(tiny.unet(seed=_TINY_CANNY_SEED), seed=_TINY_CANNY_SEED)
         path = registry.resolve(registry.CONTROLNET_CANNY, engine.config.models_dir)
-        model: ControlNetModel = ControlNetModel.from_pretrained(path, torch_dtype=engine.dtype)
+        model: ControlNetModel = ControlNetModel.from_pretrained(path, dtype=engine.dtype)
         return model
 
     def _pipelines(self) -> _Pipes:

@@ -86,7 +86,7 @@ def load_training_components(
         return tiny_components(base_model)
     pipe = StableDiffusionPipeline.from_pretrained(
         registry.resolve(BASE_SPECS[base_model], models_dir),
-        torch_dtype=dtype,
+        dtype=dtype,
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
