@@ -381,12 +381,24 @@ def sweep(
         return time_limit
 
     def timed_out(job: Job, margin: timedelta) -> bool:
-        return job.started_at is not None and job.started_at < now - allowed(job) - margin
+        # Only an attempt a worker holds (or held until it died) can run out of time: a job
+        # re-queued or handed back (no owner) waits for a worker, and `started_at` is still its
+        # previous attempt's start; its next claim starts the clock again.
+        return (
+            job.lease_owner is not None
+            and job.started_at is not None
+            and job.started_at < now - allowed(job) - margin
+        )
 
     # Past the time limit and its grace with a live lease (a worker the limit did not stop).
+    shortest = min(time_limit, train_time_limit or time_limit)
     for job in session.scalars(
         select(Job)
-        .where(Job.status == JobStatus.RUNNING, Job.started_at < now - time_limit - TIME_GRACE)
+        .where(
+            Job.status == JobStatus.RUNNING,
+            Job.lease_owner.is_not(None),
+            Job.started_at < now - shortest - TIME_GRACE,
+        )
         .order_by(Job.id)
         .limit(limit)
         .with_for_update(skip_locked=True)

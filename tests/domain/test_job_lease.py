@@ -32,7 +32,9 @@ NODE_B = "gpu-b@host-2"
 def new_job(session: Session, **fields: object) -> int:
     user = session.scalar(select(User).where(User.telegram_id == 7301))
     user = user or make_user(session, telegram_id=7301)
-    job = Job(user_id=user.id, kind=JobKind.PORTRAIT, params={}, chat_id=7301, **fields)
+    job = Job(
+        **{"user_id": user.id, "kind": JobKind.PORTRAIT, "params": {}, "chat_id": 7301, **fields}
+    )
     session.add(job)
     session.flush()
     return job.id
@@ -327,6 +329,50 @@ class TestSweep:
         assert plan.failed == [job_id]
         assert plan.resend == []
         assert row(session, job_id).error_code == "timed_out"
+
+    def test_a_requeued_job_waiting_in_the_queue_is_never_timed_out(
+        self, session: Session
+    ) -> None:
+        """A job re-queued after its worker died waits for a free worker (a backlog, a training
+        queued behind another): its previous attempt's start says nothing about this wait, so
+        neither time-limit rule ends it; the next claim runs it with a fresh start."""
+        job_id = claimed_by(session, NODE_A)
+        expire_lease(session, job_id)
+        assert lifecycle.sweep(session, **LIMITS).resend == [job_id]
+        lifecycle.mark_dispatched(session, job_id)  # the broker holds it now
+        # Long past the limit (and its grace) since the dead attempt started.
+        set_row(session, job_id, started_at=db_now(session) - timedelta(hours=1))
+
+        plan = lifecycle.sweep(session, **LIMITS)  # the broker's lease is live
+        assert plan.failed == []
+        expire_lease(session, job_id)  # the broker lost the message: published again
+        plan = lifecycle.sweep(session, **LIMITS)
+        assert plan.failed == []
+        assert plan.resend == [job_id]
+        assert row(session, job_id).status is JobStatus.RUNNING
+        takeover = lifecycle.claim(session, job_id, NODE_B)
+        assert takeover.snapshot is not None
+
+    def test_a_training_handed_back_near_its_limit_is_resumed(self, session: Session) -> None:
+        """A deploy stops a training 5 h 59 min 50 s into its 6 h: it is handed back
+        (checkpoint saved) and the next training worker resumes it; the sweep running in
+        between (20 s later) must re-queue it, not fail it as timed_out (no attempt ran out of
+        time)."""
+        limits = {**LIMITS, "train_time_limit": timedelta(hours=6)}
+        job_id = claimed_by(session, NODE_A, kind=JobKind.TRAINING)
+        owner = str(row(session, job_id).lease_owner)
+        # As the sweep sees it: started 6 h 10 s ago, handed back 20 s ago.
+        set_row(session, job_id, started_at=db_now(session) - timedelta(hours=6, seconds=10))
+        assert lifecycle.hand_back(session, job_id, owner)
+        session.flush()
+        time.sleep(0.01)  # the handed-back lease (expiring now) is in the past
+
+        plan = lifecycle.sweep(session, **limits)
+
+        assert plan.failed == []
+        assert plan.resend == [job_id]
+        assert row(session, job_id).status is JobStatus.RUNNING
+        assert lifecycle.claim(session, job_id, NODE_B).snapshot is not None
 
     def test_cancel_with_a_dead_worker_is_recorded_with_webhook(self, session: Session) -> None:
         subscribe(session, "job.cancelled")
