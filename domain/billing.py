@@ -18,7 +18,8 @@ commands, whatever path a future change adds — is flushed through a Session, a
 this module) sees each job whose status changed to a final one and calls `settle`. `settle`
 stamps `Job.charge_returned_at` (the free slot no longer counts toward the quota) and, for
 credits, appends a GIVEBACK row; the stamp and the ledger's unique (kind, job) make it
-idempotent.
+idempotent. Credits a refund already counted as spent (its shortfall: the job was charged
+before the refund) go to that refund instead of back to the user, who has their Stars back.
 
 Ledger. Credits move only through `_move`: one atomic `UPDATE users SET credits = credits + d`
 (a debit only `WHERE credits >= amount`, so a balance never goes negative) plus one
@@ -260,16 +261,50 @@ def settle(session: Session, job: Job, previous: JobStatus | None = None) -> boo
         return False
     job.charge_returned_at = utcnow()
     if job.charge == ChargeKind.CREDITS.value and job.charge_credits > 0:
-        _move(
-            session,
-            job.user_id,
-            LedgerKind.GIVEBACK,
-            job.charge_credits,
-            job_id=job.id,
-            note=job.error_code or job.status.value,
-        )
+        owed = job.charge_credits - _settle_refund_shortfall(session, job)
+        if owed > 0:
+            _move(
+                session,
+                job.user_id,
+                LedgerKind.GIVEBACK,
+                owed,
+                job_id=job.id,
+                note=job.error_code or job.status.value,
+            )
     logger.info("job %s: %s charge given back (%s)", job.id, job.charge, job.status.value)
     return True
+
+
+def _settle_refund_shortfall(session: Session, job: Job) -> int:
+    """Credits of a job's give-back that go to a refund instead of the user: a payment refunded
+    after the job was charged, whose refund could not debit credits already spent (its
+    `refund_shortfall`), counted this job's credits among them. The user has those Stars back,
+    so the credits stay with the refund (it now debited them); no ledger row, nothing moved."""
+    left = job.charge_credits
+    refunds = session.scalars(
+        select(Payment)
+        .where(
+            Payment.user_id == job.user_id,
+            Payment.refund_shortfall > 0,
+            Payment.refunded_at >= job.created_at,
+        )
+        .order_by(Payment.id)
+        .with_for_update()
+    ).all()
+    for payment in refunds:
+        if left <= 0:
+            break
+        taken = min(left, payment.refund_shortfall or 0)
+        payment.refund_shortfall = (payment.refund_shortfall or 0) - taken
+        payment.refund_debited = (payment.refund_debited or 0) + taken
+        left -= taken
+        logger.info(
+            "job %s: %d credits given back go to the refund of payment %s",
+            job.id,
+            taken,
+            payment.charge_id,
+        )
+    return job.charge_credits - left
 
 
 def _previous_status(job: Job) -> JobStatus | None:

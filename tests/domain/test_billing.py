@@ -405,6 +405,35 @@ class TestPayments:
         assert row is not None
         assert row.refund_shortfall == 2
 
+    def test_a_spent_credit_a_refund_could_not_debit_is_not_given_back_later(
+        self, session: Session
+    ) -> None:
+        """The refund counted the queued job's credit as spent (shortfall); when that job then
+        fails through no fault of the user, its credit goes to the refund, not to the user,
+        who already has their Stars back."""
+        user, style = _user(session), _style(session)
+        payment = _buy(session, user, 2)
+        queued = _job(session, user, style)
+        running = _job(session, user, style)
+        lifecycle.claim(session, running.id, "host")
+        result = billing.refund_payment(session, payment, "admin")
+        assert (result.debited, result.shortfall) == (0, 2)
+        jobs.cancel_job(session, queued.id, "admin")
+        lifecycle.finish(session, running.id, None, ("internal", "boom"))
+        assert _credits(session, user) == 0
+        row = session.get(Payment, payment)
+        assert row is not None
+        session.refresh(row)
+        assert (row.refund_debited, row.refund_shortfall) == (2, 0)
+        assert queued.charge_returned_at is not None
+        assert running.charge_returned_at is not None
+        assert billing.ledger_mismatches(session) == []
+        # A job paid after the refund gets its credit back as always.
+        billing.grant_credits(session, user.telegram_id, 1, "admin")
+        later = _job(session, user, style)
+        lifecycle.fail_unclaimed(session, later.id, "internal", "x")
+        assert _credits(session, user) == 1
+
     def test_grant_never_below_zero(self, session: Session) -> None:
         from core.errors import InsufficientCredits
 
