@@ -116,12 +116,20 @@ def _release(job: Job) -> None:
     job.lease_expires_at = None
 
 
-def _end(session: Session, job: Job, to: JobStatus, error: tuple[str, str] | None = None) -> None:
-    """Move an active job to a final state, drop its lease and emit its job.* event."""
+def _end(
+    session: Session,
+    job: Job,
+    to: JobStatus,
+    error: tuple[str, str] | None = None,
+    now: datetime | None = None,
+) -> None:
+    """Move an active job to a final state (stamped `now`, the database clock), drop its lease
+    and emit its job.* event."""
+    now = now or db_now(session)
     if error is not None:
-        job.fail(*error)
+        job.fail(*error, now=now)
     else:
-        job.transition(to)
+        job.transition(to, now=now)
     _release(job)
     emit_job_event(session, job, _EVENT_FOR_STATUS[job.status])
 
@@ -153,11 +161,11 @@ def claim(
         )
         return Claim(None)
     if job.cancel_requested:
-        _end(session, job, JobStatus.CANCELLED)
+        _end(session, job, JobStatus.CANCELLED, now=now)
         return Claim(None, ended=True)
     if job.status is JobStatus.RUNNING:
         if job.attempts >= MAX_ATTEMPTS:
-            _end(session, job, JobStatus.FAILED, _worker_lost(job))
+            _end(session, job, JobStatus.FAILED, _worker_lost(job), now)
             return Claim(None, ended=True)
         logger.warning(
             "job %s: the lease of %s expired; taken over (attempt %d)",
@@ -165,7 +173,8 @@ def claim(
             job.lease_owner or "the broker",
             job.attempts + 1,
         )
-    job.transition(JobStatus.RUNNING)
+    # The attempt's start by the database clock: the sweep measures time limits with it.
+    job.transition(JobStatus.RUNNING, now=now)
     owner = lease_owner_id(hostname)
     job.lease_owner = owner
     job.lease_expires_at = now + lease
@@ -297,21 +306,22 @@ def finish(
     assert job is not None
     if job.status is not JobStatus.RUNNING:
         return job.status
+    now = db_now(session)
     if job.cancel_requested and job.user_id is None:
         # /forget detached it while it ran (`domain.privacy`): whatever it produced is kept on
         # the row only so that delivery deletes it (`discard_detached_job`); it ends cancelled.
         if outcome is not None:
             job.result_blobs = outcome.result_blobs
-        job.transition(JobStatus.CANCELLED)
+        job.transition(JobStatus.CANCELLED, now=now)
     elif cancelled:
-        job.transition(JobStatus.CANCELLED)
+        job.transition(JobStatus.CANCELLED, now=now)
     elif error is not None:
-        job.fail(*error)
+        job.fail(*error, now=now)
     else:
         assert outcome is not None
         job.result_blobs = outcome.result_blobs
         job.result_meta = outcome.result_meta
-        job.transition(JobStatus.SUCCEEDED)
+        job.transition(JobStatus.SUCCEEDED, now=now)
     _release(job)
     emit_job_event(session, job, _EVENT_FOR_STATUS[job.status])
     return job.status
@@ -323,11 +333,12 @@ def fail_unclaimed(session: Session, job_id: int, code: str, detail: str) -> Job
     job = _locked(session, job_id)
     if job is None or job.status in FINAL_STATUSES:
         return None
-    if job.status is JobStatus.RUNNING and _worker_lease_live(job, db_now(session)):
+    now = db_now(session)
+    if job.status is JobStatus.RUNNING and _worker_lease_live(job, now):
         return None
     if job.status is JobStatus.QUEUED:
-        job.transition(JobStatus.RUNNING)
-    _end(session, job, JobStatus.FAILED, (code, detail))
+        job.transition(JobStatus.RUNNING, now=now)
+    _end(session, job, JobStatus.FAILED, (code, detail), now)
     return job.status
 
 
@@ -410,6 +421,7 @@ def sweep(
                 job,
                 JobStatus.FAILED,
                 ("timed_out", f"running for more than {allowed(job)}"),
+                now,
             )
             plan.failed.append(job.id)
     # Expired leases: a worker that stopped renewing, or a message no worker ever claimed.
@@ -432,15 +444,15 @@ def sweep(
             continue
         if job.status is JobStatus.RUNNING and job.cancel_requested:
             # Its worker is gone, so nobody else will record the cancellation.
-            _end(session, job, JobStatus.CANCELLED)
+            _end(session, job, JobStatus.CANCELLED, now=now)
             plan.failed.append(job.id)
         elif job.status is JobStatus.RUNNING and timed_out(job, timedelta(0)):
             # Its worker ran the whole time limit and is gone (the hard limit ends the process):
             # another attempt would only run out of time again.
-            _end(session, job, JobStatus.FAILED, ("timed_out", f"ran out of {allowed(job)}"))
+            _end(session, job, JobStatus.FAILED, ("timed_out", f"ran out of {allowed(job)}"), now)
             plan.failed.append(job.id)
         elif job.status is JobStatus.RUNNING and job.attempts >= MAX_ATTEMPTS:
-            _end(session, job, JobStatus.FAILED, _worker_lost(job))
+            _end(session, job, JobStatus.FAILED, _worker_lost(job), now)
             plan.failed.append(job.id)
         else:
             if job.lease_owner is not None:

@@ -141,8 +141,8 @@ class Job(TimestampMixin, Base):
                 self.progress = 1.0
         self.status = to
 
-    def fail(self, code: str, detail: str | None = None) -> None:
+    def fail(self, code: str, detail: str | None = None, *, now: datetime | None = None) -> None:
         """Mark failed with an error code the bot can translate."""
-        self.transition(JobStatus.FAILED)
+        self.transition(JobStatus.FAILED, now=now)
         self.error_code = code
         self.error_detail = (detail or "")[:2000] or None

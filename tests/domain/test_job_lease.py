@@ -196,6 +196,37 @@ class TestClaim:
         assert (job.lease_owner, job.lease_expires_at) == (None, None)
 
 
+class TestDatabaseClock:
+    def test_a_worker_with_a_slow_clock_is_not_timed_out_early(
+        self, session: Session, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The claiming worker's clock is 10 minutes behind the database's: the attempt's start
+        (which the sweep's time limit is measured from, by the database clock) and its end
+        (durations, redelivery) are stamped by the database clock, never the worker's."""
+        import db.models.job as job_model
+
+        skew = timedelta(minutes=10)
+        real = job_model.utcnow
+        monkeypatch.setattr(job_model, "utcnow", lambda: real() - skew)
+        job_id = claimed_by(session, NODE_A)
+        started = row(session, job_id).started_at
+        assert started is not None
+        assert abs(started - db_now(session)) < timedelta(seconds=30)
+
+        # Well inside its 5-minute limit by any clock but the worker's.
+        plan = lifecycle.sweep(session, **{**LIMITS, "time_limit": timedelta(minutes=5)})
+        assert plan.failed == []
+        assert row(session, job_id).status is JobStatus.RUNNING
+
+        owner = str(row(session, job_id).lease_owner)
+        assert lifecycle.finish(session, job_id, JobOutcome(["album"]), None, owner=owner) is (
+            JobStatus.SUCCEEDED
+        )
+        finished = row(session, job_id).finished_at
+        assert finished is not None
+        assert abs(finished - db_now(session)) < timedelta(seconds=30)
+
+
 class TestRenewal:
     def test_the_old_owner_is_refused_after_a_takeover(self, session: Session) -> None:
         job_id = claimed_by(session, NODE_A)
