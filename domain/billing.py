@@ -704,7 +704,9 @@ def refund_payment(
     """Record a payment's refund (once): debit its credits as far as the balance holds them.
 
     A balance never goes negative: credits already spent stay spent and are reported as the
-    `shortfall` (the admin's reply and the admin API show it)."""
+    `shortfall` (the admin's reply and the admin API show it). A payment made before the
+    payer's /forget debits nothing: /forget already took its credits, and newer credits are
+    another payment's."""
     payment = _payment(session, ref, lock=True)
     if payment.refunded_at is not None:
         return RefundResult(
@@ -719,12 +721,17 @@ def refund_payment(
         )
     balance: int | None = None
     debited = 0
+    # Credits /forget already took (forfeited with the rest): nothing of them is left to debit.
+    forfeited = 0
     language: str | None = None
     if payment.user_id is not None:
         user = session.get(User, payment.user_id, with_for_update=True, populate_existing=True)
         if user is not None:
             language = user.language
-            debited = min(payment.credits, max(user.credits, 0))
+            if user.forgotten_at is not None and payment.created_at <= user.forgotten_at:
+                forfeited = payment.credits
+            else:
+                debited = min(payment.credits, max(user.credits, 0))
             balance = _move(
                 session,
                 user.id,
@@ -734,7 +741,7 @@ def refund_payment(
                 actor=actor,
                 note=note,
             )
-    shortfall = payment.credits - debited
+    shortfall = payment.credits - debited - forfeited
     payment.refunded_at = utcnow()
     payment.refund_debited = debited
     payment.refund_shortfall = shortfall

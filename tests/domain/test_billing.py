@@ -434,6 +434,26 @@ class TestPayments:
         lifecycle.fail_unclaimed(session, later.id, "internal", "x")
         assert _credits(session, user) == 1
 
+    def test_refund_of_a_payment_forfeited_by_forget_takes_none_of_newer_credits(
+        self, session: Session
+    ) -> None:
+        """/forget forfeited that payment's credits; refunding it later must not debit the
+        credits of a pack bought after."""
+        user = _user(session)
+        before = _buy(session, user, 3)
+        billing.forget_billing(session, user.id, keep_payment_records=True)
+        session.flush()
+        forgotten_at = session.scalar(select(User.forgotten_at).where(User.id == user.id))
+        assert forgotten_at is not None
+        old = session.get(Payment, before)
+        assert old is not None
+        old.created_at = forgotten_at - timedelta(minutes=1)
+        _buy(session, user, 3)
+        result = billing.refund_payment(session, before, "admin")
+        assert (result.debited, result.shortfall) == (0, 0)
+        assert _credits(session, user) == 3
+        assert billing.ledger_mismatches(session) == []
+
     def test_grant_never_below_zero(self, session: Session) -> None:
         from core.errors import InsufficientCredits
 
