@@ -284,8 +284,10 @@ def finish(
 ) -> JobStatus | None:
     """Record the outcome under the row lock and emit its job.* event; the final status.
 
-    Only while `owner` still holds the lease (checked in the UPDATE's WHERE): None when the
-    job was re-queued and taken over meanwhile, and nothing is written."""
+    Only while `owner` still holds the lease (checked in the UPDATE's WHERE): None when it no
+    longer does, and nothing is written: the job was re-queued and taken over meanwhile, or
+    ended by the sweep or another claim, which queued its delivery themselves (the caller must
+    not queue a second one)."""
     if owner is not None:
         held = session.execute(
             update(Job)
@@ -296,11 +298,13 @@ def finish(
         if not getattr(held, "rowcount", 0):
             job = _locked(session, job_id)
             if job is not None and job.status in FINAL_STATUSES:
-                # Cancelled or failed by the sweep meanwhile: keep that verdict.
-                return job.status
-            logger.warning(
-                "job %s: lease lost to %s; outcome dropped", job_id, job and job.lease_owner
-            )
+                # Cancelled or failed by the sweep (or a claim) meanwhile: that verdict stands,
+                # and whoever decided it delivers it.
+                logger.warning("job %s: already %s; outcome dropped", job_id, job.status.value)
+            else:
+                logger.warning(
+                    "job %s: lease lost to %s; outcome dropped", job_id, job and job.lease_owner
+                )
             return None
     job = _locked(session, job_id)
     assert job is not None

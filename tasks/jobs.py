@@ -282,6 +282,7 @@ def run_gpu_job(
         ctx.db, ctx.publisher, lifecycle.finish, job_id, outcome, error, cancelled, claimed.owner
     )
     if status is None:
+        # Taken over, or ended by the sweep meanwhile: its outcome and delivery are not ours.
         logger.warning(
             "job %s: abandoned after %.1fs (lease lost)", job_id, time.monotonic() - started
         )

@@ -161,3 +161,32 @@ class TestRunGpuJob:
         job = job_row(ctx.db, job_id)
         assert (job.result_blobs, job.lease_owner, job.lease_expires_at) == (["album"], None, None)
         assert ("delivery.send_result", [job_id]) in published(ctx.celery, "io")
+
+    def test_an_outcome_the_sweep_already_ended_is_delivered_once(
+        self, ctx: SimpleNamespace
+    ) -> None:
+        """The worker stalled past its lease with a cancel asked: the sweep records the cancel
+        and queues its notice. The worker then comes back with an outcome: nothing is written
+        and it queues no second delivery of the same job (two sends of one notice)."""
+        from tasks.sweep import sweep_once
+
+        job_id = new_job(ctx.db)
+
+        def work(_: object, job: JobSnapshot, reporter: ProgressReporter) -> JobOutcome:
+            with ctx.db.session() as s:
+                s.execute(
+                    update(Job)
+                    .where(Job.id == job.id)
+                    .values(cancel_requested=True, lease_expires_at=db_now(s) - timedelta(1))
+                )
+            assert sweep_once(
+                outbox_grace=timedelta(seconds=30), time_limit=timedelta(minutes=16)
+            )["failed"]
+            return JobOutcome(result_blobs=["late-album"])
+
+        run_gpu_job(TASK, job_id, work, needs_engine=False)  # type: ignore[arg-type]
+
+        job = job_row(ctx.db, job_id)
+        assert (job.status, job.result_blobs) == (JobStatus.CANCELLED, [])
+        sends = [a for name, a in published(ctx.celery, "io") if name == "delivery.send_result"]
+        assert sends == [[job_id]]
