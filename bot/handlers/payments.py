@@ -10,6 +10,7 @@ the ban still gets what they paid for; a banned user's checkout is refused in th
 from __future__ import annotations
 
 import logging
+import re
 from contextlib import nullcontext
 
 from telegram import LabeledPrice, Update
@@ -229,7 +230,8 @@ async def packs_command(update: Update, context: BotContext) -> None:
 
 
 def _numbers(args: list[str], count: int) -> list[int] | None:
-    if len(args) < count or not all(a.isdigit() for a in args[:count]):
+    # ASCII digits only: isdigit() alone takes '²', which int() refuses.
+    if len(args) < count or not all(a.isascii() and a.isdigit() for a in args[:count]):
         return None
     return [int(a) for a in args[:count]]
 
@@ -342,7 +344,7 @@ async def grant_command(update: Update, context: BotContext) -> None:
     """/grant <id|@username> <±credits>: an admin's correction, written to the ledger."""
     args = context.args or []
     amount = args[1] if len(args) == 2 else ""
-    if not amount.lstrip("+-").isdigit():
+    if re.fullmatch(r"[+-]?[0-9]+", amount) is None:
         await reply(update, context, context.t("admin.grant_usage"))
         return
     user = await context.db.run(

@@ -387,6 +387,10 @@ class TestAdminPacks:
         await tg.wait_text(admin.id, "Big pack: 10 credits for 90")
         tg.send_text(admin, "/pack_add ten 90 X")
         await tg.wait_text(admin.id, translate("en", "admin.pack_add_usage"))
+        # Digits Python's isdigit() takes but int() does not: the usage, not an internal error.
+        before = len(tg.calls)
+        tg.send_text(admin, "/pack_add \u00b2 90 X")
+        await tg.wait_text(admin.id, translate("en", "admin.pack_add_usage"), since=before)
         with shop.db.session() as s:
             big = s.scalar(select(Pack.id).where(Pack.title == "Big pack"))
         tg.send_text(admin, f"/pack_off {big}")
@@ -401,6 +405,9 @@ class TestAdminPacks:
         assert labels == [translate("en", "btn.pack", title="Small", credits=3, stars=30)]
         tg.send_text(admin, f"/grant {kim.id} 4")
         await tg.wait_text(admin.id, f"Credits of {kim.id}: 4")
+        before = len(tg.calls)
+        tg.send_text(admin, f"/grant {kim.id} +-5")
+        await tg.wait_text(admin.id, translate("en", "admin.grant_usage"), since=before)
         tg.send_text(admin, f"/grant {kim.id} -5")
         await tg.wait_text(admin.id, translate("en", "error.insufficient_credits", credits=4))
         assert credits_of(shop, kim.id) == 4
