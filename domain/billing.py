@@ -38,7 +38,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dt_time
@@ -607,12 +607,32 @@ class StarPayment:
     date: datetime
 
 
-def reconcile_payments(session: Session, received: Sequence[StarPayment]) -> list[PaymentResult]:
+def reconcile_payments(
+    session: Session, received: Sequence[StarPayment], refunded: Collection[str] = ()
+) -> list[PaymentResult]:
     """Credit the payments Telegram made that were never recorded (a `successful_payment`
-    update lost with a crashed process), each exactly once like any other (`record_payment`).
+    update lost with a crashed process), each exactly once like any other (`record_payment`),
+    and record the refunds Telegram made of recorded payments (`refunded`: charge ids) whose
+    `refunded_payment` update was lost, like that update would (`refund_payment`).
 
     Left alone: payments already recorded, payers this bot never saw, and payments made before
     the payer's /forget (their record may have been deleted on purpose)."""
+    if refunded:
+        lost = session.scalars(
+            select(Payment.id).where(
+                Payment.charge_id.in_(sorted(refunded)), Payment.refunded_at.is_(None)
+            )
+        ).all()
+        for payment_id in lost:
+            refund = refund_payment(session, payment_id, "telegram", "reconcile")
+            if not refund.duplicate:
+                logger.warning(
+                    "payment %s was refunded at Telegram but never recorded: %d credits "
+                    "debited now, %d already spent",
+                    refund.charge_id,
+                    refund.debited,
+                    refund.shortfall,
+                )
     credited = []
     for item in received:
         if session.scalar(select(Payment.id).where(Payment.charge_id == item.charge_id)):

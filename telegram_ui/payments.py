@@ -63,6 +63,13 @@ MAX_TRANSACTIONS = 10_000
 
 async def star_payments(bot: Bot) -> list[billing.StarPayment]:
     """Payments to this bot that Telegram lists and has not refunded, newest first."""
+    received, refunded = await star_transactions(bot)
+    return [p for p in received if p.charge_id not in refunded]
+
+
+async def star_transactions(bot: Bot) -> tuple[list[billing.StarPayment], set[str]]:
+    """Payments to this bot that Telegram lists (newest first), and the charge ids of those
+    it refunded."""
     received: list[billing.StarPayment] = []
     refunded: set[str] = set()
     offset = 0
@@ -82,17 +89,21 @@ async def star_payments(bot: Bot) -> list[billing.StarPayment]:
         if len(page.transactions) < TRANSACTIONS_PAGE:
             break
         offset += len(page.transactions)
-    return [p for p in received if p.charge_id not in refunded]
+    return received, refunded
 
 
 async def reconcile(
     open_bot: Callable[[], AbstractAsyncContextManager[Bot]], db: Database, publisher: Publisher
 ) -> list[billing.PaymentResult]:
     """Credit the Stars payments Telegram made that this bot never recorded, and tell each
-    payer (`domain.billing.reconcile_payments`)."""
+    payer; record the refunds Telegram made that this bot never recorded
+    (`domain.billing.reconcile_payments`)."""
     async with open_bot() as bot:
-        received = await star_payments(bot)
-        credited = await transact_async(db, publisher, billing.reconcile_payments, received)
+        received, refunded = await star_transactions(bot)
+        unrefunded = [p for p in received if p.charge_id not in refunded]
+        credited = await transact_async(
+            db, publisher, billing.reconcile_payments, unrefunded, refunded
+        )
         for result in credited:
             text = translate(
                 result.language, "pay.done", credits=result.credits, balance=result.balance

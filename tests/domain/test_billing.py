@@ -505,6 +505,25 @@ class TestPayments:
         assert _credits(session, forgot) == 0
         assert billing.reconcile_payments(session, received) == []
 
+    def test_reconcile_records_a_refund_whose_update_was_lost(self, session: Session) -> None:
+        user = _user(session)
+        payment = _buy(session, user, 3, "refunded-lost")
+        kept = _buy(session, user, 2, "kept")
+        assert billing.reconcile_payments(session, [], {"refunded-lost", "unknown"}) == []
+        assert _credits(session, user) == 2
+        row = session.get(Payment, payment)
+        assert row is not None
+        assert row.refunded_at is not None
+        assert (row.refund_debited, row.refund_shortfall) == (3, 0)
+        other = session.get(Payment, kept)
+        assert other is not None
+        assert other.refunded_at is None
+        # Again: recorded once.
+        billing.reconcile_payments(session, [], {"refunded-lost"})
+        assert _credits(session, user) == 2
+        assert _ledger(session, user)[-1] == (LedgerKind.REFUND, -3)
+        assert billing.ledger_mismatches(session) == []
+
     def test_revenue_by_day(self, session: Session) -> None:
         user = _user(session)
         payment = _buy(session, user, 2)

@@ -23,6 +23,7 @@ from db.models import (
     JobStatus,
     LedgerKind,
     Pack,
+    Payment,
     User,
     WebhookDelivery,
     WebhookEndpoint,
@@ -185,6 +186,28 @@ class TestReconcile:
         assert again["credited"] == 0
         session.expire_all()
         assert session.get(User, user.id).credits == 5  # type: ignore[union-attr]
+
+    async def test_a_refund_whose_update_was_lost_is_recorded(
+        self, api: Client, session: Session, tg: FakeTelegram
+    ) -> None:
+        """Telegram refunded a recorded payment and the `refunded_payment` update was lost:
+        reconcile debits its credits once (before: the user kept Stars and credits)."""
+        user = make_user(session, 7302)
+        pack = billing.create_pack(session, title="Five", credits=5, stars=50, actor="t")
+        payload = billing.invoice_payload(pack, user.id, 1)
+        charge = tg.lost_payment(tg.user(7302), payload, 50)
+        billing.record_payment(session, 7302, payload, 50, charge)
+        session.flush()
+        tg.charges[charge].refunded = True
+        for _ in range(2):
+            r = await api.post("/api/v1/payments/reconcile", headers=AUTH)
+            assert r.status == 200, await r.text()
+            assert (await r.json())["credited"] == 0
+        session.expire_all()
+        assert session.get(User, user.id).credits == 0  # type: ignore[union-attr]
+        row = session.scalar(select(Payment).where(Payment.charge_id == charge))
+        assert row is not None
+        assert (row.refund_debited, row.refund_shortfall) == (5, 0)
 
     async def test_telegram_out_of_reach_is_503(
         self,
