@@ -44,6 +44,20 @@ def db_now(session: Session) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+def lock_for_write(session: Session) -> None:
+    """Where the database has no row locks, take its write lock now, before this transaction
+    reads what it will write: SQLite's driver opens a transaction only at the first write, so
+    rows read before it (a `FOR UPDATE` that SQLite ignores) may be stale by then and a state
+    another process committed meanwhile would be overwritten. `BEGIN IMMEDIATE` waits (busy
+    timeout) for a writer in progress and keeps others out until the commit. PostgreSQL's
+    `FOR UPDATE` row locks need nothing."""
+    if session.get_bind().dialect.name != "sqlite":
+        return
+    dbapi = session.connection().connection.dbapi_connection
+    if not getattr(dbapi, "in_transaction", True):
+        session.execute(text("BEGIN IMMEDIATE"))
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """Timestamps stored in UTC and always read back timezone-aware (SQLite drops the zone)."""
 

@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from db.base import db_now, utcnow
+from db.base import db_now, lock_for_write, utcnow
 from db.models import ACTIVE_STATUSES, FINAL_STATUSES, Job, JobKind, JobStatus, Style, User
 from db.repositories.jobs import JobRepository
 from domain import outbox
@@ -135,6 +135,8 @@ def _end(
 
 
 def _locked(session: Session, job_id: int) -> Job | None:
+    # SQLite ignores FOR UPDATE: its whole file is locked for writing instead.
+    lock_for_write(session)
     # populate_existing: the row as committed now, never an identity-map copy read earlier.
     return session.get(Job, job_id, with_for_update=True, populate_existing=True)
 
@@ -384,6 +386,9 @@ def sweep(
     Rows are locked `FOR UPDATE SKIP LOCKED`: a job a worker is finishing right now is skipped,
     and a final state committed meanwhile is seen, never overwritten. The jobs to publish go to
     the session's outbox (`transact` publishes them after the commit)."""
+    # On SQLite (no row locks) the sweep holds the write lock from its first read: a worker's
+    # outcome is either committed before it reads or waits for its commit, never overwritten.
+    lock_for_write(session)
     now = db_now(session)
     plan = SweepPlan()
     # The outbox: committed, never published (the publisher died or the broker was down).
