@@ -310,12 +310,20 @@ class CancelOutcome:
     MISSING = "missing"
 
 
-def _cancel(session: Session, job: Job) -> str:
-    """Cancel a queued job at once (emitting job.cancelled); flag a running one for its worker."""
+def _cancel(session: Session, job: Job, *, shown: bool) -> str:
+    """Cancel a queued job at once (emitting job.cancelled); flag a running one for its worker.
+
+    `shown`: the caller tells the chat itself (the user's Cancel button edits the status
+    message), so the cancellation counts as delivered; otherwise the io worker tells the chat
+    after the commit (and the sweep again if that message is lost)."""
     if job.status is JobStatus.QUEUED:
         job.transition(JobStatus.CANCELLED)
         job.error_code = "cancelled"
         emit_job_event(session, job, "job.cancelled")
+        if shown:
+            job.delivered_at = job.finished_at
+        elif job.chat_id is not None:
+            outbox.pending(session).results.append(job.id)
         return CancelOutcome.CANCELLED
     if job.status is JobStatus.RUNNING:
         # The worker owns a running job; it sees the flag, stops and records the cancellation.
@@ -329,13 +337,13 @@ def cancel_for_user(session: Session, user_id: int, job_id: int) -> str:
     job = session.get(Job, job_id, with_for_update=True, populate_existing=True)
     if job is None or job.user_id != user_id:
         return CancelOutcome.MISSING
-    return _cancel(session, job)
+    return _cancel(session, job, shown=True)
 
 
 def cancel_job(session: Session, job_id: int, actor: str) -> Job:
     """An admin's cancel: a queued job at once, a running one at its next progress step."""
     job = JobRepository(session).get_for_update(job_id)
-    if _cancel(session, job) == CancelOutcome.FINISHED:
+    if _cancel(session, job, shown=False) == CancelOutcome.FINISHED:
         raise IllegalTransition(
             f"job {job_id} is {job.status.value}; only queued or running jobs can be cancelled",
             job_id=job_id,

@@ -476,10 +476,12 @@ def sweep(
             # is retried by the next sweep.
             job.lease_owner = None
             plan.resend.append(job.id)
+    # Every final outcome the chat was not told of: an album, a failure, or a cancellation the
+    # sweep, a claim or an admin recorded (the user's own Cancel button counts as told).
     undelivered = session.scalars(
         select(Job)
         .where(
-            Job.status.in_((JobStatus.SUCCEEDED, JobStatus.FAILED)),
+            Job.status.in_(FINAL_STATUSES),
             Job.chat_id.is_not(None),
             Job.delivered_at.is_(None),
             Job.delivery_error.is_(None),

@@ -32,9 +32,11 @@ class Outbox:
     jobs: list[int] = field(default_factory=list)
     deliveries: list[int] = field(default_factory=list)
     broadcasts: list[int] = field(default_factory=list)
+    # Jobs that ended outside a worker whose outcome the chat still has to be told.
+    results: list[int] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.jobs or self.deliveries or self.broadcasts)
+        return bool(self.jobs or self.deliveries or self.broadcasts or self.results)
 
 
 class Publisher(Protocol):

@@ -87,6 +87,10 @@ class CeleryPublisher:
             self._quietly(
                 f"broadcast {broadcast_id}", enqueue_broadcast, self.celery, broadcast_id
             )
+        for job_id in outbox.results:
+            self._quietly(
+                f"result of job {job_id}", send_io, self.celery, "delivery.send_result", job_id
+            )
 
     def ping(self) -> None:
         """Raise if the broker cannot be reached."""

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from db.base import db_now
 from db.models import Job, JobKind, JobStatus, User, WebhookDelivery
 from db.session import Database
-from domain import lifecycle
+from domain import jobs, lifecycle
 from domain.lifecycle import JobOutcome
 from domain.outbox import take
 from domain.webhooks import create_endpoint
@@ -415,6 +415,48 @@ class TestSweep:
         assert plan.failed == [job_id]
         assert row(session, job_id).status is JobStatus.CANCELLED
         assert events_of(session) == [("job.cancelled", job_id)]
+
+    def test_a_sweep_cancel_whose_notice_was_lost_is_told_again(self, session: Session) -> None:
+        """The sweep's own cancellation goes to delivery once; if that message is lost (the io
+        worker died, the broker lost it), a later sweep finds the untold cancellation and sends
+        it again, as it does for albums and failures."""
+        job_id = claimed_by(session, NODE_A)
+        set_row(session, job_id, cancel_requested=True)
+        expire_lease(session, job_id)
+        assert lifecycle.sweep(session, **LIMITS).failed == [job_id]
+        set_row(session, job_id, finished_at=db_now(session) - lifecycle.REDELIVER_AFTER)
+
+        plan = lifecycle.sweep(session, **LIMITS)
+
+        assert plan.undelivered == [job_id]
+        lifecycle.mark_delivered(session, job_id)
+        assert job_id not in lifecycle.sweep(session, **LIMITS).undelivered
+
+    def test_the_users_own_cancel_is_shown_not_redelivered(self, session: Session) -> None:
+        """The Cancel button edits the status message itself: the cancellation counts as told,
+        and no sweep sends it again."""
+        job_id = new_job(session)
+        user_id = row(session, job_id).user_id
+        assert user_id is not None
+        assert jobs.cancel_for_user(session, user_id, job_id) == jobs.CancelOutcome.CANCELLED
+        assert row(session, job_id).delivered_at is not None
+        assert take(session).results == []
+        set_row(session, job_id, finished_at=db_now(session) - lifecycle.REDELIVER_AFTER)
+
+        assert job_id not in lifecycle.sweep(session, **LIMITS).undelivered
+
+    def test_an_admin_cancel_of_a_queued_job_is_told_to_the_chat(self, session: Session) -> None:
+        """An admin's cancel happens outside the chat: the io worker tells it after the commit
+        (the outbox), and the sweep again if that message is lost."""
+        job_id = new_job(session)
+
+        jobs.cancel_job(session, job_id, "admin:test")
+
+        assert row(session, job_id).status is JobStatus.CANCELLED
+        assert row(session, job_id).delivered_at is None
+        assert take(session).results == [job_id]
+        set_row(session, job_id, finished_at=db_now(session) - lifecycle.REDELIVER_AFTER)
+        assert job_id in lifecycle.sweep(session, **LIMITS).undelivered
 
 
 def test_sweep_never_overwrites_a_success_committed_meanwhile(committed_db: Database) -> None:

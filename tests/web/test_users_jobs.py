@@ -154,13 +154,16 @@ class TestJobs:
         session.add(
             WebhookEndpoint(url="http://x.invalid/", secret="s" * 16, events=["job.cancelled"])
         )
-        job = make_job(session)
+        job = make_job(session, chat_id=4242, status_message_id=17)
         r = await client.post(f"/api/v1/jobs/{job.id}/cancel", headers=AUTH)
         assert r.status == 200
         assert (await r.json())["status"] == "cancelled"
-        (call,) = celery.send_task.call_args_list
-        assert call.args == ("webhooks.deliver",)
-        assert call.kwargs["queue"] == "io"
+        # The webhook, and the chat told (the io worker edits the job's status message).
+        hook, told = celery.send_task.call_args_list
+        assert hook.args == ("webhooks.deliver",)
+        assert hook.kwargs["queue"] == "io"
+        assert told.args == ("delivery.send_result",)
+        assert told.kwargs == {"args": [job.id], "queue": "io", "countdown": None}
         assert audit(session, "job.cancel")[0].target == f"job:{job.id}"
         r = await client.post(f"/api/v1/jobs/{job.id}/cancel", headers=AUTH)
         assert r.status == 409
