@@ -7,7 +7,7 @@ import logging
 from celery import Task, shared_task
 
 from db.models import JobStatus
-from domain import inputs, lifecycle
+from domain import inputs
 from domain.loras import resolve_style_lora
 from facechain.engine import PortraitRequest, StyleSpec
 from facechain.similarity import IdentityScorer
@@ -65,7 +65,7 @@ def generate(ctx: WorkerContext, job: JobSnapshot, reporter: ProgressReporter) -
         progress=reporter,
         cancel=reporter.cancelled,
     )
-    if ctx.db.call(lifecycle.cancel_requested, job.id):
+    if reporter.cancelled_now():
         # Cancelled (or the user ran /forget) while the last step ran: store nothing.
         raise JobCancelled
     blobs = [ctx.blobs.put(encode_png(p.image)) for p in portraits]

@@ -7,7 +7,7 @@ import logging
 from celery import Task, shared_task
 
 from db.models import JobStatus
-from domain import inputs, lifecycle
+from domain import inputs
 from tasks.context import WorkerContext
 from tasks.housekeeping import prune_if_due
 from tasks.inputs import decide_subject, encode_png, load_blob_image, load_selfies
@@ -66,7 +66,7 @@ def inpaint(ctx: WorkerContext, job: JobSnapshot, reporter: ProgressReporter) ->
         progress=reporter,
         cancel=reporter.cancelled,
     )
-    if ctx.db.call(lifecycle.cancel_requested, job.id):
+    if reporter.cancelled_now():
         # Cancelled (or the user ran /forget) while the last step ran: store nothing.
         raise JobCancelled
     key = ctx.blobs.put(encode_png(result))

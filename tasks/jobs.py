@@ -16,7 +16,7 @@ from typing import NoReturn
 from celery import Task
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 from kombu.exceptions import KombuError
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
 from core.errors import AppError
 from db.models import JobStatus
@@ -33,6 +33,12 @@ logger = logging.getLogger(__name__)
 # to stay well inside Telegram's edit rate.
 PROGRESS_DB_INTERVAL_S = 1.0
 PROGRESS_EDIT_INTERVAL_S = 3.0
+# Recording a finished job's outcome waits out a database that cannot be reached (a restart, a
+# failover, a network blip) with these pauses, for at most one lease length: the work is done
+# and its files are stored, so waiting is far cheaper than running the job again.
+FINISH_RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0, 8.0)
+# Errors that say the database is out of reach, not that the statement is wrong.
+UNREACHABLE = (OperationalError, InterfaceError)
 
 __all__ = [
     "JobCancelled",
@@ -193,6 +199,20 @@ class ProgressReporter:
                 )
         return self._cancelled
 
+    def cancelled_now(self) -> bool:
+        """Whether the job was cancelled, read fresh (the last check after the work is done).
+
+        A database out of reach keeps the last answer: the outcome is recorded by `finish`,
+        which waits for the database and honours a cancel it finds there."""
+        if self.lease_lost:
+            return True
+        try:
+            self._cancelled = self.ctx.db.call(lifecycle.cancel_requested, self.job_id)
+        except SQLAlchemyError as exc:
+            logger.warning("job %s: cancel check skipped (%s)", self.job_id, type(exc).__name__)
+        self._last_db = time.monotonic()
+        return self._cancelled
+
 
 Work = Callable[[WorkerContext, JobSnapshot, ProgressReporter], JobOutcome]
 
@@ -266,6 +286,16 @@ def run_gpu_job(
                 cancelled = True
             elif lease.lost:
                 pass
+            elif isinstance(exc, UNREACHABLE):
+                # Not the job's fault: record nothing; once the lease expires the sweep
+                # re-queues it (a counted attempt) and a worker runs it again.
+                logger.warning(
+                    "job %s: the database is out of reach (%s); it runs again once its lease "
+                    "expires",
+                    job_id,
+                    type(exc).__name__,
+                )
+                return None
             elif isinstance(code, str):
                 error = (code, str(exc))
                 logger.info("job %s failed: %s (%s)", job_id, code, exc)
@@ -278,9 +308,7 @@ def run_gpu_job(
             "job %s: abandoned after %.1fs (lease lost)", job_id, time.monotonic() - started
         )
         return None
-    status = transact(
-        ctx.db, ctx.publisher, lifecycle.finish, job_id, outcome, error, cancelled, claimed.owner
-    )
+    status = _finish(ctx, job_id, outcome, error, cancelled, claimed.owner, lease_length)
     if status is None:
         # Taken over, or ended by the sweep meanwhile: its outcome and delivery are not ours.
         logger.warning(
@@ -294,6 +322,41 @@ def run_gpu_job(
         # The outcome is committed; the sweep re-queues deliveries that never happened.
         logger.warning("job %s: delivery not queued now, the sweep will (%s)", job_id, exc)
     return status
+
+
+def _finish(
+    ctx: WorkerContext,
+    job_id: int,
+    outcome: JobOutcome | None,
+    error: tuple[str, str] | None,
+    cancelled: bool,
+    owner: str,
+    patience: timedelta,
+) -> JobStatus | None:
+    """`lifecycle.finish`, waiting out a database that cannot be reached for up to `patience`
+    (one lease length: past it the sweep may have handed the job to another worker, which the
+    finish then sees, and this outcome is dropped). Raises once the patience is spent; the job
+    is then re-run after its lease expires."""
+    deadline = time.monotonic() + patience.total_seconds()
+    delays = iter(FINISH_RETRY_DELAYS_S)
+    delay = next(delays)
+    while True:
+        try:
+            return transact(
+                ctx.db, ctx.publisher, lifecycle.finish, job_id, outcome, error, cancelled, owner
+            )
+        except UNREACHABLE as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            logger.warning(
+                "job %s: outcome not recorded yet, the database is out of reach (%s); "
+                "trying again in %.1fs",
+                job_id,
+                type(exc).__name__,
+                delay,
+            )
+            time.sleep(delay)
+            delay = next(delays, FINISH_RETRY_DELAYS_S[-1])
 
 
 def _stop_consuming(ctx: WorkerContext, job_id: int, exc: BaseException) -> NoReturn:

@@ -4,6 +4,7 @@ writing an outcome or queueing a delivery."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -12,6 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 from sqlalchemy import update
+from sqlalchemy.exc import OperationalError
 
 from core.settings import AppConfig, BrokerSettings, DatabaseSettings, StorageSettings
 from db.base import db_now
@@ -190,3 +192,96 @@ class TestRunGpuJob:
         assert (job.status, job.result_blobs) == (JobStatus.CANCELLED, [])
         sends = [a for name, a in published(ctx.celery, "io") if name == "delivery.send_result"]
         assert sends == [[job_id]]
+
+
+def unreachable() -> OperationalError:
+    return OperationalError("SELECT 1", {}, ConnectionRefusedError("connection refused"))
+
+
+class DatabaseSwitch:
+    """Cuts the worker's database link (every `db.call` raises as psycopg does when the server
+    cannot be reached) until it is restored."""
+
+    def __init__(self, db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.down = threading.Event()
+        real = db.call
+
+        def call(*args: object, **kwargs: object) -> object:
+            if self.down.is_set():
+                raise unreachable()
+            return real(*args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(db, "call", call)
+
+    def restore_after(self, seconds: float) -> None:
+        threading.Timer(seconds, self.down.clear).start()
+
+
+class TestDatabaseOutage:
+    """A database that cannot be reached for a while at the end of a job costs a wait, not a
+    rerun: the work is done and stored, and its outcome is recorded once the database is back
+    (tests/fault/test_outages.py does the same with a real cut connection)."""
+
+    @pytest.fixture(autouse=True)
+    def quick_retries(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr("tasks.jobs.FINISH_RETRY_DELAYS_S", (0.05, 0.1, 0.2), raising=False)
+
+    def test_the_outcome_waits_for_the_database(
+        self, ctx: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        job_id = new_job(ctx.db)
+        switch = DatabaseSwitch(ctx.db, monkeypatch)
+
+        def work(_: object, job: JobSnapshot, reporter: ProgressReporter) -> JobOutcome:
+            reporter.report(0.5)
+            switch.down.set()
+            reporter.report(1.0)  # not recorded: best effort
+            assert not reporter.cancelled_now()  # the last answer, not an error
+            switch.restore_after(0.5)
+            return JobOutcome(result_blobs=["album"])
+
+        status = run_gpu_job(TASK, job_id, work, needs_engine=False)  # type: ignore[arg-type]
+
+        assert status is JobStatus.SUCCEEDED
+        job = job_row(ctx.db, job_id)
+        assert (job.status, job.attempts, job.result_blobs) == (JobStatus.SUCCEEDED, 1, ["album"])
+        assert ("delivery.send_result", [job_id]) in published(ctx.celery, "io")
+
+    def test_past_one_lease_the_job_is_left_to_the_sweep(
+        self, ctx: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        job_id = new_job(ctx.db)
+        switch = DatabaseSwitch(ctx.db, monkeypatch)
+
+        def work(_: object, job: JobSnapshot, reporter: ProgressReporter) -> JobOutcome:
+            switch.down.set()
+            return JobOutcome(result_blobs=["album"])
+
+        started = time.monotonic()
+        with pytest.raises(OperationalError):
+            run_gpu_job(TASK, job_id, work, needs_engine=False)  # type: ignore[arg-type]
+        assert time.monotonic() - started <= LEASE_SECONDS + 1
+        switch.down.clear()
+        job = job_row(ctx.db, job_id)
+        assert (job.status, job.attempts) == (JobStatus.RUNNING, 1)
+
+    def test_an_outage_during_the_work_fails_nothing(
+        self, ctx: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The work itself meets the outage (reading the selfies, say): that is not the job's
+        fault, so no failure is recorded; the job runs again once its lease expired."""
+        job_id = new_job(ctx.db)
+
+        def work(_: object, job: JobSnapshot, reporter: ProgressReporter) -> JobOutcome:
+            raise unreachable()
+
+        assert run_gpu_job(TASK, job_id, work, needs_engine=False) is None  # type: ignore[arg-type]
+
+        job = job_row(ctx.db, job_id)
+        assert (job.status, job.error_code, job.attempts) == (JobStatus.RUNNING, None, 1)
+        assert [n for n, _ in published(ctx.celery, "io") if n == "delivery.send_result"] == []
+        with ctx.db.session() as s:
+            expired = db_now(s) - timedelta(seconds=1)
+            s.execute(update(Job).where(Job.id == job_id).values(lease_expires_at=expired))
+        limits = {"outbox_grace": timedelta(seconds=30), "time_limit": timedelta(minutes=16)}
+        assert ctx.db.call(lifecycle.sweep, **limits).resend == [job_id]
