@@ -3,26 +3,10 @@ the old rule gave them, except failures that were not the user's."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 from sqlalchemy import create_engine, text
 
 from service.migrate import upgrade
-from tests.conftest import drop_postgres_database, fresh_postgres_database, postgres_available
-
-
-@pytest.fixture
-def urls(tmp_path: Path) -> Iterator[list[str]]:
-    found = [f"sqlite:///{tmp_path / 'b.db'}"]
-    name = f"facechain_billing_migration_{os.getpid()}"
-    if postgres_available():
-        found.append(fresh_postgres_database(name))
-    yield found
-    if len(found) > 1:
-        drop_postgres_database(name)
+from tests.db.conftest import insert_user
 
 
 def test_old_jobs_keep_their_quota_slots(urls: list[str]) -> None:
@@ -39,13 +23,7 @@ def test_old_jobs_keep_their_quota_slots(urls: list[str]) -> None:
             ("portrait", "queued", None),
         ]
         with engine.begin() as conn:
-            conn.execute(
-                text(
-                    "INSERT INTO users (id, telegram_id, language, language_chosen, is_banned,"
-                    " ban_notified, can_train, created_at, updated_at) VALUES (1, 5, 'en',"
-                    " false, false, false, false, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
-                )
-            )
+            insert_user(conn)
             for n, (kind, status, code) in enumerate(rows, start=1):
                 conn.execute(
                     text(

@@ -4,29 +4,13 @@ cancellations, sends none of the old ones; other rows are left as they were."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 from sqlalchemy import create_engine, text
 
 from service.migrate import upgrade
-from tests.conftest import drop_postgres_database, fresh_postgres_database, postgres_available
+from tests.db.conftest import insert_user
 
 BEFORE = "9e4a6c2f7b15"
 AFTER = "b4d8e2a6c913"
-
-
-@pytest.fixture
-def urls(tmp_path: Path) -> Iterator[list[str]]:
-    found = [f"sqlite:///{tmp_path / 'd.db'}"]
-    name = f"facechain_cancel_migration_{os.getpid()}"
-    if postgres_available():
-        found.append(fresh_postgres_database(name))
-    yield found
-    if len(found) > 1:
-        drop_postgres_database(name)
 
 
 def test_old_cancellations_count_as_told(urls: list[str]) -> None:
@@ -44,13 +28,7 @@ def test_old_cancellations_count_as_told(urls: list[str]) -> None:
             ("queued", False, False, None),
         ]
         with engine.begin() as conn:
-            conn.execute(
-                text(
-                    "INSERT INTO users (id, telegram_id, language, language_chosen, is_banned,"
-                    " ban_notified, can_train, created_at, updated_at) VALUES (1, 5, 'en',"
-                    " false, false, false, false, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
-                )
-            )
+            insert_user(conn)
             for n, (status, finished, delivered, error) in enumerate(rows, start=1):
                 conn.execute(
                     text(

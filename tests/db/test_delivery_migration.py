@@ -4,29 +4,13 @@ were never delivered are left as they were."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 from sqlalchemy import create_engine, text
 
 from service.migrate import upgrade
-from tests.conftest import drop_postgres_database, fresh_postgres_database, postgres_available
+from tests.db.conftest import insert_user
 
 BEFORE = "5b1f0c2d9e71"
 AFTER = "7c3e9a41d2b8"
-
-
-@pytest.fixture
-def urls(tmp_path: Path) -> Iterator[list[str]]:
-    found = [f"sqlite:///{tmp_path / 'd.db'}"]
-    name = f"facechain_delivery_migration_{os.getpid()}"
-    if postgres_available():
-        found.append(fresh_postgres_database(name))
-    yield found
-    if len(found) > 1:
-        drop_postgres_database(name)
 
 
 def test_delivered_rows_get_their_outcome_back(urls: list[str]) -> None:
@@ -43,13 +27,7 @@ def test_delivered_rows_get_their_outcome_back(urls: list[str]) -> None:
             ("running", None, False),
         ]
         with engine.begin() as conn:
-            conn.execute(
-                text(
-                    "INSERT INTO users (id, telegram_id, language, language_chosen, is_banned,"
-                    " ban_notified, can_train, created_at, updated_at) VALUES (1, 5, 'en',"
-                    " false, false, false, false, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
-                )
-            )
+            insert_user(conn)
             for n, (status, code, delivered) in enumerate(rows, start=1):
                 conn.execute(
                     text(

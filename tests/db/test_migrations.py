@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
@@ -14,23 +10,6 @@ from sqlalchemy import create_engine, inspect
 
 from db.base import Base
 from service.migrate import alembic_config, downgrade, upgrade
-from tests.conftest import (
-    drop_postgres_database,
-    fresh_postgres_database,
-    postgres_available,
-)
-
-
-@pytest.fixture
-def urls(tmp_path: Path) -> Iterator[list[str]]:
-    """A fresh SQLite file and, when the server answers, a fresh PostgreSQL database."""
-    found = [f"sqlite:///{tmp_path / 'm.db'}"]
-    name = f"facechain_migrations_test_{os.getpid()}"
-    if postgres_available():
-        found.append(fresh_postgres_database(name))
-    yield found
-    if len(found) > 1:
-        drop_postgres_database(name)
 
 
 class TestMigrations:
