@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 
 # Commands that exist only with PAYMENTS_ENABLED (the user's; the admins' are below).
 PAYMENT_COMMANDS = ("buy", "balance", "terms", "paysupport")
+# `/start buy` (the link on a forwarded invoice, or t.me/<bot>?start=buy): the packs.
+BUY_START_PARAMETER = "buy"
 # Why a purchase is refused (`domain.billing` reasons) -> what the user reads.
 REFUSALS = {
     "disabled": "pay.refused.disabled",
@@ -53,7 +55,8 @@ ADMIN_PAYMENT_COMMANDS = (
 # ---- users ----
 
 
-async def _show_packs(update: Update, context: BotContext) -> None:
+async def show_packs(update: Update, context: BotContext) -> None:
+    """The packs on sale, each a button that sends its invoice."""
     packs = await context.db.run(billing.list_packs, enabled_only=True)
     if not packs:
         await reply(update, context, context.t("buy.none"))
@@ -73,12 +76,12 @@ async def _show_packs(update: Update, context: BotContext) -> None:
 
 async def buy_command(update: Update, context: BotContext) -> None:
     """/buy: the packs on sale."""
-    await _show_packs(update, context)
+    await show_packs(update, context)
 
 
 async def on_show_packs(update: Update, context: BotContext, data: cb.ShowPacks) -> None:
     """The Buy button under "free quota used up"."""
-    await _show_packs(update, context)
+    await show_packs(update, context)
 
 
 async def on_buy_pack(update: Update, context: BotContext, data: cb.BuyPack) -> None:
@@ -98,6 +101,9 @@ async def on_buy_pack(update: Update, context: BotContext, data: cb.BuyPack) -> 
         payload=invoice.payload,
         currency=billing.CURRENCY,
         prices=[LabeledPrice(invoice.title, invoice.stars)],
+        # A forwarded copy gets a link that opens this bot's packs (/start buy) instead of a
+        # Pay button: every payment happens in the buyer's own chat with the bot.
+        start_parameter=BUY_START_PARAMETER,
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from telegram import Update
 
 from bot.context import BotContext
+from bot.handlers import payments
 from bot.handlers.common import reply
 from domain import conversations, users
 from telegram_ui import callbacks as cb
@@ -13,9 +14,12 @@ from telegram_ui.keyboards import language_keyboard
 
 
 async def start(update: Update, context: BotContext) -> None:
-    """Greet and explain the three steps."""
+    """Greet and explain the three steps; `/start buy` (a forwarded invoice's link, or a link an
+    operator shares) then shows the packs on sale."""
     name = context.account.first_name or update.effective_user.first_name or ""
     await reply(update, context, context.t("start.welcome", name=name))
+    if context.config.payments.enabled and context.args == [payments.BUY_START_PARAMETER]:
+        await payments.show_packs(update, context)
 
 
 async def help_command(update: Update, context: BotContext) -> None:

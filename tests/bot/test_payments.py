@@ -196,6 +196,26 @@ class TestBuying:
         tg.press(gil, message, button_data(message, translate("en", "btn.buy")))
         await tg.wait_text(gil.id, "Pick a pack")
 
+    async def test_a_forwarded_invoice_links_to_the_packs_not_to_a_payment(
+        self, shop: BotHarness
+    ) -> None:
+        """The invoice carries a start parameter, so a forwarded copy shows a link to the bot
+        (`/start buy`) instead of a Pay button; the link opens the packs in the friend's own
+        chat with the bot, where the invoice is theirs."""
+        tg = shop.tg
+        hal = tg.user(9108, "Hal", "en")
+        invoice = await invoice_for(shop, hal)
+        assert invoice.params["start_parameter"] == "buy"
+        ivy = tg.user(9109, "Ivy", "en")
+        since = len(tg.calls)
+        tg.send_text(ivy, "/start buy")
+        await tg.wait_text(ivy.id, translate("en", "start.welcome", name="Ivy"), since=since)
+        await tg.wait_text(ivy.id, "Pick a pack", since=since)
+        tg.press_button(ivy, tg.bot_messages(ivy.id)[-1], "Small")
+        own = await tg.wait_for("sendInvoice", chat_id=ivy.id, since=since)
+        assert billing.parse_payload(own.params["payload"]) is not None
+        assert own.params["payload"] != invoice.params["payload"]
+
 
 class TestRefunds:
     async def test_admin_refund_debits_unspent_credits(self, shop: BotHarness) -> None:
@@ -362,6 +382,12 @@ class TestSellerRules:
             since = len(tg.calls)
             tg.send_text(jo, command)
             await tg.wait_text(jo.id, translate("en", "fallback.unknown_command"), since=since)
+        since = len(tg.calls)
+        tg.send_text(jo, "/start buy")
+        await tg.wait_text(jo.id, translate("en", "start.welcome", name="Jo"), since=since)
+        await tg.idle()
+        # The welcome only: no packs with payments off.
+        assert tg.sent_texts(jo.id)[-1] == translate("en", "start.welcome", name="Jo")
         tg.send_text(jo, "/help")
         help_text = await tg.wait_text(jo.id, "What I can do")
         assert "/buy" not in help_text.params["text"]

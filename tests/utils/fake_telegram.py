@@ -817,7 +817,7 @@ class FakeTelegram:
         invoice = {
             "title": call.get("title"),
             "description": call.get("description"),
-            "start_parameter": "",
+            "start_parameter": str(call.get("start_parameter") or ""),
             "currency": "XTR",
             "total_amount": int(prices[0]["amount"]),
         }
