@@ -161,6 +161,7 @@ def register_handlers(
     }
     if config.payments.enabled:
         admin_commands |= {
+            "payments": payments.payments_command,
             "packs": payments.packs_command,
             "pack_add": payments.pack_add_command,
             "pack_edit": payments.pack_edit_command,

@@ -843,6 +843,17 @@ def payments_page(
     return rows, total
 
 
+def payments_of(
+    session: Session, who: int | str, limit: int = 10
+) -> tuple[User, Sequence[Payment]]:
+    """A user's latest payments (by Telegram id or `@username`), newest first."""
+    from domain.users import by_telegram_id
+
+    user = by_telegram_id(session, who)
+    rows, _ = payments_page(session, telegram_id=user.telegram_id, limit=limit, offset=0)
+    return user, rows
+
+
 @dataclass(frozen=True)
 class RevenueDay:
     """One UTC day of sales."""

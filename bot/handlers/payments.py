@@ -41,6 +41,7 @@ REFUSALS = {
     "price_changed": "pay.refused.price_changed",
 }
 ADMIN_PAYMENT_COMMANDS = (
+    "payments",
     "packs",
     "pack_add",
     "pack_edit",
@@ -296,9 +297,45 @@ async def pack_off_command(update: Update, context: BotContext) -> None:
     await _toggle(update, context, False)
 
 
+async def payments_command(update: Update, context: BotContext) -> None:
+    """/payments <id|@username>: the user's latest payments with the charge ids /refund takes."""
+    args = context.args or []
+    if len(args) != 1:
+        await reply(update, context, context.t("admin.payments_usage"))
+        return
+    user, rows = await context.db.run(billing.payments_of, args[0])
+    if not rows:
+        await reply(update, context, context.t("admin.payments_none", user=user.telegram_id))
+        return
+    lines = [context.t("admin.payments_header", user=user.telegram_id)]
+    for payment in rows:
+        line = context.t(
+            "admin.payments_line",
+            id=payment.id,
+            date=f"{payment.created_at:%Y-%m-%d %H:%M}",
+            title=payment.title,
+            stars=payment.stars,
+            credits=payment.credits,
+            charge=payment.charge_id,
+        )
+        if payment.refunded_at is not None:
+            line += " " + context.t(
+                "admin.payments_refunded", date=f"{payment.refunded_at:%Y-%m-%d}"
+            )
+        lines.append(line)
+    await reply(update, context, "\n".join(lines))
+
+
+def _payment_ref(arg: str) -> int | str:
+    """`#12` is a payment id (what /payments lists), anything else a Telegram charge id."""
+    if re.fullmatch(r"#[0-9]{1,9}", arg):
+        return int(arg[1:])
+    return arg
+
+
 async def refund_command(update: Update, context: BotContext) -> None:
-    """/refund <charge id>: refund through Telegram, debit the unspent credits, say what could
-    not be debited."""
+    """/refund <charge id | #payment id>: refund through Telegram, debit the unspent credits,
+    say what could not be debited."""
     args = context.args or []
     if len(args) != 1:
         await reply(update, context, context.t("admin.refund_usage"))
@@ -308,7 +345,7 @@ async def refund_command(update: Update, context: BotContext) -> None:
             lambda: nullcontext(context.bot),
             context.db,
             context.deps.publisher,
-            args[0],
+            _payment_ref(args[0]),
             _actor(context),
         )
     except PaymentRefused as exc:

@@ -250,6 +250,63 @@ class TestRefunds:
         await tg.wait_text(admin.id, "already refunded")
         assert len(tg.calls_to("refundStarPayment")) == 1
 
+    async def test_admin_finds_a_payment_and_refunds_it_by_its_number(
+        self, shop: BotHarness
+    ) -> None:
+        """/payments lists a user's payments with their charge ids; /refund takes one, or the
+        payment's #number from that list."""
+        tg = shop.tg
+        kim = tg.user(9203, "Kim", "en", username="kim_buys")
+        admin = tg.user(ADMIN_ID, "Root", "en")
+        tg.send_text(admin, "/payments @kim_buys")
+        await tg.wait_text(admin.id, translate("en", "error.not_found"))
+        tg.send_text(kim, "/start")
+        await tg.wait_text(kim.id, translate("en", "start.welcome", name="Kim"))
+        since = len(tg.calls)
+        tg.send_text(admin, "/payments @kim_buys")
+        await tg.wait_text(
+            admin.id, translate("en", "admin.payments_none", user=kim.id), since=since
+        )
+        charge = await buy(shop, kim)
+        with shop.db.session() as s:
+            payment = s.scalar(select(Payment).where(Payment.charge_id == charge))
+            assert payment is not None
+            number, at = payment.id, payment.created_at
+        since = len(tg.calls)
+        tg.send_text(admin, "/payments @kim_buys")
+        listed = await tg.wait_text(
+            admin.id, translate("en", "admin.payments_header", user=kim.id), since=since
+        )
+        line = translate(
+            "en",
+            "admin.payments_line",
+            id=number,
+            date=f"{at:%Y-%m-%d %H:%M}",
+            title="Small",
+            stars=30,
+            credits=3,
+            charge=charge,
+        )
+        assert listed.params["text"].splitlines()[1] == line
+        tg.send_text(admin, f"/refund #{number}")
+        await tg.wait_text(admin.id, "Refunded 30")
+        refund = tg.calls_to("refundStarPayment")[-1]
+        assert refund.params == {"user_id": kim.id, "telegram_payment_charge_id": charge}
+        assert credits_of(shop, kim.id) == 0
+        since = len(tg.calls)
+        tg.send_text(admin, f"/payments {kim.id}")
+        listed = await tg.wait_text(
+            admin.id, translate("en", "admin.payments_header", user=kim.id), since=since
+        )
+        assert "refunded" in listed.params["text"]
+        for wrong in ("/payments", "/payments a b"):
+            since = len(tg.calls)
+            tg.send_text(admin, wrong)
+            await tg.wait_text(admin.id, translate("en", "admin.payments_usage"), since=since)
+        # Not an admin: the command does not exist for them.
+        tg.send_text(kim, "/payments @kim_buys")
+        await tg.wait_text(kim.id, translate("en", "fallback.unknown_command"))
+
     async def test_refunded_payment_update_debits_and_tells_the_admin(
         self, shop: BotHarness
     ) -> None:
