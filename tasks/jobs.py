@@ -21,6 +21,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from core.errors import AppError
 from db.models import JobStatus
 from domain import lifecycle
+from domain.blobs import release
 from domain.lifecycle import JobOutcome, JobSnapshot
 from domain.outbox import transact
 from facechain.errors import FaceChainError
@@ -314,6 +315,7 @@ def run_gpu_job(
         logger.warning(
             "job %s: abandoned after %.1fs (lease lost)", job_id, time.monotonic() - started
         )
+        _drop_outcome(ctx, job_id, outcome)
         return None
     logger.info("job %s %s in %.1fs", job_id, status.value, time.monotonic() - started)
     try:
@@ -357,6 +359,23 @@ def _finish(
             )
             time.sleep(delay)
             delay = next(delays, FINISH_RETRY_DELAYS_S[-1])
+
+
+def _drop_outcome(ctx: WorkerContext, job_id: int, outcome: JobOutcome | None) -> None:
+    """Delete the files of an outcome no row records (the job was taken over or ended
+    meanwhile), so nothing of the user stays behind unreferenced, out of /forget's reach.
+    Only files no row points at go: blobs are content-addressed, and a finish whose commit
+    landed just before its connection dropped does reference them."""
+    if outcome is None or not outcome.result_blobs:
+        return
+    try:
+        freed = ctx.db.call(release, ctx.blobs, outcome.result_blobs)
+    except SQLAlchemyError as exc:
+        logger.warning(
+            "job %s: files of the dropped outcome kept (%s)", job_id, type(exc).__name__
+        )
+        return
+    logger.info("job %s: %d files of the dropped outcome deleted", job_id, freed)
 
 
 def _stop_consuming(ctx: WorkerContext, job_id: int, exc: BaseException) -> NoReturn:

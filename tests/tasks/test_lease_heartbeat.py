@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import update
 from sqlalchemy.exc import OperationalError
 
+from core.blobstore import LocalBlobStore
 from core.settings import AppConfig, BrokerSettings, DatabaseSettings, StorageSettings
 from db.base import db_now
 from db.models import Job, JobKind, JobStatus
@@ -49,6 +50,7 @@ def ctx(committed_db: Database, database_url: str, tmp_path: Path) -> Iterator[S
         db=committed_db,
         celery=celery,
         publisher=CeleryPublisher(celery, committed_db),
+        blobs=LocalBlobStore(tmp_path / "blobs"),
     )
     set_context(context)  # type: ignore[arg-type]
     yield context
@@ -184,14 +186,42 @@ class TestRunGpuJob:
             assert sweep_once(
                 outbox_grace=timedelta(seconds=30), time_limit=timedelta(minutes=16)
             )["failed"]
-            return JobOutcome(result_blobs=["late-album"])
+            late.append(ctx.blobs.put(b"a portrait nobody will record"))
+            return JobOutcome(result_blobs=late)
 
+        late: list[str] = []
         run_gpu_job(TASK, job_id, work, needs_engine=False)  # type: ignore[arg-type]
 
         job = job_row(ctx.db, job_id)
         assert (job.status, job.result_blobs) == (JobStatus.CANCELLED, [])
         sends = [a for name, a in published(ctx.celery, "io") if name == "delivery.send_result"]
         assert sends == [[job_id]]
+        # Its files go too: no row records them, so nothing else (/forget) ever would.
+        assert not ctx.blobs.exists(late[0])
+
+    def test_files_a_recorded_row_points_at_stay(self, ctx: SimpleNamespace) -> None:
+        """Content-addressed: the same bytes recorded by another job are kept when this job's
+        outcome is dropped."""
+        shared = ctx.blobs.put(b"the same portrait twice")
+        with ctx.db.session() as s:
+            owner = make_user(s, telegram_id=7402)
+            s.add(
+                Job(
+                    user_id=owner.id,
+                    kind=JobKind.PORTRAIT,
+                    params={},
+                    status=JobStatus.SUCCEEDED,
+                    result_blobs=[shared],
+                )
+            )
+        job_id = new_job(ctx.db)
+
+        def work(_: object, job: JobSnapshot, reporter: ProgressReporter) -> JobOutcome:
+            take_over(ctx.db, job.id)
+            return JobOutcome(result_blobs=[shared])
+
+        assert run_gpu_job(TASK, job_id, work, needs_engine=False) is None  # type: ignore[arg-type]
+        assert ctx.blobs.exists(shared)
 
 
 def unreachable() -> OperationalError:
