@@ -10,6 +10,8 @@ import logging
 import os
 import re
 import tempfile
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -59,6 +61,15 @@ class BlobStore(Protocol):
 
     def ping(self) -> None: ...
 
+    def scan(self, before: datetime) -> Iterator[str]:
+        """Keys of the blobs last written before `before` (a `put` of bytes already stored
+        counts as a write), for the garbage collection of unreferenced blobs."""
+        ...
+
+    def stored_at(self, key: str) -> datetime | None:
+        """When the blob was last written (None: it is gone)."""
+        ...
+
 
 class LocalBlobStore:
     """Blobs as files `ab/cd/abcd…` under a root folder; writes are atomic renames."""
@@ -77,7 +88,12 @@ class LocalBlobStore:
         key = sha256_hex(data)
         target = self.path(key)
         if target.exists():
-            return key
+            try:
+                # Written again: the garbage collection counts its age from now.
+                os.utime(target)
+                return key
+            except FileNotFoundError:
+                pass  # collected meanwhile: write it again
         write_atomic(target, data)
         return key
 
@@ -101,6 +117,25 @@ class LocalBlobStore:
         probe.write_bytes(b"ok")
         probe.unlink()
 
+    def scan(self, before: datetime) -> Iterator[str]:
+        cutoff = before.timestamp()
+        for first in sorted(self.root.iterdir()):
+            if not first.is_dir():
+                continue
+            for second in sorted(first.iterdir()):
+                if not second.is_dir():
+                    continue
+                for entry in os.scandir(second):
+                    # Only blob files: temp files of a write in progress start with ".tmp-".
+                    if _KEY.match(entry.name) and entry.stat().st_mtime < cutoff:
+                        yield entry.name
+
+    def stored_at(self, key: str) -> datetime | None:
+        try:
+            return datetime.fromtimestamp(self.path(key).stat().st_mtime, UTC)
+        except FileNotFoundError:
+            return None
+
 
 class S3BlobStore:
     """Blobs as objects named by their key in an S3-compatible bucket (boto3, optional extra)."""
@@ -120,9 +155,23 @@ class S3BlobStore:
         )
 
     def put(self, data: bytes) -> str:
+        from botocore.exceptions import ClientError
+
         key = sha256_hex(data)
-        if not self.exists(key):
-            self.client.put_object(Bucket=self.bucket, Key=key, Body=data)
+        if self.exists(key):
+            # Written again: a server-side copy onto itself renews LastModified, from which the
+            # garbage collection counts its age (no upload of bytes the bucket already has).
+            try:
+                self.client.copy_object(
+                    Bucket=self.bucket,
+                    Key=key,
+                    CopySource={"Bucket": self.bucket, "Key": key},
+                    MetadataDirective="REPLACE",
+                )
+                return key
+            except ClientError:
+                pass  # collected meanwhile: upload it again
+        self.client.put_object(Bucket=self.bucket, Key=key, Body=data)
         return key
 
     def get(self, key: str) -> bytes:
@@ -147,6 +196,23 @@ class S3BlobStore:
 
     def ping(self) -> None:
         self.client.head_bucket(Bucket=self.bucket)
+
+    def scan(self, before: datetime) -> Iterator[str]:
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket)
+        for page in pages:
+            for item in page.get("Contents", []):
+                if _KEY.match(item["Key"]) and item["LastModified"] < before:
+                    yield item["Key"]
+
+    def stored_at(self, key: str) -> datetime | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=_check_key(key))
+        except ClientError:
+            return None
+        modified: datetime = head["LastModified"]
+        return modified
 
 
 def create_blob_store(settings: StorageSettings) -> BlobStore:

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from core.blobstore import BlobStore
+from core.settings import BrokerSettings
 from db.repositories.blobs import BlobReferenceRepository
+from db.session import Database
 
 logger = logging.getLogger(__name__)
 
@@ -60,3 +64,75 @@ def _forget_queued(session: Session, _transaction: object) -> None:
     dropped = _take(session)
     if dropped:
         logger.info("rolled back: %d blob deletions dropped", len(dropped))
+
+
+# ---- garbage collection ----
+
+# Unreferenced blobs younger than this are left alone: a job may have stored its results and
+# not recorded them yet (a training runs for hours). `collect_garbage` also waits at least twice
+# the longest job time limit.
+MIN_GRACE = timedelta(hours=24)
+_BATCH = 200
+
+
+def gc_grace(broker: BrokerSettings) -> timedelta:
+    """How old an unreferenced blob must be to go: a day, or twice the longest job."""
+    longest = max(broker.gpu_time_limit, broker.train_time_limit)
+    return max(MIN_GRACE, timedelta(seconds=2 * longest))
+
+
+@dataclass(frozen=True)
+class Collection:
+    """What one garbage collection found and did."""
+
+    scanned: int  # blobs older than the grace period
+    unreferenced: int  # of those, pointed at by no row
+    deleted: int  # removed (0 on a dry run)
+
+
+def _release_if_still_old(
+    session: Session, blobs: BlobStore, keys: list[str], before: datetime
+) -> int:
+    # Written again since the scan (a `put` renews a blob's time): a row may be about to
+    # point at it, so it stays.
+    old = [k for k in keys if (at := blobs.stored_at(k)) is not None and at < before]
+    return release(session, blobs, old)
+
+
+def collect_garbage(
+    db: Database,
+    blobs: BlobStore,
+    *,
+    grace: timedelta = MIN_GRACE,
+    now: datetime | None = None,
+    dry_run: bool = False,
+) -> Collection:
+    """Delete the blobs no row points at that were last written more than `grace` ago.
+
+    They are left behind when a process dies between storing a file and recording it (a hard
+    time limit, a database out of reach past the worker's patience). Each candidate is checked
+    again in the transaction that deletes it, so a row committed since the first read keeps
+    its blob."""
+    grace = max(grace, MIN_GRACE)
+    before = (now or datetime.now(UTC)) - grace
+    referenced = db.call(lambda s: BlobReferenceRepository(s).all_referenced())
+    scanned = 0
+    candidates: list[str] = []
+    for key in blobs.scan(before):
+        scanned += 1
+        if key not in referenced:
+            candidates.append(key)
+    deleted = 0
+    if not dry_run:
+        for start in range(0, len(candidates), _BATCH):
+            chunk = candidates[start : start + _BATCH]
+            deleted += db.call(_release_if_still_old, blobs, chunk, before)
+    logger.info(
+        "blob garbage collection%s: %d blobs older than %s, %d unreferenced, %d deleted",
+        " (dry run)" if dry_run else "",
+        scanned,
+        grace,
+        len(candidates),
+        deleted,
+    )
+    return Collection(scanned, len(candidates), deleted)

@@ -254,6 +254,13 @@ def cmd_styles(args: argparse.Namespace) -> int:
     return styles_command(_config(), args)
 
 
+def cmd_blobs(args: argparse.Namespace) -> int:
+    """Delete the stored files no row points at (beat does it daily)."""
+    from service.blobs_cmd import blobs_command
+
+    return blobs_command(_config(), args)
+
+
 def cmd_portrait(args: argparse.Namespace) -> int:
     """One portrait set from the command line, no Telegram or database."""
     from service.portrait_cmd import portrait_command
@@ -358,6 +365,19 @@ def build_parser() -> argparse.ArgumentParser:
     sl = ssub.add_parser("list", help="print the catalog")
     sl.add_argument("--lang", default="en", help="language of the names (en, ru, zh)")
     p.set_defaults(func=cmd_styles)
+
+    p = sub.add_parser(
+        "blobs",
+        help="maintain the blob store (stored images and LoRAs)",
+        description=cmd_blobs.__doc__,
+    )
+    bsub = p.add_subparsers(dest="blobs_command", required=True, metavar="ACTION")
+    gc = bsub.add_parser(
+        "gc",
+        help="delete blobs no row points at, older than a day (or twice the longest job)",
+    )
+    gc.add_argument("--dry-run", action="store_true", help="count them, delete nothing")
+    p.set_defaults(func=cmd_blobs)
 
     p = sub.add_parser(
         "portrait", help="generate portraits from a selfie", description=cmd_portrait.__doc__

@@ -38,6 +38,7 @@ IO_TASKS = (
     "broadcast.send",
     "maintenance.sweep",
     "maintenance.expire",
+    "maintenance.collect_blobs",
     "payments.reconcile",
 )
 
@@ -102,6 +103,11 @@ def beat_schedule(config: AppConfig) -> dict[str, dict[str, object]]:
         "expire": {
             "task": "maintenance.expire",
             "schedule": timedelta(hours=1),
+            "options": {"queue": "io"},
+        },
+        "collect-blobs": {
+            "task": "maintenance.collect_blobs",
+            "schedule": timedelta(hours=24),
             "options": {"queue": "io"},
         },
     }

@@ -11,7 +11,7 @@ from datetime import timedelta
 from celery import Task, shared_task
 
 from db.base import utcnow
-from domain import lifecycle, privacy
+from domain import blobs, lifecycle, privacy
 from domain.lifecycle import REDELIVER_AFTER, REQUEUE_AFTER
 from domain.outbox import transact
 from tasks.broadcast import resend_stalled_broadcasts
@@ -84,3 +84,12 @@ def expire(self: Task) -> int:
     removed = ctx.db.call(privacy.expire_photos, ctx.blobs, utcnow())
     logger.info("expired %d photos", removed)
     return removed
+
+
+@shared_task(name="maintenance.collect_blobs", bind=True, ignore_result=True)
+def collect_blobs(self: Task) -> dict[str, int]:
+    """Delete blobs no row points at (left by a process that died between storing a file and
+    recording it), once they are older than `domain.blobs.gc_grace`."""
+    ctx = get_context()
+    found = blobs.collect_garbage(ctx.db, ctx.blobs, grace=blobs.gc_grace(ctx.config.broker))
+    return {"scanned": found.scanned, "unreferenced": found.unreferenced, "deleted": found.deleted}

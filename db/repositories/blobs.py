@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -9,6 +11,8 @@ from sqlalchemy import Select, String, cast, or_, select
 from sqlalchemy.orm import Session
 
 from db.models import Job, Photo, Style, StyleTraining, Template
+
+_KEY_IN_TEXT = re.compile(r"[0-9a-f]{64}")
 
 
 class BlobReferenceRepository:
@@ -52,3 +56,23 @@ class BlobReferenceRepository:
     def unreferenced(self, keys: Iterable[str]) -> list[str]:
         """The keys no row points at (safe to delete from the blob store), each once."""
         return [key for key in dict.fromkeys(keys) if not self.is_referenced(key)]
+
+    def all_referenced(self) -> set[str]:
+        """Every key some row points at, read in one pass per table (the garbage collection's
+        view: the same columns as `is_referenced`)."""
+        found: set[str] = set()
+        columns: list[Any] = [
+            (Photo.sha256,),
+            (Style.lora_blob, Style.thumbnail_blob, Style.extra),
+            (Template.image_blob, Template.thumbnail_blob),
+            (Job.result_blobs, Job.params),
+            (StyleTraining.image_blobs,),
+        ]
+        for group in columns:
+            for row in self.session.execute(select(*group)).yield_per(1000):
+                for value in row:
+                    if value is None:
+                        continue
+                    text = value if isinstance(value, str) else json.dumps(value)
+                    found.update(_KEY_IN_TEXT.findall(text))
+        return found

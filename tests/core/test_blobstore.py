@@ -74,3 +74,29 @@ class TestS3BlobStore:
             store.get(key)
         with pytest.raises(ValidationFailed):
             store.get("../x")
+
+    def test_scan_and_a_second_put_renews_the_time(self, store) -> None:  # type: ignore[no-untyped-def]
+        """What the garbage collection reads: blobs by LastModified, and a `put` of bytes the
+        bucket already has renews it (a server-side copy, nothing uploaded again)."""
+        import time
+        from datetime import UTC, datetime, timedelta
+
+        key = store.put(b"an old portrait")
+        store.client.put_object(Bucket="blobs", Key="notes.txt", Body=b"not a blob")
+        first = store.stored_at(key)
+        assert first is not None
+        later = datetime.now(UTC) + timedelta(seconds=5)
+        assert list(store.scan(later)) == [key]
+        assert list(store.scan(first - timedelta(seconds=1))) == []
+        time.sleep(1.1)
+        uploads: list[str] = []
+        store.client.meta.events.register(
+            "before-call.s3.PutObject", lambda **kw: uploads.append("put")
+        )
+        assert store.put(b"an old portrait") == key
+        renewed = store.stored_at(key)
+        assert renewed is not None
+        assert renewed > first
+        assert uploads == []
+        assert store.get(key) == b"an old portrait"
+        assert store.stored_at("0" * 64) is None

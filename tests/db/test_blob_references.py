@@ -46,3 +46,7 @@ def test_every_reference_counts(session: Session) -> None:
     keys = [key(n) for n in range(1, 11)]
     assert refs.unreferenced([*keys, key(10)]) == [key(10)]
     assert all(refs.is_referenced(k) for k in keys[:9])
+    # The garbage collection's one-pass view agrees with the per-key check.
+    every = refs.all_referenced()
+    assert set(keys[:9]) <= every
+    assert key(10) not in every
