@@ -11,8 +11,10 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack, suppress
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -268,31 +270,103 @@ def prepare(config: AppConfig) -> None:
         db.dispose()
 
 
+@dataclass(frozen=True)
+class WorkerRole:
+    """One worker process `run` keeps alive: the queues it consumes, and beat inside it."""
+
+    queues: str
+    beat: bool = False
+
+
+RUN_ROLES = (WorkerRole("gpu"), WorkerRole("train"), WorkerRole("io", beat=True))
+# A worker that exits (a task past its hard time limit, an engine that cannot be built, a crash)
+# is started again after a pause that doubles per quick exit; one that exits this many times
+# within the window is broken, and `run` stops with exit status 1 (a service manager then sees
+# the failure) instead of restarting it forever.
+RESTART_FIRST_DELAY_S = 1.0
+RESTART_MAX_DELAY_S = 30.0
+MAX_RESTARTS = 5
+RESTART_WINDOW_S = 300.0
+
+
+@dataclass
+class Supervisor:
+    """The worker children of `run`: started, watched, restarted, stopped."""
+
+    roles: tuple[WorkerRole, ...] = RUN_ROLES
+    start: Callable[[WorkerRole], subprocess.Popen[bytes]] = field(
+        default=lambda role: start_worker(role.queues, beat=role.beat)
+    )
+    clock: Callable[[], float] = time.monotonic
+    children: dict[WorkerRole, subprocess.Popen[bytes]] = field(default_factory=dict)
+    exits: dict[WorkerRole, list[float]] = field(default_factory=dict)
+    due: dict[WorkerRole, float] = field(default_factory=dict)
+    failed: str | None = None
+
+    def start_all(self) -> None:
+        for role in self.roles:
+            self.children[role] = self.start(role)
+
+    def check(self) -> bool:
+        """Restart the workers that exited (once their pause is over); False once one of them
+        keeps exiting (`failed` says which)."""
+        now = self.clock()
+        for role, child in self.children.items():
+            if role in self.due:
+                if now >= self.due[role]:
+                    del self.due[role]
+                    self.children[role] = restarted = self.start(role)
+                    logger.warning("worker %s started again (pid %s)", role.queues, restarted.pid)
+                continue
+            if child.poll() is None:
+                continue
+            recent = [t for t in self.exits.get(role, []) if now - t < RESTART_WINDOW_S]
+            recent.append(now)
+            self.exits[role] = recent
+            if len(recent) > MAX_RESTARTS:
+                self.failed = (
+                    f"the {role.queues} worker exited {len(recent)} times within "
+                    f"{RESTART_WINDOW_S:.0f} s (last status {child.returncode})"
+                )
+                logger.error("%s; stopping", self.failed)
+                return False
+            delay = min(RESTART_FIRST_DELAY_S * 2 ** (len(recent) - 1), RESTART_MAX_DELAY_S)
+            logger.error(
+                "worker %s (pid %s) exited with %s; starting it again in %.0f s",
+                role.queues,
+                child.pid,
+                child.returncode,
+                delay,
+            )
+            self.due[role] = now + delay
+        return True
+
+    def stop(self) -> None:
+        stop_children(list(self.children.values()))
+
+
 def run_all(config: AppConfig, *, with_workers: bool = True) -> int:
-    """`facechain-bot run`: migrate, start workers, serve bot + web until Ctrl-C."""
+    """`facechain-bot run`: migrate, start workers, serve bot + web until Ctrl-C.
+
+    A worker that exits is started again (`Supervisor`); exit status 1 when one kept exiting."""
     prepare(config)
-    children: list[subprocess.Popen[bytes]] = []
+    supervisor = Supervisor(roles=RUN_ROLES if with_workers else ())
 
     async def watch_children() -> None:
         # Started only once Telegram answered, so a bad token stops everything at once.
-        if with_workers:
-            children.append(start_worker("gpu"))
-            children.append(start_worker("train"))
-            children.append(start_worker("io", beat=True))
+        supervisor.start_all()
 
         async def watch() -> None:
             while True:
-                await asyncio.sleep(2)
-                for child in children:
-                    if child.poll() is not None:
-                        logger.error("worker %s exited with %s", child.pid, child.returncode)
-                        os.kill(os.getpid(), signal.SIGTERM)
-                        return
+                await asyncio.sleep(1)
+                if not supervisor.check():
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    return
 
         asyncio.get_running_loop().create_task(watch())
 
     try:
         asyncio.run(_serve(config, bot=True, web_server=True, extra=watch_children))
     finally:
-        stop_children(children)
-    return 0
+        supervisor.stop()
+    return 1 if supervisor.failed else 0

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -102,6 +103,20 @@ async def test_run_serves_a_user_and_stops_on_ctrl_c(tg: FakeTelegram, tmp_path:
         ]
         for queues in ("--queues=gpu", "--queues=train", "--queues=io --beat"):
             assert any(queues in command for command in commands), (queues, commands)
+
+        # The gpu worker dies (SIGKILL to its process group): run starts it again, and the
+        # next portrait is painted by the new one.
+        [gpu] = worker_pids(tmp_path, "--queues=gpu")
+        os.killpg(gpu, signal.SIGKILL)
+        since = len(tg.calls)
+        deadline = time.monotonic() + 120
+        while worker_pids(tmp_path, "--queues=gpu") in ([], [gpu]):
+            assert time.monotonic() < deadline, "the gpu worker was not started again"
+            await asyncio.sleep(0.5)
+        tg.press_button(user, picker, translate("en", "btn.use_style"))
+        album = await tg.wait_for("sendMediaGroup", chat_id=user.id, since=since, within=240)
+        assert album.ok
+        assert "worker gpu started again" in log.read_text()
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n--- run log ---\n{log.read_text()[-4000:]}") from None
     finally:
@@ -117,6 +132,19 @@ async def test_run_serves_a_user_and_stops_on_ctrl_c(tg: FakeTelegram, tmp_path:
         Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ") for pid in leftovers
     ]
     assert leftovers == [], described
+
+
+def worker_pids(tmp_path: Path, queues: str) -> list[int]:
+    """The run's worker processes for these queues (a solo-pool worker is one process)."""
+    found = []
+    for pid in processes_with_env(f"DATA_DIR={tmp_path / 'data'}"):
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if queues in command and "defunct" not in command:
+            found.append(pid)
+    return found
 
 
 def processes_with_env(entry: str) -> list[int]:
