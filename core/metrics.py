@@ -89,6 +89,18 @@ class Metrics:
         if stars:
             self.payment_stars.labels(event=event).inc(stars)
 
+    def record_reconciled(
+        self, trigger: str, credited_stars: list[int], refunded_stars: list[int]
+    ) -> None:
+        """Count what a reconciliation recorded: each payment credited and each refund debited
+        (their Stars), and the credited ones by trigger (schedule, chat, api)."""
+        for stars in credited_stars:
+            self.record_payment("succeeded", stars)
+        for stars in refunded_stars:
+            self.record_payment("refunded", stars)
+        if credited_stars:
+            self.payments_reconciled.labels(trigger=trigger).inc(len(credited_stars))
+
     def record_delivery_error(self, reason: str) -> None:
         """Count one result or status message the io worker could not send, by reason."""
         self.delivery_errors.labels(reason=reason).inc()

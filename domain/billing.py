@@ -39,7 +39,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dt_time
 from typing import Any
@@ -607,9 +607,25 @@ class StarPayment:
     date: datetime
 
 
+@dataclass(frozen=True)
+class Reconciled:
+    """What a reconciliation recorded: lost payments credited, lost refunds debited."""
+
+    credited: list[PaymentResult] = field(default_factory=list)
+    refunded: list[RefundResult] = field(default_factory=list)
+
+    @property
+    def stars(self) -> int:
+        return sum(r.stars for r in self.credited)
+
+    @property
+    def refunded_stars(self) -> int:
+        return sum(r.stars for r in self.refunded)
+
+
 def reconcile_payments(
     session: Session, received: Sequence[StarPayment], refunded: Collection[str] = ()
-) -> list[PaymentResult]:
+) -> Reconciled:
     """Credit the payments Telegram made that were never recorded (a `successful_payment`
     update lost with a crashed process), each exactly once like any other (`record_payment`),
     and record the refunds Telegram made of recorded payments (`refunded`: charge ids) whose
@@ -617,6 +633,7 @@ def reconcile_payments(
 
     Left alone: payments already recorded, payers this bot never saw, and payments made before
     the payer's /forget (their record may have been deleted on purpose)."""
+    found = Reconciled()
     if refunded:
         lost = session.scalars(
             select(Payment.id).where(
@@ -626,6 +643,7 @@ def reconcile_payments(
         for payment_id in lost:
             refund = refund_payment(session, payment_id, "telegram", "reconcile")
             if not refund.duplicate:
+                found.refunded.append(refund)
                 logger.warning(
                     "payment %s was refunded at Telegram but never recorded: %d credits "
                     "debited now, %d already spent",
@@ -633,7 +651,6 @@ def reconcile_payments(
                     refund.debited,
                     refund.shortfall,
                 )
-    credited = []
     for item in received:
         if session.scalar(select(Payment.id).where(Payment.charge_id == item.charge_id)):
             continue
@@ -648,8 +665,8 @@ def reconcile_payments(
         )
         if not result.duplicate:
             logger.warning("payment %s was never recorded: credited now", item.charge_id)
-            credited.append(result)
-    return credited
+            found.credited.append(result)
+    return found
 
 
 def payment_payload(payment: Payment) -> dict[str, Any]:

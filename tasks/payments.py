@@ -23,7 +23,6 @@ from db.locks import try_lock
 from domain import billing
 from tasks.context import WorkerContext, get_context
 from telegram_ui import payments as telegram_payments
-from telegram_ui.i18n import translate
 
 logger = logging.getLogger(__name__)
 
@@ -37,11 +36,15 @@ class ReconcileRun:
     `failed` (Telegram out of reach); the payments it credited."""
 
     outcome: str
-    credited: list[billing.PaymentResult] = field(default_factory=list)
+    found: billing.Reconciled = field(default_factory=billing.Reconciled)
+
+    @property
+    def credited(self) -> list[billing.PaymentResult]:
+        return self.found.credited
 
     @property
     def stars(self) -> int:
-        return sum(r.stars for r in self.credited)
+        return self.found.stars
 
 
 def reconcile_once(ctx: WorkerContext, metrics: Metrics | None = None) -> ReconcileRun:
@@ -55,7 +58,7 @@ def reconcile_once(ctx: WorkerContext, metrics: Metrics | None = None) -> Reconc
             metrics.reconcile_runs.labels(outcome="locked").inc()
             return ReconcileRun("locked")
         try:
-            credited = ctx.call_telegram(
+            found = ctx.call_telegram(
                 lambda bot: telegram_payments.reconcile(
                     lambda: nullcontext(bot), ctx.db, ctx.publisher
                 )
@@ -64,17 +67,20 @@ def reconcile_once(ctx: WorkerContext, metrics: Metrics | None = None) -> Reconc
             logger.warning("payments reconcile failed (next run tries again): %s", exc)
             metrics.reconcile_runs.labels(outcome="failed").inc()
             return ReconcileRun("failed")
-    run = ReconcileRun("done", credited)
+    run = ReconcileRun("done", found)
     metrics.reconcile_runs.labels(outcome="done").inc()
-    for result in credited:
-        metrics.record_payment("succeeded", result.stars)
-    if credited:
-        metrics.payments_reconciled.labels(trigger="schedule").inc(len(credited))
+    metrics.record_reconciled(
+        "schedule", [r.stars for r in found.credited], [r.stars for r in found.refunded]
+    )
+    if found.credited or found.refunded:
         logger.warning(
-            "payments reconcile credited %d lost payments (%d Stars): ids %s",
-            len(credited),
+            "payments reconcile credited %d lost payments (%d Stars): ids %s; recorded %d lost "
+            "refunds: ids %s",
+            len(found.credited),
             run.stars,
-            [r.payment_id for r in credited],
+            [r.payment_id for r in found.credited],
+            len(found.refunded),
+            [r.payment_id for r in found.refunded],
         )
         _tell_admins(ctx, run)
     else:
@@ -87,13 +93,7 @@ def _tell_admins(ctx: WorkerContext, run: ReconcileRun) -> None:
     admin_chat = ctx.config.telegram.admin_chat_id
     if admin_chat is None:
         return
-    text = translate(
-        None,
-        "admin.reconcile_notice",
-        count=len(run.credited),
-        stars=run.stars,
-        payments=", ".join(str(r.payment_id) for r in run.credited),
-    )
+    text = telegram_payments.reconcile_text(None, run.found, scheduled=True)
 
     async def send(bot: Bot) -> None:
         await bot.send_message(admin_chat, text)

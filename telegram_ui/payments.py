@@ -94,17 +94,17 @@ async def star_transactions(bot: Bot) -> tuple[list[billing.StarPayment], set[st
 
 async def reconcile(
     open_bot: Callable[[], AbstractAsyncContextManager[Bot]], db: Database, publisher: Publisher
-) -> list[billing.PaymentResult]:
-    """Credit the Stars payments Telegram made that this bot never recorded, and tell each
-    payer; record the refunds Telegram made that this bot never recorded
-    (`domain.billing.reconcile_payments`)."""
+) -> billing.Reconciled:
+    """Credit the Stars payments Telegram made that this bot never recorded, and record the
+    refunds Telegram made that this bot never recorded (`domain.billing.reconcile_payments`);
+    each payer is told, as the lost update would have told them."""
     async with open_bot() as bot:
         received, refunded = await star_transactions(bot)
         unrefunded = [p for p in received if p.charge_id not in refunded]
-        credited = await transact_async(
+        found = await transact_async(
             db, publisher, billing.reconcile_payments, unrefunded, refunded
         )
-        for result in credited:
+        for result in found.credited:
             text = translate(
                 result.language, "pay.done", credits=result.credits, balance=result.balance
             )
@@ -112,7 +112,10 @@ async def reconcile(
                 await bot.send_message(result.telegram_id, text)
             except TelegramError as exc:
                 logger.info("could not tell %s about their credits: %s", result.telegram_id, exc)
-    return credited
+        for refund in found.refunded:
+            if refund.language is not None:
+                await tell_refunded(bot, refund)
+    return found
 
 
 async def tell_refunded(bot: Bot, result: billing.RefundResult) -> None:
@@ -128,3 +131,40 @@ async def tell_refunded(bot: Bot, result: billing.RefundResult) -> None:
         await bot.send_message(result.telegram_id, text)
     except TelegramError as exc:
         logger.info("could not tell %s about their refund: %s", result.telegram_id, exc)
+
+
+def reconcile_text(
+    language: str | None, found: billing.Reconciled, *, scheduled: bool = False
+) -> str:
+    """What a reconciliation recorded, for the admins: the payments credited (the scheduled
+    run's notice names them, and only when there are any), then the refunds debited."""
+    lines = []
+    if scheduled and found.credited:
+        lines.append(
+            translate(
+                language,
+                "admin.reconcile_notice",
+                count=len(found.credited),
+                stars=found.stars,
+                payments=", ".join(str(r.payment_id) for r in found.credited),
+            )
+        )
+    elif not scheduled:
+        lines.append(
+            translate(
+                language, "admin.reconcile_done", count=len(found.credited), stars=found.stars
+            )
+        )
+    if found.refunded:
+        lines.append(
+            translate(
+                language,
+                "admin.reconcile_refunds",
+                count=len(found.refunded),
+                stars=found.refunded_stars,
+                debited=sum(r.debited for r in found.refunded),
+                shortfall=sum(r.shortfall for r in found.refunded),
+                payments=", ".join(str(r.payment_id) for r in found.refunded),
+            )
+        )
+    return "\n".join(lines)

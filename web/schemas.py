@@ -706,8 +706,12 @@ class LedgerCheckOut(BaseModel):
 
 
 class ReconcileOut(BaseModel):
-    """Payments Telegram lists (getStarTransactions) that were never recorded, credited now."""
+    """Payments Telegram lists (getStarTransactions) that were never recorded, credited now, and
+    refunds it lists that were never recorded, debited now."""
 
     credited: int
     stars: int
     payment_ids: list[int]
+    refunded: int
+    refunded_stars: int
+    refunded_payment_ids: list[int]

@@ -370,17 +370,15 @@ async def refund_command(update: Update, context: BotContext) -> None:
 
 
 async def reconcile_command(update: Update, context: BotContext) -> None:
-    """/reconcile: credit the payments Telegram lists that were never recorded."""
-    credited = await telegram_payments.reconcile(
+    """/reconcile: credit the payments Telegram lists that were never recorded, and record the
+    refunds it lists that were never recorded."""
+    found = await telegram_payments.reconcile(
         lambda: nullcontext(context.bot), context.db, context.deps.publisher
     )
-    for result in credited:
-        context.deps.metrics.record_payment("succeeded", result.stars)
-    context.deps.metrics.payments_reconciled.labels(trigger="chat").inc(len(credited))
-    stars = sum(r.stars for r in credited)
-    await reply(
-        update, context, context.t("admin.reconcile_done", count=len(credited), stars=stars)
+    context.deps.metrics.record_reconciled(
+        "chat", [r.stars for r in found.credited], [r.stars for r in found.refunded]
     )
+    await reply(update, context, telegram_payments.reconcile_text(context.language, found))
 
 
 async def grant_command(update: Update, context: BotContext) -> None:

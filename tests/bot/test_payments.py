@@ -356,6 +356,30 @@ class TestReconcile:
             admin.id, translate("en", "admin.reconcile_done", count=0, stars=0), since=since
         )
         assert credits_of(shop, max_.id) == 3
+        # Refunded at Telegram later, the refunded_payment update lost: the next /reconcile
+        # debits it and says so.
+        tg.charges[lost].refunded = True
+        with shop.db.session() as s:
+            payment_id = s.scalar(select(Payment.id).where(Payment.charge_id == lost))
+        since = len(tg.calls)
+        tg.send_text(admin, "/reconcile")
+        told = await tg.wait_text(
+            admin.id, translate("en", "admin.reconcile_done", count=0, stars=0), since=since
+        )
+        refunds = translate(
+            "en",
+            "admin.reconcile_refunds",
+            count=1,
+            stars=30,
+            debited=3,
+            shortfall=0,
+            payments=str(payment_id),
+        )
+        assert told.params["text"].splitlines()[1] == refunds
+        await tg.wait_text(
+            max_.id, translate("en", "pay.refunded", stars=30, debited=3, balance=0), since=since
+        )
+        assert credits_of(shop, max_.id) == 0
 
 
 class TestForget:

@@ -497,19 +497,24 @@ class TestPayments:
             star(424242, "c"),  # a payer this bot never saw
             star(forgot, "d", now - timedelta(minutes=1)),  # before their /forget
         ]
-        credited = billing.reconcile_payments(session, received)
-        assert [r.payment_id for r in credited] == [
+        found = billing.reconcile_payments(session, received)
+        assert [r.payment_id for r in found.credited] == [
             session.scalar(select(Payment.id).where(Payment.charge_id == "b"))
         ]
+        assert found.refunded == []
         assert _credits(session, user) == 10
         assert _credits(session, forgot) == 0
-        assert billing.reconcile_payments(session, received) == []
+        assert billing.reconcile_payments(session, received) == billing.Reconciled()
 
     def test_reconcile_records_a_refund_whose_update_was_lost(self, session: Session) -> None:
         user = _user(session)
         payment = _buy(session, user, 3, "refunded-lost")
         kept = _buy(session, user, 2, "kept")
-        assert billing.reconcile_payments(session, [], {"refunded-lost", "unknown"}) == []
+        found = billing.reconcile_payments(session, [], {"refunded-lost", "unknown"})
+        assert found.credited == []
+        assert [(r.payment_id, r.stars, r.debited, r.shortfall) for r in found.refunded] == [
+            (payment, 30, 3, 0)
+        ]
         assert _credits(session, user) == 2
         row = session.get(Payment, payment)
         assert row is not None
@@ -519,7 +524,7 @@ class TestPayments:
         assert other is not None
         assert other.refunded_at is None
         # Again: recorded once.
-        billing.reconcile_payments(session, [], {"refunded-lost"})
+        assert billing.reconcile_payments(session, [], {"refunded-lost"}).refunded == []
         assert _credits(session, user) == 2
         assert _ledger(session, user)[-1] == (LedgerKind.REFUND, -3)
         assert billing.ledger_mismatches(session) == []

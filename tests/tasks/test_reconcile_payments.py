@@ -148,6 +148,46 @@ async def test_a_lost_payment_is_credited_once_and_the_admins_are_told(
     assert metrics.reconcile_runs.labels(outcome="done")._value.get() == 2
 
 
+async def test_a_lost_refund_is_recorded_and_the_payer_and_admins_are_told(
+    tg: FakeTelegram, ctx: WorkerContext
+) -> None:
+    """Telegram refunded a recorded payment and its `refunded_payment` update was lost: the
+    scheduled run debits the credits once, tells the payer, and the admin notice says so (no
+    payment was credited, so it names only the refund)."""
+    charge = _lost_payment(ctx, tg, 9704)
+    with ctx.db.session() as s:
+        payload = tg.charges[charge].payload
+        billing.record_payment(s, 9704, payload, 30, charge)
+    tg.charges[charge].refunded = True
+    metrics = create_metrics()
+
+    run = await asyncio.to_thread(reconcile_once, ctx, metrics)
+
+    assert (run.outcome, run.credited) == ("done", [])
+    [refund] = run.found.refunded
+    assert (refund.stars, refund.debited, refund.shortfall) == (30, 3, 0)
+    assert _credits(ctx, 9704) == 0
+    await tg.wait_text(9704, translate("en", "pay.refunded", stars=30, debited=3, balance=0))
+    notice = translate(
+        None,
+        "admin.reconcile_refunds",
+        count=1,
+        stars=30,
+        debited=3,
+        shortfall=0,
+        payments=str(refund.payment_id),
+    )
+    told = await tg.wait_text(ADMIN_CHAT, notice)
+    assert told.params["text"] == notice
+    assert metrics.payments.labels(event="refunded")._value.get() == 1
+    assert metrics.payment_stars.labels(event="refunded")._value.get() == 30
+    # Recorded once: the next run finds nothing to do and tells nobody.
+    since = len(tg.calls)
+    again = await asyncio.to_thread(reconcile_once, ctx, metrics)
+    assert again.found == billing.Reconciled()
+    assert [c for c in tg.calls[since:] if c.method == "sendMessage"] == []
+
+
 async def test_a_run_while_another_holds_the_lock_does_nothing(
     tg: FakeTelegram, ctx: WorkerContext
 ) -> None:

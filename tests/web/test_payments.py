@@ -30,6 +30,7 @@ from db.models import (
 )
 from db.session import Database
 from domain import billing
+from telegram_ui.i18n import translate
 from tests.utils.factories import make_user
 from tests.utils.fake_telegram import TOKEN, Charge, FakeTelegram
 from tests.web.conftest import AUTH, make_config, publisher_for
@@ -199,10 +200,19 @@ class TestReconcile:
         billing.record_payment(session, 7302, payload, 50, charge)
         session.flush()
         tg.charges[charge].refunded = True
+        payment_id = session.scalar(select(Payment.id).where(Payment.charge_id == charge))
+        bodies = []
         for _ in range(2):
             r = await api.post("/api/v1/payments/reconcile", headers=AUTH)
             assert r.status == 200, await r.text()
-            assert (await r.json())["credited"] == 0
+            bodies.append(await r.json())
+        assert [(b["credited"], b["refunded"], b["refunded_stars"]) for b in bodies] == [
+            (0, 1, 50),
+            (0, 0, 0),
+        ]
+        assert bodies[0]["refunded_payment_ids"] == [payment_id]
+        # The payer is told, as the lost update would have told them.
+        await tg.wait_text(7302, translate("en", "pay.refunded", stars=50, debited=5, balance=0))
         session.expire_all()
         assert session.get(User, user.id).credits == 0  # type: ignore[union-attr]
         row = session.scalar(select(Payment).where(Payment.charge_id == charge))

@@ -142,16 +142,19 @@ async def refund_payment(call: Call) -> RefundOut:
 
 async def reconcile_payments(call: Call) -> ReconcileOut:
     """Credit the payments Telegram made that were never recorded (lost updates)."""
-    credited = await telegram_payments.reconcile(
+    found = await telegram_payments.reconcile(
         _telegram(call.config.telegram), call.db, call.publisher
     )
-    for result in credited:
-        call.app[METRICS].record_payment("succeeded", result.stars)
-    call.app[METRICS].payments_reconciled.labels(trigger="api").inc(len(credited))
+    call.app[METRICS].record_reconciled(
+        "api", [r.stars for r in found.credited], [r.stars for r in found.refunded]
+    )
     return ReconcileOut(
-        credited=len(credited),
-        stars=sum(r.stars for r in credited),
-        payment_ids=[r.payment_id for r in credited],
+        credited=len(found.credited),
+        stars=found.stars,
+        payment_ids=[r.payment_id for r in found.credited],
+        refunded=len(found.refunded),
+        refunded_stars=found.refunded_stars,
+        refunded_payment_ids=[r.payment_id for r in found.refunded],
     )
 
 
