@@ -87,14 +87,11 @@ class LocalBlobStore:
         """Store bytes, return their key."""
         key = sha256_hex(data)
         target = self.path(key)
-        if target.exists():
-            try:
-                # Written again: the garbage collection counts its age from now.
-                os.utime(target)
-                return key
-            except FileNotFoundError:
-                pass  # collected meanwhile: write it again
-        write_atomic(target, data)
+        try:
+            # Already stored: written again, so the garbage collection counts its age from now.
+            os.utime(target)
+        except FileNotFoundError:
+            write_atomic(target, data)
         return key
 
     def get(self, key: str) -> bytes:
@@ -158,20 +155,17 @@ class S3BlobStore:
         from botocore.exceptions import ClientError
 
         key = sha256_hex(data)
-        if self.exists(key):
-            # Written again: a server-side copy onto itself renews LastModified, from which the
+        try:
+            # Already stored: a server-side copy onto itself renews LastModified, from which the
             # garbage collection counts its age (no upload of bytes the bucket already has).
-            try:
-                self.client.copy_object(
-                    Bucket=self.bucket,
-                    Key=key,
-                    CopySource={"Bucket": self.bucket, "Key": key},
-                    MetadataDirective="REPLACE",
-                )
-                return key
-            except ClientError:
-                pass  # collected meanwhile: upload it again
-        self.client.put_object(Bucket=self.bucket, Key=key, Body=data)
+            self.client.copy_object(
+                Bucket=self.bucket,
+                Key=key,
+                CopySource={"Bucket": self.bucket, "Key": key},
+                MetadataDirective="REPLACE",
+            )
+        except ClientError:
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=data)
         return key
 
     def get(self, key: str) -> bytes:

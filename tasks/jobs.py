@@ -188,31 +188,27 @@ class ProgressReporter:
         second)."""
         if self.lease_lost:
             return True
-        now = time.monotonic()
-        if now - self._last_db >= PROGRESS_DB_INTERVAL_S:
-            self._last_db = now
-            try:
-                self._cancelled = self.ctx.db.call(lifecycle.cancel_requested, self.job_id)
-            except SQLAlchemyError as exc:
-                # Keep the last answer; the next check reads again.
-                logger.warning(
-                    "job %s: progress not recorded (%s)", self.job_id, type(exc).__name__
-                )
+        if time.monotonic() - self._last_db >= PROGRESS_DB_INTERVAL_S:
+            self._read_cancel("progress not recorded")
         return self._cancelled
 
     def cancelled_now(self) -> bool:
         """Whether the job was cancelled, read fresh (the last check after the work is done).
 
-        A database out of reach keeps the last answer: the outcome is recorded by `finish`,
-        which waits for the database and honours a cancel it finds there."""
+        A database out of reach keeps the last answer: the work is done, and `finish` waits
+        for the database to record its outcome."""
         if self.lease_lost:
             return True
+        self._read_cancel("cancel check skipped")
+        return self._cancelled
+
+    def _read_cancel(self, failure: str) -> None:
+        # A database blip keeps the last answer; the next check reads again.
+        self._last_db = time.monotonic()
         try:
             self._cancelled = self.ctx.db.call(lifecycle.cancel_requested, self.job_id)
         except SQLAlchemyError as exc:
-            logger.warning("job %s: cancel check skipped (%s)", self.job_id, type(exc).__name__)
-        self._last_db = time.monotonic()
-        return self._cancelled
+            logger.warning("job %s: %s (%s)", self.job_id, failure, type(exc).__name__)
 
 
 Work = Callable[[WorkerContext, JobSnapshot, ProgressReporter], JobOutcome]

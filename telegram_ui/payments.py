@@ -139,20 +139,13 @@ def reconcile_text(
     """What a reconciliation recorded, for the admins: the payments credited (the scheduled
     run's notice names them, and only when there are any), then the refunds debited."""
     lines = []
-    if scheduled and found.credited:
+    if found.credited or not scheduled:
+        # str.format ignores the payment ids where the chat's reply does not name them.
+        key = "admin.reconcile_notice" if scheduled else "admin.reconcile_done"
+        payments = ", ".join(str(r.payment_id) for r in found.credited)
         lines.append(
             translate(
-                language,
-                "admin.reconcile_notice",
-                count=len(found.credited),
-                stars=found.stars,
-                payments=", ".join(str(r.payment_id) for r in found.credited),
-            )
-        )
-    elif not scheduled:
-        lines.append(
-            translate(
-                language, "admin.reconcile_done", count=len(found.credited), stars=found.stars
+                language, key, count=len(found.credited), stars=found.stars, payments=payments
             )
         )
     if found.refunded:

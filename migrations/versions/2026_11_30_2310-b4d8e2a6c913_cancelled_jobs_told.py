@@ -30,5 +30,5 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    # Data only: the older code never reads delivered_at of a cancelled job.
-    pass
+    """Nothing to undo: data only, and the older code never reads a cancelled job's
+    delivered_at."""
