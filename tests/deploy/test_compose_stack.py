@@ -71,10 +71,11 @@ async def running(tmp_path: Path) -> AsyncIterator[Running]:
             "TELEGRAM_FILE_BASE_URL": tg.file_base_url,
             "WEB_PORT": str(web_port),
             "ENGINE_PROFILE": "tiny",
-            # This test only: two steps, two images, so the album comes in seconds.
+            # This test only: two steps, two images (ranked out of three), so the album comes
+            # in seconds.
             "ENGINE_STEPS": "2",
             "ENGINE_NUM_IMAGES": "2",
-            "ENGINE_NUM_CANDIDATES": "2",
+            "ENGINE_NUM_CANDIDATES": "3",
         }
         stack = LocalStack(
             compose=load(env),

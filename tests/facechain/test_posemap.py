@@ -42,11 +42,8 @@ class TestSkeletonMaps:
         assert is_skeleton_map(np.maximum(drawn, face_dots_map()))
 
     def test_skeleton_drawn_by_the_annotator(self) -> None:
-        draw_poses = getattr(
-            pytest.importorskip("facechain.annotators.openpose"), "draw_poses", None
-        )
-        if draw_poses is None:
-            pytest.skip("the annotator package has no draw_poses yet")
+        from facechain.annotators.openpose import draw_poses
+
         drawn = np.asarray(draw_poses([pose_result(ARMS_UP)], 512, 512))
         assert is_skeleton_map(drawn)
 

@@ -254,7 +254,7 @@ class TestDatabaseOutage:
 
     @pytest.fixture(autouse=True)
     def quick_retries(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        monkeypatch.setattr("tasks.jobs.FINISH_RETRY_DELAYS_S", (0.05, 0.1, 0.2), raising=False)
+        monkeypatch.setattr("tasks.jobs.FINISH_RETRY_DELAYS_S", (0.05, 0.1, 0.2))
 
     def test_the_outcome_waits_for_the_database(
         self, ctx: SimpleNamespace, monkeypatch: pytest.MonkeyPatch

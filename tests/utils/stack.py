@@ -110,7 +110,8 @@ def service_env(
         "ENGINE_PROFILE": "tiny",
         "ENGINE_DEVICE": "cpu",
         "ENGINE_NUM_IMAGES": "2",
-        "ENGINE_NUM_CANDIDATES": "2",
+        # One candidate more than the album holds, so ranking runs end to end.
+        "ENGINE_NUM_CANDIDATES": "3",
         "TELEGRAM_TOKEN": TOKEN,
         "TELEGRAM_API_BASE_URL": tg.api_base_url,
         "TELEGRAM_FILE_BASE_URL": tg.file_base_url,
