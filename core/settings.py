@@ -261,6 +261,9 @@ class LimitsSettings(BaseSettings):
     training_min_images: int = Field(default=5, ge=1)
     training_max_images: int = Field(default=50, ge=1)
     max_lora_bytes: int = Field(default=400 * 1024 * 1024, ge=1024)
+    # Pictures one process decodes at once (each holds the decoded picture and its RGB copy, up
+    # to 8 bytes a pixel: 320 MB for a 40 MP upload); the others wait their turn.
+    decode_concurrency: int = Field(default=2, ge=1, le=64)
 
 
 class PaymentsSettings(BaseSettings):
