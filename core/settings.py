@@ -317,6 +317,18 @@ class PaymentsSettings(BaseSettings):
         return own or getattr(self, f"{which}_text")
 
 
+class WebhooksSettings(BaseSettings):
+    """Outgoing webhooks (registered through the admin API)."""
+
+    model_config = SettingsConfigDict(**_ENV, env_prefix="WEBHOOKS_")
+
+    # Off: an endpoint whose host is or resolves to a loopback, link-local, private, unique-local
+    # or otherwise non-public address is refused at registration and again at each delivery
+    # (internal services and cloud metadata are out of an admin token's reach). On: a receiver
+    # on the same host or private network is allowed.
+    allow_private: bool = False
+
+
 class ProbeSettings(BaseSettings):
     """The probe port of bot, workers and beat: /healthz, /readyz, /metrics (off when unset)."""
 
@@ -341,6 +353,7 @@ class AppConfig(BaseSettings):
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     probe: ProbeSettings = Field(default_factory=ProbeSettings)
     payments: PaymentsSettings = Field(default_factory=PaymentsSettings)
+    webhooks: WebhooksSettings = Field(default_factory=WebhooksSettings)
     log_level: str = "INFO"
 
 
@@ -372,6 +385,7 @@ def format_validation_error(exc: Exception) -> str:
         "LimitsSettings": "LIMITS_",
         "ProbeSettings": "PROBE_",
         "PaymentsSettings": "PAYMENTS_",
+        "WebhooksSettings": "WEBHOOKS_",
     }.get(exc.title, "")
     lines = []
     for err in exc.errors():
