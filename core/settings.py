@@ -258,6 +258,12 @@ class LimitsSettings(BaseSettings):
     min_face_px: int = Field(default=64, ge=8)
     selfie_retention_days: int = Field(default=30, ge=1)
     max_selfies: int = Field(default=5, ge=1, le=20)
+    # A user's own template photos kept (/template, "My own photo"): storing one more deletes
+    # the oldest (and its bytes) that no active job uses.
+    max_template_photos: int = Field(default=10, ge=1, le=100)
+    # Bytes of photos one user may store per UTC day (selfies, template, pose and training
+    # photos, as stored); one over it is refused and nothing of it kept.
+    upload_bytes_per_day: int = Field(default=512 * 1024 * 1024, ge=1024 * 1024)
     training_min_images: int = Field(default=5, ge=1)
     training_max_images: int = Field(default=50, ge=1)
     max_lora_bytes: int = Field(default=400 * 1024 * 1024, ge=1024)
