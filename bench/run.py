@@ -58,6 +58,11 @@ BENCHMARKS: dict[str, tuple[str, list[str], str]] = {
         "a warm gpu worker: engine load before consuming, ready line to the first denoising "
         "step, a later job's publish to first step, RSS (tiny profile)",
     ),
+    "decode_memory": (
+        "decode_memory.py",
+        [],
+        "the bot's peak memory rise for a 40 MP 16-bit PNG sent as a document (goal < 400 MiB)",
+    ),
     "load": (
         "load.py",
         ["--users", "50", "--seconds", "20"],

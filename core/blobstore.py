@@ -28,17 +28,45 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def fsync_dir(path: Path) -> None:
+    """Make the entries of a folder (a rename, a new file or subfolder) survive a power loss."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _make_dirs(path: Path) -> None:
+    """`mkdir -p`, with each folder it creates made durable in its parent."""
+    if path.is_dir():
+        return
+    _make_dirs(path.parent)
+    try:
+        path.mkdir()
+    except FileExistsError:
+        return
+    fsync_dir(path.parent)
+
+
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write a file so readers see either nothing or all of it (temp file + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write a file so readers see either nothing or all of it, even after a power loss.
+
+    The bytes go to a temp file that is fsynced, renamed over `path`, and the folder is fsynced
+    too: once this returns, a database row may point at the file (without the fsyncs a crash
+    can leave the renamed name pointing at an empty or partial file)."""
+    _make_dirs(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)
 
 
 def _check_key(key: str) -> str:
@@ -84,15 +112,26 @@ class LocalBlobStore:
         return self.root / key[:2] / key[2:4] / key
 
     def put(self, data: bytes) -> str:
-        """Store bytes, return their key."""
+        """Store bytes, return their key; a damaged copy already there is written again."""
         key = sha256_hex(data)
         target = self.path(key)
-        try:
+        if self._intact(target, key, len(data)):
             # Already stored: written again, so the garbage collection counts its age from now.
             os.utime(target)
-        except FileNotFoundError:
+        else:
             write_atomic(target, data)
         return key
+
+    @staticmethod
+    def _intact(target: Path, key: str, size: int) -> bool:
+        """Whether the file holds exactly the blob (a crash or a bad disk can leave it empty,
+        short or changed, and a put that trusted the name would never repair it)."""
+        try:
+            if target.stat().st_size != size:
+                return False
+            return sha256_hex(target.read_bytes()) == key
+        except FileNotFoundError:
+            return False
 
     def get(self, key: str) -> bytes:
         """Read a blob; BlobMissing if it is gone."""

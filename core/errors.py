@@ -39,6 +39,19 @@ class CreditsNeeded(QuotaExceeded):
     code = "credits_needed"
 
 
+class UploadLimitReached(QuotaExceeded):
+    """The user stored LIMITS_UPLOAD_BYTES_PER_DAY bytes of photos today (details: limit_mb)."""
+
+    code = "upload_limit"
+
+
+class TemplatePhotoLimitReached(QuotaExceeded):
+    """Every one of the user's LIMITS_MAX_TEMPLATE_PHOTOS template photos is used by an active
+    job, so none can make room for another (details: max)."""
+
+    code = "template_photo_limit"
+
+
 class RateLimited(AppError):
     code = "rate_limited"
 

@@ -258,9 +258,18 @@ class LimitsSettings(BaseSettings):
     min_face_px: int = Field(default=64, ge=8)
     selfie_retention_days: int = Field(default=30, ge=1)
     max_selfies: int = Field(default=5, ge=1, le=20)
+    # A user's own template photos kept (/template, "My own photo"): storing one more deletes
+    # the oldest (and its bytes) that no active job uses.
+    max_template_photos: int = Field(default=10, ge=1, le=100)
+    # Bytes of photos one user may store per UTC day (selfies, template, pose and training
+    # photos, as stored); one over it is refused and nothing of it kept.
+    upload_bytes_per_day: int = Field(default=512 * 1024 * 1024, ge=1024 * 1024)
     training_min_images: int = Field(default=5, ge=1)
     training_max_images: int = Field(default=50, ge=1)
     max_lora_bytes: int = Field(default=400 * 1024 * 1024, ge=1024)
+    # Pictures one process decodes at once (each holds the decoded picture and its RGB copy, up
+    # to 8 bytes a pixel: 320 MB for a 40 MP upload); the others wait their turn.
+    decode_concurrency: int = Field(default=2, ge=1, le=64)
 
 
 class PaymentsSettings(BaseSettings):
@@ -314,6 +323,18 @@ class PaymentsSettings(BaseSettings):
         return own or getattr(self, f"{which}_text")
 
 
+class WebhooksSettings(BaseSettings):
+    """Outgoing webhooks (registered through the admin API)."""
+
+    model_config = SettingsConfigDict(**_ENV, env_prefix="WEBHOOKS_")
+
+    # Off: an endpoint whose host is or resolves to a loopback, link-local, private, unique-local
+    # or otherwise non-public address is refused at registration and again at each delivery
+    # (internal services and cloud metadata are out of an admin token's reach). On: a receiver
+    # on the same host or private network is allowed.
+    allow_private: bool = False
+
+
 class ProbeSettings(BaseSettings):
     """The probe port of bot, workers and beat: /healthz, /readyz, /metrics (off when unset)."""
 
@@ -338,6 +359,7 @@ class AppConfig(BaseSettings):
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     probe: ProbeSettings = Field(default_factory=ProbeSettings)
     payments: PaymentsSettings = Field(default_factory=PaymentsSettings)
+    webhooks: WebhooksSettings = Field(default_factory=WebhooksSettings)
     log_level: str = "INFO"
 
 
@@ -369,6 +391,7 @@ def format_validation_error(exc: Exception) -> str:
         "LimitsSettings": "LIMITS_",
         "ProbeSettings": "PROBE_",
         "PaymentsSettings": "PAYMENTS_",
+        "WebhooksSettings": "WEBHOOKS_",
     }.get(exc.title, "")
     lines = []
     for err in exc.errors():

@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from core.blobstore import BlobStore
 from core.errors import (
     ActiveJobExists,
     IllegalTransition,
@@ -43,7 +44,7 @@ from db.models import (
 )
 from db.repositories.jobs import JobRepository
 from db.repositories.photos import PhotoRepository
-from domain import billing, outbox
+from domain import billing, outbox, uploads
 from domain.audit import audit
 from domain.styles import usable_style
 from domain.templates import usable_template
@@ -63,6 +64,19 @@ class CreatedJob:
     job_id: int
     position: int
     eta_minutes: int
+
+
+@dataclass(frozen=True)
+class PoseUpload:
+    """A pose photo the user sent with a portrait request, not stored yet."""
+
+    blobs: BlobStore
+    data: bytes
+
+    def store(self, session: Session, user_id: int, limits: LimitsSettings) -> str:
+        """Count its bytes against the user's day (UploadLimitReached), then store it."""
+        uploads.count_upload(session, user_id, len(self.data), limits)
+        return self.blobs.put(self.data)
 
 
 def _lock_user(session: Session, user_id: int) -> User:
@@ -124,16 +138,20 @@ def create_portrait_job(
     is_admin: bool,
     num_images: int,
     seed: int | None = None,
-    pose_blob: str | None = None,
+    pose: PoseUpload | None = None,
     payments: PaymentsSettings | None = None,
 ) -> CreatedJob:
-    """A queued portrait job from the user's selfies in a style (checks limits first)."""
+    """A queued portrait job from the user's selfies in a style (checks limits first).
+
+    A pose photo is stored only once every check passed (a refused job leaves no blob), and
+    counts against the user's daily upload bytes."""
     user = _lock_user(session, user_id)
     charge = check_can_start(
         session, user, limits, is_admin=is_admin, kind=JobKind.PORTRAIT, payments=payments
     )
     style = usable_style(session, user_id, style_id)
     photos = _selfies(session, user_id, limits)
+    pose_blob = pose.store(session, user_id, limits) if pose is not None else None
     params: dict[str, Any] = {
         "photo_ids": [p.id for p in photos],
         "style_id": style.id,

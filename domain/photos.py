@@ -18,7 +18,7 @@ from db.base import utcnow
 from db.models import Photo, PhotoKind, User
 from db.repositories.jobs import JobRepository
 from db.repositories.photos import PhotoRepository
-from domain import conversations
+from domain import conversations, uploads
 from domain.blobs import release
 from facechain.quality import SelfieAnalysis
 from facechain.templates import TemplateAnalysis
@@ -116,6 +116,7 @@ def store_selfie(
     selfies = list(repo.of_kind(user_id, PhotoKind.SELFIE))
     if existing is not None:
         return StoredSelfie(existing.id, len(selfies), True, existing.selected_face is None)
+    uploads.count_upload(session, user_id, len(data), limits)
     key = blobs.put(data)
     # Selfies an active job still reads must stay; otherwise the oldest make room.
     busy = {
@@ -207,9 +208,15 @@ def store_template_photo(
     data: bytes,
     analysis: TemplateAnalysis,
     source: TelegramFile,
-    retention_days: int,
+    limits: LimitsSettings,
 ) -> tuple[int, list[list[float]]]:
-    """Keep the user's own template photo with every face found; (photo id, face boxes)."""
+    """Keep the user's own template photo with every face found; (photo id, face boxes).
+
+    The oldest beyond `limits.max_template_photos` that no active job uses are deleted with
+    their bytes; TemplatePhotoLimitReached or UploadLimitReached (nothing stored) otherwise."""
+    _lock_user(session, user_id)
+    dropped = uploads.template_photos_to_drop(session, user_id, limits)
+    uploads.count_upload(session, user_id, len(data), limits)
     # Every face, in the detector's left-to-right order: the worker detects them again and
     # reads the chosen (1-based) numbers in that same order.
     records = [f.to_record() for f in analysis.faces]
@@ -221,8 +228,11 @@ def store_template_photo(
         (len(data), analysis.width, analysis.height),
         records,
         source,
-        retention_days,
+        limits.selfie_retention_days,
     )
+    for old in dropped:
+        session.delete(old)
+    release(session, blobs, [p.sha256 for p in dropped])
     return photo.id, [r["box"] for r in records]
 
 
@@ -248,6 +258,7 @@ def add_training_image(
     existing = repo.by_sha(user_id, PhotoKind.TRAINING, sha256_hex(data))
     if existing is not None and existing.id in ids:
         return len(ids)
+    uploads.count_upload(session, user_id, len(data), limits)
     photo = _new_photo(
         session,
         PhotoKind.TRAINING,

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
+import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -104,6 +106,80 @@ def check_url(url: str) -> str:
     if port == 0:
         raise ValidationFailed("url has port 0", url=url)
     return url
+
+
+# ---- destinations ----
+
+# fc00::/7: IPv6 unique-local addresses (Python files them under "private").
+_UNIQUE_LOCAL = ipaddress.ip_network("fc00::/7")
+ALLOW_PRIVATE_HINT = "set WEBHOOKS_ALLOW_PRIVATE=true to allow it"
+
+
+class DestinationRefused(ValidationFailed):
+    """A webhook URL whose host is, or resolves to, an address deliveries may not reach."""
+
+
+def address_kind(address: str) -> str | None:
+    """Why deliveries may not go to this IP address ("loopback", "private", ...), or None for
+    a public one."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_unspecified:
+        return "unspecified"
+    if ip.is_loopback:
+        return "loopback"
+    if ip.is_link_local:
+        return "link-local"
+    if ip.version == 6 and ip in _UNIQUE_LOCAL:
+        return "unique-local"
+    if ip.is_private:
+        return "private"
+    if ip.is_multicast:
+        return "multicast"
+    if not ip.is_global:
+        return "not publicly routable"
+    return None
+
+
+def resolve_destination(host: str, port: int, *, allow_private: bool) -> list[str]:
+    """The addresses a delivery to `host:port` may connect to: every address the name resolves
+    to, checked. DestinationRefused if any is not public (unless `allow_private`), OSError
+    (socket.gaierror) if the name does not resolve.
+
+    A delivery connects only to an address this returned, so a name that resolves to a public
+    address when checked and to an internal one a moment later (DNS rebinding) gains nothing."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+    if not allow_private:
+        for address in addresses:
+            kind = address_kind(address)
+            if kind is not None:
+                shown = host if host == address else f"{host} ({address})"
+                raise DestinationRefused(
+                    f"url's host {shown} is a {kind} address; {ALLOW_PRIVATE_HINT}",
+                    host=host,
+                    address=address,
+                )
+    return addresses
+
+
+def check_destination(url: str, *, allow_private: bool) -> None:
+    """Refuse (DestinationRefused, 422) a URL whose host is or resolves to a loopback,
+    link-local, private, unique-local or other non-public address, unless `allow_private`.
+
+    Resolves the host name (blocking: run it in a thread). A name that does not resolve now is
+    let through: every delivery resolves and checks again before it connects."""
+    parts = urlsplit(check_url(url))
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        resolve_destination(host, port, allow_private=allow_private)
+    except DestinationRefused:
+        raise
+    except (OSError, ValueError):
+        # ValueError: a name the IDNA codec refuses (an empty or over-long label).
+        logger.info("webhook host %s does not resolve now; checked again at delivery", host)
 
 
 # ---- endpoints ----

@@ -45,8 +45,12 @@ How to get a token:
 
 
 def _config() -> AppConfig:
+    from facechain.imageio import configure_decoding
+
     config = load_config()
     setup_logging(config.log_level)
+    # Every role decodes uploads (the bot, the workers, the web API): bound them per process.
+    configure_decoding(config.limits.decode_concurrency)
     return config
 
 

@@ -481,7 +481,21 @@ class BroadcastOut(BaseModel):
 
 
 class WebhookIn(JsonInput):
-    url: Annotated[str, Field(max_length=2048, pattern=URL), AfterValidator(_clean_text)]
+    url: Annotated[
+        str,
+        Field(
+            max_length=2048,
+            pattern=URL,
+            description=(
+                "The receiver's http(s) URL. Refused (422, the reason in `message`) when its "
+                "host is, or resolves to, a loopback, link-local, private, unique-local or other "
+                "non-public address, unless the server runs with WEBHOOKS_ALLOW_PRIVATE=true; "
+                "every delivery resolves and checks it again and connects only to the address "
+                "it checked"
+            ),
+        ),
+        AfterValidator(_clean_text),
+    ]
     events: list[WebhookEvent] = Field(min_length=1, max_length=len(EVENTS))
     secret: Annotated[Text, Field(min_length=16, max_length=128)] = Field(
         description="HMAC key for X-FaceChain-Signature; stored, never returned"

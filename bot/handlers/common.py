@@ -43,9 +43,10 @@ async def start_portrait(
     context: BotContext,
     style_id: int,
     *,
-    pose_blob: str | None = None,
+    pose: bytes | None = None,
 ) -> jobs.CreatedJob:
-    """Create, announce and dispatch a portrait job (typed errors reach the error handler)."""
+    """Create, announce and dispatch a portrait job (typed errors reach the error handler);
+    a pose photo is stored by the job's transaction, once the job is accepted."""
     created = await context.db.run(
         jobs.create_portrait_job,
         context.account.id,
@@ -55,7 +56,7 @@ async def start_portrait(
         is_admin=context.is_admin,
         payments=context.config.payments,
         num_images=context.config.engine.num_images,
-        pose_blob=pose_blob,
+        pose=jobs.PoseUpload(context.blobs, pose) if pose is not None else None,
     )
     logger.info("user %s started portrait job %s", context.account.id, created.job_id)
     await announce_and_dispatch(update, context, created)

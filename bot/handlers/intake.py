@@ -6,7 +6,6 @@ preview with numbered boxes and numbered buttons. Anything else: a reply saying 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from telegram import Message, Update
@@ -165,8 +164,9 @@ async def on_pose(update: Update, context: BotContext, image: IncomingImage, dat
     if not isinstance(style_id, int):
         await reply(update, context, context.t("callback.stale"))
         return
-    pose_blob: str = await asyncio.to_thread(context.blobs.put, data)
-    await start_portrait(update, context, style_id, pose_blob=pose_blob)
+    # Stored by the job's own transaction: a refused job (a job already running, the quota,
+    # the day's upload bytes) leaves no blob behind.
+    await start_portrait(update, context, style_id, pose=data)
 
 
 async def on_image(update: Update, context: BotContext) -> None:

@@ -171,7 +171,7 @@ async def on_template_photo(
         data,
         analysis,
         image.source,
-        limits.selfie_retention_days,
+        limits,
     )
     if len(boxes) == 1:
         await start_template(update, context, [0], template_photo_id=photo_id)

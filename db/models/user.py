@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, ForeignKey, Integer, String
+from sqlalchemy import BigInteger, Boolean, Date, ForeignKey, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from db.base import Base, JSONType, TimestampMixin, UTCDateTime
@@ -38,6 +38,10 @@ class User(TimestampMixin, Base):
     credits: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # When the user last ran /forget (invoices issued before it are refused at checkout).
     forgotten_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Bytes of photos the user stored on `upload_day` (UTC), for LIMITS_UPLOAD_BYTES_PER_DAY
+    # (`domain.uploads`); a counter, so deleting photos gives nothing back.
+    upload_day: Mapped[date | None] = mapped_column(Date)
+    upload_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class UserSession(Base):

@@ -169,3 +169,29 @@ class TestPoseFlow:
         reason = translate("ru", "error.pose_no_person")
         await tg.wait_text(ann.id, translate("ru", "job.failed", reason=reason), since=since)
         assert not [c for c in tg.calls[since:] if c.method in ("sendPhoto", "sendMediaGroup")]
+
+
+class TestPoseStoredOnlyForAnAcceptedJob:
+    async def test_a_refused_pose_job_leaves_no_blob(
+        self, harness: BotHarness, face_bytes: Any
+    ) -> None:
+        from core.blobstore import sha256_hex
+        from facechain.imageio import clean_image
+
+        # The day's one free job is used by the first portrait set: the pose job is refused.
+        await harness.start(daily_quota=1)
+        tg = harness.tg
+        ann = tg.user(4310, "Ann", "en")
+        message = await results_message(harness, ann)
+        since = len(tg.calls)
+        tg.press_button(ann, message, translate("en", "btn.use_pose"))
+        await tg.wait_text(ann.id, translate("en", "pose.send"), since=since)
+        before = {p for p in harness.blobs.root.rglob("*") if p.is_file()}
+        pose = face_bytes("man_pose3.png")
+        tg.send_photo(ann, pose)
+        await tg.wait_text(ann.id, translate("en", "error.quota_exceeded", quota=1), since=since)
+        await tg.idle()
+        assert len(jobs_of(harness, ann.id)) == 1
+        # Before, the pose photo was stored first and stayed behind, referenced by nothing.
+        assert not harness.blobs.exists(sha256_hex(clean_image(pose)))
+        assert {p for p in harness.blobs.root.rglob("*") if p.is_file()} == before

@@ -156,3 +156,30 @@ class TestBadInput:
         assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
         assert not [r for r in caplog.records if r.exc_info]
         assert selfies(bot, ann.id) == []
+
+
+class TestUploadCap:
+    async def test_a_selfie_over_the_days_bytes_is_refused_saying_which_limit(
+        self, harness: BotHarness, face_bytes
+    ) -> None:
+        from datetime import UTC, datetime
+
+        from db.models import User
+        from tests.utils.factories import make_user
+
+        await harness.start(upload_bytes_per_day=1024 * 1024)
+        with harness.db.session() as s:
+            user = make_user(s, 2101, language="ru")
+            user.upload_day = datetime.now(UTC).date()
+            user.upload_bytes = 1024 * 1024 - 1000
+        before = {p for p in harness.blobs.root.rglob("*") if p.is_file()}
+        ann = harness.tg.user(2101, "Ann", "ru")
+        harness.tg.send_photo(ann, face_bytes("man_pose1.png"))
+        await harness.tg.wait_text(ann.id, translate("ru", "error.upload_limit", limit_mb=1))
+        await harness.tg.idle()
+        assert selfies(harness, ann.id) == []
+        assert {p for p in harness.blobs.root.rglob("*") if p.is_file()} == before
+        with harness.db.session() as s:
+            row = s.scalar(select(User).where(User.telegram_id == 2101))
+            assert row is not None
+            assert row.upload_bytes == 1024 * 1024 - 1000

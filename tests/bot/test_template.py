@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from db.models import JobKind, StyleOrigin, Template
+from sqlalchemy import select
+
+from db.models import JobKind, Photo, PhotoKind, StyleOrigin, Template
 from telegram_ui.i18n import translate
 from tests.bot.conftest import FACES, BotHarness, give_selfie, jobs_of, published
 from tests.utils.factories import face_rows
@@ -111,3 +113,35 @@ class TestTemplate:
         tg.send_photo(ann, encode(landscape_rgb()))
         await tg.wait_text(ann.id, translate("ru", "template.no_faces"))
         assert jobs_of(bot, ann.id) == []
+
+
+class TestTemplatePhotoCap:
+    async def test_when_every_kept_photo_is_in_use_the_refusal_says_so(
+        self, harness: BotHarness, face_bytes
+    ) -> None:
+        # One own template photo kept, and the job using it is still queued: the next photo
+        # cannot make room and is refused, saying which limit; nothing of it is kept.
+        await harness.start(max_template_photos=1)
+        tg = harness.tg
+        ann = tg.user(7101, "Ann", "zh")
+        give_selfie(harness, ann.id)
+        tg.send_text(ann, "/template")
+        await tg.wait_text(ann.id, translate("zh", "template.send_own"))
+        tg.send_photo(ann, face_bytes("man_pose1.png"))
+        await tg.wait_text(ann.id, translate("zh", "job.queued").split("{")[0])
+        await tg.idle()
+        [job] = jobs_of(harness, ann.id)
+        kept = job.params["template_photo_id"]
+        since = len(tg.calls)
+        tg.send_text(ann, "/template")
+        await tg.wait_text(ann.id, translate("zh", "template.send_own"), since=since)
+        tg.send_photo(ann, face_bytes("woman_pose1.png"))
+        await tg.wait_text(
+            ann.id, translate("zh", "error.template_photo_limit", max=1), since=since
+        )
+        await tg.idle()
+        with harness.db.session() as s:
+            rows = s.scalars(
+                select(Photo).where(Photo.user_id == job.user_id, Photo.kind == PhotoKind.TEMPLATE)
+            ).all()
+            assert [p.id for p in rows] == [kept]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,44 @@ class TestLocalBlobStore:
 
     def test_ping(self, tmp_path: Path) -> None:
         LocalBlobStore(tmp_path).ping()
+
+    def test_put_fsyncs_the_file_and_its_folder_before_returning(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # After a power loss a row written after put() returned must find the whole file: the
+        # file's bytes are synced before the rename and the folder entry after it.
+        events: list[tuple[str, str]] = []
+        real_fsync, real_replace = os.fsync, os.replace
+
+        def fsync(fd: int) -> None:
+            events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+            real_fsync(fd)
+
+        def replace(src: str, dst: str) -> None:
+            events.append(("replace", str(dst)))
+            real_replace(src, dst)
+
+        monkeypatch.setattr(os, "fsync", fsync)
+        monkeypatch.setattr(os, "replace", replace)
+        store = LocalBlobStore(tmp_path)
+        key = store.put(b"durable")
+        target = store.path(key)
+        at = events.index(("replace", str(target)))
+        before, after = events[:at], events[at + 1 :]
+        assert any(kind == "fsync" and Path(p).name.startswith(".tmp-") for kind, p in before)
+        assert ("fsync", str(target.parent)) in after
+        # The two folders the first blob created are durable in their parents too.
+        assert ("fsync", str(tmp_path)) in events
+        assert ("fsync", str(target.parent.parent)) in events
+
+    @pytest.mark.parametrize("damage", [b"", b"durabl", b"Durable"])
+    def test_put_rewrites_a_damaged_blob(self, tmp_path: Path, damage: bytes) -> None:
+        # An empty file left by a crash, a short one, one of the right size but other bytes.
+        store = LocalBlobStore(tmp_path)
+        key = store.put(b"durable")
+        store.path(key).write_bytes(damage)
+        assert store.put(b"durable") == key
+        assert store.get(key) == b"durable"
 
 
 class TestS3BlobStore:

@@ -91,3 +91,22 @@ class TestFailures:
     def test_parser_requires_a_command(self) -> None:
         with pytest.raises(SystemExit):
             build_parser().parse_args([])
+
+
+class TestDecodeBound:
+    def test_every_role_bounds_its_decodes_from_the_setting(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # bot, web and worker all build their config through _config(): the bound is set there.
+        from facechain import imageio
+        from service import cli
+
+        monkeypatch.setenv("LIMITS_DECODE_CONCURRENCY", "3")
+        try:
+            cli._config()
+            slots = imageio._decode_slots
+            assert [slots.acquire(blocking=False) for _ in range(4)] == [True] * 3 + [False]
+            for _ in range(3):
+                slots.release()
+        finally:
+            imageio.configure_decoding(imageio.DEFAULT_DECODE_CONCURRENCY)

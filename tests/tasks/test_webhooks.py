@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -15,6 +17,7 @@ from aiohttp.test_utils import TestServer
 from sqlalchemy.orm import Session
 
 from core.errors import ValidationFailed
+from core.settings import WebhooksSettings
 from db.models import Job, JobKind, JobStatus, WebhookDelivery, WebhookEndpoint
 from db.session import Database
 from domain import outbox, webhooks
@@ -61,8 +64,10 @@ async def receiver() -> AsyncIterator[Receiver]:
 
 @pytest.fixture
 def worker_db(db: Database) -> Iterator[Database]:
-    """Install a worker context whose database is the test's."""
-    set_context(SimpleNamespace(db=db))  # type: ignore[arg-type]
+    """Install a worker context whose database is the test's; deliveries may go to the local
+    receiver (WEBHOOKS_ALLOW_PRIVATE=true)."""
+    config = SimpleNamespace(webhooks=WebhooksSettings(allow_private=True))
+    set_context(SimpleNamespace(db=db, config=config))  # type: ignore[arg-type]
     yield db
     set_context(None)
 
@@ -172,7 +177,9 @@ class TestDelivery:
         self, db: Database, receiver: Receiver
     ) -> None:
         delivery_id = emit_one(db, receiver.url)
-        outcome = await asyncio.to_thread(webhook_task.attempt_delivery, db, delivery_id)
+        outcome = await asyncio.to_thread(
+            webhook_task.attempt_delivery, db, delivery_id, allow_private=True
+        )
         assert outcome.status == "delivered"
         assert len(receiver.requests) == 1
         req = receiver.requests[0]
@@ -236,7 +243,9 @@ class TestDelivery:
         assert row.status == "pending"
         assert row.attempts == 2
         assert row.last_status_code == 500
-        assert "receiver down" in (row.last_error or "")
+        # The status and our own words: never what the receiver answered (readable through
+        # the admin API, it would let a token holder read internal services).
+        assert row.last_error == "HTTP 500 Internal Server Error"
 
     async def test_marked_failed_after_last_attempt(
         self, worker_db: Database, receiver: Receiver
@@ -252,13 +261,12 @@ class TestDelivery:
 
     def test_connection_error_is_recorded(self, db: Database) -> None:
         delivery_id = emit_one(db, "http://127.0.0.1:1/hook")
-        outcome = webhook_task.attempt_delivery(db, delivery_id)
+        outcome = webhook_task.attempt_delivery(db, delivery_id, allow_private=True)
         assert outcome.status == "pending"
         assert outcome.status_code is None
         row = load(db, delivery_id)
         assert row.attempts == 1
-        assert row.last_error is not None
-        assert "Connect" in row.last_error
+        assert row.last_error == "ConnectError: could not connect"
 
     def test_disabled_endpoint_fails_without_request(self, db: Database) -> None:
         delivery_id = emit_one(db, "http://127.0.0.1:1/hook")
@@ -288,3 +296,143 @@ class TestDelivery:
             "webhooks.deliver", args=[delivery_id], queue="io"
         )
         assert webhook_task.resend_stale_deliveries(celery, db, timedelta(hours=1)) == 0
+
+
+@pytest.fixture
+def dns(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[list[str]]]:
+    """Names this test resolves itself: each lookup takes the next answer (a list of
+    addresses; the last answer stays); every other name goes to the system resolver."""
+    answers: dict[str, list[list[str]]] = {}
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host not in answers:
+            return real(host, port, *args, **kwargs)
+        queue = answers[host]
+        answer = queue.pop(0) if len(queue) > 1 else queue[0]
+        return [info for address in answer for info in real(address, port, *args, **kwargs)]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return answers
+
+
+class TestDestinations:
+    """Deliveries connect only to checked addresses: internal services are out of reach."""
+
+    @pytest.mark.parametrize(
+        ("address", "kind"),
+        [
+            ("127.0.0.1", "loopback"),
+            ("::1", "loopback"),
+            ("::ffff:127.0.0.1", "loopback"),
+            ("169.254.169.254", "link-local"),
+            ("fe80::1", "link-local"),
+            ("10.0.0.5", "private"),
+            ("172.16.3.4", "private"),
+            ("192.168.1.1", "private"),
+            ("fd00::5", "unique-local"),
+            ("0.0.0.0", "unspecified"),
+            ("224.0.0.1", "multicast"),
+            ("100.64.0.1", "not publicly routable"),
+            ("93.184.216.34", None),
+            ("2606:2800:220:1:248:1893:25c8:1946", None),
+        ],
+    )
+    def test_address_kinds(self, address: str, kind: str | None) -> None:
+        assert webhooks.address_kind(address) == kind
+
+    @pytest.mark.parametrize(
+        ("url", "reason"),
+        [
+            ("http://127.0.0.1:6379/", "127.0.0.1 is a loopback address"),
+            ("http://169.254.169.254/", "169.254.169.254 is a link-local address"),
+            ("http://10.0.0.5/", "10.0.0.5 is a private address"),
+            ("http://localhost:5432/", "localhost (127.0.0.1) is a loopback address"),
+            ("http://127.1/", "127.1 (127.0.0.1) is a loopback address"),
+            ("http://0x7f000001/", "is a loopback address"),
+            ("http://0/", "(0.0.0.0) is a unspecified address"),
+        ],
+    )
+    def test_registration_refuses_internal_destinations(self, url: str, reason: str) -> None:
+        with pytest.raises(webhooks.DestinationRefused, match=re.escape(reason)) as info:
+            webhooks.check_destination(url, allow_private=False)
+        assert "WEBHOOKS_ALLOW_PRIVATE=true" in str(info.value)
+        webhooks.check_destination(url, allow_private=True)
+
+    def test_registration_accepts_public_and_unresolvable_hosts(
+        self, dns: dict[str, list[list[str]]]
+    ) -> None:
+        dns["hooks.example.com"] = [["93.184.216.34"]]
+        webhooks.check_destination("https://hooks.example.com/x", allow_private=False)
+        webhooks.check_destination("https://93.184.216.34:8443/x", allow_private=False)
+        # Not resolvable now: let through, the delivery resolves and checks again.
+        webhooks.check_destination("https://nowhere.invalid/x", allow_private=False)
+        webhooks.check_destination("https://" + "a" * 70 + ".example/x", allow_private=False)
+        # One internal address among public ones is enough to refuse.
+        dns["mixed.example.com"] = [["93.184.216.34", "127.0.0.1"]]
+        with pytest.raises(webhooks.DestinationRefused):
+            webhooks.check_destination("https://mixed.example.com/", allow_private=False)
+
+    @pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+    async def test_delivery_to_an_internal_address_is_refused_before_connecting(
+        self, db: Database, receiver: Receiver, host: str
+    ) -> None:
+        url = receiver.url.replace("127.0.0.1", host)
+        delivery_id = emit_one(db, url)
+        outcome = await asyncio.to_thread(webhook_task.attempt_delivery, db, delivery_id)
+        assert outcome.status == "pending"
+        assert receiver.requests == []
+        row = load(db, delivery_id)
+        assert row.last_status_code is None
+        assert row.last_error is not None
+        assert row.last_error.startswith("refused: url's host ")
+        assert "is a loopback address" in row.last_error
+
+    async def test_a_name_rebound_to_loopback_after_registration_is_refused(
+        self, db: Database, receiver: Receiver, dns: dict[str, list[list[str]]]
+    ) -> None:
+        # DNS rebinding: public when the endpoint is registered, loopback a moment later.
+        dns["rebind.example.com"] = [["93.184.216.34"], ["127.0.0.1"]]
+        url = receiver.url.replace("127.0.0.1", "rebind.example.com")
+        webhooks.check_destination(url, allow_private=False)
+        delivery_id = emit_one(db, url)
+        await asyncio.to_thread(webhook_task.attempt_delivery, db, delivery_id)
+        assert receiver.requests == []
+        assert "rebind.example.com (127.0.0.1) is a loopback" in (
+            load(db, delivery_id).last_error or ""
+        )
+
+    async def test_the_connection_goes_to_the_checked_address_under_the_host_name(
+        self, db: Database, receiver: Receiver, dns: dict[str, list[list[str]]]
+    ) -> None:
+        # The name resolves once, at connect time, and the socket goes to that address (a
+        # second lookup would answer an address where nothing listens); the request still
+        # names the host (Host header, and TLS would verify that name).
+        dns["hooks.example.com"] = [["127.0.0.1"], ["10.9.9.9"]]
+        url = receiver.url.replace("127.0.0.1", "hooks.example.com")
+        delivery_id = emit_one(db, url)
+        outcome = await asyncio.to_thread(
+            webhook_task.attempt_delivery, db, delivery_id, allow_private=True
+        )
+        assert outcome.status == "delivered"
+        port = url.split(":")[2].split("/")[0]
+        assert receiver.requests[0]["headers"]["Host"] == f"hooks.example.com:{port}"
+
+    def test_the_worker_reads_the_setting(
+        self, db: Database, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        seen: list[bool] = []
+
+        def attempt(_db: Database, _id: int, *, allow_private: bool) -> webhooks.DeliveryOutcome:
+            seen.append(allow_private)
+            return webhooks.DeliveryOutcome("delivered", 1)
+
+        monkeypatch.setattr(webhook_task, "attempt_delivery", attempt)
+        for allow in (False, True):
+            config = SimpleNamespace(webhooks=WebhooksSettings(allow_private=allow))
+            set_context(SimpleNamespace(db=db, config=config))  # type: ignore[arg-type]
+            try:
+                assert webhook_task.deliver_webhook.run(1) == "delivered"
+            finally:
+                set_context(None)
+        assert seen == [False, True]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from pydantic import BaseModel
 
 from domain import webhooks
@@ -13,6 +15,12 @@ from web.schemas import DeliveryOut, DeliveryQuery, Page, PageQuery, WebhookIn, 
 
 async def create_webhook(call: Call) -> WebhookOut:
     body = call.body_as(WebhookIn)
+    # Resolves the host: in a thread, and before the transaction opens.
+    await asyncio.to_thread(
+        webhooks.check_destination,
+        body.url,
+        allow_private=call.config.webhooks.allow_private,
+    )
     endpoint = await call.db.run(
         webhooks.create_endpoint,
         url=body.url,
