@@ -299,7 +299,7 @@ class TestGiveBack:
         jobs.cancel_job(session, paid.id, "admin")
         assert _credits(session, user) == 1
 
-    def test_cancel_while_running_keeps_credits_but_frees_the_slot(self, session: Session) -> None:
+    def test_cancel_while_running_keeps_the_slot_and_the_credits(self, session: Session) -> None:
         user, style = _user(session), _style(session)
         _buy(session, user, 1)
         slot = _job(session, user, style, quota=1)
@@ -307,8 +307,27 @@ class TestGiveBack:
         for job in (slot, paid):
             lifecycle.claim(session, job.id, "host")
             lifecycle.finish(session, job.id, None, None, cancelled=True)
-        assert billing.quota_used(session, user.id) == 0
+        assert billing.quota_used(session, user.id) == 1
         assert _credits(session, user) == 0
+        assert slot.charge_returned_at is None
+        assert paid.charge_returned_at is None
+
+    def test_cancelling_running_jobs_cannot_repeat_the_free_slot(self, session: Session) -> None:
+        """The abuse: cancel each job just before it ends, and paint forever on one free slot
+        (on dbcd432 five jobs ran with `quota_used` 0 and `daily_quota=1`)."""
+        user, style = _user(session), _style(session)
+        off = PaymentsSettings(enabled=False)
+        ran = 0
+        for _ in range(5):
+            try:
+                job_id = _portrait(session, user, style, quota=1, payments=off).job_id
+            except QuotaExceeded:
+                break
+            lifecycle.claim(session, job_id, "host")
+            lifecycle.finish(session, job_id, None, None, cancelled=True)
+            ran += 1
+        assert ran == 1
+        assert billing.quota_used(session, user.id) == 1
 
     def test_success_keeps_the_charge(self, session: Session) -> None:
         user, style = _user(session), _style(session)
