@@ -61,7 +61,7 @@ from core.errors import (
     caused_by_user,
 )
 from core.settings import LimitsSettings, PaymentsSettings
-from db.base import utcnow
+from db.base import lock_for_write, utcnow
 from db.models import (
     FINAL_STATUSES,
     ChargeKind,
@@ -744,7 +744,12 @@ def refund_payment(
     A balance never goes negative: credits already spent stay spent and are reported as the
     `shortfall` (the admin's reply and the admin API show it). A payment made before the
     payer's /forget debits nothing: /forget already took its credits, and newer credits are
-    another payment's."""
+    another payment's.
+
+    The balance is read and debited in one write transaction: on SQLite (no row locks) the
+    database's write lock is taken first (`db.base.lock_for_write`), so a spend cannot slip in
+    between; and a debit the database did not make is never recorded as one."""
+    lock_for_write(session)
     payment = _payment(session, ref, lock=True)
     if payment.refunded_at is not None:
         return RefundResult(
@@ -779,6 +784,11 @@ def refund_payment(
                 actor=actor,
                 note=note,
             )
+            if balance is None:
+                # The balance moved since it was read (impossible under the lock above):
+                # nothing was debited, so none is recorded; all of it is the shortfall.
+                logger.error("payment %s: refund debit refused by the balance", payment.id)
+                debited = 0
     shortfall = payment.credits - debited - forfeited
     payment.refunded_at = utcnow()
     payment.refund_debited = debited
