@@ -81,6 +81,12 @@ class InsufficientCredits(Conflict):
     code = "insufficient_credits"
 
 
+class AmbiguousUser(Conflict):
+    """An `@username` that more than one user row holds (`ids`: the candidates' Telegram ids)."""
+
+    code = "ambiguous_user"
+
+
 class InUse(Conflict):
     """A catalog item still has queued or running jobs."""
 
