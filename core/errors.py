@@ -115,6 +115,12 @@ class ResultUnavailable(AppError):
     code = "result_unavailable"
 
 
+class ResultExpired(ResultUnavailable):
+    """A finished job's images were deleted at the end of their retention period."""
+
+    code = "result_expired"
+
+
 class StyleLoRAMissing(AppError):
     """A style's LoRA file is neither cached nor obtainable now."""
 

@@ -273,6 +273,9 @@ class LimitsSettings(BaseSettings):
     max_image_pixels: int = Field(default=40_000_000, ge=10_000)
     min_face_px: int = Field(default=64, ge=8)
     selfie_retention_days: int = Field(default=30, ge=1)
+    # Portraits and HD files are deleted this many days after their job finished (the job row
+    # stays, so "Show again" and HD say the images expired).
+    result_retention_days: int = Field(default=30, ge=1)
     max_selfies: int = Field(default=5, ge=1, le=20)
     training_min_images: int = Field(default=5, ge=1)
     training_max_images: int = Field(default=50, ge=1)

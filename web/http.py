@@ -40,6 +40,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "banned": 403,
     "not_found": 404,
     "blob_missing": 404,
+    "result_expired": 410,
     "illegal_transition": 409,
     "conflict": 409,
     "ambiguous_user": 409,
