@@ -20,6 +20,7 @@ import json
 import logging
 from typing import Any
 
+from core.errors import ConfigError
 from core.settings import TelegramSettings
 
 logger = logging.getLogger(__name__)
@@ -30,7 +31,11 @@ _LABEL = b"facechain-bot telegram.updates relay v1\x00"
 def relay_key(telegram: TelegramSettings) -> bytes:
     """The signing key `web` and `bot` share (needs the webhook secret and the token)."""
     if telegram.webhook_secret is None or telegram.token is None:
-        raise ValueError("the update relay needs TELEGRAM_WEBHOOK_SECRET and TELEGRAM_TOKEN")
+        # Both `web` and `bot` need both in webhook mode: the key is derived from them.
+        raise ConfigError(
+            "webhook mode across processes needs TELEGRAM_TOKEN and TELEGRAM_WEBHOOK_SECRET "
+            "in both web and bot (they sign the updates web hands to bot)"
+        )
     secret = telegram.webhook_secret.get_secret_value().encode()
     token = telegram.token.get_secret_value().encode()
     return hmac.new(secret, _LABEL + token, hashlib.sha256).digest()

@@ -13,6 +13,7 @@ import pytest
 from pydantic import SecretStr
 from telegram.ext import ApplicationBuilder
 
+from core.errors import ConfigError
 from core.metrics import create_metrics
 from core.settings import AppConfig, BrokerSettings, TelegramSettings
 from service.relay_auth import RelayRejected, open_update, relay_key, sign_update
@@ -130,3 +131,8 @@ def test_signatures_cover_the_update_and_the_key() -> None:
         with pytest.raises(RelayRejected) as caught:
             open_update(key, bad)
         assert caught.value.reason == reason
+
+
+def test_no_key_without_the_token_or_the_secret() -> None:
+    with pytest.raises(ConfigError, match="TELEGRAM_TOKEN and TELEGRAM_WEBHOOK_SECRET"):
+        relay_key(TelegramSettings(webhook_secret=SecretStr("relay-webhook-secret-0123456789")))
