@@ -196,8 +196,9 @@ def _final_text(d: Delivery) -> str | None:
 def _cancelled_text(d: Delivery) -> str:
     """A cancelled job's notice: one stopped after a worker took it keeps its charge
     (`domain.billing.gives_back`), and the user is told so."""
-    key = "job.cancelled_after_start" if d.started else "job.cancelled"
-    return translate(d.language, key)
+    if d.started:
+        return translate(d.language, "job.cancelled_after_start")
+    return translate(d.language, "job.cancelled")
 
 
 async def _alert_operator(bot: Bot, d: Delivery) -> None:
