@@ -94,6 +94,12 @@ class InsufficientCredits(Conflict):
     code = "insufficient_credits"
 
 
+class AmbiguousUser(Conflict):
+    """An `@username` that more than one user row holds (`ids`: the candidates' Telegram ids)."""
+
+    code = "ambiguous_user"
+
+
 class InUse(Conflict):
     """A catalog item still has queued or running jobs."""
 
@@ -120,6 +126,12 @@ class ResultUnavailable(AppError):
     """The portrait behind a result button is gone, not finished, or not this user's."""
 
     code = "result_unavailable"
+
+
+class ResultExpired(ResultUnavailable):
+    """A finished job's images were deleted at the end of their retention period."""
+
+    code = "result_expired"
 
 
 class StyleLoRAMissing(AppError):

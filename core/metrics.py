@@ -29,6 +29,13 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.relay_dropped = Counter(
+            "facechain_relay_updates_dropped",
+            "Messages on the broker queue telegram.updates the bot dropped, by reason "
+            "(unsigned, bad_signature, not_an_update)",
+            ["reason"],
+            registry=self.registry,
+        )
         self.errors = Counter(
             "facechain_errors",
             "Errors by code and where they surfaced (bot, api)",

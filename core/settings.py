@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
@@ -26,6 +27,9 @@ PLACEHOLDER_SECRETS = {
     "xxx",
     "your-token",
 }
+
+# What Telegram accepts as a webhook's secret_token (setWebhook).
+_WEBHOOK_SECRET_CHARS = re.compile(r"[A-Za-z0-9_-]+")
 
 # An empty variable counts as unset: compose passes `${VAR:-}` as "" for every optional one.
 _ENV = SettingsConfigDict(
@@ -87,7 +91,19 @@ class TelegramSettings(BaseSettings):
     @field_validator("webhook_secret")
     @classmethod
     def _secret(cls, value: SecretStr | None) -> SecretStr | None:
-        return _reject_placeholder(value, "TELEGRAM_WEBHOOK_SECRET")
+        # The one guard of the public webhook route (and the key of the relay's signatures,
+        # `service.relay_auth`): long enough not to be guessed, in Telegram's own alphabet.
+        _reject_placeholder(value, "TELEGRAM_WEBHOOK_SECRET")
+        if value is not None:
+            secret = value.get_secret_value()
+            if len(secret) < 16:
+                raise ValueError("must be at least 16 characters (try: openssl rand -hex 24)")
+            if len(secret) > 256 or not _WEBHOOK_SECRET_CHARS.fullmatch(secret):
+                raise ValueError(
+                    "Telegram takes 16 to 256 characters of A-Z, a-z, 0-9, _ and - only "
+                    "(try: openssl rand -hex 24)"
+                )
+        return value
 
     @model_validator(mode="after")
     def _webhook_needs_url(self) -> TelegramSettings:
@@ -257,6 +273,9 @@ class LimitsSettings(BaseSettings):
     max_image_pixels: int = Field(default=40_000_000, ge=10_000)
     min_face_px: int = Field(default=64, ge=8)
     selfie_retention_days: int = Field(default=30, ge=1)
+    # Portraits and HD files are deleted this many days after their job finished (the job row
+    # stays, so "Show again" and HD say the images expired).
+    result_retention_days: int = Field(default=30, ge=1)
     max_selfies: int = Field(default=5, ge=1, le=20)
     # A user's own template photos kept (/template, "My own photo"): storing one more deletes
     # the oldest (and its bytes) that no active job uses.

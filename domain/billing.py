@@ -10,8 +10,9 @@ costs credits. `Job.charge`/`charge_credits` keep what was charged.
 
 Give-back. A job's charge is given back exactly once when it ends through no fault of the user:
 failed with an error code that does not blame the user's input (`core.errors.caused_by_user`),
-or cancelled before it ran; a free-quota slot also when it was cancelled while running (the
-quota counts only jobs that ran to success or failed through the user's input). Every final
+or cancelled before generation started (still queued, never claimed by a worker). A job
+cancelled once it ran keeps its charge, free slot or credits: the GPU worked for it (otherwise
+cancelling just before the end would paint for free, without limit). Every final
 transition — the worker's finish, the claim, the sweep's failures, the cancel buttons and
 commands, whatever path a future change adds — is flushed through a Session, and the
 `before_flush` listener `_settle_on_flush` (registered on import; `domain/__init__.py` imports
@@ -60,7 +61,7 @@ from core.errors import (
     caused_by_user,
 )
 from core.settings import LimitsSettings, PaymentsSettings
-from db.base import utcnow
+from db.base import lock_for_write, utcnow
 from db.models import (
     FINAL_STATUSES,
     ChargeKind,
@@ -241,11 +242,11 @@ def gives_back(job: Job, previous: JobStatus | None) -> bool:
     if job.status is JobStatus.FAILED:
         return not caused_by_user(job.error_code)
     if job.status is JobStatus.CANCELLED:
-        before_running = (
-            previous is JobStatus.QUEUED if previous is not None else job.started_at is None
-        )
-        # A cancel while running used GPU time: credits stay spent, the free slot comes back.
-        return before_running or job.charge == ChargeKind.QUOTA.value
+        # Only before generation started: queued and never claimed (a job the sweep took back
+        # from a lost worker was claimed: GPU time went into it). A cancel once it ran keeps
+        # the charge, free slot and credits alike.
+        queued = previous is JobStatus.QUEUED if previous is not None else True
+        return queued and job.started_at is None
     return False
 
 
@@ -743,7 +744,12 @@ def refund_payment(
     A balance never goes negative: credits already spent stay spent and are reported as the
     `shortfall` (the admin's reply and the admin API show it). A payment made before the
     payer's /forget debits nothing: /forget already took its credits, and newer credits are
-    another payment's."""
+    another payment's.
+
+    The balance is read and debited in one write transaction: on SQLite (no row locks) the
+    database's write lock is taken first (`db.base.lock_for_write`), so a spend cannot slip in
+    between; and a debit the database did not make is never recorded as one."""
+    lock_for_write(session)
     payment = _payment(session, ref, lock=True)
     if payment.refunded_at is not None:
         return RefundResult(
@@ -778,6 +784,11 @@ def refund_payment(
                 actor=actor,
                 note=note,
             )
+            if balance is None:
+                # The balance moved since it was read (impossible under the lock above):
+                # nothing was debited, so none is recorded; all of it is the shortfall.
+                logger.error("payment %s: refund debit refused by the balance", payment.id)
+                debited = 0
     shortfall = payment.credits - debited - forfeited
     payment.refunded_at = utcnow()
     payment.refund_debited = debited

@@ -23,6 +23,7 @@ from core.errors import (
     ActiveJobExists,
     IllegalTransition,
     NotFound,
+    ResultExpired,
     ResultUnavailable,
     SelfieRequired,
     TemplateUnavailable,
@@ -46,6 +47,7 @@ from db.repositories.jobs import JobRepository
 from db.repositories.photos import PhotoRepository
 from domain import billing, outbox, uploads
 from domain.audit import audit
+from domain.privacy import results_expired
 from domain.styles import usable_style
 from domain.templates import usable_template
 from domain.trainings import valid_name, valid_trigger
@@ -289,6 +291,8 @@ def create_upscale_job(
         session, user, limits, is_admin=is_admin, kind=JobKind.UPSCALE, payments=payments
     )
     source = owned_job(session, user_id, source_job_id)
+    if source is not None and results_expired(source):
+        raise ResultExpired(f"job {source_job_id}'s images expired")
     if (
         source is None
         or source.kind is not JobKind.PORTRAIT
@@ -491,6 +495,8 @@ def job_results(session: Session, user_id: int, job_id: int) -> JobResults | Non
     job = owned_job(session, user_id, job_id)
     if job is None or job.status not in SHOWABLE:
         return None
+    if results_expired(job):
+        raise ResultExpired(f"job {job_id}'s images expired")
     meta = job.result_meta or {}
     return JobResults(
         list(job.result_blobs or []),

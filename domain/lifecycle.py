@@ -535,6 +535,8 @@ class Delivery:
     progress: float = 0.0
     done: bool = False
     attempts: int = 0
+    # A worker took it (it ran): a cancel then keeps its charge (`billing.gives_back`).
+    started: bool = False
 
 
 def _language(session: Session, job: Job) -> str:
@@ -570,6 +572,7 @@ def delivery(session: Session, job_id: int) -> Delivery | None:
         progress=job.progress,
         done=job.delivery_done,
         attempts=job.delivery_attempts,
+        started=job.started_at is not None,
     )
 
 

@@ -26,22 +26,27 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import String, cast, delete, func, or_, select
 from sqlalchemy.orm import Session
 
 from core.blobstore import BlobStore
 from db.models import (
     FINAL_STATUSES,
+    AuditEntry,
     Job,
     JobStatus,
+    Payment,
     Photo,
+    PhotoKind,
     Style,
     StyleTraining,
     Template,
     User,
     UserSession,
+    WebhookDelivery,
 )
 from db.repositories.photos import PhotoRepository
 from domain.billing import forget_billing
@@ -146,6 +151,7 @@ def forget_user(
 
     session.execute(delete(UserSession).where(UserSession.user_id == user_id))
     if user is not None:
+        scrub_records(session, user)
         user.username = None
         user.first_name = None
     # Sets `forgotten_at` too: broadcasts skip the user from now on.
@@ -167,6 +173,58 @@ def forget_user(
         blobs=deleted,
         cancelled_messages=tuple(messages),
     )
+
+
+# What stands in for a forgotten user's Telegram id and charge ids in kept records.
+FORGOTTEN = "forgotten"
+# Payload fields that identify a payer or a payment.
+_ID_FIELDS = ("telegram_id", "user_id")
+_CHARGE_FIELDS = ("charge_id",)
+
+
+def _scrubbed(data: dict[str, Any]) -> dict[str, Any]:
+    clean = dict(data)
+    for name in _ID_FIELDS:
+        if name in clean:
+            clean[name] = None
+    for name in _CHARGE_FIELDS:
+        if clean.get(name):
+            clean[name] = FORGOTTEN
+    return clean
+
+
+def scrub_records(session: Session, user: User) -> tuple[int, int]:
+    """/forget in the records that stay: the user's webhook delivery payloads (job and payment
+    events) and audit rows about them keep no Telegram id, user id or charge id (replaced by
+    None / "forgotten"); amounts, times and outcomes stay. Returns (deliveries, audit rows)."""
+    charge_ids = set(
+        session.scalars(select(Payment.charge_id).where(Payment.user_id == user.id)).all()
+    )
+    payment_ids = set(session.scalars(select(Payment.id).where(Payment.user_id == user.id)))
+    text = cast(WebhookDelivery.payload, String)
+    matches = [
+        text.contains(str(user.telegram_id)),
+        text.contains(f'"user_id": {user.id}'),
+        text.contains(f'"user_id":{user.id}'),
+    ]
+    deliveries = 0
+    for delivery in session.scalars(select(WebhookDelivery).where(or_(*matches))):
+        payload = delivery.payload or {}
+        if (
+            payload.get("user_id") == user.id
+            or payload.get("telegram_id") == user.telegram_id
+            or payload.get("charge_id") in charge_ids
+        ):
+            delivery.payload = _scrubbed(payload)
+            deliveries += 1
+    audits = 0
+    targets = [f"user:{user.telegram_id}", *(f"payment:{p}" for p in payment_ids)]
+    for entry in session.scalars(select(AuditEntry).where(AuditEntry.target.in_(targets))):
+        if entry.target == f"user:{user.telegram_id}":
+            entry.target = f"user:{FORGOTTEN}"
+        entry.details = _scrubbed(entry.details or {})
+        audits += 1
+    return deliveries, audits
 
 
 def is_detached(job: Job) -> bool:
@@ -199,3 +257,77 @@ def expire_photos(session: Session, blobs: BlobStore, now: datetime) -> int:
             session.delete(photo)
         release(session, blobs, keys)
         total += len(batch)
+
+
+def expire_results(session: Session, blobs: BlobStore, now: datetime, retention: timedelta) -> int:
+    """Delete the images of jobs that finished more than `retention` ago (results, HD files);
+    the rows stay, marked `result_meta.expired_at`, so the chat can say the images expired.
+    Returns how many jobs lost their images."""
+    total = 0
+    while True:
+        batch = session.scalars(
+            select(Job)
+            .where(
+                Job.finished_at.is_not(None),
+                Job.finished_at <= now - retention,
+                func.coalesce(cast(Job.result_blobs, String), "[]") != "[]",
+            )
+            .order_by(Job.id)
+            .limit(500)
+        ).all()
+        if not batch:
+            return total
+        keys: list[str] = []
+        for job in batch:
+            keys += list(job.result_blobs or [])
+            job.result_blobs = []
+            job.result_meta = {**(job.result_meta or {}), "expired_at": now.isoformat()}
+        release(session, blobs, keys)
+        total += len(batch)
+
+
+def results_expired(job: Job) -> bool:
+    """Whether a finished job's images were deleted at the end of their retention."""
+    return bool((job.result_meta or {}).get("expired_at"))
+
+
+def drop_training_images(session: Session, blobs: BlobStore) -> int:
+    """Delete the pictures of every training whose job has ended (succeeded, failed or
+    cancelled; or is gone): the training's list and the photos it used, unless another
+    training of the user still waiting or running uses the same picture. Returns how many
+    trainings let go of their pictures."""
+    ended = or_(StyleTraining.job_id.is_(None), Job.status.in_(FINAL_STATUSES))
+    trainings = session.scalars(
+        select(StyleTraining)
+        .outerjoin(Job, Job.id == StyleTraining.job_id)
+        .where(ended, func.coalesce(cast(StyleTraining.image_blobs, String), "[]") != "[]")
+        .order_by(StyleTraining.id)
+    ).all()
+    for training in trainings:
+        keys = list(training.image_blobs or [])
+        training.image_blobs = []
+        in_use: set[str] = set()
+        if training.user_id is not None:
+            others = session.scalars(
+                select(StyleTraining.image_blobs)
+                .join(Job, Job.id == StyleTraining.job_id)
+                .where(
+                    StyleTraining.user_id == training.user_id,
+                    StyleTraining.id != training.id,
+                    Job.status.not_in(FINAL_STATUSES),
+                )
+            ).all()
+            in_use = {key for images in others for key in images or []}
+            free = [key for key in keys if key not in in_use]
+            if free:
+                session.execute(
+                    delete(Photo).where(
+                        Photo.user_id == training.user_id,
+                        Photo.kind == PhotoKind.TRAINING,
+                        Photo.sha256.in_(free),
+                    )
+                )
+        release(session, blobs, keys)
+    if trainings:
+        logger.info("training pictures deleted for %d ended trainings", len(trainings))
+    return len(trainings)

@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from core.errors import NotFound, ValidationFailed
+from core.errors import AmbiguousUser, NotFound, ValidationFailed
 from db.models import User
 from db.repositories.users import UserRepository
 from domain.audit import audit
@@ -75,14 +74,17 @@ def may_train(user: User, *, is_admin: bool, trainer_ids: Sequence[int]) -> bool
 
 
 def resolve(session: Session, token: str) -> int:
-    """A Telegram id from `12345` or `@username`; NotFound otherwise."""
+    """A Telegram id from `12345` or `@username`; NotFound otherwise, and AmbiguousUser (with
+    the candidates' ids) when several rows hold the name, rather than act on a former holder."""
     if token.lstrip("-").isdigit():
         return int(token)
-    name = token.removeprefix("@").lower()
-    telegram_id = session.scalar(select(User.telegram_id).where(func.lower(User.username) == name))
-    if telegram_id is None:
+    found = UserRepository(session).with_username(token.removeprefix("@"))
+    if not found:
         raise NotFound(f"user {token} not found")
-    return int(telegram_id)
+    if len(found) > 1:
+        ids = ", ".join(str(i) for i in found)
+        raise AmbiguousUser(f"several users have had {token}: {ids}", ids=ids)
+    return int(found[0])
 
 
 def by_telegram_id(session: Session, who: int | str) -> User:

@@ -26,8 +26,10 @@ from core.errors import AppError, ConfigError
 from core.settings import AppConfig
 from db.session import Database
 from service.probe import ProbeState, serve_probe
+from service.relay_auth import RelayRejected, open_update, relay_key, sign_update
 
 if TYPE_CHECKING:
+    from core.metrics import Metrics
     from domain.outbox import Publisher
     from service.update_relay import UpdateRelay
     from tasks.dispatch import CeleryPublisher
@@ -107,7 +109,7 @@ async def _serve(
             sink = None
             if application is None and config.telegram.mode == "webhook":
                 # `web` alone: each update goes to the `bot` process through the broker.
-                sink = broker_sink(publisher)
+                sink = broker_sink(publisher, relay_key(config.telegram))
             app = create_web_app(
                 config, db, blobs, publisher, telegram_app=application, update_sink=sink
             )
@@ -173,8 +175,9 @@ class UpdatesStopped(RuntimeError):
     """The bot's update source (polling loop or webhook relay) is not running (a probe check)."""
 
 
-def broker_sink(publisher: Publisher) -> Callable[[dict[str, Any]], Awaitable[None]]:
-    """The webhook route's hand-over: publish the update on the relay queue (in a thread)."""
+def broker_sink(publisher: Publisher, key: bytes) -> Callable[[dict[str, Any]], Awaitable[None]]:
+    """The webhook route's hand-over: publish the update, signed, on the relay queue (in a
+    thread)."""
     from service.update_relay import publish_update
     from tasks.dispatch import CeleryPublisher
 
@@ -182,25 +185,38 @@ def broker_sink(publisher: Publisher) -> Callable[[dict[str, Any]], Awaitable[No
     celery = publisher.celery
 
     async def sink(data: dict[str, Any]) -> None:
-        await asyncio.to_thread(publish_update, celery, data)
+        await asyncio.to_thread(publish_update, celery, sign_update(key, data))
 
     return sink
 
 
 def start_relay(
-    config: AppConfig, application: Application[Any, Any, Any, Any, Any, Any]
+    config: AppConfig,
+    application: Application[Any, Any, Any, Any, Any, Any],
+    metrics: Metrics | None = None,
 ) -> UpdateRelay:
-    """Take the updates `web` put on the broker and queue them for the bot's handlers."""
+    """Take the updates `web` put on the broker and queue them for the bot's handlers; a
+    message without `web`'s signature is dropped (logged and counted)."""
     from telegram import Update
 
+    from core.metrics import default_metrics
     from service.update_relay import UpdateRelay
 
     loop = asyncio.get_running_loop()
+    key = relay_key(config.telegram)
+    counters = metrics or default_metrics()
 
-    def deliver(data: dict[str, Any]) -> None:
+    def deliver(message: object) -> None:
+        try:
+            data = open_update(key, message)
+        except RelayRejected as exc:
+            counters.relay_dropped.labels(reason=exc.reason).inc()
+            logger.warning("update relay: dropping a message (%s)", exc.reason)
+            return
         try:
             update = Update.de_json(data, application.bot)
         except (KeyError, TypeError, ValueError):
+            counters.relay_dropped.labels(reason="not_an_update").inc()
             logger.warning("update relay: dropping a message that is not a Telegram update")
             return
         loop.call_soon_threadsafe(application.update_queue.put_nowait, update)

@@ -164,7 +164,7 @@ async def _send_result(bot: Bot, d: Delivery) -> None:
         await _notice(bot, d, translate(lang, "job.failed", reason=reason))
         await _follow_up(d, _alert_operator(bot, d))
     elif d.status is JobStatus.CANCELLED:
-        await _notice(bot, d, translate(lang, "job.cancelled"))
+        await _notice(bot, d, _cancelled_text(d))
 
 
 def _done_text(d: Delivery) -> str:
@@ -189,8 +189,16 @@ def _final_text(d: Delivery) -> str | None:
     if d.status is JobStatus.FAILED:
         return translate(d.language, "job.failed", reason=error_text(d.language, d.error_code))
     if d.status is JobStatus.CANCELLED:
-        return translate(d.language, "job.cancelled")
+        return _cancelled_text(d)
     return None
+
+
+def _cancelled_text(d: Delivery) -> str:
+    """A cancelled job's notice: one stopped after a worker took it keeps its charge
+    (`domain.billing.gives_back`), and the user is told so."""
+    if d.started:
+        return translate(d.language, "job.cancelled_after_start")
+    return translate(d.language, "job.cancelled")
 
 
 async def _alert_operator(bot: Bot, d: Delivery) -> None:

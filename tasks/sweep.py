@@ -79,10 +79,20 @@ def sweep(self: Task) -> dict[str, int]:
 
 @shared_task(name="maintenance.expire", bind=True, ignore_result=True)
 def expire(self: Task) -> int:
-    """Delete selfies past their retention period (privacy)."""
+    """Privacy: delete photos past their retention period, the images of jobs past
+    LIMITS_RESULT_RETENTION_DAYS, and the pictures of trainings that have ended."""
     ctx = get_context()
-    removed = ctx.db.call(privacy.expire_photos, ctx.blobs, utcnow())
-    logger.info("expired %d photos", removed)
+    now = utcnow()
+    removed = ctx.db.call(privacy.expire_photos, ctx.blobs, now)
+    retention = timedelta(days=ctx.config.limits.result_retention_days)
+    results = ctx.db.call(privacy.expire_results, ctx.blobs, now, retention)
+    trainings = ctx.db.call(privacy.drop_training_images, ctx.blobs)
+    logger.info(
+        "expired %d photos, the images of %d jobs, the pictures of %d ended trainings",
+        removed,
+        results,
+        trainings,
+    )
     return removed
 
 

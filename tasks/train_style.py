@@ -17,8 +17,8 @@ import torch
 from celery import Task, shared_task
 from celery.exceptions import Reject
 
-from db.models import JobStatus
-from domain import lifecycle, trainings
+from db.models import FINAL_STATUSES, JobStatus
+from domain import lifecycle, privacy, trainings
 from domain.outbox import transact
 from domain.trainings import TrainedLoRA, TrainingInputs
 from facechain.errors import Cancelled, TrainingInterrupted
@@ -32,7 +32,7 @@ from facechain.training import (
     train_style_lora,
     training_resolution,
 )
-from tasks.context import WorkerContext
+from tasks.context import WorkerContext, get_context
 from tasks.housekeeping import prune_if_due
 from tasks.jobs import JobOutcome, JobSnapshot, ProgressReporter, run_gpu_job
 from tasks.warm import STOPPING, WorkerStopping
@@ -216,4 +216,9 @@ def train_style(self: Task, job_id: int) -> str | None:
         status: JobStatus | None = run_gpu_job(self, job_id, train)
     except WorkerStopping as stopped:
         raise Reject(str(stopped), requeue=True) from None
+    if status in FINAL_STATUSES:
+        # The pictures served their purpose: gone now rather than at the next hourly expiry
+        # (which catches the trainings that ended elsewhere: a cancel, the sweep).
+        ctx = get_context()
+        ctx.db.call(privacy.drop_training_images, ctx.blobs)
     return status.value if status else None

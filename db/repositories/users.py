@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, or_, select
+from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from db.base import utcnow
@@ -50,12 +50,34 @@ class UserRepository(RepositoryBase[User]):
                 # Another process created it concurrently.
                 user = self.by_telegram_id(telegram_id)
                 assert user is not None
-        user.username = username or user.username
+        if username != user.username:
+            self.take_username(user, username)
         user.first_name = first_name or user.first_name
         if language and not user.language_chosen:
             user.language = language
         user.last_seen_at = utcnow()
         return user
+
+    def take_username(self, user: User, username: str | None) -> None:
+        """Give `user` this username (None: they have none now), clearing it from any other
+        row: Telegram usernames are unique and case-insensitive, and a name a user dropped or
+        changed may be someone else's now."""
+        if username:
+            self.session.execute(
+                update(User)
+                .where(func.lower(User.username) == username.lower(), User.id != user.id)
+                .values(username=None)
+                .execution_options(synchronize_session="fetch")
+            )
+        user.username = username
+
+    def with_username(self, username: str) -> Sequence[int]:
+        """Telegram ids of the users holding this username (case-insensitive), oldest first."""
+        return self.session.scalars(
+            select(User.telegram_id)
+            .where(func.lower(User.username) == username.lower())
+            .order_by(User.id)
+        ).all()
 
     def search(self, query: str | None):  # type: ignore[no-untyped-def]
         """A select of users matching a username/name/id fragment, newest first."""

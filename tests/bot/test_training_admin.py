@@ -127,6 +127,43 @@ class TestAdmin:
             assert actions == ["user.ban", "user.quota", "user.unban"]
             assert set(s.scalars(select(AuditEntry.actor))) == {f"tg:{ADMIN_ID}"}
 
+    async def test_a_username_belongs_to_its_latest_holder(self, bot: BotHarness) -> None:
+        """A name dropped or taken over never leads an admin command to its former holder."""
+        tg = bot.tg
+        admin = tg.user(ADMIN_ID, "Root", "en")
+        tg.send_text(tg.user(8301, "Eve", "en", username="eve"), "/start")
+        await tg.wait_for("sendMessage", chat_id=8301)
+        # Eve gave the name up; Zed took it (Telegram names are case-insensitive).
+        tg.send_text(tg.user(8301, "Eve", "en"), "/help")
+        tg.send_text(tg.user(8302, "Zed", "en", username="EVE"), "/start")
+        await tg.wait_for("sendMessage", chat_id=8302)
+        await tg.idle()
+        assert bot.user_row(8301).username is None
+        tg.send_text(admin, "/ban @eve")
+        await tg.wait_text(admin.id, translate("en", "admin.ban_done", user=8302))
+        assert bot.user_row(8302).is_banned
+        assert not bot.user_row(8301).is_banned
+        # Zed changes his name: the old one leads nowhere, the new one to him.
+        tg.send_text(tg.user(8302, "Zed", "en", username="zed"), "/help")
+        await tg.idle()
+        tg.send_text(admin, "/unban @EVE")
+        await tg.wait_text(admin.id, translate("en", "error.not_found"))
+        tg.send_text(admin, "/unban @zed")
+        await tg.wait_text(admin.id, translate("en", "admin.unban_done", user=8302))
+
+    async def test_an_ambiguous_username_is_refused_with_the_candidates(
+        self, bot: BotHarness
+    ) -> None:
+        tg = bot.tg
+        admin = tg.user(ADMIN_ID, "Root", "ru")
+        # Rows from before names were kept unique: two users hold the same one.
+        give_selfie(bot, 8303, username="dup")
+        give_selfie(bot, 8304, username="Dup")
+        tg.send_text(admin, "/ban @dup")
+        await tg.wait_text(admin.id, translate("ru", "error.ambiguous_user", ids="8303, 8304"))
+        assert not bot.user_row(8303).is_banned
+        assert not bot.user_row(8304).is_banned
+
     async def test_broadcast(self, bot: BotHarness) -> None:
         tg = bot.tg
         admin = tg.user(ADMIN_ID, "Root", "en")

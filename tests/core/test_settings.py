@@ -77,6 +77,21 @@ class TestValidation:
             ("TELEGRAM_ADMIN_IDS", "alice,bob", "TELEGRAM_ADMIN_IDS: must be comma-separated"),
             ("ENGINE_PROFILE", "huge", "ENGINE_PROFILE: Input should be 'real' or 'tiny'"),
             ("ADMIN_TOKEN", "short", "ADMIN_TOKEN: must be at least 16 characters"),
+            (
+                "TELEGRAM_WEBHOOK_SECRET",
+                "abc",
+                "TELEGRAM_WEBHOOK_SECRET: must be at least 16 characters",
+            ),
+            (
+                "TELEGRAM_WEBHOOK_SECRET",
+                "changeme",
+                "TELEGRAM_WEBHOOK_SECRET: TELEGRAM_WEBHOOK_SECRET is a placeholder",
+            ),
+            (
+                "TELEGRAM_WEBHOOK_SECRET",
+                "sixteen chars or more!",
+                "TELEGRAM_WEBHOOK_SECRET: Telegram takes 16 to 256 characters of A-Z",
+            ),
             ("DATABASE_URL", "mysql://x/y", "DATABASE_URL: only sqlite:/// and postgresql://"),
         ],
     )

@@ -13,6 +13,7 @@ from tests.utils.compose import ROOT, Compose, MissingVariable, interpolate, loa
 SECRETS = {
     "TELEGRAM_TOKEN": "123456:TEST-token",
     "POSTGRES_PASSWORD": "0123456789abcdef",
+    "REDIS_PASSWORD": "fedcba9876543210",
     "ADMIN_TOKEN": "0123456789abcdef0123",
     "FLOWER_BASIC_AUTH": "ops:0123456789abcdef",
     "GRAFANA_ADMIN_PASSWORD": "0123456789abcdef",
@@ -152,6 +153,30 @@ def test_startup_order(compose: Compose) -> None:
     order = [s.name for s in compose.active()]
     assert order.index("postgres") < order.index("migrate") < order.index("bot")
     assert order.index("redis") < order.index("worker-io")
+
+
+def test_redis_requires_its_password_everywhere(compose: Compose) -> None:
+    """Redis carries jobs and (webhook mode) Telegram's updates: it takes a password, every
+    client's URL has it, and the healthcheck fails without it."""
+    password = SECRETS["REDIS_PASSWORD"]
+    redis = compose.services["redis"]
+    command = redis.command
+    assert command[command.index("--requirepass") + 1] == password
+    assert redis.environment["REDISCLI_AUTH"] == password
+    check = redis.healthcheck
+    assert check is not None
+    assert check.argv[0] == "redis-cli"
+    # -e: an error reply (NOAUTH) is a failed check, not exit status 0.
+    assert "-e" in check.argv
+    raw = (ROOT / "docker-compose.yml").read_text()
+    urls = re.findall(r"redis://[^\s\"]*", raw)
+    assert urls
+    for url in urls:
+        assert url.startswith("redis://:${REDIS_PASSWORD:?"), url
+    for name, service in compose.services.items():
+        for key, value in service.environment.items():
+            if value.startswith("redis://"):
+                assert f":{password}@" in value, (name, key)
 
 
 def test_env_example_names_every_required_secret() -> None:

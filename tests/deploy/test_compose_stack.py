@@ -3,8 +3,9 @@ webhook mode, through the fake Bot API.
 
 Commands, environment (with the file's `${VAR}` defaults), start order, depends_on conditions
 and healthchecks all come from docker-compose.yml (tests/utils/compose_stack.py), so changing
-the file changes what runs here. Telegram POSTs updates to `web`'s published port, `web` hands
-them to `bot` through Redis; a new user goes /start → selfie → the catalog's style picker →
+the file changes what runs here. Redis runs from its compose command, with its password (a
+client without it is refused). Telegram POSTs updates to `web`'s published port, `web` hands
+them to `bot` through Redis, signed; a new user goes /start → selfie → the catalog's style picker →
 a style → the album, the admin API answers on the same port, and a wrong webhook secret is
 refused. The tiny profile with two denoising steps keeps it inside about 90 s on 2 cores."""
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,26 +21,27 @@ from pathlib import Path
 import aiohttp
 import pytest
 import pytest_asyncio
+import redis
 
 from tests.conftest import drop_postgres_database, fresh_postgres_database, postgres_available
 from tests.utils.chat import prefix, send_selfie, text, use_style
 from tests.utils.compose import load
 from tests.utils.compose_stack import LocalStack, free_port, listening_ports
 from tests.utils.fake_telegram import TOKEN, FakeTelegram
-from tests.utils.workers import redis_available, redis_test_url
 
 logger = logging.getLogger(__name__)
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(
-        not (redis_available() and postgres_available()),
-        reason="the compose stack runs on PostgreSQL and Redis",
+        not (shutil.which("redis-server") and postgres_available()),
+        reason="the compose stack runs on PostgreSQL and Redis (redis-server)",
     ),
 ]
 
 ADMIN_TOKEN = "compose-admin-token-0123456789"
 WEBHOOK_SECRET = "compose-webhook-secret-0123456789"
+REDIS_PASSWORD = "c0ffee0123456789"
 APP_ROLES = ["bot", "web", "worker-gpu", "worker-train", "worker-io", "beat"]
 
 
@@ -61,6 +64,7 @@ async def running(tmp_path: Path) -> AsyncIterator[Running]:
         env = {
             "TELEGRAM_TOKEN": TOKEN,
             "POSTGRES_PASSWORD": "compose0123456789",
+            "REDIS_PASSWORD": REDIS_PASSWORD,
             "ADMIN_TOKEN": ADMIN_TOKEN,
             "FLOWER_BASIC_AUTH": "ops:compose0123456789",
             "GRAFANA_ADMIN_PASSWORD": "compose0123456789",
@@ -81,7 +85,6 @@ async def running(tmp_path: Path) -> AsyncIterator[Running]:
             compose=load(env),
             workdir=tmp_path,
             database_url=database_url,
-            broker_url=redis_test_url(),
             extra_env={
                 "HF_HUB_OFFLINE": "1",
                 "TRANSFORMERS_OFFLINE": "1",
@@ -112,6 +115,13 @@ async def test_compose_stack_in_webhook_mode(running: Running) -> None:
     bot = stack.services["bot"]
     assert bot.proc is not None
     assert listening_ports(bot.proc.pid) == {int(bot.env["PROBE_PORT"])}
+
+    # Redis takes only clients with its password; every role has it in its BROKER_URL.
+    port = stack.redis_port
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(port=port, socket_connect_timeout=2).ping()
+    assert redis.Redis(port=port, password=REDIS_PASSWORD, socket_connect_timeout=2).ping()
+    assert f":{REDIS_PASSWORD}@127.0.0.1:{port}/" in bot.env["BROKER_URL"]
 
     async with aiohttp.ClientSession() as http:
         # A wrong or missing secret is refused before the body is read.

@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import itertools
 import threading
+from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from core.errors import CreditsNeeded, QuotaExceeded, caused_by_user
@@ -33,6 +35,7 @@ from db.models import (
 )
 from db.session import Database
 from domain import billing, jobs, lifecycle
+from tests.conftest import migrate
 from tests.utils.factories import make_style, make_user
 
 PAY = PaymentsSettings(enabled=True, price_portrait=1, price_template=2, price_upscale=1)
@@ -299,7 +302,7 @@ class TestGiveBack:
         jobs.cancel_job(session, paid.id, "admin")
         assert _credits(session, user) == 1
 
-    def test_cancel_while_running_keeps_credits_but_frees_the_slot(self, session: Session) -> None:
+    def test_cancel_while_running_keeps_the_slot_and_the_credits(self, session: Session) -> None:
         user, style = _user(session), _style(session)
         _buy(session, user, 1)
         slot = _job(session, user, style, quota=1)
@@ -307,8 +310,27 @@ class TestGiveBack:
         for job in (slot, paid):
             lifecycle.claim(session, job.id, "host")
             lifecycle.finish(session, job.id, None, None, cancelled=True)
-        assert billing.quota_used(session, user.id) == 0
+        assert billing.quota_used(session, user.id) == 1
         assert _credits(session, user) == 0
+        assert slot.charge_returned_at is None
+        assert paid.charge_returned_at is None
+
+    def test_cancelling_running_jobs_cannot_repeat_the_free_slot(self, session: Session) -> None:
+        """The abuse: cancel each job just before it ends, and paint forever on one free slot
+        (on dbcd432 five jobs ran with `quota_used` 0 and `daily_quota=1`)."""
+        user, style = _user(session), _style(session)
+        off = PaymentsSettings(enabled=False)
+        ran = 0
+        for _ in range(5):
+            try:
+                job_id = _portrait(session, user, style, quota=1, payments=off).job_id
+            except QuotaExceeded:
+                break
+            lifecycle.claim(session, job_id, "host")
+            lifecycle.finish(session, job_id, None, None, cancelled=True)
+            ran += 1
+        assert ran == 1
+        assert billing.quota_used(session, user.id) == 1
 
     def test_success_keeps_the_charge(self, session: Session) -> None:
         user, style = _user(session), _style(session)
@@ -663,4 +685,82 @@ def test_two_jobs_at_once_with_one_credit(committed_db: Database, database_url: 
     with committed_db.session() as s:
         assert s.scalar(select(User.credits).where(User.id == user_id)) == 0
         assert len(s.scalars(select(Job).where(Job.user_id == user_id)).all()) == 1
+        assert billing.ledger_mismatches(s) == []
+
+
+# ---- the refund race, on SQLite ----
+
+
+@pytest.fixture
+def sqlite_db(tmp_path: Path) -> Iterator[Database]:
+    """A SQLite file database of its own (whatever TEST_DATABASE is): the race is SQLite's."""
+    url = f"sqlite:///{tmp_path / 'refund.db'}"
+    migrate(url)
+    database = Database.from_url(url)
+    try:
+        yield database
+    finally:
+        database.dispose()
+
+
+def test_refund_and_a_spend_interleaved_on_sqlite(
+    sqlite_db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A spend lands between the refund's balance read and its debit: the refund waits for it
+    or keeps it out, and what it records as debited is what the ledger debited (on dbcd432 the
+    spend went through, the debit did not, and the payment said 10 credits were debited)."""
+    with sqlite_db.session() as s:
+        user = _user(s)
+        style = _style(s)
+        payment_id = _buy(s, user, 10)
+        user_id, telegram_id = user.id, user.telegram_id
+    spent: list[str] = []
+
+    def spend() -> None:
+        try:
+            with sqlite_db.session() as s:
+                jobs.create_portrait_job(
+                    s,
+                    user_id,
+                    style_id=style,
+                    chat_id=telegram_id,
+                    limits=LimitsSettings(daily_quota=0),
+                    is_admin=False,
+                    num_images=1,
+                    payments=PaymentsSettings(enabled=True, price_portrait=4),
+                )
+            spent.append("spent")
+        except (CreditsNeeded, OperationalError) as exc:
+            spent.append(type(exc).__name__)
+
+    move = billing._move
+    spender = threading.Thread(target=spend)
+
+    def interleaved(session: Session, uid: int, kind: LedgerKind, delta: int, **kw: Any) -> Any:
+        if kind is LedgerKind.REFUND and not spender.is_alive() and not spent:
+            # The refund has read the balance; a job is paid for now, from another process.
+            spender.start()
+            spender.join(1.5)
+        return move(session, uid, kind, delta, **kw)
+
+    monkeypatch.setattr(billing, "_move", interleaved)
+    result = sqlite_db.call(billing.refund_payment, payment_id, "admin")
+    spender.join(40)
+    assert not spender.is_alive()
+
+    with sqlite_db.session() as s:
+        credits = _credits(s, s.get(User, user_id))
+        payment = s.get(Payment, payment_id)
+        assert payment is not None
+        refund_rows = s.scalars(
+            select(LedgerEntry.delta).where(
+                LedgerEntry.kind == LedgerKind.REFUND, LedgerEntry.payment_id == payment_id
+            )
+        ).all()
+        # What the payment says was debited is what the ledger debited.
+        assert [-d for d in refund_rows] == [payment.refund_debited]
+        assert result.debited == payment.refund_debited
+        assert payment.refund_debited + payment.refund_shortfall == 10
+        paid = 4 if spent == ["spent"] else 0
+        assert credits == 10 - payment.refund_debited - paid
         assert billing.ledger_mismatches(s) == []

@@ -181,7 +181,8 @@ class TestCancel:
         await stack.wait(
             lambda: stack.job(running.id).status is JobStatus.CANCELLED, 60, "running job stops"
         )
-        await tg.wait_text(cat.id, text(cat, "job.cancelled"), since=since, within=60)
+        # It ran: the notice says it counts (its free slot stays used).
+        await tg.wait_text(cat.id, text(cat, "job.cancelled_after_start"), since=since, within=60)
         # The cancelled queued job's message still reaches the worker, which leaves it alone.
         gpu = stack.workers["gpu"]
         await stack.wait(

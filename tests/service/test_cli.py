@@ -10,6 +10,8 @@ import pytest
 
 from service.cli import build_parser, main
 
+ROOT = Path(__file__).resolve().parents[2]
+
 SUBCOMMANDS = [
     "run",
     "bot",
@@ -87,6 +89,33 @@ class TestFailures:
         assert proc.returncode == 2
         assert "ENGINE_PROFILE:" in proc.stderr
         assert "Traceback" not in proc.stderr
+
+    def test_webhook_mode_with_a_short_secret_refuses_to_start(self, tmp_path: Path) -> None:
+        """A guessable webhook secret (3 characters) stops the bot before it starts, with one
+        line that names the variable."""
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "PYTHONPATH": str(ROOT),
+            "DATA_DIR": str(tmp_path),
+            "HOME": str(tmp_path),
+            "TELEGRAM_TOKEN": "123456:TEST-token",
+            "TELEGRAM_MODE": "webhook",
+            "TELEGRAM_WEBHOOK_URL": "https://bot.example.com/telegram/webhook",
+            "TELEGRAM_WEBHOOK_SECRET": "abc",
+        }
+        proc = subprocess.run(
+            [sys.executable, "-m", "service.cli", "bot"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+            cwd=tmp_path,
+        )
+        assert proc.returncode == 2
+        assert "Traceback" not in proc.stderr
+        [line] = [x for x in proc.stderr.splitlines() if "TELEGRAM_WEBHOOK_SECRET" in x]
+        reason = "must be at least 16 characters (try: openssl rand -hex 24)"
+        assert line.strip() == f"TELEGRAM_WEBHOOK_SECRET: {reason}"
 
     def test_parser_requires_a_command(self) -> None:
         with pytest.raises(SystemExit):

@@ -123,6 +123,18 @@ class TestSendResult:
         assert await asyncio.to_thread(send_result, job_id) == "already delivered"
         assert len(tg.calls_to("sendMediaGroup")) == 1
 
+    async def test_a_job_cancelled_while_running_says_it_counts(
+        self, tg: FakeTelegram, ctx: WorkerContext
+    ) -> None:
+        """It ran, so it keeps its free slot or credits (`billing.gives_back`): the notice no
+        longer promises it does not count (dbcd432 said "doesn't count towards your daily
+        limit")."""
+        job_id = _job(ctx, JobStatus.CANCELLED)
+        await asyncio.to_thread(send_result, job_id)
+        texts = [c.get("text") for c in tg.calls if c.method in ("editMessageText", "sendMessage")]
+        assert translate("en", "job.cancelled_after_start") in texts
+        assert translate("en", "job.cancelled") not in texts
+
     async def test_operator_hears_about_missing_weights(
         self, tg: FakeTelegram, ctx: WorkerContext
     ) -> None:

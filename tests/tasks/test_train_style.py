@@ -130,6 +130,7 @@ class TestTrainStyle:
     ) -> None:
         assert train_style.name == "style.train"
         job_id, training_id = make_training(session, ctx.blobs, portraits())
+        pictures = list(session.get(StyleTraining, training_id).image_blobs)  # type: ignore[union-attr]
         session.add(
             WebhookEndpoint(url="http://x.invalid/", secret="s" * 16, events=["style.trained"])
         )
@@ -167,6 +168,9 @@ class TestTrainStyle:
         assert meta["steps"] == 6
         assert meta["eval_loss_after"] < meta["eval_loss_before"]
         assert not Path(training.checkpoint_path).exists()
+        # The training's pictures went as it ended (the style keeps its own files).
+        assert training.image_blobs == []
+        assert not [k for k in pictures if ctx.blobs.exists(k)]
         # The documented event, published after the style was registered.
         event = session.scalar(
             select(WebhookDelivery).where(WebhookDelivery.event == "style.trained")

@@ -3,11 +3,13 @@
 What each process runs is read from the compose file: the image's ENTRYPOINT (from the
 service's Dockerfile) plus the service's `command`, its `environment` after `${VAR}`
 interpolation, the `depends_on` order and conditions, and its `healthcheck` command. Only what a
-container would give differently is mapped: the `postgres`/`redis` hostnames become the local
-servers (the test's own database and Redis database), named volumes become temp folders, each
-container's probe port becomes a free local port (containers have a network namespace each,
-local processes share one), and a published port is served on the host port compose would
-publish. PostgreSQL and Redis already run on 127.0.0.1; only their healthchecks run here."""
+container would give differently is mapped: the `postgres` hostname becomes the local server
+(the test's own database), named volumes become temp folders, each container's probe port
+becomes a free local port (containers have a network namespace each, local processes share one),
+and a published port is served on the host port compose would publish. PostgreSQL already runs on
+127.0.0.1; only its healthcheck runs here. Redis is started from the compose service's own
+command (its password included) on a free local port: the `redis` hostname in every URL becomes
+that port, and so does its healthcheck's `-p 6379`."""
 
 from __future__ import annotations
 
@@ -30,7 +32,10 @@ from urllib.parse import urlsplit
 from tests.utils.compose import ROOT, Compose, Service
 
 # Running on this machine already: their healthchecks are run, they are not started.
-LOCAL_SERVERS = {"postgres", "redis"}
+LOCAL_SERVERS = {"postgres"}
+# Third-party servers started here from their compose command (the program installed locally).
+LOCAL_PROGRAMS = {"redis"}
+REDIS_PORT = 6379
 # Third-party images that are not this project's processes.
 EXTERNAL = {"flower"}
 # What every local process gets besides its compose environment (a container has its own).
@@ -110,19 +115,21 @@ class LocalStack:
     compose: Compose
     workdir: Path
     database_url: str
-    broker_url: str
     extra_env: Mapping[str, str] = field(default_factory=dict)
+    redis_port: int = field(default_factory=lambda: free_port())
     services: dict[str, Localised] = field(default_factory=dict)
     started: list[str] = field(default_factory=list)
 
     def localise(self, service: Service) -> Localised:
         """Map one service's command, environment and healthcheck onto this machine."""
         env = dict(service.environment)
-        for key, local in (("DATABASE_URL", self.database_url), ("BROKER_URL", self.broker_url)):
-            if key in env:
-                host = urlsplit(env[key]).hostname
-                assert host in LOCAL_SERVERS, f"{service.name}: {key} points at {host}"
-                env[key] = local
+        if "DATABASE_URL" in env:
+            host = urlsplit(env["DATABASE_URL"]).hostname
+            assert host in LOCAL_SERVERS, f"{service.name}: DATABASE_URL points at {host}"
+            env["DATABASE_URL"] = self.database_url
+        for key, value in env.items():
+            if value.startswith("redis://"):
+                env[key] = self.redis_url(value)
         for volume in service.spec.get("volumes") or []:
             source, target = str(volume).split(":")[:2]
             if source.startswith((".", "/")):
@@ -139,6 +146,12 @@ class LocalStack:
             *_, host_port, container_port = mapping.split(":")
             host_ports[int(container_port)] = int(host_port)
         argv = [*entrypoint(service), *service.command] if service.spec.get("build") else []
+        if service.name in LOCAL_PROGRAMS:
+            host_ports[REDIS_PORT] = self.redis_port
+            data = self.workdir / "volumes" / "redisdata"
+            data.mkdir(parents=True, exist_ok=True)
+            argv = [program(service.command[0]), *service.command[1:]]
+            argv += ["--port", str(REDIS_PORT), "--bind", "127.0.0.1", "--dir", str(data)]
         check = service.healthcheck
         health = list(check.argv) if check else None
         if health and health[0] != "sh":
@@ -148,6 +161,13 @@ class LocalStack:
             health = [self._host_port(a, host_ports) for a in health]
         base = {k: os.environ[k] for k in BASE_ENV if k in os.environ}
         return Localised(service, argv, {**base, **self.extra_env, **env}, health, host_ports)
+
+    def redis_url(self, url: str) -> str:
+        """A compose `redis://` URL, pointed at the local Redis (password and database kept)."""
+        parts = urlsplit(url)
+        assert parts.hostname == "redis", f"{url} points at {parts.hostname}"
+        auth = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
+        return parts._replace(netloc=f"{auth}127.0.0.1:{self.redis_port}").geturl()
 
     @staticmethod
     def _host_port(arg: str, host_ports: Mapping[int, int]) -> str:
