@@ -158,6 +158,24 @@ class TestBuying:
         assert answer.params["error_message"] == translate("en", "pay.refused.banned")
         assert credits_of(shop, dan.id) == 0
 
+    async def test_a_refused_checkout_does_not_use_up_the_ban_notice(
+        self, shop: BotHarness
+    ) -> None:
+        tg = shop.tg
+        dan = tg.user(9107, "Dan", "en")
+        invoice = await invoice_for(shop, dan)
+        with shop.db.session() as s:
+            s.scalar(select(User).where(User.telegram_id == dan.id)).is_banned = True
+        answer = await tg.checkout(dan, invoice.params["payload"], 30)
+        assert answer.params["ok"] is False
+        # The refusal is all the payer saw; the ban notice is still theirs to read, once.
+        since = len(tg.calls)
+        tg.send_text(dan, "/balance")
+        await tg.wait_text(dan.id, translate("en", "error.banned"), since=since)
+        tg.send_text(dan, "/buy")
+        await tg.idle()
+        assert tg.sent_texts(dan.id).count(translate("en", "error.banned")) == 1
+
     async def test_money_paid_before_a_ban_is_still_credited(self, shop: BotHarness) -> None:
         tg = shop.tg
         eve = tg.user(9105, "Eve", "en")
