@@ -63,6 +63,7 @@ from core.settings import LimitsSettings, PaymentsSettings
 from db.base import utcnow
 from db.models import (
     FINAL_STATUSES,
+    AuditEntry,
     ChargeKind,
     Job,
     JobKind,
@@ -811,6 +812,42 @@ def refund_payment(
         payment.telegram_id,
         language,
     )
+
+
+UNRECORDED_REFUND = "payment.refund_unrecorded"
+
+
+def record_unrecorded_refund(
+    session: Session, charge_id: str, telegram_id: int, stars: int, payload: str
+) -> bool:
+    """Telegram refunded a payment this bot holds no record of (its `successful_payment`
+    update was lost, or the record went with the payer's /forget): nothing to debit, so the
+    refund is only written to the audit log, once per charge id. Whether it is new."""
+    target = f"charge:{charge_id}"[:128]
+    seen = session.scalar(
+        select(AuditEntry.id).where(
+            AuditEntry.action == UNRECORDED_REFUND, AuditEntry.target == target
+        )
+    )
+    if seen is not None:
+        return False
+    audit(
+        session,
+        "telegram",
+        UNRECORDED_REFUND,
+        target,
+        charge_id=charge_id,
+        telegram_id=telegram_id,
+        stars=stars,
+        payload=payload[:128],
+    )
+    logger.warning(
+        "payment %s of %s (%d Stars) was refunded but never recorded here: nothing debited",
+        charge_id,
+        telegram_id,
+        stars,
+    )
+    return True
 
 
 # ---- admin grants and views ----

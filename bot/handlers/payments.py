@@ -14,10 +14,11 @@ import re
 from contextlib import nullcontext
 
 from telegram import LabeledPrice, Update
+from telegram.error import TelegramError
 
 from bot.context import BotContext
 from bot.handlers.common import reply
-from core.errors import PaymentRefused
+from core.errors import NotFound, PaymentRefused
 from domain import billing
 from domain.audit import bot_actor
 from telegram_ui import callbacks as cb
@@ -153,9 +154,28 @@ async def on_refunded_payment(update: Update, context: BotContext) -> None:
     """Telegram reports a refund: debit the payment's unspent credits once; tell the payer and,
     when credits were already spent, the admin chat."""
     refunded = update.effective_message.refunded_payment
-    result = await context.transact(
-        billing.refund_payment, refunded.telegram_payment_charge_id, "telegram"
-    )
+    charge_id = refunded.telegram_payment_charge_id
+    try:
+        result = await context.transact(billing.refund_payment, charge_id, "telegram")
+    except NotFound:
+        # A payment this bot never recorded: nothing to debit and nothing to tell the payer
+        # (Telegram shows them the refund); the admins hear of it once.
+        new = await context.transact(
+            billing.record_unrecorded_refund,
+            charge_id,
+            update.effective_user.id,
+            refunded.total_amount,
+            refunded.invoice_payload,
+        )
+        await _tell_admin_chat(
+            context,
+            new,
+            "admin.refund_unrecorded",
+            charge=charge_id,
+            stars=refunded.total_amount,
+            user=update.effective_user.id,
+        )
+        return
     if result.duplicate:
         return
     context.deps.metrics.record_payment("refunded", result.stars)
@@ -173,6 +193,17 @@ async def on_refunded_payment(update: Update, context: BotContext) -> None:
                 shortfall=result.shortfall,
             ),
         )
+
+
+async def _tell_admin_chat(context: BotContext, tell: bool, key: str, **values: object) -> None:
+    """A notice for the admin chat, when there is one (best effort: it is recorded already)."""
+    admin_chat = context.config.telegram.admin_chat_id
+    if not tell or admin_chat is None:
+        return
+    try:
+        await context.bot.send_message(admin_chat, translate(None, key, **values))
+    except TelegramError as exc:
+        logger.warning("could not tell the admin chat (%s): %s", key, exc)
 
 
 async def balance_command(update: Update, context: BotContext) -> None:

@@ -158,7 +158,7 @@ async def test_a_lost_refund_is_recorded_and_the_payer_and_admins_are_told(
     with ctx.db.session() as s:
         payload = tg.charges[charge].payload
         billing.record_payment(s, 9704, payload, 30, charge)
-    tg.charges[charge].refunded = True
+    tg.refund_charge(charge)
     metrics = create_metrics()
 
     run = await asyncio.to_thread(reconcile_once, ctx, metrics)

@@ -70,7 +70,7 @@ def paid(session: Session, tg: FakeTelegram, telegram_id: int, credits: int = 5)
     pack = billing.create_pack(session, title="Five", credits=credits, stars=50, actor="t")
     payload = billing.invoice_payload(pack, user.id, 1)
     charge = f"stx-{telegram_id}"
-    tg.charges[charge] = Charge(charge, telegram_id, 50, payload)
+    tg.add_charge(Charge(charge, telegram_id, 50, payload))
     result = billing.record_payment(session, telegram_id, payload, 50, charge)
     session.flush()
     return user, result
@@ -199,7 +199,7 @@ class TestReconcile:
         charge = tg.lost_payment(tg.user(7302), payload, 50)
         billing.record_payment(session, 7302, payload, 50, charge)
         session.flush()
-        tg.charges[charge].refunded = True
+        tg.refund_charge(charge)
         payment_id = session.scalar(select(Payment.id).where(Payment.charge_id == charge))
         bodies = []
         for _ in range(2):
