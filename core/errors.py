@@ -81,6 +81,12 @@ class InsufficientCredits(Conflict):
     code = "insufficient_credits"
 
 
+class ReconcileRunning(Conflict):
+    """Another reconciliation with Telegram's Stars history holds the lock; try again later."""
+
+    code = "reconcile_running"
+
+
 class InUse(Conflict):
     """A catalog item still has queued or running jobs."""
 

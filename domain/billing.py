@@ -72,6 +72,7 @@ from db.models import (
     LedgerKind,
     Pack,
     Payment,
+    ServiceState,
     User,
 )
 from domain.audit import audit
@@ -608,6 +609,39 @@ class StarPayment:
     date: datetime
 
 
+# The service_state row of reconcile's place in Telegram's Stars history.
+STAR_CURSOR = "payments.star_transactions"
+
+
+@dataclass(frozen=True)
+class StarCursor:
+    """How far reconcile has read Telegram's Stars transactions (chronological, oldest first):
+    `offset` transactions read, the last of them `last` (its kind and id) to check that the
+    history still starts the same way before reading on from it."""
+
+    offset: int = 0
+    last: str | None = None
+
+
+def star_cursor(session: Session) -> StarCursor:
+    """Reconcile's place in the Stars history (the start when it never ran)."""
+    row = session.get(ServiceState, STAR_CURSOR)
+    if row is None:
+        return StarCursor()
+    last = row.value.get("last")
+    return StarCursor(int(row.value.get("offset", 0)), str(last) if last else None)
+
+
+def save_star_cursor(session: Session, cursor: StarCursor) -> None:
+    """Keep reconcile's place (the caller holds the reconcile lock)."""
+    value = {"offset": cursor.offset, "last": cursor.last}
+    row = session.get(ServiceState, STAR_CURSOR, with_for_update=True)
+    if row is None:
+        session.add(ServiceState(name=STAR_CURSOR, value=value))
+    else:
+        row.value = value
+
+
 @dataclass(frozen=True)
 class Reconciled:
     """What a reconciliation recorded: lost payments credited, lost refunds debited."""
@@ -623,9 +657,29 @@ class Reconciled:
     def refunded_stars(self) -> int:
         return sum(r.stars for r in self.refunded)
 
+    def extend(self, other: Reconciled) -> None:
+        """Add what a later batch of the same run recorded."""
+        self.credited.extend(other.credited)
+        self.refunded.extend(other.refunded)
+
+
+def _recorded_charges(session: Session, charge_ids: Collection[str]) -> set[str]:
+    """Which of these charge ids have a payment row (asked in chunks the database accepts)."""
+    ids = sorted(set(charge_ids))
+    found: set[str] = set()
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        found.update(
+            session.scalars(select(Payment.charge_id).where(Payment.charge_id.in_(chunk)))
+        )
+    return found
+
 
 def reconcile_payments(
-    session: Session, received: Sequence[StarPayment], refunded: Collection[str] = ()
+    session: Session,
+    received: Sequence[StarPayment],
+    refunded: Collection[str] = (),
+    cursor: StarCursor | None = None,
 ) -> Reconciled:
     """Credit the payments Telegram made that were never recorded (a `successful_payment`
     update lost with a crashed process), each exactly once like any other (`record_payment`),
@@ -633,8 +687,11 @@ def reconcile_payments(
     `refunded_payment` update was lost, like that update would (`refund_payment`).
 
     Left alone: payments already recorded, payers this bot never saw, and payments made before
-    the payer's /forget (their record may have been deleted on purpose)."""
+    the payer's /forget (their record may have been deleted on purpose). `cursor`, when given,
+    is kept in the same transaction: the place in the history these transactions end at."""
     found = Reconciled()
+    if cursor is not None:
+        save_star_cursor(session, cursor)
     if refunded:
         lost = session.scalars(
             select(Payment.id).where(
@@ -652,9 +709,11 @@ def reconcile_payments(
                     refund.debited,
                     refund.shortfall,
                 )
+    recorded = _recorded_charges(session, [item.charge_id for item in received])
     for item in received:
-        if session.scalar(select(Payment.id).where(Payment.charge_id == item.charge_id)):
+        if item.charge_id in recorded:
             continue
+        recorded.add(item.charge_id)
         user = _payer(session, item.telegram_id)
         if user is None:
             logger.warning("payment %s: unknown payer %s", item.charge_id, item.telegram_id)

@@ -42,6 +42,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "blob_missing": 404,
     "illegal_transition": 409,
     "conflict": 409,
+    "reconcile_running": 409,
     "active_job_exists": 409,
     "quota_exceeded": 409,
     "credits_needed": 409,

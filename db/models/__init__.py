@@ -5,6 +5,7 @@ from db.models.billing import ChargeKind, LedgerEntry, LedgerKind, Pack, Payment
 from db.models.broadcast import Broadcast
 from db.models.job import ACTIVE_STATUSES, FINAL_STATUSES, Job, JobKind, JobStatus
 from db.models.photo import Photo, PhotoKind
+from db.models.state import ServiceState
 from db.models.style import BaseModelName, Style, StyleOrigin
 from db.models.template import Template
 from db.models.training import StyleTraining
@@ -27,6 +28,7 @@ __all__ = [
     "Payment",
     "Photo",
     "PhotoKind",
+    "ServiceState",
     "Style",
     "StyleOrigin",
     "StyleTraining",
