@@ -72,7 +72,7 @@ def reconcile_once(ctx: WorkerContext, metrics: Metrics | None = None) -> Reconc
     metrics.record_reconciled(
         "schedule", [r.stars for r in found.credited], [r.stars for r in found.refunded]
     )
-    if found.credited or found.refunded:
+    if found.credited or found.refunded or found.unmatched:
         logger.warning(
             "payments reconcile credited %d lost payments (%d Stars): ids %s; recorded %d lost "
             "refunds: ids %s",

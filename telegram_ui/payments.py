@@ -145,6 +145,7 @@ async def reconcile(
     publisher: Publisher,
     *,
     locked: bool = False,
+    admin_chat: int | None = None,
 ) -> billing.Reconciled:
     """Credit the Stars payments Telegram made that this bot never recorded, and record the
     refunds Telegram made that this bot never recorded (`domain.billing.reconcile_payments`);
@@ -153,7 +154,9 @@ async def reconcile(
     Only the transactions after the place the last run kept are read (the first run reads the
     whole history, in pages, with no cap); each batch is recorded with the new place in one
     transaction. One run at a time: under the `payments.reconcile` lock (`db.locks`), taken
-    here unless the caller holds it (`locked`); ReconcileRunning when another run holds it."""
+    here unless the caller holds it (`locked`); ReconcileRunning when another run holds it.
+    Payments that match no invoice the bot issued are kept, credit nothing, and are told to
+    `admin_chat` when given (the scheduled run tells the admin chat everything itself)."""
     async with _reconcile_lock(db, held_by_caller=locked):
         found = billing.Reconciled()
         async with open_bot() as bot:
@@ -170,7 +173,24 @@ async def reconcile(
                 )
                 await _tell_payers(bot, part)
                 found.extend(part)
+            if found.unmatched and admin_chat is not None:
+                await _tell_unmatched(bot, admin_chat, found)
         return found
+
+
+async def _tell_unmatched(bot: Bot, admin_chat: int, found: billing.Reconciled) -> None:
+    """Alert the admin chat to payments that match no invoice (best effort: they are kept)."""
+    text = translate(
+        None,
+        "admin.reconcile_unmatched",
+        count=len(found.unmatched),
+        stars=sum(r.stars for r in found.unmatched),
+        payments=", ".join(str(r.payment_id) for r in found.unmatched),
+    )
+    try:
+        await bot.send_message(admin_chat, text)
+    except TelegramError as exc:
+        logger.warning("could not tell the admin chat about unmatched payments: %s", exc)
 
 
 async def _tell_payers(bot: Bot, found: billing.Reconciled) -> None:
@@ -231,6 +251,16 @@ def reconcile_text(
         lines.append(
             translate(
                 language, key, count=len(found.credited), stars=found.stars, payments=payments
+            )
+        )
+    if found.unmatched:
+        lines.append(
+            translate(
+                language,
+                "admin.reconcile_unmatched",
+                count=len(found.unmatched),
+                stars=sum(r.stars for r in found.unmatched),
+                payments=", ".join(str(r.payment_id) for r in found.unmatched),
             )
         )
     if found.refunded:

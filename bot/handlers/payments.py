@@ -40,6 +40,8 @@ REFUSALS = {
     "forgotten": "pay.refused.forgotten",
     "pack_gone": "pay.refused.pack_gone",
     "price_changed": "pay.refused.price_changed",
+    "paid": "pay.refused.paid",
+    "expired": "pay.refused.expired",
 }
 ADMIN_PAYMENT_COMMANDS = (
     "payments",
@@ -87,10 +89,11 @@ async def on_show_packs(update: Update, context: BotContext, data: cb.ShowPacks)
 
 
 async def on_buy_pack(update: Update, context: BotContext, data: cb.BuyPack) -> None:
-    """A pack's button: send its invoice in Stars (the pack is re-checked, forged ids refused)."""
+    """A pack's button: issue its invoice (a row; the payload names only it) and send it in
+    Stars (the pack is re-checked, forged ids refused)."""
     try:
         invoice = await context.db.run(
-            billing.prepare_invoice, context.account.id, data.pack_id, context.config.payments
+            billing.issue_invoice, context.account.id, data.pack_id, context.config.payments
         )
     except PaymentRefused as exc:
         reason = str(exc.details.get("reason", "invalid"))
@@ -131,7 +134,9 @@ async def on_pre_checkout(update: Update, context: BotContext) -> None:
 
 
 async def on_successful_payment(update: Update, context: BotContext) -> None:
-    """The money arrived: credit the pack once per charge id (a duplicate update does nothing)."""
+    """The money arrived: credit the invoice it paid, once per charge id (a duplicate update
+    does nothing). A payment that matches no invoice we issued credits nothing: it is kept,
+    the payer is told an admin will look at it, and the admin chat is alerted."""
     payment = update.effective_message.successful_payment
     result = await context.transact(
         billing.record_payment,
@@ -140,9 +145,25 @@ async def on_successful_payment(update: Update, context: BotContext) -> None:
         payment.total_amount,
         payment.telegram_payment_charge_id,
         payment.provider_payment_charge_id,
+        payment.currency,
     )
     if result.duplicate:
         context.deps.metrics.record_payment("duplicate")
+        return
+    if result.unmatched is not None:
+        context.deps.metrics.record_payment("unmatched", result.stars)
+        await reply(update, context, context.t("pay.unmatched"))
+        await _tell_admin_chat(
+            context,
+            True,
+            "admin.payment_unmatched",
+            charge=result.charge_id,
+            stars=result.stars,
+            currency=payment.currency,
+            user=result.telegram_id,
+            reason=result.unmatched,
+            id=result.payment_id,
+        )
         return
     context.deps.metrics.record_payment("succeeded", result.stars)
     await reply(
@@ -404,7 +425,10 @@ async def reconcile_command(update: Update, context: BotContext) -> None:
     """/reconcile: credit the payments Telegram lists that were never recorded, and record the
     refunds it lists that were never recorded."""
     found = await telegram_payments.reconcile(
-        lambda: nullcontext(context.bot), context.db, context.deps.publisher
+        lambda: nullcontext(context.bot),
+        context.db,
+        context.deps.publisher,
+        admin_chat=context.config.telegram.admin_chat_id,
     )
     context.deps.metrics.record_reconciled(
         "chat", [r.stars for r in found.credited], [r.stars for r in found.refunded]

@@ -1,7 +1,7 @@
 """All models, imported so the metadata is complete for Alembic and create_all."""
 
 from db.models.audit import AuditEntry
-from db.models.billing import ChargeKind, LedgerEntry, LedgerKind, Pack, Payment
+from db.models.billing import ChargeKind, Invoice, LedgerEntry, LedgerKind, Pack, Payment
 from db.models.broadcast import Broadcast
 from db.models.job import ACTIVE_STATUSES, FINAL_STATUSES, Job, JobKind, JobStatus
 from db.models.photo import Photo, PhotoKind
@@ -19,6 +19,7 @@ __all__ = [
     "BaseModelName",
     "Broadcast",
     "ChargeKind",
+    "Invoice",
     "Job",
     "JobKind",
     "JobStatus",

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select
 
 from core.settings import PaymentsSettings
-from db.models import AuditEntry, JobStatus, LedgerEntry, LedgerKind, Pack, Payment, User
+from db.models import AuditEntry, Invoice, JobStatus, LedgerEntry, LedgerKind, Pack, Payment, User
 from domain import billing, lifecycle
 from telegram_ui.i18n import translate
 from tests.bot.conftest import ADMIN_ID, BotHarness, give_selfie, jobs_of
@@ -231,8 +231,11 @@ class TestBuying:
         await tg.wait_text(ivy.id, "Pick a pack", since=since)
         tg.press_button(ivy, tg.bot_messages(ivy.id)[-1], "Small")
         own = await tg.wait_for("sendInvoice", chat_id=ivy.id, since=since)
-        assert billing.parse_payload(own.params["payload"]) is not None
         assert own.params["payload"] != invoice.params["payload"]
+        with shop.db.session() as s:
+            row = s.scalar(select(Invoice).where(Invoice.payload == own.params["payload"]))
+            assert row is not None
+            assert row.telegram_id == ivy.id
 
 
 class TestRefunds:

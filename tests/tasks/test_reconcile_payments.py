@@ -106,7 +106,7 @@ def _lost_payment(ctx: WorkerContext, tg: FakeTelegram, telegram_id: int) -> str
         pack = Pack(title="Small", credits=3, stars=30, enabled=True, position=1)
         s.add(pack)
         s.flush()
-        payload = billing.invoice_payload(pack, user.id, int(time.time() * 1000))
+        payload = billing.issue_invoice(s, user.id, pack.id, ctx.config.payments).payload
     return tg.lost_payment(tg.user(telegram_id, "Max", "en"), payload, 30)
 
 
@@ -345,7 +345,13 @@ async def test_a_25000_transaction_history_is_read_once_then_only_what_is_new(
 
     # What happened since: the lost payment refunded at Telegram, another payment lost.
     tg.refund_charge(lost)
-    newer = tg.lost_payment(tg.user(9711, "Max", "en"), tg.charges[lost].payload, 30)
+    with ctx.db.session() as s:
+        user_id = s.scalar(select(User.id).where(User.telegram_id == 9711))
+        pack_id = s.scalar(select(Pack.id).where(Pack.title == "Small"))
+        assert user_id is not None
+        assert pack_id is not None
+        payload = billing.issue_invoice(s, user_id, pack_id, ctx.config.payments).payload
+    newer = tg.lost_payment(tg.user(9711, "Max", "en"), payload, 30)
     since = len(tg.calls)
     third = await asyncio.to_thread(reconcile_once, ctx, metrics)
     assert [r.payment_id for r in third.credited] != []
@@ -388,3 +394,24 @@ async def test_a_chat_or_api_reconcile_waits_for_no_one_while_a_run_holds_the_lo
             await telegram_payments.reconcile(lambda: nullcontext(None), ctx.db, ctx.publisher)
     assert _credits(ctx, 9713) == 0
     assert tg.calls_to("getStarTransactions") == []
+
+
+async def test_a_lost_payment_that_matches_no_invoice_credits_nothing_and_alerts(
+    tg: FakeTelegram, ctx: WorkerContext
+) -> None:
+    """Reconcile treats a payment naming no invoice the bot issued like the live update: kept
+    with its reason, nothing credited, the admin chat told."""
+    with ctx.db.session() as s:
+        make_user(s, telegram_id=9714)
+    tg.lost_payment(tg.user(9714, "Zed", "en"), "pk:999:1000000:1:1:0", 1)
+    run = await asyncio.to_thread(reconcile_once, ctx, create_metrics())
+    assert (run.outcome, run.credited) == ("done", [])
+    [kept] = run.found.unmatched
+    assert (kept.unmatched, kept.credits) == ("no_invoice", 0)
+    assert _credits(ctx, 9714) == 0
+    notice = translate(
+        None, "admin.reconcile_unmatched", count=1, stars=1, payments=str(kept.payment_id)
+    )
+    await tg.wait_text(ADMIN_CHAT, notice)
+    await tg.idle()
+    assert tg.sent_texts(9714) == []

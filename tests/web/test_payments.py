@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from core.blobstore import LocalBlobStore
 from core.metrics import Metrics
-from core.settings import TelegramSettings
+from core.settings import PaymentsSettings, TelegramSettings
 from db.models import (
     AuditEntry,
     Job,
@@ -64,11 +64,15 @@ async def api(
         yield client
 
 
+# What issuing an invoice needs.
+ON = PaymentsSettings(enabled=True)
+
+
 def paid(session: Session, tg: FakeTelegram, telegram_id: int, credits: int = 5) -> Any:
     """A user who bought a pack (the charge known to the fake Telegram)."""
     user = make_user(session, telegram_id)
     pack = billing.create_pack(session, title="Five", credits=credits, stars=50, actor="t")
-    payload = billing.invoice_payload(pack, user.id, 1)
+    payload = billing.issue_invoice(session, user.id, pack.id, ON).payload
     charge = f"stx-{telegram_id}"
     tg.add_charge(Charge(charge, telegram_id, 50, payload))
     result = billing.record_payment(session, telegram_id, payload, 50, charge)
@@ -176,7 +180,7 @@ class TestReconcile:
     ) -> None:
         user = make_user(session, 7301)
         pack = billing.create_pack(session, title="Five", credits=5, stars=50, actor="t")
-        payload = billing.invoice_payload(pack, user.id, 1)
+        payload = billing.issue_invoice(session, user.id, pack.id, ON).payload
         session.flush()
         tg.lost_payment(tg.user(7301), payload, 50)
         r = await api.post("/api/v1/payments/reconcile", headers=AUTH)
@@ -195,7 +199,7 @@ class TestReconcile:
         reconcile debits its credits once (before: the user kept Stars and credits)."""
         user = make_user(session, 7302)
         pack = billing.create_pack(session, title="Five", credits=5, stars=50, actor="t")
-        payload = billing.invoice_payload(pack, user.id, 1)
+        payload = billing.issue_invoice(session, user.id, pack.id, ON).payload
         charge = tg.lost_payment(tg.user(7302), payload, 50)
         billing.record_payment(session, 7302, payload, 50, charge)
         session.flush()
