@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from core.blobstore import LocalBlobStore
 from core.metrics import Metrics
 from core.settings import PaymentsSettings, TelegramSettings
+from db.locks import try_lock
 from db.models import (
     AuditEntry,
     Job,
@@ -222,6 +223,16 @@ class TestReconcile:
         row = session.scalar(select(Payment).where(Payment.charge_id == charge))
         assert row is not None
         assert (row.refund_debited, row.refund_shortfall) == (5, 0)
+
+    async def test_a_reconcile_while_another_runs_is_409(
+        self, api: Client, db: Database, tg: FakeTelegram
+    ) -> None:
+        with try_lock(db, "payments.reconcile") as held:
+            assert held
+            r = await api.post("/api/v1/payments/reconcile", headers=AUTH)
+        assert r.status == 409, await r.text()
+        assert (await r.json())["error"]["code"] == "reconcile_running"
+        assert tg.calls_to("getStarTransactions") == []
 
     async def test_telegram_out_of_reach_is_503(
         self,
