@@ -100,6 +100,12 @@ class AmbiguousUser(Conflict):
     code = "ambiguous_user"
 
 
+class ReconcileRunning(Conflict):
+    """Another reconciliation with Telegram's Stars history holds the lock; try again later."""
+
+    code = "reconcile_running"
+
+
 class InUse(Conflict):
     """A catalog item still has queued or running jobs."""
 

@@ -320,6 +320,9 @@ class PaymentsSettings(BaseSettings):
     # successful_payment update was lost is credited within this many seconds. 0: only an
     # admin's /reconcile or POST /api/v1/payments/reconcile.
     reconcile_interval_seconds: int = Field(default=3600, ge=0)
+    # How long an invoice the bot sent can be paid; the checkout of an older one is refused
+    # (the user taps /buy for a fresh one). A payment accepted at checkout is always credited.
+    invoice_ttl_seconds: int = Field(default=86_400, ge=60, le=30 * 86_400)
 
     @field_validator("reconcile_interval_seconds")
     @classmethod

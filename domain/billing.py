@@ -28,16 +28,19 @@ append-only `LedgerEntry` with the balance after it, in the same transaction. No
 deletes ledger rows except /forget (`forget_billing`), which removes them and zeroes the balance
 together. `ledger_mismatches` proves balance and ledger agree.
 
-Payments. `/buy` shows the enabled packs; an invoice's payload carries the pack, its credits,
-its price, the user and when it was issued; the pre-checkout answer (`check_checkout`)
-re-checks all of them; `record_payment` credits exactly once per Telegram charge id; a refund
+Payments. `/buy` shows the enabled packs; every invoice is a row (`issue_invoice`) whose
+payload names only that row; the pre-checkout answer (`check_checkout`) and `record_payment`
+credit from the row only (payer, Stars, currency, paid once), exactly once per Telegram charge
+id; a payment that matches no invoice we issued is kept with the reason, credits nothing and is
+audited (`payment.unmatched`); old `pk:` payloads match during the upgrade's grace period only
+(`LEGACY_INVOICES`); a refund
 (`refund_payment`, from an admin or a `refunded_payment` update) debits the payment's credits as
 far as the user has not spent them and records the shortfall the admin is shown."""
 
 from __future__ import annotations
 
 import logging
-import time
+import secrets
 from collections import defaultdict
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
@@ -64,7 +67,9 @@ from core.settings import LimitsSettings, PaymentsSettings
 from db.base import lock_for_write, utcnow
 from db.models import (
     FINAL_STATUSES,
+    AuditEntry,
     ChargeKind,
+    Invoice,
     Job,
     JobKind,
     JobStatus,
@@ -72,6 +77,7 @@ from db.models import (
     LedgerKind,
     Pack,
     Payment,
+    ServiceState,
     User,
 )
 from domain.audit import audit
@@ -83,6 +89,7 @@ CURRENCY = "XTR"
 # Kinds the free daily quota covers (HD upscales and trainings are outside it).
 QUOTA_KINDS = frozenset({JobKind.PORTRAIT, JobKind.TEMPLATE})
 PAYLOAD_PREFIX = "pk"
+INVOICE_PREFIX = "inv"
 MAX_PACK_CREDITS = 10_000
 # Telegram's bounds for a Stars price.
 MIN_STARS, MAX_STARS = 1, 10_000
@@ -440,20 +447,54 @@ def delete_pack(session: Session, pack_id: int, actor: str) -> None:
 
 # ---- buying ----
 
+# The service_state row of the grace period for invoices issued before invoices were rows.
+LEGACY_INVOICES = "payments.legacy_invoices"
+# Why a payment credited nothing: its payload names no invoice we issued, another user's
+# invoice, another price or currency, or an invoice already paid.
+UNMATCHED_REASONS = ("no_invoice", "payer", "amount", "currency", "paid")
 
-@dataclass(frozen=True)
-class Invoice:
-    """What `send_invoice` needs."""
 
-    pack_id: int
-    title: str
-    credits: int
-    stars: int
-    payload: str
+def issue_invoice(
+    session: Session,
+    user_id: int,
+    pack_id: int,
+    payments: PaymentsSettings,
+    now: datetime | None = None,
+) -> Invoice:
+    """Issue an invoice for a pack the user chose (PaymentRefused when it cannot be sold now):
+    the row a payment of it is credited from. Its `payload` is what `sendInvoice` or
+    `createInvoiceLink` must carry (`inv:` and the row's random public id, nothing else)."""
+    if not payments.enabled:
+        raise PaymentRefused("payments are off", reason="disabled")
+    user = session.get(User, user_id)
+    if user is None:
+        raise NotFound(f"user {user_id} not found")
+    if user.is_banned:
+        raise UserBanned("banned")
+    pack = session.get(Pack, pack_id)
+    if pack is None or not pack.enabled:
+        raise PaymentRefused("the pack is no longer sold", reason="pack_gone")
+    issued = now or utcnow()
+    invoice = Invoice(
+        payload=f"{INVOICE_PREFIX}:{secrets.token_urlsafe(16)}",
+        user_id=user.id,
+        telegram_id=user.telegram_id,
+        pack_id=pack.id,
+        title=pack.title,
+        credits=pack.credits,
+        stars=pack.stars,
+        currency=CURRENCY,
+        issued_at=issued,
+        expires_at=issued + timedelta(seconds=payments.invoice_ttl_seconds),
+    )
+    session.add(invoice)
+    session.flush()
+    return invoice
 
 
 def invoice_payload(pack: Pack, user_id: int, issued: int) -> str:
-    """`pk:<pack>:<credits>:<stars>:<user>:<unix time in ms>` (under Telegram's 128 bytes)."""
+    """The payload invoices carried before they were rows:
+    `pk:<pack>:<credits>:<stars>:<user>:<unix time in ms>` (read during the grace period)."""
     return f"{PAYLOAD_PREFIX}:{pack.id}:{pack.credits}:{pack.stars}:{user_id}:{issued}"
 
 
@@ -467,7 +508,7 @@ class Payload:
 
 
 def parse_payload(payload: str) -> Payload | None:
-    """An invoice payload this bot issued; None for anything else."""
+    """An old-format invoice payload (`invoice_payload`); None for anything else."""
     parts = payload.split(":")
     if len(parts) != 6 or parts[0] != PAYLOAD_PREFIX or not all(p.isdigit() for p in parts[1:]):
         return None
@@ -475,26 +516,62 @@ def parse_payload(payload: str) -> Payload | None:
     return Payload(pack_id, credits, stars, user_id, issued)
 
 
+def find_invoice(session: Session, payload: str, now: datetime | None = None) -> Invoice | None:
+    """The invoice a payload names (locked: paying it is serialised), or None when it names
+    none we issued."""
+    invoice = session.scalar(
+        select(Invoice)
+        .where(Invoice.payload == payload)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    if invoice is None and payload.startswith(f"{PAYLOAD_PREFIX}:"):
+        invoice = _legacy_invoice(session, payload, now or utcnow())
+    return invoice
+
+
+def _legacy_invoice(session: Session, payload: str, now: datetime) -> Invoice | None:
+    """The row of an old `pk:` invoice, made now, during the grace period the upgrade set
+    (`LEGACY_INVOICES`): issued before the upgrade, paid before the grace ends, for the same
+    user, and its pack still selling the same credits for the same Stars. None otherwise."""
+    parsed = parse_payload(payload)
+    state = session.get(ServiceState, LEGACY_INVOICES)
+    if parsed is None or state is None:
+        return None
+    now_ms = int(now.timestamp() * 1000)
+    if parsed.issued >= int(state.value.get("issued_before_ms", 0)) or now_ms > int(
+        state.value.get("paid_until_ms", 0)
+    ):
+        return None
+    user = session.get(User, parsed.user_id)
+    pack = session.get(Pack, parsed.pack_id)
+    if (
+        user is None
+        or pack is None
+        or (pack.credits, pack.stars) != (parsed.credits, parsed.stars)
+    ):
+        return None
+    issued = datetime.fromtimestamp(parsed.issued / 1000, UTC)
+    invoice = Invoice(
+        payload=payload,
+        user_id=user.id,
+        telegram_id=user.telegram_id,
+        pack_id=pack.id,
+        title=pack.title,
+        credits=parsed.credits,
+        stars=parsed.stars,
+        currency=CURRENCY,
+        issued_at=issued,
+        expires_at=datetime.fromtimestamp(int(state.value["paid_until_ms"]) / 1000, UTC),
+    )
+    session.add(invoice)
+    session.flush()
+    logger.info("invoice %s from before invoices were rows: matched to pack %s", payload, pack.id)
+    return invoice
+
+
 def _payer(session: Session, telegram_id: int) -> User | None:
     return session.scalar(select(User).where(User.telegram_id == telegram_id))
-
-
-def prepare_invoice(
-    session: Session, user_id: int, pack_id: int, payments: PaymentsSettings
-) -> Invoice:
-    """The invoice for a pack the user chose (PaymentRefused when it cannot be sold now)."""
-    if not payments.enabled:
-        raise PaymentRefused("payments are off", reason="disabled")
-    user = session.get(User, user_id)
-    if user is None:
-        raise NotFound(f"user {user_id} not found")
-    if user.is_banned:
-        raise UserBanned("banned")
-    pack = session.get(Pack, pack_id)
-    if pack is None or not pack.enabled:
-        raise PaymentRefused("the pack is no longer sold", reason="pack_gone")
-    payload = invoice_payload(pack, user.id, int(time.time() * 1000))
-    return Invoice(pack.id, pack.title, pack.credits, pack.stars, payload)
 
 
 def check_checkout(
@@ -505,30 +582,43 @@ def check_checkout(
     total_amount: int,
     payments: PaymentsSettings,
 ) -> str | None:
-    """The pre-checkout verdict: None to accept, else the refusal reason (`pay.refused.<r>`)."""
+    """The pre-checkout verdict: None to accept, else the refusal reason (`pay.refused.<r>`).
+
+    Only the invoice row counts: its payer, price and currency; then whether it can still be
+    paid (not paid, not expired) and its pack still sold on the same terms."""
     if not payments.enabled:
         return "disabled"
-    parsed = parse_payload(payload)
-    if parsed is None or currency != CURRENCY:
-        return "invalid"
+    now = utcnow()
+    invoice = find_invoice(session, payload, now)
     user = _payer(session, telegram_id)
-    if user is None or user.id != parsed.user_id:
+    if (
+        invoice is None
+        or user is None
+        or invoice.user_id != user.id
+        or currency != invoice.currency
+        or total_amount != invoice.stars
+    ):
         return "invalid"
     if user.is_banned:
         return "banned"
-    if user.forgotten_at is not None and user.forgotten_at.timestamp() * 1000 >= parsed.issued:
+    if user.forgotten_at is not None and user.forgotten_at >= invoice.issued_at:
         return "forgotten"
-    pack = session.get(Pack, parsed.pack_id)
+    if invoice.paid_at is not None:
+        return "paid"
+    pack = session.get(Pack, invoice.pack_id) if invoice.pack_id is not None else None
     if pack is None or not pack.enabled:
         return "pack_gone"
-    if pack.stars != parsed.stars or pack.credits != parsed.credits or total_amount != pack.stars:
+    if (pack.stars, pack.credits) != (invoice.stars, invoice.credits):
         return "price_changed"
+    if now > invoice.expires_at:
+        return "expired"
     return None
 
 
 @dataclass(frozen=True)
 class PaymentResult:
-    """What a successful payment did: credited now, or a duplicate that credited nothing."""
+    """What a successful payment did: credited now, a duplicate that credited nothing, or a
+    payment that matches no invoice we issued (`unmatched`: why; nothing credited)."""
 
     payment_id: int
     credits: int
@@ -537,6 +627,23 @@ class PaymentResult:
     duplicate: bool
     telegram_id: int = 0
     language: str | None = None
+    charge_id: str = ""
+    unmatched: str | None = None
+
+
+def _mismatch(invoice: Invoice | None, user: User, total_amount: int, currency: str) -> str | None:
+    """Why a payment cannot be credited from this invoice (None: it can)."""
+    if invoice is None:
+        return "no_invoice"
+    if invoice.user_id != user.id:
+        return "payer"
+    if currency != invoice.currency:
+        return "currency"
+    if total_amount != invoice.stars:
+        return "amount"
+    if invoice.paid_at is not None:
+        return "paid"
+    return None
 
 
 def record_payment(
@@ -546,11 +653,16 @@ def record_payment(
     total_amount: int,
     charge_id: str,
     provider_charge_id: str | None = None,
+    currency: str = CURRENCY,
 ) -> PaymentResult:
-    """Credit a successful payment, exactly once per Telegram charge id.
+    """Credit a successful payment from the invoice it paid, exactly once per Telegram charge
+    id and once per invoice.
 
     The user paid, so this credits whatever happened since the pre-checkout (a ban, a pack
-    change): the credits promised by the invoice they paid."""
+    change): the credits of the invoice row. A payment whose payload names no invoice we
+    issued, or whose payer, amount or currency differs from it, or of an invoice already paid,
+    credits nothing: it is kept with the reason (`Payment.unmatched`) and audited
+    (`payment.unmatched`) for an admin to look into (and refund)."""
     user = _payer(session, telegram_id)
     if user is None:
         raise NotFound(f"user {telegram_id} not found", telegram_id=telegram_id)
@@ -567,33 +679,75 @@ def record_payment(
             True,
             telegram_id,
             user.language,
+            charge_id,
+            existing.unmatched,
         )
-    parsed = parse_payload(payload)
-    if parsed is None:
-        # Not our invoice: keep the money's record, credit nothing, let an admin refund it.
-        credits, pack_id, title = 0, None, "unknown"
-    else:
-        pack = session.get(Pack, parsed.pack_id)
-        credits, pack_id = parsed.credits, (pack.id if pack else None)
-        title = pack.title if pack else f"pack {parsed.pack_id}"
+    invoice = find_invoice(session, payload)
+    reason = _mismatch(invoice, user, total_amount, currency)
     payment = Payment(
         charge_id=charge_id,
         provider_charge_id=provider_charge_id,
         user_id=user.id,
         telegram_id=telegram_id,
-        pack_id=pack_id,
-        title=title,
+        invoice_id=invoice.id if invoice is not None else None,
+        pack_id=invoice.pack_id if invoice is not None and reason is None else None,
+        title=invoice.title if invoice is not None and reason is None else "unmatched",
         stars=total_amount,
-        credits=credits,
+        credits=0 if reason is not None or invoice is None else invoice.credits,
+        unmatched=reason,
     )
     session.add(payment)
     session.flush()
-    new_balance = _move(session, user.id, LedgerKind.PURCHASE, credits, payment_id=payment.id)
+    if reason is not None:
+        audit(
+            session,
+            "telegram",
+            "payment.unmatched",
+            f"payment:{payment.id}",
+            charge_id=charge_id,
+            telegram_id=telegram_id,
+            stars=total_amount,
+            currency=currency,
+            payload=payload[:128],
+            invoice_id=payment.invoice_id,
+            reason=reason,
+        )
+        logger.warning(
+            "payment %s of %s (%d %s) credited nothing: %s",
+            charge_id,
+            telegram_id,
+            total_amount,
+            currency,
+            reason,
+        )
+        return PaymentResult(
+            payment.id,
+            0,
+            total_amount,
+            user.credits,
+            False,
+            telegram_id,
+            user.language,
+            charge_id,
+            reason,
+        )
+    assert invoice is not None
+    invoice.paid_at = utcnow()
+    new_balance = _move(
+        session, user.id, LedgerKind.PURCHASE, payment.credits, payment_id=payment.id
+    )
     assert new_balance is not None
     emit_event(session, "payment.succeeded", payment_payload(payment))
-    logger.info("payment %s: %d credits for %d Stars", charge_id, credits, total_amount)
+    logger.info("payment %s: %d credits for %d Stars", charge_id, payment.credits, total_amount)
     return PaymentResult(
-        payment.id, credits, total_amount, new_balance, False, telegram_id, user.language
+        payment.id,
+        payment.credits,
+        total_amount,
+        new_balance,
+        False,
+        telegram_id,
+        user.language,
+        charge_id,
     )
 
 
@@ -608,12 +762,47 @@ class StarPayment:
     date: datetime
 
 
+# The service_state row of reconcile's place in Telegram's Stars history.
+STAR_CURSOR = "payments.star_transactions"
+
+
+@dataclass(frozen=True)
+class StarCursor:
+    """How far reconcile has read Telegram's Stars transactions (chronological, oldest first):
+    `offset` transactions read, the last of them `last` (its kind and id) to check that the
+    history still starts the same way before reading on from it."""
+
+    offset: int = 0
+    last: str | None = None
+
+
+def star_cursor(session: Session) -> StarCursor:
+    """Reconcile's place in the Stars history (the start when it never ran)."""
+    row = session.get(ServiceState, STAR_CURSOR)
+    if row is None:
+        return StarCursor()
+    last = row.value.get("last")
+    return StarCursor(int(row.value.get("offset", 0)), str(last) if last else None)
+
+
+def save_star_cursor(session: Session, cursor: StarCursor) -> None:
+    """Keep reconcile's place (the caller holds the reconcile lock)."""
+    value = {"offset": cursor.offset, "last": cursor.last}
+    row = session.get(ServiceState, STAR_CURSOR, with_for_update=True)
+    if row is None:
+        session.add(ServiceState(name=STAR_CURSOR, value=value))
+    else:
+        row.value = value
+
+
 @dataclass(frozen=True)
 class Reconciled:
-    """What a reconciliation recorded: lost payments credited, lost refunds debited."""
+    """What a reconciliation recorded: lost payments credited, lost refunds debited, and lost
+    payments that match no invoice we issued (kept, nothing credited)."""
 
     credited: list[PaymentResult] = field(default_factory=list)
     refunded: list[RefundResult] = field(default_factory=list)
+    unmatched: list[PaymentResult] = field(default_factory=list)
 
     @property
     def stars(self) -> int:
@@ -623,18 +812,43 @@ class Reconciled:
     def refunded_stars(self) -> int:
         return sum(r.stars for r in self.refunded)
 
+    def extend(self, other: Reconciled) -> None:
+        """Add what a later batch of the same run recorded."""
+        self.credited.extend(other.credited)
+        self.refunded.extend(other.refunded)
+        self.unmatched.extend(other.unmatched)
+
+
+def _recorded_charges(session: Session, charge_ids: Collection[str]) -> set[str]:
+    """Which of these charge ids have a payment row (asked in chunks the database accepts)."""
+    ids = sorted(set(charge_ids))
+    found: set[str] = set()
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        found.update(
+            session.scalars(select(Payment.charge_id).where(Payment.charge_id.in_(chunk)))
+        )
+    return found
+
 
 def reconcile_payments(
-    session: Session, received: Sequence[StarPayment], refunded: Collection[str] = ()
+    session: Session,
+    received: Sequence[StarPayment],
+    refunded: Collection[str] = (),
+    cursor: StarCursor | None = None,
 ) -> Reconciled:
     """Credit the payments Telegram made that were never recorded (a `successful_payment`
     update lost with a crashed process), each exactly once like any other (`record_payment`),
-    and record the refunds Telegram made of recorded payments (`refunded`: charge ids) whose
+    (or keep it unmatched, crediting nothing, when it matches no invoice we issued), and record
+    the refunds Telegram made of recorded payments (`refunded`: charge ids) whose
     `refunded_payment` update was lost, like that update would (`refund_payment`).
 
     Left alone: payments already recorded, payers this bot never saw, and payments made before
-    the payer's /forget (their record may have been deleted on purpose)."""
+    the payer's /forget (their record may have been deleted on purpose). `cursor`, when given,
+    is kept in the same transaction: the place in the history these transactions end at."""
     found = Reconciled()
+    if cursor is not None:
+        save_star_cursor(session, cursor)
     if refunded:
         lost = session.scalars(
             select(Payment.id).where(
@@ -652,9 +866,11 @@ def reconcile_payments(
                     refund.debited,
                     refund.shortfall,
                 )
+    recorded = _recorded_charges(session, [item.charge_id for item in received])
     for item in received:
-        if session.scalar(select(Payment.id).where(Payment.charge_id == item.charge_id)):
+        if item.charge_id in recorded:
             continue
+        recorded.add(item.charge_id)
         user = _payer(session, item.telegram_id)
         if user is None:
             logger.warning("payment %s: unknown payer %s", item.charge_id, item.telegram_id)
@@ -664,7 +880,17 @@ def reconcile_payments(
         result = record_payment(
             session, item.telegram_id, item.payload, item.stars, item.charge_id
         )
-        if not result.duplicate:
+        if result.duplicate:
+            continue
+        if result.unmatched is not None:
+            logger.warning(
+                "payment %s was never recorded and matches no invoice (%s): kept, nothing "
+                "credited",
+                item.charge_id,
+                result.unmatched,
+            )
+            found.unmatched.append(result)
+        else:
             logger.warning("payment %s was never recorded: credited now", item.charge_id)
             found.credited.append(result)
     return found
@@ -822,6 +1048,42 @@ def refund_payment(
         payment.telegram_id,
         language,
     )
+
+
+UNRECORDED_REFUND = "payment.refund_unrecorded"
+
+
+def record_unrecorded_refund(
+    session: Session, charge_id: str, telegram_id: int, stars: int, payload: str
+) -> bool:
+    """Telegram refunded a payment this bot holds no record of (its `successful_payment`
+    update was lost, or the record went with the payer's /forget): nothing to debit, so the
+    refund is only written to the audit log, once per charge id. Whether it is new."""
+    target = f"charge:{charge_id}"[:128]
+    seen = session.scalar(
+        select(AuditEntry.id).where(
+            AuditEntry.action == UNRECORDED_REFUND, AuditEntry.target == target
+        )
+    )
+    if seen is not None:
+        return False
+    audit(
+        session,
+        "telegram",
+        UNRECORDED_REFUND,
+        target,
+        charge_id=charge_id,
+        telegram_id=telegram_id,
+        stars=stars,
+        payload=payload[:128],
+    )
+    logger.warning(
+        "payment %s of %s (%d Stars) was refunded but never recorded here: nothing debited",
+        charge_id,
+        telegram_id,
+        stars,
+    )
+    return True
 
 
 # ---- admin grants and views ----

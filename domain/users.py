@@ -35,15 +35,18 @@ def touch(
     username: str | None,
     first_name: str | None,
     language: str,
+    *,
+    can_tell: bool = True,
 ) -> Contact:
-    """Create or refresh the user who just wrote; a banned user is told once."""
+    """Create or refresh the user who just wrote; a banned user is told once, on the first
+    update they can see an answer to (`can_tell`: not a payment update or a checkout)."""
     user = UserRepository(session).get_or_create(
         telegram_id,
         username=storable(username),
         first_name=storable(first_name),
         language=language,
     )
-    tell = user.is_banned and not user.ban_notified
+    tell = can_tell and user.is_banned and not user.ban_notified
     if tell:
         user.ban_notified = True
     session.flush()

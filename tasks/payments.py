@@ -27,7 +27,7 @@ from telegram_ui import payments as telegram_payments
 logger = logging.getLogger(__name__)
 
 TASK_NAME = "payments.reconcile"
-LOCK_NAME = "payments.reconcile"
+LOCK_NAME = telegram_payments.LOCK_NAME
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ def reconcile_once(ctx: WorkerContext, metrics: Metrics | None = None) -> Reconc
         try:
             found = ctx.call_telegram(
                 lambda bot: telegram_payments.reconcile(
-                    lambda: nullcontext(bot), ctx.db, ctx.publisher
+                    lambda: nullcontext(bot), ctx.db, ctx.publisher, locked=True
                 )
             )
         except TelegramError as exc:  # DeadlineExceeded included
@@ -72,7 +72,7 @@ def reconcile_once(ctx: WorkerContext, metrics: Metrics | None = None) -> Reconc
     metrics.record_reconciled(
         "schedule", [r.stars for r in found.credited], [r.stars for r in found.refunded]
     )
-    if found.credited or found.refunded:
+    if found.credited or found.refunded or found.unmatched:
         logger.warning(
             "payments reconcile credited %d lost payments (%d Stars): ids %s; recorded %d lost "
             "refunds: ids %s",

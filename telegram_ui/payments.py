@@ -9,14 +9,17 @@ follows a refund changes nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 
-from telegram import Bot, TransactionPartnerUser
+from telegram import Bot, StarTransaction, TransactionPartnerUser
 from telegram.error import BadRequest, TelegramError
 
-from core.errors import PaymentRefused
+from core.errors import PaymentRefused, ReconcileRunning
+from db.locks import try_lock
 from db.session import Database
 from domain import billing
 from domain.outbox import Publisher, transact_async
@@ -56,26 +59,64 @@ async def refund(
     return result
 
 
-# Stars transactions read per call (Telegram's maximum) and in all.
+# Stars transactions read per call (Telegram's maximum), and pages read before a batch is
+# recorded (credits and the new place in one transaction, so a crash loses no progress).
 TRANSACTIONS_PAGE = 100
-MAX_TRANSACTIONS = 10_000
+BATCH_PAGES = 10
+LOCK_NAME = "payments.reconcile"
 
 
-async def star_payments(bot: Bot) -> list[billing.StarPayment]:
-    """Payments to this bot that Telegram lists and has not refunded, newest first."""
-    received, refunded = await star_transactions(bot)
-    return [p for p in received if p.charge_id not in refunded]
+@dataclass
+class StarBatch:
+    """Transactions read from the Stars history: the payments and the refunded charge ids among
+    them, and the place in the history they end at."""
+
+    received: list[billing.StarPayment]
+    refunded: set[str]
+    cursor: billing.StarCursor
+    # Whether the history ended within this batch (the run is done after it).
+    last: bool
 
 
-async def star_transactions(bot: Bot) -> tuple[list[billing.StarPayment], set[str]]:
-    """Payments to this bot that Telegram lists (newest first), and the charge ids of those
-    it refunded."""
+def transaction_key(tx: StarTransaction) -> str:
+    """What identifies a transaction in the history: a refund carries its payment's id."""
+    return f"{'out' if tx.receiver is not None else 'in'}:{tx.id}"
+
+
+async def star_batches(bot: Bot, cursor: billing.StarCursor) -> AsyncIterator[StarBatch]:
+    """Telegram's Stars transactions after `cursor`, in batches of pages, oldest first (the
+    Bot API lists them in chronological order, `offset` counting from the oldest).
+
+    The page that resumes starts one before the place, with the last transaction read: when it
+    is not the one the place remembers (another bot's token, a history Telegram changed), the
+    whole history is read again from the start (every step of reconciling is idempotent)."""
+    offset = cursor.offset
+    skip = 0
+    if offset > 0 and cursor.last is not None:
+        offset, skip = offset - 1, 1
+    elif offset > 0:
+        offset = 0
     received: list[billing.StarPayment] = []
     refunded: set[str] = set()
-    offset = 0
-    while offset < MAX_TRANSACTIONS:
+    pages = 0
+    last_key = cursor.last
+    while True:
         page = await bot.get_star_transactions(offset=offset, limit=TRANSACTIONS_PAGE)
-        for tx in page.transactions:
+        transactions = list(page.transactions)
+        if skip:
+            if not transactions or transaction_key(transactions[0]) != cursor.last:
+                logger.warning(
+                    "the Stars history no longer holds transaction %s at %d: reading it all",
+                    cursor.last,
+                    offset,
+                )
+                offset, skip, last_key = 0, 0, None
+                continue
+            new = transactions[1:]
+            skip = 0
+        else:
+            new = transactions
+        for tx in new:
             if isinstance(tx.receiver, TransactionPartnerUser):
                 # A refund carries the id of the payment it returns.
                 refunded.add(tx.id)
@@ -86,36 +127,100 @@ async def star_transactions(bot: Bot) -> tuple[list[billing.StarPayment], set[st
                         tx.id, source.user.id, source.invoice_payload, tx.amount, tx.date
                     )
                 )
-        if len(page.transactions) < TRANSACTIONS_PAGE:
-            break
-        offset += len(page.transactions)
-    return received, refunded
+        if transactions:
+            last_key = transaction_key(transactions[-1])
+        offset += len(transactions)
+        pages += 1
+        end = len(transactions) < TRANSACTIONS_PAGE
+        if end or pages >= BATCH_PAGES:
+            yield StarBatch(received, refunded, billing.StarCursor(offset, last_key), end)
+            if end:
+                return
+            received, refunded, pages = [], set(), 0
 
 
 async def reconcile(
-    open_bot: Callable[[], AbstractAsyncContextManager[Bot]], db: Database, publisher: Publisher
+    open_bot: Callable[[], AbstractAsyncContextManager[Bot]],
+    db: Database,
+    publisher: Publisher,
+    *,
+    locked: bool = False,
+    admin_chat: int | None = None,
 ) -> billing.Reconciled:
     """Credit the Stars payments Telegram made that this bot never recorded, and record the
     refunds Telegram made that this bot never recorded (`domain.billing.reconcile_payments`);
-    each payer is told, as the lost update would have told them."""
-    async with open_bot() as bot:
-        received, refunded = await star_transactions(bot)
-        unrefunded = [p for p in received if p.charge_id not in refunded]
-        found = await transact_async(
-            db, publisher, billing.reconcile_payments, unrefunded, refunded
+    each payer is told, as the lost update would have told them.
+
+    Only the transactions after the place the last run kept are read (the first run reads the
+    whole history, in pages, with no cap); each batch is recorded with the new place in one
+    transaction. One run at a time: under the `payments.reconcile` lock (`db.locks`), taken
+    here unless the caller holds it (`locked`); ReconcileRunning when another run holds it.
+    Payments that match no invoice the bot issued are kept, credit nothing, and are told to
+    `admin_chat` when given (the scheduled run tells the admin chat everything itself)."""
+    async with _reconcile_lock(db, held_by_caller=locked):
+        found = billing.Reconciled()
+        async with open_bot() as bot:
+            cursor = await db.run(billing.star_cursor)
+            async for batch in star_batches(bot, cursor):
+                unrefunded = [p for p in batch.received if p.charge_id not in batch.refunded]
+                part = await transact_async(
+                    db,
+                    publisher,
+                    billing.reconcile_payments,
+                    unrefunded,
+                    batch.refunded,
+                    batch.cursor,
+                )
+                await _tell_payers(bot, part)
+                found.extend(part)
+            if found.unmatched and admin_chat is not None:
+                await _tell_unmatched(bot, admin_chat, found)
+        return found
+
+
+async def _tell_unmatched(bot: Bot, admin_chat: int, found: billing.Reconciled) -> None:
+    """Alert the admin chat to payments that match no invoice (best effort: they are kept)."""
+    text = translate(
+        None,
+        "admin.reconcile_unmatched",
+        count=len(found.unmatched),
+        stars=sum(r.stars for r in found.unmatched),
+        payments=", ".join(str(r.payment_id) for r in found.unmatched),
+    )
+    try:
+        await bot.send_message(admin_chat, text)
+    except TelegramError as exc:
+        logger.warning("could not tell the admin chat about unmatched payments: %s", exc)
+
+
+async def _tell_payers(bot: Bot, found: billing.Reconciled) -> None:
+    for result in found.credited:
+        text = translate(
+            result.language, "pay.done", credits=result.credits, balance=result.balance
         )
-        for result in found.credited:
-            text = translate(
-                result.language, "pay.done", credits=result.credits, balance=result.balance
-            )
-            try:
-                await bot.send_message(result.telegram_id, text)
-            except TelegramError as exc:
-                logger.info("could not tell %s about their credits: %s", result.telegram_id, exc)
-        for refund in found.refunded:
-            if refund.language is not None:
-                await tell_refunded(bot, refund)
-    return found
+        try:
+            await bot.send_message(result.telegram_id, text)
+        except TelegramError as exc:
+            logger.info("could not tell %s about their credits: %s", result.telegram_id, exc)
+    for refund in found.refunded:
+        if refund.language is not None:
+            await tell_refunded(bot, refund)
+
+
+@asynccontextmanager
+async def _reconcile_lock(db: Database, *, held_by_caller: bool) -> AsyncIterator[None]:
+    """The reconcile lock for an async body (its blocking acquire and release in a thread)."""
+    if held_by_caller:
+        yield
+        return
+    lock = try_lock(db, LOCK_NAME)
+    held = await asyncio.to_thread(lock.__enter__)
+    try:
+        if not held:
+            raise ReconcileRunning("another reconciliation is running")
+        yield
+    finally:
+        await asyncio.to_thread(lock.__exit__, None, None, None)
 
 
 async def tell_refunded(bot: Bot, result: billing.RefundResult) -> None:
@@ -146,6 +251,16 @@ def reconcile_text(
         lines.append(
             translate(
                 language, key, count=len(found.credited), stars=found.stars, payments=payments
+            )
+        )
+    if found.unmatched:
+        lines.append(
+            translate(
+                language,
+                "admin.reconcile_unmatched",
+                count=len(found.unmatched),
+                stars=sum(r.stars for r in found.unmatched),
+                payments=", ".join(str(r.payment_id) for r in found.unmatched),
             )
         )
     if found.refunded:

@@ -44,6 +44,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "illegal_transition": 409,
     "conflict": 409,
     "ambiguous_user": 409,
+    "reconcile_running": 409,
     "active_job_exists": 409,
     "quota_exceeded": 409,
     "credits_needed": 409,

@@ -668,6 +668,10 @@ class PaymentOut(Model):
     refunded_at: datetime | None
     refund_debited: int | None
     refund_shortfall: int | None
+    # The invoice it paid, and why it credited nothing when it matches none we issued
+    # (no_invoice, payer, amount, currency, paid); null: credited from its invoice.
+    invoice_id: int | None
+    unmatched: str | None
 
 
 class RefundOut(BaseModel):
@@ -720,8 +724,9 @@ class LedgerCheckOut(BaseModel):
 
 
 class ReconcileOut(BaseModel):
-    """Payments Telegram lists (getStarTransactions) that were never recorded, credited now, and
-    refunds it lists that were never recorded, debited now."""
+    """Payments Telegram lists (getStarTransactions) that were never recorded, credited now,
+    refunds it lists that were never recorded, debited now, and payments it lists that match no
+    invoice the bot issued (kept, nothing credited; the admin chat is told)."""
 
     credited: int
     stars: int
@@ -729,3 +734,5 @@ class ReconcileOut(BaseModel):
     refunded: int
     refunded_stars: int
     refunded_payment_ids: list[int]
+    unmatched: int
+    unmatched_payment_ids: list[int]

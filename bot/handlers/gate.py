@@ -90,6 +90,9 @@ async def load_account(update: Update, context: BotContext) -> None:
         user.username,
         user.first_name,
         normalize_language(user.language_code),
+        # A payment update or a checkout shows the user no reply of ours: the one ban notice
+        # waits for an update they can see it answer.
+        can_tell=not is_payment(update),
     )
     account = context.account = contact.user
     context.deps.rate_limiter.remember_language(user.id, normalize_language(account.language))

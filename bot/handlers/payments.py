@@ -14,10 +14,11 @@ import re
 from contextlib import nullcontext
 
 from telegram import LabeledPrice, Update
+from telegram.error import TelegramError
 
 from bot.context import BotContext
 from bot.handlers.common import reply
-from core.errors import PaymentRefused
+from core.errors import NotFound, PaymentRefused
 from domain import billing
 from domain.audit import bot_actor
 from telegram_ui import callbacks as cb
@@ -39,6 +40,8 @@ REFUSALS = {
     "forgotten": "pay.refused.forgotten",
     "pack_gone": "pay.refused.pack_gone",
     "price_changed": "pay.refused.price_changed",
+    "paid": "pay.refused.paid",
+    "expired": "pay.refused.expired",
 }
 ADMIN_PAYMENT_COMMANDS = (
     "payments",
@@ -86,10 +89,11 @@ async def on_show_packs(update: Update, context: BotContext, data: cb.ShowPacks)
 
 
 async def on_buy_pack(update: Update, context: BotContext, data: cb.BuyPack) -> None:
-    """A pack's button: send its invoice in Stars (the pack is re-checked, forged ids refused)."""
+    """A pack's button: issue its invoice (a row; the payload names only it) and send it in
+    Stars (the pack is re-checked, forged ids refused)."""
     try:
         invoice = await context.db.run(
-            billing.prepare_invoice, context.account.id, data.pack_id, context.config.payments
+            billing.issue_invoice, context.account.id, data.pack_id, context.config.payments
         )
     except PaymentRefused as exc:
         reason = str(exc.details.get("reason", "invalid"))
@@ -130,7 +134,9 @@ async def on_pre_checkout(update: Update, context: BotContext) -> None:
 
 
 async def on_successful_payment(update: Update, context: BotContext) -> None:
-    """The money arrived: credit the pack once per charge id (a duplicate update does nothing)."""
+    """The money arrived: credit the invoice it paid, once per charge id (a duplicate update
+    does nothing). A payment that matches no invoice we issued credits nothing: it is kept,
+    the payer is told an admin will look at it, and the admin chat is alerted."""
     payment = update.effective_message.successful_payment
     result = await context.transact(
         billing.record_payment,
@@ -139,9 +145,25 @@ async def on_successful_payment(update: Update, context: BotContext) -> None:
         payment.total_amount,
         payment.telegram_payment_charge_id,
         payment.provider_payment_charge_id,
+        payment.currency,
     )
     if result.duplicate:
         context.deps.metrics.record_payment("duplicate")
+        return
+    if result.unmatched is not None:
+        context.deps.metrics.record_payment("unmatched", result.stars)
+        await reply(update, context, context.t("pay.unmatched"))
+        await _tell_admin_chat(
+            context,
+            True,
+            "admin.payment_unmatched",
+            charge=result.charge_id,
+            stars=result.stars,
+            currency=payment.currency,
+            user=result.telegram_id,
+            reason=result.unmatched,
+            id=result.payment_id,
+        )
         return
     context.deps.metrics.record_payment("succeeded", result.stars)
     await reply(
@@ -153,9 +175,28 @@ async def on_refunded_payment(update: Update, context: BotContext) -> None:
     """Telegram reports a refund: debit the payment's unspent credits once; tell the payer and,
     when credits were already spent, the admin chat."""
     refunded = update.effective_message.refunded_payment
-    result = await context.transact(
-        billing.refund_payment, refunded.telegram_payment_charge_id, "telegram"
-    )
+    charge_id = refunded.telegram_payment_charge_id
+    try:
+        result = await context.transact(billing.refund_payment, charge_id, "telegram")
+    except NotFound:
+        # A payment this bot never recorded: nothing to debit and nothing to tell the payer
+        # (Telegram shows them the refund); the admins hear of it once.
+        new = await context.transact(
+            billing.record_unrecorded_refund,
+            charge_id,
+            update.effective_user.id,
+            refunded.total_amount,
+            refunded.invoice_payload,
+        )
+        await _tell_admin_chat(
+            context,
+            new,
+            "admin.refund_unrecorded",
+            charge=charge_id,
+            stars=refunded.total_amount,
+            user=update.effective_user.id,
+        )
+        return
     if result.duplicate:
         return
     context.deps.metrics.record_payment("refunded", result.stars)
@@ -173,6 +214,17 @@ async def on_refunded_payment(update: Update, context: BotContext) -> None:
                 shortfall=result.shortfall,
             ),
         )
+
+
+async def _tell_admin_chat(context: BotContext, tell: bool, key: str, **values: object) -> None:
+    """A notice for the admin chat, when there is one (best effort: it is recorded already)."""
+    admin_chat = context.config.telegram.admin_chat_id
+    if not tell or admin_chat is None:
+        return
+    try:
+        await context.bot.send_message(admin_chat, translate(None, key, **values))
+    except TelegramError as exc:
+        logger.warning("could not tell the admin chat (%s): %s", key, exc)
 
 
 async def balance_command(update: Update, context: BotContext) -> None:
@@ -373,7 +425,10 @@ async def reconcile_command(update: Update, context: BotContext) -> None:
     """/reconcile: credit the payments Telegram lists that were never recorded, and record the
     refunds it lists that were never recorded."""
     found = await telegram_payments.reconcile(
-        lambda: nullcontext(context.bot), context.db, context.deps.publisher
+        lambda: nullcontext(context.bot),
+        context.db,
+        context.deps.publisher,
+        admin_chat=context.config.telegram.admin_chat_id,
     )
     context.deps.metrics.record_reconciled(
         "chat", [r.stars for r in found.credited], [r.stars for r in found.refunded]

@@ -1,10 +1,11 @@
 """All models, imported so the metadata is complete for Alembic and create_all."""
 
 from db.models.audit import AuditEntry
-from db.models.billing import ChargeKind, LedgerEntry, LedgerKind, Pack, Payment
+from db.models.billing import ChargeKind, Invoice, LedgerEntry, LedgerKind, Pack, Payment
 from db.models.broadcast import Broadcast
 from db.models.job import ACTIVE_STATUSES, FINAL_STATUSES, Job, JobKind, JobStatus
 from db.models.photo import Photo, PhotoKind
+from db.models.state import ServiceState
 from db.models.style import BaseModelName, Style, StyleOrigin
 from db.models.template import Template
 from db.models.training import StyleTraining
@@ -18,6 +19,7 @@ __all__ = [
     "BaseModelName",
     "Broadcast",
     "ChargeKind",
+    "Invoice",
     "Job",
     "JobKind",
     "JobStatus",
@@ -27,6 +29,7 @@ __all__ = [
     "Payment",
     "Photo",
     "PhotoKind",
+    "ServiceState",
     "Style",
     "StyleOrigin",
     "StyleTraining",

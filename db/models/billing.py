@@ -46,6 +46,31 @@ class Pack(TimestampMixin, Base):
     position: Mapped[int] = mapped_column(Integer, default=0)
 
 
+class Invoice(Base):
+    """One invoice the bot issued for a pack: the only terms a payment is credited from.
+
+    Its `payload` is all Telegram carries (`inv:<random id>`; an invoice issued before invoices
+    were rows carries the old `pk:...` text, matched during a grace period only). Paid once:
+    `paid_at` is set by the payment that credited it."""
+
+    __tablename__ = "invoices"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    payload: Mapped[str] = mapped_column(String(128), unique=True)
+    user_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), index=True
+    )
+    telegram_id: Mapped[int] = mapped_column(BigInteger)
+    pack_id: Mapped[int | None] = mapped_column(ForeignKey("packs.id", ondelete="SET NULL"))
+    title: Mapped[str] = mapped_column(String(32))
+    credits: Mapped[int] = mapped_column(Integer)
+    stars: Mapped[int] = mapped_column(Integer)
+    currency: Mapped[str] = mapped_column(String(8))
+    issued_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    paid_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
 class Payment(Base):
     """One successful Stars payment: exactly one per Telegram charge id."""
 
@@ -68,6 +93,12 @@ class Payment(Base):
     # Credits the refund took back, and those it could not (already spent).
     refund_debited: Mapped[int | None] = mapped_column(Integer)
     refund_shortfall: Mapped[int | None] = mapped_column(Integer)
+    # The invoice it paid (None: its payload names none), and why it credited nothing when it
+    # does not match one (`domain.billing.UNMATCHED_REASONS`); None: credited from its invoice.
+    invoice_id: Mapped[int | None] = mapped_column(
+        ForeignKey("invoices.id", ondelete="SET NULL"), index=True
+    )
+    unmatched: Mapped[str | None] = mapped_column(String(16))
 
 
 class LedgerEntry(Base):

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select
 
 from core.settings import PaymentsSettings
-from db.models import JobStatus, LedgerEntry, LedgerKind, Pack, Payment, User
+from db.models import AuditEntry, Invoice, JobStatus, LedgerEntry, LedgerKind, Pack, Payment, User
 from domain import billing, lifecycle
 from telegram_ui.i18n import translate
 from tests.bot.conftest import ADMIN_ID, BotHarness, give_selfie, jobs_of
@@ -158,6 +158,24 @@ class TestBuying:
         assert answer.params["error_message"] == translate("en", "pay.refused.banned")
         assert credits_of(shop, dan.id) == 0
 
+    async def test_a_refused_checkout_does_not_use_up_the_ban_notice(
+        self, shop: BotHarness
+    ) -> None:
+        tg = shop.tg
+        dan = tg.user(9107, "Dan", "en")
+        invoice = await invoice_for(shop, dan)
+        with shop.db.session() as s:
+            s.scalar(select(User).where(User.telegram_id == dan.id)).is_banned = True
+        answer = await tg.checkout(dan, invoice.params["payload"], 30)
+        assert answer.params["ok"] is False
+        # The refusal is all the payer saw; the ban notice is still theirs to read, once.
+        since = len(tg.calls)
+        tg.send_text(dan, "/balance")
+        await tg.wait_text(dan.id, translate("en", "error.banned"), since=since)
+        tg.send_text(dan, "/buy")
+        await tg.idle()
+        assert tg.sent_texts(dan.id).count(translate("en", "error.banned")) == 1
+
     async def test_money_paid_before_a_ban_is_still_credited(self, shop: BotHarness) -> None:
         tg = shop.tg
         eve = tg.user(9105, "Eve", "en")
@@ -213,8 +231,11 @@ class TestBuying:
         await tg.wait_text(ivy.id, "Pick a pack", since=since)
         tg.press_button(ivy, tg.bot_messages(ivy.id)[-1], "Small")
         own = await tg.wait_for("sendInvoice", chat_id=ivy.id, since=since)
-        assert billing.parse_payload(own.params["payload"]) is not None
         assert own.params["payload"] != invoice.params["payload"]
+        with shop.db.session() as s:
+            row = s.scalar(select(Invoice).where(Invoice.payload == own.params["payload"]))
+            assert row is not None
+            assert row.telegram_id == ivy.id
 
 
 class TestRefunds:
@@ -327,6 +348,35 @@ class TestRefunds:
         [job] = jobs_of(shop, ivy.id)
         assert job.status is JobStatus.QUEUED
 
+    async def test_refund_of_a_payment_never_recorded_is_audited_not_answered(
+        self, shop: BotHarness
+    ) -> None:
+        tg = shop.tg
+        joe = tg.user(9203, "Joe", "en")
+        invoice = await invoice_for(shop, joe)
+        # Telegram took the money, the update was lost, then Telegram refunded it.
+        charge = tg.lost_payment(joe, invoice.params["payload"], 30)
+        tg.refund_charge(charge)
+        since = len(tg.calls)
+        tg.refunded_payment(joe, charge)
+        notice = translate(None, "admin.refund_unrecorded", charge=charge, stars=30, user=joe.id)
+        await tg.wait_text(ADMIN_ID, notice, since=since)
+        tg.refunded_payment(joe, charge)  # sent again: recorded once, told once
+        await tg.idle()
+        # The payer sees Telegram's own refund message and nothing from the bot.
+        assert not [c for c in tg.calls[since:] if c.chat_id == joe.id]
+        assert tg.sent_texts(ADMIN_ID).count(notice) == 1
+        assert credits_of(shop, joe.id) == 0
+        assert ledger_of(shop, joe.id) == []
+        with shop.db.session() as s:
+            assert s.scalars(select(Payment)).all() == []
+            [entry] = s.scalars(
+                select(AuditEntry).where(AuditEntry.action == "payment.refund_unrecorded")
+            ).all()
+            assert entry.target == f"charge:{charge}"
+            assert entry.details["telegram_id"] == joe.id
+            assert entry.details["stars"] == 30
+
 
 class TestReconcile:
     async def test_a_payment_whose_update_was_lost_is_credited_once(
@@ -340,7 +390,7 @@ class TestReconcile:
         lost = tg.lost_payment(max_, invoice.params["payload"], 30)
         # Another payment that was refunded at Telegram is not credited.
         refunded = tg.lost_payment(max_, invoice.params["payload"], 30)
-        tg.charges[refunded].refunded = True
+        tg.refund_charge(refunded)
         await tg.idle()
         assert credits_of(shop, max_.id) == 0
         admin = tg.user(ADMIN_ID, "Root", "en")
@@ -358,7 +408,7 @@ class TestReconcile:
         assert credits_of(shop, max_.id) == 3
         # Refunded at Telegram later, the refunded_payment update lost: the next /reconcile
         # debits it and says so.
-        tg.charges[lost].refunded = True
+        tg.refund_charge(lost)
         with shop.db.session() as s:
             payment_id = s.scalar(select(Payment.id).where(Payment.charge_id == lost))
         since = len(tg.calls)

@@ -6,8 +6,9 @@ and healthchecks all come from docker-compose.yml (tests/utils/compose_stack.py)
 the file changes what runs here. Redis runs from its compose command, with its password (a
 client without it is refused). Telegram POSTs updates to `web`'s published port, `web` hands
 them to `bot` through Redis, signed; a new user goes /start → selfie → the catalog's style picker →
-a style → the album, the admin API answers on the same port, and a wrong webhook secret is
-refused. The tiny profile with two denoising steps keeps it inside about 90 s on 2 cores."""
+a style → the album, the admin API answers on the same port, a wrong webhook secret is
+refused, and a forged `successful_payment` credits nothing and alerts the admin chat. The tiny
+profile with two denoising steps keeps it inside about 90 s on 2 cores."""
 
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ pytestmark = [
 ADMIN_TOKEN = "compose-admin-token-0123456789"
 WEBHOOK_SECRET = "compose-webhook-secret-0123456789"
 REDIS_PASSWORD = "c0ffee0123456789"
+ADMIN_CHAT = -100930
 APP_ROLES = ["bot", "web", "worker-gpu", "worker-train", "worker-io", "beat"]
 
 
@@ -69,6 +71,8 @@ async def running(tmp_path: Path) -> AsyncIterator[Running]:
             "FLOWER_BASIC_AUTH": "ops:compose0123456789",
             "GRAFANA_ADMIN_PASSWORD": "compose0123456789",
             "TELEGRAM_MODE": "webhook",
+            "TELEGRAM_ADMIN_CHAT_ID": str(ADMIN_CHAT),
+            "PAYMENTS_ENABLED": "true",
             "TELEGRAM_WEBHOOK_URL": f"http://127.0.0.1:{web_port}/telegram/webhook",
             "TELEGRAM_WEBHOOK_SECRET": WEBHOOK_SECRET,
             "TELEGRAM_API_BASE_URL": tg.api_base_url,
@@ -143,6 +147,16 @@ async def test_compose_stack_in_webhook_mode(running: Running) -> None:
     ann = tg.user(930001, "Ann", "en")
     tg.send_text(ann, "/start")
     await tg.wait_text(ann.id, text(ann, "start.welcome", name="Ann"), within=30)
+
+    # A forged successful_payment through `web` and the queue to `bot` (what a guessed webhook
+    # secret would let in): a pack that does not exist, 1 Star, a million credits in its
+    # payload. Credits come from invoices the bot issued only: nothing credited, admins told.
+    tg.successful_payment(ann, "pk:999:1000000:1:1:0", 1)
+    await tg.wait_text(ann.id, text(ann, "pay.unmatched"), within=30)
+    await tg.wait_text(ADMIN_CHAT, "matches no invoice we issued (no_invoice)", within=30)
+    since = len(tg.calls)
+    tg.send_text(ann, "/balance")
+    await tg.wait_text(ann.id, "Credits: 0", since=since, within=30)
 
     # The catalog was imported by `migrate`: the picker shows a real style.
     picker = await send_selfie(tg, ann, "man_pose1.png")

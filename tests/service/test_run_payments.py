@@ -1,7 +1,8 @@
 """`facechain-bot run` with Telegram Stars on, in both update modes: the bot asks Telegram for
 the pre-checkout queries (the fake Bot API, like Telegram, sends only the update types given to
 setWebhook or to getUpdates, where a call without the list keeps the previous one), so an
-admin's pack is bought through the real service end to end."""
+admin's pack is bought through the real service end to end; a forged `successful_payment`
+(a payload naming no invoice the bot issued) credits nothing and alerts the admin chat."""
 
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ async def test_buying_a_pack(tg: FakeTelegram, tmp_path: Path, mode: str) -> Non
             "TELEGRAM_API_BASE_URL": tg.api_base_url,
             "TELEGRAM_FILE_BASE_URL": tg.file_base_url,
             "TELEGRAM_ADMIN_IDS": str(ADMIN),
+            "TELEGRAM_ADMIN_CHAT_ID": str(ADMIN),
             "TELEGRAM_MODE": mode,
             "PAYMENTS_ENABLED": "true",
             "DATA_DIR": str(tmp_path / "data"),
@@ -78,6 +80,16 @@ async def test_buying_a_pack(tg: FakeTelegram, tmp_path: Path, mode: str) -> Non
         charge = await tg.pay(ann, invoice, within=10)
         assert charge is not None
         await tg.wait_text(ann.id, translate("en", "pay.done", credits=5, balance=5), within=30)
+        # A forged successful_payment (what a guessed webhook secret would let through): a
+        # pack that does not exist, 1 Star, a million credits in its payload. Credits come
+        # from the invoices the bot issued only: nothing credited, the admin chat alerted.
+        bob = tg.user(9902, "Bob", "en")
+        tg.successful_payment(bob, "pk:999:1000000:1:2:0", 1)
+        await tg.wait_text(bob.id, translate("en", "pay.unmatched"), within=30)
+        await tg.wait_text(ADMIN, "matches no invoice we issued (no_invoice)", within=30)
+        since = len(tg.calls)
+        tg.send_text(bob, "/balance")
+        await tg.wait_text(bob.id, "Credits: 0", since=since, within=30)
         assert tg.dropped_updates == []
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n--- run log ---\n{log.read_text()[-4000:]}") from None

@@ -12,12 +12,13 @@ import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import insert, select
 
 from core.metrics import create_metrics
 from core.settings import (
@@ -37,7 +38,7 @@ from tasks.context import WorkerContext, set_context
 from tasks.payments import LOCK_NAME, TASK_NAME, reconcile_once
 from telegram_ui.i18n import translate
 from tests.utils.factories import make_user
-from tests.utils.fake_telegram import TOKEN, FakeTelegram
+from tests.utils.fake_telegram import TOKEN, Charge, FakeTelegram
 
 ADMIN_CHAT = -100777
 
@@ -105,7 +106,7 @@ def _lost_payment(ctx: WorkerContext, tg: FakeTelegram, telegram_id: int) -> str
         pack = Pack(title="Small", credits=3, stars=30, enabled=True, position=1)
         s.add(pack)
         s.flush()
-        payload = billing.invoice_payload(pack, user.id, int(time.time() * 1000))
+        payload = billing.issue_invoice(s, user.id, pack.id, ctx.config.payments).payload
     return tg.lost_payment(tg.user(telegram_id, "Max", "en"), payload, 30)
 
 
@@ -158,7 +159,7 @@ async def test_a_lost_refund_is_recorded_and_the_payer_and_admins_are_told(
     with ctx.db.session() as s:
         payload = tg.charges[charge].payload
         billing.record_payment(s, 9704, payload, 30, charge)
-    tg.charges[charge].refunded = True
+    tg.refund_charge(charge)
     metrics = create_metrics()
 
     run = await asyncio.to_thread(reconcile_once, ctx, metrics)
@@ -292,3 +293,125 @@ def test_another_process_holding_the_lock_blocks_until_it_dies(
                 holder.kill()
                 holder.wait(10)
             db.dispose()
+
+
+HISTORY = 25_000
+
+
+async def test_a_25000_transaction_history_is_read_once_then_only_what_is_new(
+    tg: FakeTelegram, ctx: WorkerContext
+) -> None:
+    """getStarTransactions lists the oldest first: a payment lost after 24,999 recorded ones is
+    the last page, which a reader that stops at a cap never reaches. The first run reads the
+    whole history; each later run reads on from the place it kept, in one or two calls."""
+    with ctx.db.session() as s:
+        payers = [make_user(s, telegram_id=80_000 + n) for n in range(50)]
+        rows = []
+        for n in range(HISTORY - 1):
+            payer = payers[n % len(payers)]
+            charge = f"stxOLD{n:06d}"
+            old = Charge(charge, payer.telegram_id, 10, f"old:{n}", date=1_700_000_000 + n)
+            tg.add_charge(old)
+            rows.append(
+                {
+                    "charge_id": charge,
+                    "user_id": payer.id,
+                    "telegram_id": payer.telegram_id,
+                    "title": "Old",
+                    "stars": 10,
+                    "credits": 1,
+                }
+            )
+        s.execute(insert(Payment), rows)
+    lost = _lost_payment(ctx, tg, 9711)
+    assert len(tg.star_transactions) == HISTORY
+
+    metrics = create_metrics()
+    run = await asyncio.to_thread(reconcile_once, ctx, metrics)
+    assert run.outcome == "done"
+    assert [r.stars for r in run.credited] == [30]
+    assert _credits(ctx, 9711) == 3
+    # 250 full pages, then the empty one that says the history ends there.
+    assert len(tg.calls_to("getStarTransactions")) == HISTORY // 100 + 1
+    with ctx.db.session() as s:
+        assert billing.star_cursor(s) == billing.StarCursor(HISTORY, f"in:{lost}")
+
+    # Nothing new: one call, nothing credited twice.
+    since = len(tg.calls)
+    again = await asyncio.to_thread(reconcile_once, ctx, metrics)
+    assert (again.outcome, again.credited) == ("done", [])
+    assert len([c for c in tg.calls[since:] if c.method == "getStarTransactions"]) == 1
+    assert _credits(ctx, 9711) == 3
+
+    # What happened since: the lost payment refunded at Telegram, another payment lost.
+    tg.refund_charge(lost)
+    with ctx.db.session() as s:
+        user_id = s.scalar(select(User.id).where(User.telegram_id == 9711))
+        pack_id = s.scalar(select(Pack.id).where(Pack.title == "Small"))
+        assert user_id is not None
+        assert pack_id is not None
+        payload = billing.issue_invoice(s, user_id, pack_id, ctx.config.payments).payload
+    newer = tg.lost_payment(tg.user(9711, "Max", "en"), payload, 30)
+    since = len(tg.calls)
+    third = await asyncio.to_thread(reconcile_once, ctx, metrics)
+    assert [r.payment_id for r in third.credited] != []
+    assert [r.charge_id for r in third.found.refunded] == [lost]
+    calls = [c for c in tg.calls[since:] if c.method == "getStarTransactions"]
+    assert len(calls) <= 2
+    assert calls[0].params["offset"] == HISTORY - 1
+    with ctx.db.session() as s:
+        assert s.scalar(select(Payment.credits).where(Payment.charge_id == newer)) == 3
+        assert billing.star_cursor(s).offset == HISTORY + 2
+        assert billing.ledger_mismatches(s) == []
+
+
+async def test_a_history_that_changed_under_the_kept_place_is_read_again(
+    tg: FakeTelegram, ctx: WorkerContext
+) -> None:
+    """The place names a transaction the history no longer holds there (another bot's token, a
+    history Telegram rewrote): the whole history is read again, nothing credited twice."""
+    charge = _lost_payment(ctx, tg, 9712)
+    with ctx.db.session() as s:
+        billing.save_star_cursor(s, billing.StarCursor(1, "in:stxSOMETHINGELSE"))
+    run = await asyncio.to_thread(reconcile_once, ctx, create_metrics())
+    assert [r.stars for r in run.credited] == [30]
+    assert [c.params["offset"] for c in tg.calls_to("getStarTransactions")] == [0, 0]
+    with ctx.db.session() as s:
+        assert billing.star_cursor(s) == billing.StarCursor(1, f"in:{charge}")
+
+
+async def test_a_chat_or_api_reconcile_waits_for_no_one_while_a_run_holds_the_lock(
+    tg: FakeTelegram, ctx: WorkerContext
+) -> None:
+    """/reconcile and the admin API take the same lock as the scheduled run: one at a time."""
+    from core.errors import ReconcileRunning
+    from telegram_ui import payments as telegram_payments
+
+    _lost_payment(ctx, tg, 9713)
+    with try_lock(ctx.db, LOCK_NAME) as held:
+        assert held
+        with pytest.raises(ReconcileRunning):
+            await telegram_payments.reconcile(lambda: nullcontext(None), ctx.db, ctx.publisher)
+    assert _credits(ctx, 9713) == 0
+    assert tg.calls_to("getStarTransactions") == []
+
+
+async def test_a_lost_payment_that_matches_no_invoice_credits_nothing_and_alerts(
+    tg: FakeTelegram, ctx: WorkerContext
+) -> None:
+    """Reconcile treats a payment naming no invoice the bot issued like the live update: kept
+    with its reason, nothing credited, the admin chat told."""
+    with ctx.db.session() as s:
+        make_user(s, telegram_id=9714)
+    tg.lost_payment(tg.user(9714, "Zed", "en"), "pk:999:1000000:1:1:0", 1)
+    run = await asyncio.to_thread(reconcile_once, ctx, create_metrics())
+    assert (run.outcome, run.credited) == ("done", [])
+    [kept] = run.found.unmatched
+    assert (kept.unmatched, kept.credits) == ("no_invoice", 0)
+    assert _credits(ctx, 9714) == 0
+    notice = translate(
+        None, "admin.reconcile_unmatched", count=1, stars=1, payments=str(kept.payment_id)
+    )
+    await tg.wait_text(ADMIN_CHAT, notice)
+    await tg.idle()
+    assert tg.sent_texts(9714) == []

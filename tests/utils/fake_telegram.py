@@ -171,6 +171,9 @@ class FakeTelegram:
         # Telegram Stars: every charge made through `pay` (charge id -> Charge), and the
         # answers to pre-checkout queries by query id.
         self.charges: dict[str, Charge] = {}
+        # What getStarTransactions lists, in chronological order (oldest first), as Telegram
+        # does: each payment when it is made, each refund when it is made.
+        self.star_transactions: list[dict[str, Any]] = []
         self.checkout_answers: dict[str, ApiCall] = {}
         self._charge_ids = itertools.count(1)
 
@@ -430,7 +433,8 @@ class FakeTelegram:
         the same `charge_id`, it is the duplicate update a bot must not credit twice)."""
         if charge_id is None:
             charge_id = f"stxCHARGE{next(self._charge_ids):06d}"
-        self.charges.setdefault(charge_id, Charge(charge_id, user.id, total_amount, payload))
+        if charge_id not in self.charges:
+            self.add_charge(Charge(charge_id, user.id, total_amount, payload))
         payment = {
             "currency": currency,
             "total_amount": total_amount,
@@ -445,8 +449,35 @@ class FakeTelegram:
         """Telegram took the money but the bot never got the `successful_payment` update (the
         process died with it); only getStarTransactions lists it."""
         charge_id = f"stxLOST{next(self._charge_ids):06d}"
-        self.charges[charge_id] = Charge(charge_id, user.id, total_amount, payload)
+        self.add_charge(Charge(charge_id, user.id, total_amount, payload))
         return charge_id
+
+    def add_charge(self, charge: Charge) -> None:
+        """A payment Telegram made: kept for refunds and listed by getStarTransactions."""
+        self.charges[charge.charge_id] = charge
+        self.star_transactions.append(
+            {
+                "id": charge.charge_id,
+                "amount": charge.amount,
+                "date": charge.date,
+                "source": _star_partner(charge),
+            }
+        )
+
+    def refund_charge(self, charge_id: str) -> None:
+        """Telegram refunds a payment (refundStarPayment, or a refund made outside the bot):
+        getStarTransactions lists the refund from now on, as its own, newest entry with the
+        payment's id and the user as the receiver. No update is sent (`refunded_payment`)."""
+        charge = self.charges[charge_id]
+        charge.refunded = True
+        self.star_transactions.append(
+            {
+                "id": charge.charge_id,
+                "amount": charge.amount,
+                "date": int(time.time()),
+                "receiver": _star_partner(charge),
+            }
+        )
 
     def refunded_payment(self, user: FakeUser, charge_id: str) -> None:
         """Telegram reports a refund of the charge (the `refunded_payment` service message)."""
@@ -838,46 +869,30 @@ class FakeTelegram:
             raise _ApiError(400, "Bad Request: CHARGE_NOT_FOUND")
         if charge.refunded:
             raise _ApiError(400, "Bad Request: CHARGE_ALREADY_REFUNDED")
-        charge.refunded = True
+        self.refund_charge(charge.charge_id)
         return True
 
     async def _m_getStarTransactions(self, call: ApiCall) -> Any:
-        # Newest first, as Telegram lists them: each payment, and a refund as its own entry
-        # with the payment's id and the user as the receiver.
-        transactions: list[dict[str, Any]] = []
-        for charge in self.charges.values():
-            user = {"id": charge.user_id, "is_bot": False, "first_name": "Payer"}
-            partner = {
-                "type": "user",
-                "transaction_type": "invoice_payment",
-                "user": user,
-                "invoice_payload": charge.payload,
-            }
-            transactions.append(
-                {
-                    "id": charge.charge_id,
-                    "amount": charge.amount,
-                    "date": charge.date,
-                    "source": partner,
-                }
-            )
-            if charge.refunded:
-                transactions.append(
-                    {
-                        "id": charge.charge_id,
-                        "amount": charge.amount,
-                        "date": charge.date,
-                        "receiver": partner,
-                    }
-                )
-        transactions.reverse()
+        # In chronological order, as Telegram documents it: `offset` transactions skipped.
         offset = int(call.get("offset") or 0)
         limit = int(call.get("limit") or 100)
-        return {"transactions": transactions[offset : offset + limit]}
+        if not 1 <= limit <= 100:
+            raise _ApiError(400, "Bad Request: limit must be between 1 and 100")
+        return {"transactions": self.star_transactions[offset : offset + limit]}
 
     async def _m_deleteMessage(self, call: ApiCall) -> Any:
         self.messages.pop((int(call.get("chat_id")), int(call.get("message_id"))), None)
         return True
+
+
+def _star_partner(charge: Charge) -> dict[str, Any]:
+    """The TransactionPartnerUser of a Stars invoice payment."""
+    return {
+        "type": "user",
+        "transaction_type": "invoice_payment",
+        "user": {"id": charge.user_id, "is_bot": False, "first_name": "Payer"},
+        "invoice_payload": charge.payload,
+    }
 
 
 _DESCRIPTIONS = {

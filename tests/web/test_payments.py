@@ -15,7 +15,8 @@ from sqlalchemy.orm import Session
 
 from core.blobstore import LocalBlobStore
 from core.metrics import Metrics
-from core.settings import TelegramSettings
+from core.settings import PaymentsSettings, TelegramSettings
+from db.locks import try_lock
 from db.models import (
     AuditEntry,
     Job,
@@ -64,13 +65,17 @@ async def api(
         yield client
 
 
+# What issuing an invoice needs.
+ON = PaymentsSettings(enabled=True)
+
+
 def paid(session: Session, tg: FakeTelegram, telegram_id: int, credits: int = 5) -> Any:
     """A user who bought a pack (the charge known to the fake Telegram)."""
     user = make_user(session, telegram_id)
     pack = billing.create_pack(session, title="Five", credits=credits, stars=50, actor="t")
-    payload = billing.invoice_payload(pack, user.id, 1)
+    payload = billing.issue_invoice(session, user.id, pack.id, ON).payload
     charge = f"stx-{telegram_id}"
-    tg.charges[charge] = Charge(charge, telegram_id, 50, payload)
+    tg.add_charge(Charge(charge, telegram_id, 50, payload))
     result = billing.record_payment(session, telegram_id, payload, 50, charge)
     session.flush()
     return user, result
@@ -176,7 +181,7 @@ class TestReconcile:
     ) -> None:
         user = make_user(session, 7301)
         pack = billing.create_pack(session, title="Five", credits=5, stars=50, actor="t")
-        payload = billing.invoice_payload(pack, user.id, 1)
+        payload = billing.issue_invoice(session, user.id, pack.id, ON).payload
         session.flush()
         tg.lost_payment(tg.user(7301), payload, 50)
         r = await api.post("/api/v1/payments/reconcile", headers=AUTH)
@@ -195,11 +200,11 @@ class TestReconcile:
         reconcile debits its credits once (before: the user kept Stars and credits)."""
         user = make_user(session, 7302)
         pack = billing.create_pack(session, title="Five", credits=5, stars=50, actor="t")
-        payload = billing.invoice_payload(pack, user.id, 1)
+        payload = billing.issue_invoice(session, user.id, pack.id, ON).payload
         charge = tg.lost_payment(tg.user(7302), payload, 50)
         billing.record_payment(session, 7302, payload, 50, charge)
         session.flush()
-        tg.charges[charge].refunded = True
+        tg.refund_charge(charge)
         payment_id = session.scalar(select(Payment.id).where(Payment.charge_id == charge))
         bodies = []
         for _ in range(2):
@@ -218,6 +223,16 @@ class TestReconcile:
         row = session.scalar(select(Payment).where(Payment.charge_id == charge))
         assert row is not None
         assert (row.refund_debited, row.refund_shortfall) == (5, 0)
+
+    async def test_a_reconcile_while_another_runs_is_409(
+        self, api: Client, db: Database, tg: FakeTelegram
+    ) -> None:
+        with try_lock(db, "payments.reconcile") as held:
+            assert held
+            r = await api.post("/api/v1/payments/reconcile", headers=AUTH)
+        assert r.status == 409, await r.text()
+        assert (await r.json())["error"]["code"] == "reconcile_running"
+        assert tg.calls_to("getStarTransactions") == []
 
     async def test_telegram_out_of_reach_is_503(
         self,

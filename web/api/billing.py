@@ -143,7 +143,10 @@ async def refund_payment(call: Call) -> RefundOut:
 async def reconcile_payments(call: Call) -> ReconcileOut:
     """Credit the payments Telegram made that were never recorded (lost updates)."""
     found = await telegram_payments.reconcile(
-        _telegram(call.config.telegram), call.db, call.publisher
+        _telegram(call.config.telegram),
+        call.db,
+        call.publisher,
+        admin_chat=call.config.telegram.admin_chat_id,
     )
     call.app[METRICS].record_reconciled(
         "api", [r.stars for r in found.credited], [r.stars for r in found.refunded]
@@ -155,6 +158,8 @@ async def reconcile_payments(call: Call) -> ReconcileOut:
         refunded=len(found.refunded),
         refunded_stars=found.refunded_stars,
         refunded_payment_ids=[r.payment_id for r in found.refunded],
+        unmatched=len(found.unmatched),
+        unmatched_payment_ids=[r.payment_id for r in found.unmatched],
     )
 
 
