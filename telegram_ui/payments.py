@@ -20,7 +20,7 @@ from core.errors import PaymentRefused
 from db.session import Database
 from domain import billing
 from domain.outbox import Publisher, transact_async
-from telegram_ui.i18n import translate
+from telegram_ui.i18n import ntranslate, translate
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +59,16 @@ async def refund(
 # Stars transactions read per call (Telegram's maximum) and in all.
 TRANSACTIONS_PAGE = 100
 MAX_TRANSACTIONS = 10_000
+
+
+def paid_text(language: str | None, credits: int, balance: int) -> str:
+    """The payer's thanks for a payment credited (by its update or by reconciliation)."""
+    return translate(
+        language,
+        "pay.done",
+        credits=ntranslate(language, "credits.amount", credits),
+        balance=ntranslate(language, "credits.amount", balance),
+    )
 
 
 async def star_payments(bot: Bot) -> list[billing.StarPayment]:
@@ -105,9 +115,7 @@ async def reconcile(
             db, publisher, billing.reconcile_payments, unrefunded, refunded
         )
         for result in found.credited:
-            text = translate(
-                result.language, "pay.done", credits=result.credits, balance=result.balance
-            )
+            text = paid_text(result.language, result.credits, result.balance)
             try:
                 await bot.send_message(result.telegram_id, text)
             except TelegramError as exc:
@@ -120,12 +128,16 @@ async def reconcile(
 
 async def tell_refunded(bot: Bot, result: billing.RefundResult) -> None:
     """Tell the payer their payment came back (best effort: they may have blocked the bot)."""
-    text = translate(
+    text = ntranslate(
         result.language,
         "pay.refunded",
+        result.debited,
         stars=result.stars,
-        debited=result.debited,
-        balance=result.balance if result.balance is not None else 0,
+        balance=ntranslate(
+            result.language,
+            "credits.amount",
+            result.balance if result.balance is not None else 0,
+        ),
     )
     try:
         await bot.send_message(result.telegram_id, text)
@@ -144,16 +156,14 @@ def reconcile_text(
         key = "admin.reconcile_notice" if scheduled else "admin.reconcile_done"
         payments = ", ".join(str(r.payment_id) for r in found.credited)
         lines.append(
-            translate(
-                language, key, count=len(found.credited), stars=found.stars, payments=payments
-            )
+            ntranslate(language, key, len(found.credited), stars=found.stars, payments=payments)
         )
     if found.refunded:
         lines.append(
-            translate(
+            ntranslate(
                 language,
                 "admin.reconcile_refunds",
-                count=len(found.refunded),
+                len(found.refunded),
                 stars=found.refunded_stars,
                 debited=sum(r.debited for r in found.refunded),
                 shortfall=sum(r.shortfall for r in found.refunded),

@@ -50,7 +50,11 @@ class TestForgetCommand:
         await tg.wait_text(ann.id, translate("en", "forget.confirm"))
         since = len(tg.calls)
         tg.press_button(ann, tg.bot_messages(ann.id)[-1], translate("en", "btn.forget_yes"))
-        await tg.wait_text(ann.id, translate("en", "forget.done", photos=1, jobs=1), since=since)
+        await tg.wait_text(
+            ann.id,
+            ("🗑 Done. I deleted 1 photo and 1 job with their results. Nothing of yours is kept."),
+            since=since,
+        )
         with bot.db.session() as s:
             assert s.scalar(select(func.count(Photo.id)).where(Photo.user_id == user_id)) == 0
             assert s.get(UserSession, user_id) is None
@@ -82,7 +86,11 @@ class TestForgetCommand:
         await tg.wait_text(ann.id, translate("en", "forget.confirm"))
         since = len(tg.calls)
         tg.press_button(ann, tg.bot_messages(ann.id)[-1], translate("en", "btn.forget_yes"))
-        await tg.wait_text(ann.id, translate("en", "forget.done", photos=1, jobs=0), since=since)
+        await tg.wait_text(
+            ann.id,
+            ("🗑 Done. I deleted 1 photo and 0 jobs with their results. Nothing of yours is kept."),
+            since=since,
+        )
         assert tg.current(status)["text"] == translate("en", "job.cancelled")
         with bot.db.session() as s:
             running = s.get(Job, job_id)
