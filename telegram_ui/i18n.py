@@ -97,7 +97,7 @@ def is_counted(key: str) -> bool:
 def catalog(language: str) -> dict[str, str]:
     """key → text of one language; a counted text gives its most general form (`forms` has all)."""
     return {
-        key: (texts[0] if len(texts) == 1 or not is_counted(key) else _general(language, key))
+        key: _general(language, key) if is_counted(key) else texts[0]
         for key, texts in forms(language).items()
     }
 
@@ -154,7 +154,7 @@ def ntranslate(language: str | None, key: str, count: int, **params: object) -> 
     return _format(text, key, lang, {"count": count, **params})
 
 
-def error_text(language: str | None, code: str | None, **details: object) -> str:
+def error_text(language: str | None, code: str | None, /, **details: object) -> str:
     """A readable message for an error code (job failures, typed errors with their details).
 
     A detail that is a count is said through its counted piece ``error.<code>.<detail>`` when
