@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from telegram.ext import Application, CallbackContext, ExtBot
 
 from domain.outbox import transact_async
-from telegram_ui.i18n import normalize_language, translate
+from telegram_ui.i18n import normalize_language, ntranslate, translate
 
 if TYPE_CHECKING:
     from bot.ratelimit import UpdateRateLimiter
@@ -90,3 +90,7 @@ class BotContext(CallbackContext[ExtBot[None], dict[Any, Any], dict[Any, Any], d
     def t(self, key: str, **params: object) -> str:
         """Translate a key into the user's language."""
         return translate(self.language, key, **params)
+
+    def nt(self, key: str, count: int, **params: object) -> str:
+        """Translate a counted text into the user's language, in the plural form of `count`."""
+        return ntranslate(self.language, key, count, **params)

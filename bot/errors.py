@@ -21,7 +21,7 @@ from telegram.ext import ApplicationHandlerStop
 
 from core.errors import AppError, CreditsNeeded
 from facechain.errors import FaceChainError
-from telegram_ui.i18n import DEFAULT_LANGUAGE, catalog, normalize_language, translate
+from telegram_ui.i18n import DEFAULT_LANGUAGE, error_text, normalize_language, translate
 from telegram_ui.keyboards import buy_keyboard
 
 logger = logging.getLogger(__name__)
@@ -38,12 +38,8 @@ STALE_MESSAGE = (
 
 def describe_error(language: str | None, error: BaseException) -> str:
     """A translated sentence for a typed error (its `code`, with its details as parameters)."""
-    code = getattr(error, "code", "internal")
-    key = f"error.{code}"
-    if key not in catalog(DEFAULT_LANGUAGE):
-        key = "error.internal"
     details: dict[str, Any] = dict(getattr(error, "details", {}) or {})
-    return translate(language, key, **details)
+    return error_text(language, getattr(error, "code", "internal"), **details)
 
 
 def _language(update: object, context: Any) -> str:

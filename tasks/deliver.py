@@ -35,7 +35,7 @@ from domain import lifecycle, privacy
 from domain.lifecycle import Delivery
 from tasks.context import get_context
 from telegram_ui.client import may_have_reached_telegram, retry_after_seconds, too_large
-from telegram_ui.i18n import error_text, translate
+from telegram_ui.i18n import error_text, ntranslate, translate
 from telegram_ui.keyboards import cancel_job_keyboard, result_keyboard
 from telegram_ui.media import full_size_document, outgoing
 
@@ -174,7 +174,7 @@ def _done_text(d: Delivery) -> str:
     if d.kind is JobKind.UPSCALE:
         done = translate(d.language, "hd.done")
     else:
-        done = translate(d.language, "job.done", count=len(d.result_blobs))
+        done = ntranslate(d.language, "job.done", len(d.result_blobs))
     if d.meta.get("low_likeness"):
         # A set is never refused for likeness alone: it is sent, and the user gets a tip.
         tip = translate(d.language, "job.low_likeness")
@@ -297,9 +297,7 @@ def _tell_user_undeliverable(d: Delivery) -> None:
 async def _send_progress(bot: Bot, d: Delivery) -> None:
     lang = d.language
     if d.status is JobStatus.QUEUED:
-        text = translate(
-            lang, "job.queued", position=d.position + 1, eta_minutes=max(1, d.position + 1)
-        )
+        text = ntranslate(lang, "job.queued", max(1, d.position + 1), position=d.position + 1)
     elif d.status is JobStatus.RUNNING and d.kind is JobKind.UPSCALE:
         text = translate(lang, "hd.running", percent=round(d.progress * 100))
     elif d.status is JobStatus.RUNNING:

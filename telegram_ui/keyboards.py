@@ -11,7 +11,7 @@ from telegram import InlineKeyboardButton, InlineKeyboardMarkup
 
 from domain.catalog import CATEGORIES, category_name
 from telegram_ui import callbacks as cb
-from telegram_ui.i18n import LANGUAGE_NAMES, translate
+from telegram_ui.i18n import LANGUAGE_NAMES, ntranslate, translate
 
 # /history shows this many jobs a page.
 HISTORY_PAGE = 5
@@ -253,7 +253,7 @@ def packs_keyboard(
         [
             [
                 _button(
-                    translate(language, "btn.pack", title=title, credits=credits, stars=stars),
+                    ntranslate(language, "btn.pack", credits, title=title, stars=stars),
                     cb.BuyPack(pack_id),
                 )
             ]

@@ -23,7 +23,7 @@ from db.locks import try_lock
 from db.session import Database
 from domain import billing
 from domain.outbox import Publisher, transact_async
-from telegram_ui.i18n import translate
+from telegram_ui.i18n import ntranslate, translate
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +76,16 @@ class StarBatch:
     cursor: billing.StarCursor
     # Whether the history ended within this batch (the run is done after it).
     last: bool
+
+
+def paid_text(language: str | None, credits: int, balance: int) -> str:
+    """The payer's thanks for a payment credited (by its update or by reconciliation)."""
+    return translate(
+        language,
+        "pay.done",
+        credits=ntranslate(language, "credits.amount", credits),
+        balance=ntranslate(language, "credits.amount", balance),
+    )
 
 
 def transaction_key(tx: StarTransaction) -> str:
@@ -180,10 +190,10 @@ async def reconcile(
 
 async def _tell_unmatched(bot: Bot, admin_chat: int, found: billing.Reconciled) -> None:
     """Alert the admin chat to payments that match no invoice (best effort: they are kept)."""
-    text = translate(
+    text = ntranslate(
         None,
         "admin.reconcile_unmatched",
-        count=len(found.unmatched),
+        len(found.unmatched),
         stars=sum(r.stars for r in found.unmatched),
         payments=", ".join(str(r.payment_id) for r in found.unmatched),
     )
@@ -195,9 +205,7 @@ async def _tell_unmatched(bot: Bot, admin_chat: int, found: billing.Reconciled) 
 
 async def _tell_payers(bot: Bot, found: billing.Reconciled) -> None:
     for result in found.credited:
-        text = translate(
-            result.language, "pay.done", credits=result.credits, balance=result.balance
-        )
+        text = paid_text(result.language, result.credits, result.balance)
         try:
             await bot.send_message(result.telegram_id, text)
         except TelegramError as exc:
@@ -225,12 +233,16 @@ async def _reconcile_lock(db: Database, *, held_by_caller: bool) -> AsyncIterato
 
 async def tell_refunded(bot: Bot, result: billing.RefundResult) -> None:
     """Tell the payer their payment came back (best effort: they may have blocked the bot)."""
-    text = translate(
+    text = ntranslate(
         result.language,
         "pay.refunded",
+        result.debited,
         stars=result.stars,
-        debited=result.debited,
-        balance=result.balance if result.balance is not None else 0,
+        balance=ntranslate(
+            result.language,
+            "credits.amount",
+            result.balance if result.balance is not None else 0,
+        ),
     )
     try:
         await bot.send_message(result.telegram_id, text)
@@ -249,26 +261,24 @@ def reconcile_text(
         key = "admin.reconcile_notice" if scheduled else "admin.reconcile_done"
         payments = ", ".join(str(r.payment_id) for r in found.credited)
         lines.append(
-            translate(
-                language, key, count=len(found.credited), stars=found.stars, payments=payments
-            )
+            ntranslate(language, key, len(found.credited), stars=found.stars, payments=payments)
         )
     if found.unmatched:
         lines.append(
-            translate(
+            ntranslate(
                 language,
                 "admin.reconcile_unmatched",
-                count=len(found.unmatched),
+                len(found.unmatched),
                 stars=sum(r.stars for r in found.unmatched),
                 payments=", ".join(str(r.payment_id) for r in found.unmatched),
             )
         )
     if found.refunded:
         lines.append(
-            translate(
+            ntranslate(
                 language,
                 "admin.reconcile_refunds",
-                count=len(found.refunded),
+                len(found.refunded),
                 stars=found.refunded_stars,
                 debited=sum(r.debited for r in found.refunded),
                 shortfall=sum(r.shortfall for r in found.refunded),

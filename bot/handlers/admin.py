@@ -88,5 +88,5 @@ async def broadcast_command(update: Update, context: BotContext) -> None:
     await reply(
         update,
         context,
-        context.t("admin.broadcast_queued", id=broadcast.id, total=broadcast.total),
+        context.nt("admin.broadcast_queued", broadcast.total, id=broadcast.id),
     )

@@ -32,7 +32,7 @@ async def announce_and_dispatch(
     message = await reply(
         update,
         context,
-        context.t("job.queued", position=created.position + 1, eta_minutes=created.eta_minutes),
+        context.nt("job.queued", created.eta_minutes, position=created.position + 1),
         reply_markup=cancel_job_keyboard(created.job_id, context.language),
     )
     await context.transact(jobs.release_job, created.job_id, message.message_id)

@@ -119,7 +119,7 @@ async def _ask_which_face(
     await context.bot.send_photo(
         update.effective_chat.id,
         preview,
-        caption=context.t("selfie.choose_face", count=len(subjects)),
+        caption=context.nt("selfie.choose_face", len(subjects)),
         reply_markup=face_choice_keyboard(stored.photo_id, len(subjects)),
     )
 

@@ -70,7 +70,9 @@ async def show_packs(update: Update, context: BotContext) -> None:
         update,
         context,
         context.t(
-            "buy.choose", portrait=payments.price_portrait, template=payments.price_template
+            "buy.choose",
+            portrait=context.nt("credits.amount", payments.price_portrait),
+            template=context.nt("credits.amount", payments.price_template),
         ),
         reply_markup=packs_keyboard(
             [(p.id, p.title, p.credits, p.stars) for p in packs], context.language
@@ -102,7 +104,7 @@ async def on_buy_pack(update: Update, context: BotContext, data: cb.BuyPack) -> 
     await context.bot.send_invoice(
         update.effective_chat.id,
         title=invoice.title,
-        description=context.t("buy.invoice_description", credits=invoice.credits),
+        description=context.nt("buy.invoice_description", invoice.credits),
         payload=invoice.payload,
         currency=billing.CURRENCY,
         prices=[LabeledPrice(invoice.title, invoice.stars)],
@@ -167,7 +169,9 @@ async def on_successful_payment(update: Update, context: BotContext) -> None:
         return
     context.deps.metrics.record_payment("succeeded", result.stars)
     await reply(
-        update, context, context.t("pay.done", credits=result.credits, balance=result.balance)
+        update,
+        context,
+        telegram_payments.paid_text(context.language, result.credits, result.balance),
     )
 
 
@@ -240,9 +244,9 @@ async def balance_command(update: Update, context: BotContext) -> None:
             credits=shown.credits,
             left=shown.quota_left,
             quota=shown.quota,
-            portrait=shown.price_portrait,
-            template=shown.price_template,
-            upscale=shown.price_upscale,
+            portrait=context.nt("credits.amount", shown.price_portrait),
+            template=context.nt("credits.amount", shown.price_template),
+            upscale=context.nt("credits.amount", shown.price_upscale),
         ),
     )
 
@@ -268,11 +272,11 @@ def _actor(context: BotContext) -> str:
 
 def _pack_text(context: BotContext, key: str, pack: object) -> str:
     state = context.t("admin.pack_on" if getattr(pack, "enabled", False) else "admin.pack_off")
-    return context.t(
+    return context.nt(
         key,
+        getattr(pack, "credits", 0),
         id=getattr(pack, "id", 0),
         title=getattr(pack, "title", ""),
-        credits=getattr(pack, "credits", 0),
         stars=getattr(pack, "stars", 0),
         state=state,
     )
@@ -361,13 +365,13 @@ async def payments_command(update: Update, context: BotContext) -> None:
         return
     lines = [context.t("admin.payments_header", user=user.telegram_id)]
     for payment in rows:
-        line = context.t(
+        line = context.nt(
             "admin.payments_line",
+            payment.credits,
             id=payment.id,
             date=f"{payment.created_at:%Y-%m-%d %H:%M}",
             title=payment.title,
             stars=payment.stars,
-            credits=payment.credits,
             charge=payment.charge_id,
         )
         if payment.refunded_at is not None:
@@ -417,7 +421,7 @@ async def refund_command(update: Update, context: BotContext) -> None:
             debited=result.debited,
         )
         if result.shortfall:
-            text += "\n" + context.t("admin.refund_shortfall", shortfall=result.shortfall)
+            text += "\n" + context.nt("admin.refund_shortfall", result.shortfall)
     await reply(update, context, text)
 
 

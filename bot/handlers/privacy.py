@@ -21,7 +21,7 @@ async def forget_command(update: Update, context: BotContext) -> None:
     text = context.t("forget.confirm")
     credits = context.account.credits if context.account is not None else 0
     if context.config.payments.enabled and credits > 0:
-        text += "\n\n" + context.t("forget.credits_lost", credits=credits)
+        text += "\n\n" + context.nt("forget.credits_lost", credits)
     await reply(update, context, text, reply_markup=forget_keyboard(context.language))
 
 
@@ -35,7 +35,11 @@ async def on_forget(update: Update, context: BotContext, data: cb.Forget) -> Non
             context.account.id,
             keep_payment_records=context.config.payments.forget_keeps_payment_records,
         )
-        text = context.t("forget.done", photos=report.photos, jobs=report.jobs)
+        text = context.t(
+            "forget.done",
+            photos=context.nt("forget.photos", report.photos),
+            jobs=context.nt("forget.jobs", report.jobs),
+        )
         for chat_id, message_id in report.cancelled_messages:
             # The cancelled jobs' status messages stop showing a queue place or progress.
             try:

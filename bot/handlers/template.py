@@ -129,7 +129,7 @@ async def _ask_faces(
     await context.bot.send_photo(
         update.effective_chat.id,
         preview,
-        caption=context.t("template.choose_faces", count=len(boxes)),
+        caption=context.nt("template.choose_faces", len(boxes)),
         reply_markup=template_faces_keyboard(len(boxes), [], context.language, nonce),
     )
 

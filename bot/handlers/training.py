@@ -59,9 +59,7 @@ async def train_command(update: Update, context: BotContext) -> None:
     await reply(
         update,
         context,
-        context.t(
-            "training.start", min=limits.training_min_images, max=limits.training_max_images
-        ),
+        context.nt("training.start", limits.training_max_images, min=limits.training_min_images),
     )
 
 
@@ -87,7 +85,7 @@ async def on_training_image(
         limits,
     )
     if count is None:
-        await reply(update, context, context.t("training.full", max=limits.training_max_images))
+        await reply(update, context, context.nt("training.full", limits.training_max_images))
         return
     await reply(
         update,
@@ -105,7 +103,7 @@ async def done_command(update: Update, context: BotContext) -> None:
     count = len(conv.data.get("train_photo_ids", []))
     minimum = context.config.limits.training_min_images
     if count < minimum:
-        await reply(update, context, context.t("training.need_more", min=minimum, count=count))
+        await reply(update, context, context.nt("training.need_more", minimum, sent=count))
         return
     await context.db.run(conversations.update, context.account.id, conversations.State.TRAIN_NAME)
     await reply(update, context, context.t("training.ask_name"))
@@ -128,7 +126,7 @@ async def on_training_text(
     text = (update.effective_message.text or "").replace("\x00", "").strip()
     if conv.state is conversations.State.TRAIN_NAME:
         if not trainings.valid_name(text):
-            await reply(update, context, context.t("training.bad_name", max=MAX_NAME))
+            await reply(update, context, context.nt("training.bad_name", MAX_NAME))
             return
         if await context.db.run(trainings.name_taken, context.account.id, text):
             await reply(update, context, context.t("training.name_taken"))
@@ -154,11 +152,11 @@ async def on_training_text(
         await reply(
             update,
             context,
-            context.t(
+            context.nt(
                 "training.confirm",
+                len(conv.data.get("train_photo_ids", [])),
                 name=conv.data.get("train_name", ""),
                 trigger=trigger,
-                count=len(conv.data.get("train_photo_ids", [])),
             ),
             reply_markup=train_confirm_keyboard(context.language),
         )

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from core.settings import PaymentsSettings
 from db.models import AuditEntry, Invoice, JobStatus, LedgerEntry, LedgerKind, Pack, Payment, User
 from domain import billing, lifecycle
-from telegram_ui.i18n import translate
+from telegram_ui.i18n import ntranslate, translate
 from tests.bot.conftest import ADMIN_ID, BotHarness, give_selfie, jobs_of
 from tests.utils.factories import make_user
 from tests.utils.fake_telegram import FakeUser, button_data, buttons
@@ -54,7 +54,12 @@ async def invoice_for(bot: BotHarness, user: FakeUser, pack: str = "Small") -> A
     tg = bot.tg
     since = len(tg.calls)
     tg.send_text(user, "/buy")
-    menu = translate(user.language_code, "buy.choose", portrait=1, template=1)
+    menu = translate(
+        user.language_code,
+        "buy.choose",
+        portrait=ntranslate(user.language_code, "credits.amount", 1),
+        template=ntranslate(user.language_code, "credits.amount", 1),
+    )
     await tg.wait_text(user.id, menu, since=since)
     tg.press_button(user, tg.bot_messages(user.id)[-1], pack)
     return await tg.wait_for("sendInvoice", chat_id=user.id, since=since)
@@ -92,7 +97,7 @@ class TestBuying:
         assert charge is not None
         answer = tg.calls_to("answerPreCheckoutQuery")[-1]
         assert answer.params["ok"] is True
-        await tg.wait_text(ann.id, translate("en", "pay.done", credits=3, balance=3))
+        await tg.wait_text(ann.id, "✅ Thank you! 3 credits added. Your balance: 3 credits.")
         assert credits_of(shop, ann.id) == 3
 
         # Spend: no free generations today, so the portrait costs one credit.
@@ -206,7 +211,9 @@ class TestBuying:
         give_selfie(shop, gil.id)
         await pick_first_style(shop, gil)
         refusal = await tg.wait_text(
-            gil.id, translate("en", "error.credits_needed", quota=0, price=1, credits=0)
+            gil.id,
+            "You've used today's 0 free generations, and this costs 1 credit (you have 0). "
+            "Buy credits below or come back after midnight UTC.",
         )
         assert jobs_of(shop, gil.id) == []
         message = tg.bot_messages(gil.id)[-1]
@@ -256,10 +263,18 @@ class TestRefunds:
         admin = tg.user(ADMIN_ID, "Root", "en")
         tg.send_text(admin, f"/refund {charge}")
         done = await tg.wait_text(admin.id, "Refunded 30")
-        assert translate("en", "admin.refund_shortfall", shortfall=2) in done.params["text"]
+        assert (
+            "⚠️ 2 of the payment's credits were already spent and could not be taken back."
+        ) in done.params["text"]
         refund = tg.calls_to("refundStarPayment")[-1]
         assert refund.params == {"user_id": hal.id, "telegram_payment_charge_id": charge}
-        await tg.wait_text(hal.id, translate("en", "pay.refunded", stars=30, debited=1, balance=0))
+        await tg.wait_text(
+            hal.id,
+            (
+                "↩️ Your payment of 30 ⭐ was refunded; 1 credit was taken back. "
+                "Your balance: 0 credits."
+            ),
+        )
         assert credits_of(shop, hal.id) == 0
         # Telegram's refunded_payment update that follows changes nothing.
         tg.refunded_payment(hal, charge)
@@ -298,16 +313,7 @@ class TestRefunds:
         listed = await tg.wait_text(
             admin.id, translate("en", "admin.payments_header", user=kim.id), since=since
         )
-        line = translate(
-            "en",
-            "admin.payments_line",
-            id=number,
-            date=f"{at:%Y-%m-%d %H:%M}",
-            title="Small",
-            stars=30,
-            credits=3,
-            charge=charge,
-        )
+        line = f"#{number} · {at:%Y-%m-%d %H:%M} UTC · Small: 30 ⭐ → 3 credits · {charge}"
         assert listed.params["text"].splitlines()[1] == line
         tg.send_text(admin, f"/refund #{number}")
         await tg.wait_text(admin.id, "Refunded 30")
@@ -338,7 +344,13 @@ class TestRefunds:
         await pick_first_style(shop, ivy)
         await tg.wait_text(ivy.id, "in the queue")
         tg.refunded_payment(ivy, charge)
-        await tg.wait_text(ivy.id, translate("en", "pay.refunded", stars=30, debited=2, balance=0))
+        await tg.wait_text(
+            ivy.id,
+            (
+                "↩️ Your payment of 30 ⭐ was refunded; 2 credits were taken back. "
+                "Your balance: 0 credits."
+            ),
+        )
         await tg.wait_text(ADMIN_ID, "already spent: 1")
         with shop.db.session() as s:
             payment = s.scalar(select(Payment).where(Payment.charge_id == charge))
@@ -395,15 +407,21 @@ class TestReconcile:
         assert credits_of(shop, max_.id) == 0
         admin = tg.user(ADMIN_ID, "Root", "en")
         tg.send_text(admin, "/reconcile")
-        await tg.wait_text(admin.id, translate("en", "admin.reconcile_done", count=1, stars=30))
-        await tg.wait_text(max_.id, translate("en", "pay.done", credits=3, balance=3))
+        await tg.wait_text(
+            admin.id,
+            (
+                "Reconciled with Telegram: 1 payment that was never recorded is credited now "
+                "(30 ⭐)."
+            ),
+        )
+        await tg.wait_text(max_.id, "✅ Thank you! 3 credits added. Your balance: 3 credits.")
         assert credits_of(shop, max_.id) == 3
         with shop.db.session() as s:
             assert [p.charge_id for p in s.scalars(select(Payment))] == [lost]
         since = len(tg.calls)
         tg.send_text(admin, "/reconcile")
         await tg.wait_text(
-            admin.id, translate("en", "admin.reconcile_done", count=0, stars=0), since=since
+            admin.id, ntranslate("en", "admin.reconcile_done", 0, stars=0), since=since
         )
         assert credits_of(shop, max_.id) == 3
         # Refunded at Telegram later, the refunded_payment update lost: the next /reconcile
@@ -414,12 +432,12 @@ class TestReconcile:
         since = len(tg.calls)
         tg.send_text(admin, "/reconcile")
         told = await tg.wait_text(
-            admin.id, translate("en", "admin.reconcile_done", count=0, stars=0), since=since
+            admin.id, ntranslate("en", "admin.reconcile_done", 0, stars=0), since=since
         )
-        refunds = translate(
+        refunds = ntranslate(
             "en",
             "admin.reconcile_refunds",
-            count=1,
+            1,
             stars=30,
             debited=3,
             shortfall=0,
@@ -427,7 +445,10 @@ class TestReconcile:
         )
         assert told.params["text"].splitlines()[1] == refunds
         await tg.wait_text(
-            max_.id, translate("en", "pay.refunded", stars=30, debited=3, balance=0), since=since
+            max_.id,
+            "↩️ Your payment of 30 ⭐ was refunded; 3 credits were taken back. "
+            "Your balance: 0 credits.",
+            since=since,
         )
         assert credits_of(shop, max_.id) == 0
 
@@ -475,7 +496,7 @@ class TestForget:
             tg.send_text(user, "/forget")
             lang = user.language_code
             call = await tg.wait_text(user.id, translate(lang, "forget.confirm"), since=since)
-            warning = translate(lang, "forget.credits_lost", credits=credits)
+            warning = ntranslate(lang, "forget.credits_lost", credits)
             # Only a user with credits is told how many go with the rest.
             assert (warning in call.params["text"]) is (credits > 0), call.params["text"]
         # Nothing was deleted by asking.
@@ -559,14 +580,16 @@ class TestAdminPacks:
         tg.send_text(kim, "/buy")
         await tg.wait_text(kim.id, "Pick a pack")
         labels = [label for label, _ in buttons(tg.bot_messages(kim.id)[-1])]
-        assert labels == [translate("en", "btn.pack", title="Small", credits=3, stars=30)]
+        assert labels == ["Small: 3 credits for 30 ⭐"]
         tg.send_text(admin, f"/grant {kim.id} 4")
         await tg.wait_text(admin.id, f"Credits of {kim.id}: 4")
         before = len(tg.calls)
         tg.send_text(admin, f"/grant {kim.id} +-5")
         await tg.wait_text(admin.id, translate("en", "admin.grant_usage"), since=before)
         tg.send_text(admin, f"/grant {kim.id} -5")
-        await tg.wait_text(admin.id, translate("en", "error.insufficient_credits", credits=4))
+        await tg.wait_text(
+            admin.id, "The user has only 4 credits; a balance cannot go below zero."
+        )
         assert credits_of(shop, kim.id) == 4
         # Not for everyone.
         tg.send_text(kim, "/packs")

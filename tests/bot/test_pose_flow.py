@@ -24,7 +24,7 @@ from tasks.dispatch import CeleryPublisher
 from tasks.generate import generate
 from tasks.jobs import run_gpu_job
 from telegram_ui.client import BotRunner, make_bot
-from telegram_ui.i18n import translate
+from telegram_ui.i18n import forms, translate
 from telegram_ui.keyboards import result_keyboard
 from tests.bot.conftest import BotHarness, give_selfie, jobs_of, published
 from tests.utils.fake_pose import FakePoseAnnotator
@@ -75,7 +75,7 @@ async def results_message(bot: BotHarness, user: Any) -> dict[str, Any]:
     await bot.tg.wait_for("sendPhoto", chat_id=user.id)
     lang = user.language_code
     bot.tg.press_button(user, bot.tg.bot_messages(user.id)[-1], translate(lang, "btn.use_style"))
-    await bot.tg.wait_text(user.id, translate(lang, "job.queued").split("{")[0])
+    await bot.tg.wait_text(user.id, forms(lang)["job.queued"][0].split("{")[0])
     [job] = jobs_of(bot, user.id)
     with bot.db.session() as s:
         row = s.get(Job, job.id)
@@ -134,7 +134,7 @@ class TestPoseFlow:
         album = await tg.wait_for("sendMediaGroup", chat_id=ann.id, since=since)
         assert preview.at < album.at
         assert len(album.get("media")) == 2
-        await tg.wait_text(ann.id, translate("en", "job.done", count=2), since=since)
+        await tg.wait_text(ann.id, "✅ Done! Here are your 2 portraits.", since=since)
         job = next(j for j in jobs_of(bot, ann.id) if j.id == job_id)
         assert job.status is JobStatus.SUCCEEDED
         assert job.delivered_at is not None
@@ -151,7 +151,7 @@ class TestPoseFlow:
         tg.press_button(ann, message, translate("ru", "btn.use_pose"))
         await tg.wait_text(ann.id, translate("ru", "pose.send"), since=since)
         tg.send_photo(ann, face_bytes("man_pose3.png"))
-        await tg.wait_text(ann.id, translate("ru", "job.queued").split("{")[0], since=since)
+        await tg.wait_text(ann.id, forms("ru")["job.queued"][0].split("{")[0], since=since)
         await tg.idle()
         [(_, [job_id])] = published(bot.celery, "gpu")
 

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from core.blobstore import LocalBlobStore
 from core.errors import ResultExpired
-from core.settings import LimitsSettings
+from core.settings import LimitsSettings, PaymentsSettings
 from db.base import utcnow
 from db.models import (
     AuditEntry,
@@ -40,6 +40,8 @@ from telegram_ui.i18n import translate
 from tests.bot.conftest import BotHarness, give_selfie, jobs_of
 from tests.utils.factories import make_selfie, make_style, make_user
 
+PAYMENTS = PaymentsSettings(enabled=True)
+
 
 class TestForgetCommand:
     async def test_forget_removes_rows_and_blobs(self, bot: BotHarness) -> None:
@@ -64,7 +66,11 @@ class TestForgetCommand:
         await tg.wait_text(ann.id, translate("en", "forget.confirm"))
         since = len(tg.calls)
         tg.press_button(ann, tg.bot_messages(ann.id)[-1], translate("en", "btn.forget_yes"))
-        await tg.wait_text(ann.id, translate("en", "forget.done", photos=1, jobs=1), since=since)
+        await tg.wait_text(
+            ann.id,
+            ("🗑 Done. I deleted 1 photo and 1 job with their results. Nothing of yours is kept."),
+            since=since,
+        )
         with bot.db.session() as s:
             assert s.scalar(select(func.count(Photo.id)).where(Photo.user_id == user_id)) == 0
             assert s.get(UserSession, user_id) is None
@@ -96,7 +102,11 @@ class TestForgetCommand:
         await tg.wait_text(ann.id, translate("en", "forget.confirm"))
         since = len(tg.calls)
         tg.press_button(ann, tg.bot_messages(ann.id)[-1], translate("en", "btn.forget_yes"))
-        await tg.wait_text(ann.id, translate("en", "forget.done", photos=1, jobs=0), since=since)
+        await tg.wait_text(
+            ann.id,
+            ("🗑 Done. I deleted 1 photo and 0 jobs with their results. Nothing of yours is kept."),
+            since=since,
+        )
         assert tg.current(status)["text"] == translate("en", "job.cancelled")
         with bot.db.session() as s:
             running = s.get(Job, job_id)
@@ -207,7 +217,7 @@ class TestForgetUser:
         session.flush()
         pack = billing.create_pack(session, title="p", credits=5, stars=50, actor="t")
         for user, charge in ((ann, "charge-ann-1"), (bob, "charge-bob-1")):
-            payload = billing.invoice_payload(pack, user.id, 1)
+            payload = billing.issue_invoice(session, user.id, pack.id, PAYMENTS).payload
             billing.record_payment(session, user.telegram_id, payload, 50, charge)
         billing.refund_payment(session, "charge-ann-1", "admin")
         users.set_quota(session, ann.telegram_id, 3, "api")

@@ -24,7 +24,7 @@ class TestTraining:
         tg.send_text(admin, "/train_style")
         await tg.wait_text(admin.id, "Let's train a style")
         tg.send_text(admin, "/done")
-        await tg.wait_text(admin.id, translate("en", "training.need_more", min=2, count=0))
+        await tg.wait_text(admin.id, "I need at least 2 images; you've sent 0. Send a few more.")
         tg.send_photo(admin, encode(landscape_rgb(seed=1)))
         await tg.wait_text(admin.id, translate("en", "training.received", count=1, min=2))
         tg.send_document(admin, encode(landscape_rgb(seed=2)), file_name="b.png")
@@ -38,7 +38,7 @@ class TestTraining:
         tg.send_text(admin, "InkWash")
         confirm = await tg.wait_text(
             admin.id,
-            translate("en", "training.confirm", name="Ink wash", trigger="inkwash", count=2),
+            "Train “Ink wash” (trigger: inkwash) on 2 images?",
         )
         assert confirm.params["reply_markup"]
         tg.press_button(admin, tg.bot_messages(admin.id)[-1], translate("en", "btn.train_yes"))

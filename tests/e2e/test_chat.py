@@ -211,7 +211,13 @@ class TestForget:
         await tg.wait_text(eve.id, text(eve, "forget.confirm"), since=since)
         confirm = tg.bot_messages(eve.id)[-1]
         since = await press(tg, eve, confirm, text(eve, "btn.forget_yes"))
-        await tg.wait_text(eve.id, text(eve, "forget.done", photos=1, jobs=1), since=since)
+        done = text(
+            eve,
+            "forget.done",
+            photos=text(eve, "forget.photos", count=1),
+            jobs=text(eve, "forget.jobs", count=1),
+        )
+        await tg.wait_text(eve.id, done, since=since)
 
         assert stack.photos_of(eve.id) == []
         assert stack.jobs_of(eve.id) == []

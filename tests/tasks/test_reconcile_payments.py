@@ -36,7 +36,7 @@ from domain import billing
 from tasks.celery_app import QUEUE_MODULES, beat_schedule, create_celery, modules_for
 from tasks.context import WorkerContext, set_context
 from tasks.payments import LOCK_NAME, TASK_NAME, reconcile_once
-from telegram_ui.i18n import translate
+from telegram_ui.i18n import ntranslate
 from tests.utils.factories import make_user
 from tests.utils.fake_telegram import TOKEN, Charge, FakeTelegram
 
@@ -126,11 +126,11 @@ async def test_a_lost_payment_is_credited_once_and_the_admins_are_told(
     assert _credits(ctx, 9701) == 3
     with ctx.db.session() as s:
         assert s.scalars(select(Payment.charge_id)).all() == [charge]
-    await tg.wait_text(9701, translate("en", "pay.done", credits=3, balance=3))
-    notice = translate(
+    await tg.wait_text(9701, "✅ Thank you! 3 credits added. Your balance: 3 credits.")
+    notice = ntranslate(
         None,
         "admin.reconcile_notice",
-        count=1,
+        1,
         stars=30,
         payments=str(run.credited[0].payment_id),
     )
@@ -168,11 +168,17 @@ async def test_a_lost_refund_is_recorded_and_the_payer_and_admins_are_told(
     [refund] = run.found.refunded
     assert (refund.stars, refund.debited, refund.shortfall) == (30, 3, 0)
     assert _credits(ctx, 9704) == 0
-    await tg.wait_text(9704, translate("en", "pay.refunded", stars=30, debited=3, balance=0))
-    notice = translate(
+    await tg.wait_text(
+        9704,
+        (
+            "↩️ Your payment of 30 ⭐ was refunded; 3 credits were taken back. "
+            "Your balance: 0 credits."
+        ),
+    )
+    notice = ntranslate(
         None,
         "admin.reconcile_refunds",
-        count=1,
+        1,
         stars=30,
         debited=3,
         shortfall=0,
@@ -409,8 +415,8 @@ async def test_a_lost_payment_that_matches_no_invoice_credits_nothing_and_alerts
     [kept] = run.found.unmatched
     assert (kept.unmatched, kept.credits) == ("no_invoice", 0)
     assert _credits(ctx, 9714) == 0
-    notice = translate(
-        None, "admin.reconcile_unmatched", count=1, stars=1, payments=str(kept.payment_id)
+    notice = ntranslate(
+        None, "admin.reconcile_unmatched", 1, stars=1, payments=str(kept.payment_id)
     )
     await tg.wait_text(ADMIN_CHAT, notice)
     await tg.idle()

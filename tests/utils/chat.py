@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from telegram_ui.i18n import translate
+from telegram_ui.i18n import forms, is_counted, normalize_language, ntranslate, translate
 from tests.utils.fake_telegram import ApiCall, FakeTelegram, FakeUser, button_data
 from tests.utils.stack import face
 
@@ -14,13 +14,15 @@ JOB_SECONDS = 150.0
 
 
 def text(user: FakeUser, key: str, **params: Any) -> str:
-    """A catalog string in the user's language."""
+    """A catalog string in the user's language (a counted one takes its count as `count`)."""
+    if is_counted(key):
+        return ntranslate(user.language_code, key, params.pop("count"), **params)
     return translate(user.language_code, key, **params)
 
 
 def prefix(user: FakeUser, key: str) -> str:
     """The part of a catalog string before its first placeholder (to match formatted text)."""
-    return translate(user.language_code, key).split("{")[0]
+    return forms(normalize_language(user.language_code))[key][0].split("{")[0]
 
 
 async def send_selfie(

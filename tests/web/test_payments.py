@@ -31,7 +31,6 @@ from db.models import (
 )
 from db.session import Database
 from domain import billing
-from telegram_ui.i18n import translate
 from tests.utils.factories import make_user
 from tests.utils.fake_telegram import TOKEN, Charge, FakeTelegram
 from tests.web.conftest import AUTH, make_config, publisher_for
@@ -217,7 +216,11 @@ class TestReconcile:
         ]
         assert bodies[0]["refunded_payment_ids"] == [payment_id]
         # The payer is told, as the lost update would have told them.
-        await tg.wait_text(7302, translate("en", "pay.refunded", stars=50, debited=5, balance=0))
+        await tg.wait_text(
+            7302,
+            "↩️ Your payment of 50 ⭐ was refunded; 5 credits were taken back. "
+            "Your balance: 0 credits.",
+        )
         session.expire_all()
         assert session.get(User, user.id).credits == 0  # type: ignore[union-attr]
         row = session.scalar(select(Payment).where(Payment.charge_id == charge))
