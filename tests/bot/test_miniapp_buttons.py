@@ -42,10 +42,36 @@ class TestWithMiniApp:
         await harness.tg.wait_for("editMessageMedia", since=since)
         assert web_app_buttons(harness.tg.current(picker)) == [button]
 
+    async def test_start_and_lang_label_the_chats_menu_button_in_its_language(
+        self, harness: BotHarness
+    ) -> None:
+        harness.miniapp_url = URL
+        await harness.start()
+        tg = harness.tg
+        ivan = tg.user(3103, "Ivan", "ru")
+        since = len(tg.calls)
+        tg.send_text(ivan, "/start")
+        call = await tg.wait_for("setChatMenuButton", since=since, chat_id=ivan.id)
+        assert call.params["menu_button"] == {
+            "type": "web_app",
+            "text": translate("ru", "miniapp.menu"),
+            "web_app": {"url": URL},
+        }
+        tg.send_text(ivan, "/lang")
+        chooser = await tg.wait_text(ivan.id, translate("ru", "lang.choose"), since=since)
+        since = len(tg.calls)
+        tg.press_button(ivan, tg.bot_messages(ivan.id)[-1], "中文")
+        call = await tg.wait_for("setChatMenuButton", since=since, chat_id=ivan.id)
+        assert call.params["menu_button"]["text"] == translate("zh", "miniapp.menu")
+        assert chooser is not None
+
 
 class TestWithoutMiniApp:
     async def test_nothing_changes(self, bot: BotHarness) -> None:
         assert bot.tg.menu_button is None
-        assert bot.tg.calls_to("setChatMenuButton") == []
+        user = bot.tg.user(3102, "Ann", "en")
+        bot.tg.send_text(user, "/start")
+        await bot.tg.wait_text(user.id, translate("en", "start.welcome").split("{")[0])
         picker = await open_picker(bot, 3102, "en")
         assert web_app_buttons(picker) == []
+        assert bot.tg.calls_to("setChatMenuButton") == []

@@ -22,7 +22,7 @@ from aiohttp import web
 from pydantic import SecretStr
 
 from core.settings import PaymentsSettings, TelegramSettings
-from db.models import BaseModelName, JobStatus
+from db.models import BaseModelName, JobStatus, Style
 from domain import billing
 from domain.catalog import import_catalog
 from tasks.dispatch import CeleryPublisher
@@ -157,8 +157,6 @@ async def test_gallery_use_style_album_and_my_portraits(
     http, devtools = browser
     shots = screenshot_dir(tmp_path)
     with stack.db.session() as session:
-        from db.models import Style
-
         styles = session.query(Style).filter(Style.enabled.is_(True)).all()
         total = len(styles)
         majic = sum(1 for s in styles if s.base_model is BaseModelName.MAJIC)
@@ -279,4 +277,4 @@ async def test_forged_or_stale_init_data_is_refused(
         assert text == translate("en", "miniapp.open_in_telegram")
         if how != "absent":
             assert await page.evaluate("document.body.dataset.refused") == "401"
-        only_local(page.requests, site) if how != "absent" else None
+        only_local(page.requests, site)
