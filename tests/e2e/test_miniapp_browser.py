@@ -34,10 +34,15 @@ from tests.utils.stack import Stack, config_from_env, open_stack
 from web.app import create_web_app
 from web.miniapp import initdata
 
-pytestmark = pytest.mark.skipif(
-    chromium_path() is None,
-    reason="chromium is not installed (.ci/run installs Debian's chromium package)",
-)
+# A full stack (bot, gpu and io workers) and a browser: about a minute, like the other e2e tests.
+pytestmark = [
+    pytest.mark.asyncio(loop_scope="module"),
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        chromium_path() is None,
+        reason="chromium is not installed (.ci/run installs Debian's chromium package)",
+    ),
+]
 
 USER_ID = 626262
 # Telegram's light theme, as a client sends it (the button colour differs from the page's own
@@ -150,7 +155,6 @@ def only_local(requests: list[str], base: str) -> None:
     assert foreign == [], f"requests left {host}: {foreign}"
 
 
-@pytest.mark.asyncio(loop_scope="module")
 async def test_gallery_use_style_album_and_my_portraits(
     stack: Stack, site: str, browser: Any, ann: FakeUser, tmp_path: Path
 ) -> None:
@@ -220,7 +224,6 @@ async def test_gallery_use_style_album_and_my_portraits(
         assert not page.exceptions, page.exceptions
 
 
-@pytest.mark.asyncio(loop_scope="module")
 async def test_packs_checkout_through_open_invoice(
     stack: Stack, site: str, browser: Any, ann: FakeUser, tmp_path: Path
 ) -> None:
@@ -257,7 +260,6 @@ async def test_packs_checkout_through_open_invoice(
         assert not page.exceptions, page.exceptions
 
 
-@pytest.mark.asyncio(loop_scope="module")
 @pytest.mark.parametrize("how", ["forged", "stale", "absent"])
 async def test_forged_or_stale_init_data_is_refused(
     stack: Stack, site: str, browser: Any, ann: FakeUser, how: str
