@@ -202,8 +202,22 @@ async def test_gallery_use_style_album_and_my_portraits(
 
         # "Use this style" on the test style: the real job, announced and delivered in the chat.
         style_id = stack.style_ids[0]
+        sheet_open = (
+            "!document.querySelector('#overlay').hidden"
+            " && document.querySelector('#sheet img.large').naturalWidth > 0"
+        )
+        # A catalog style large (its sample picture), then closed again.
+        catalog_id = await page.evaluate(
+            "[...document.querySelectorAll('#grid .card')].map(c => c.dataset.style)"
+            f".find(id => id !== '{style_id}')"
+        )
+        await page.click(f'.card[data-style="{catalog_id}"]')
+        await page.wait_for(sheet_open)
+        await page.screenshot(shots / "miniapp-style.png")
+        await page.click("#overlay-close")
+        await page.wait_for("document.querySelector('#overlay').hidden")
         await page.click(f'.card[data-style="{style_id}"]')
-        await page.wait_for("!document.querySelector('#overlay').hidden")
+        await page.wait_for(sheet_open)
         await page.click("#use-style")
         await page.wait_for("document.querySelector('#view-portraits').hidden === false")
         (job,) = stack.jobs_of(USER_ID)
