@@ -59,6 +59,11 @@ def payments() -> PaymentsSettings:
 
 
 @pytest.fixture
+def updates_per_minute() -> int:
+    return 30
+
+
+@pytest.fixture
 async def client(
     tg: FakeTelegram,
     tmp_path: Path,
@@ -67,9 +72,11 @@ async def client(
     celery: Any,
     metrics: Metrics,
     payments: PaymentsSettings,
+    updates_per_minute: int,
 ) -> AsyncIterator[Client]:
     """The web app with the Mini App, talking to the fake Bot API."""
     config = make_config(tmp_path)
+    config.limits.updates_per_minute = updates_per_minute
     config.telegram = TelegramSettings(
         token=SecretStr(TOKEN), api_base_url=tg.api_base_url, file_base_url=tg.file_base_url
     )
@@ -308,6 +315,30 @@ class TestUseStyle:
             r = await client.post(f"/miniapp/api/styles/{style_id}/use", headers=tma())
             assert r.status == 404
             assert (await error_of(r))["code"] == "style_unavailable"
+
+
+@pytest.mark.parametrize("updates_per_minute", [2])
+class TestFloodLimit:
+    async def test_actions_beyond_the_chats_flood_limit_are_refused(
+        self, client: Client, session: Session, blobs: LocalBlobStore, styled: list[int]
+    ) -> None:
+        ready_user(session, blobs)
+        statuses = [
+            (await client.post(f"/miniapp/api/styles/{styled[0]}/use", headers=tma())).status
+            for _ in range(2)
+        ]
+        assert statuses == [201, 409]  # the second one: a job is already running
+        r = await client.post(f"/miniapp/api/styles/{styled[0]}/use", headers=tma())
+        assert r.status == 429
+        assert int(r.headers["Retry-After"]) > 0
+        assert (await error_of(r))["message"] == translate("ru", "error.rate_limited")
+        # Reading (the page's polling) is not an action.
+        for _ in range(5):
+            assert (await client.get("/miniapp/api/portraits", headers=tma())).status == 200
+        # Another user has their own allowance.
+        assert (
+            await client.post(f"/miniapp/api/styles/{styled[0]}/use", headers=tma(8080))
+        ).status == 409
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ import asyncio
 import functools
 import json
 import logging
+import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from html import escape
@@ -23,7 +24,7 @@ from pathlib import Path
 from aiohttp import web
 from pydantic import BaseModel
 
-from core.errors import AppError, PaymentRefused, SelfieRequired, UserBanned
+from core.errors import AppError, PaymentRefused, RateLimited, SelfieRequired, UserBanned
 from core.settings import AppConfig
 from db.models import BaseModelName, JobStatus
 from domain import billing, conversations, jobs, photos, styles, users
@@ -31,6 +32,7 @@ from domain.catalog import category_name
 from facechain.errors import FaceChainError
 from telegram_ui.i18n import LANGUAGES, error_text, normalize_language, translate
 from telegram_ui.keyboards import cancel_job_keyboard
+from web.auth import FailureLimiter
 from web.http import Call
 from web.keys import CONFIG
 from web.miniapp import initdata, media
@@ -121,6 +123,8 @@ LANGUAGE = web.RequestKey("miniapp_language", str)
 TELEGRAM_LINK = web.AppKey("miniapp_telegram", TelegramLink)
 MEDIA_KEY = web.AppKey("miniapp_media_key", bytes)
 PICTURES = web.AppKey("miniapp_pictures", media.PictureCache)
+# The chat's flood limit (LIMITS_UPDATES_PER_MINUTE) on what the page asks to be done.
+ACTIONS = web.AppKey("miniapp_actions", FailureLimiter)
 
 
 # ---- authentication and the user ----
@@ -170,6 +174,19 @@ async def viewer(call: Call) -> Viewer:
     if user.is_banned and not is_admin:
         raise UserBanned("banned")
     return Viewer(user.id, data.user_id, user.first_name, language, is_admin)
+
+
+def count_action(call: Call, who: Viewer) -> None:
+    """An action (a job, an invoice) under the chat's per-user flood limit (admins exempt, as
+    in the chat); RateLimited (429) beyond it. Reads (the page's polling) are not counted."""
+    if who.is_admin:
+        return
+    limiter = call.app[ACTIONS]
+    key = f"tg:{who.telegram_id}"
+    wait = limiter.retry_after(key)
+    if wait > 0:
+        raise RateLimited("too many actions; try later", retry_after=math.ceil(wait))
+    limiter.record_failure(key)
 
 
 def describe(language: str, error: AppError | FaceChainError) -> str:
@@ -288,6 +305,7 @@ async def miniapp_use_style(call: Call) -> CreatedOut:
     """ "Use this style": the chat's portrait job, every limit included; the album comes to
     the chat. Without a selfie, the style waits for one (as in the chat)."""
     who = await viewer(call)
+    count_action(call, who)
     style_id = call.path_int("style_id")
     try:
         created = await call.db.run(
@@ -352,6 +370,7 @@ async def miniapp_hd(call: Call) -> CreatedOut:
     """HD for one picture of a finished portrait set: the chat's HD button (same price and
     rules); the file arrives in the chat."""
     who = await viewer(call)
+    count_action(call, who)
     created = await call.db.run(
         jobs.create_upscale_job,
         who.user_id,
@@ -390,6 +409,7 @@ async def miniapp_invoice(call: Call) -> InvoiceOut:
     """A Stars invoice link for a pack (the page opens it with openInvoice); the payment is
     credited by the bot when Telegram reports it, as for /buy."""
     who = await viewer(call)
+    count_action(call, who)
     try:
         url = await invoice_link(
             call.app[TELEGRAM_LINK],
@@ -472,6 +492,7 @@ def setup(app: web.Application, config: AppConfig) -> None:
     """The Mini App's state on the web app (call before serving its routes)."""
     app[MEDIA_KEY] = media.media_key(_token(config))
     app[PICTURES] = media.PictureCache()
+    app[ACTIONS] = FailureLimiter(config.limits.updates_per_minute, 60.0)
     app.cleanup_ctx.append(telegram_link)
 
 
@@ -514,7 +535,7 @@ def routes() -> list[Route]:
             "Start a portrait set in this style (the album comes to the chat)",
             response=CreatedOut,
             status=201,
-            errors=(404, 409, 503),
+            errors=(404, 409, 429, 503),
         ),
         api(
             "GET",
@@ -531,7 +552,7 @@ def routes() -> list[Route]:
             response=CreatedOut,
             status=201,
             path_bounds={"index": (0, 99)},
-            errors=(404, 409, 503),
+            errors=(404, 409, 429, 503),
         ),
         api("GET", "/packs", miniapp_packs, "Balance and the packs on sale", response=PacksOut),
         api(
@@ -540,7 +561,7 @@ def routes() -> list[Route]:
             miniapp_invoice,
             "A Stars invoice link for a pack",
             response=InvoiceOut,
-            errors=(404, 409, 503),
+            errors=(404, 409, 429, 503),
         ),
         Route(
             "GET",
