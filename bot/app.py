@@ -11,7 +11,7 @@ import logging
 import os
 from typing import Any
 
-from telegram import BotCommand, Update
+from telegram import BotCommand, MenuButtonWebApp, Update, WebAppInfo
 from telegram.error import TelegramError
 from telegram.ext import (
     Application,
@@ -87,6 +87,7 @@ class FaceChainApplication(Application[Any, Any, Any, Any, Any, Any]):
         """Initialise PTB, then publish the menu (best effort: a failure only logs)."""
         await super().initialize()
         await publish_commands(self)
+        await publish_menu_button(self)
 
 
 async def publish_commands(application: Application[Any, Any, Any, Any, Any, Any]) -> None:
@@ -104,6 +105,20 @@ async def publish_commands(application: Application[Any, Any, Any, Any, Any, Any
     except TelegramError as exc:
         logger.warning("could not set the command menu: %s", exc)
     logger.info("bot @%s ready", bot.username)
+
+
+async def publish_menu_button(application: Application[Any, Any, Any, Any, Any, Any]) -> None:
+    """With MINIAPP_URL set, the chat's menu button opens the Mini App (best effort: a failure
+    only logs); without it, the menu button is left as it is."""
+    deps = application.bot_data.get(DEPS_KEY)
+    url = deps.config.miniapp.url if deps is not None else None
+    if not url:
+        return
+    button = MenuButtonWebApp(translate(DEFAULT_LANGUAGE, "miniapp.menu"), WebAppInfo(url))
+    try:
+        await application.bot.set_chat_menu_button(menu_button=button)
+    except TelegramError as exc:
+        logger.warning("could not set the Mini App menu button: %s", exc)
 
 
 def register_handlers(

@@ -357,6 +357,26 @@ class WebhooksSettings(BaseSettings):
     allow_private: bool = False
 
 
+class MiniAppSettings(BaseSettings):
+    """The Telegram Mini App (`/miniapp/` on the admin web): its public URL, and how long the
+    init data Telegram signs at launch is accepted."""
+
+    model_config = SettingsConfigDict(**_ENV, env_prefix="MINIAPP_")
+
+    # The public https URL of `/miniapp/` (behind the reverse proxy); unset: no menu button,
+    # no "Open gallery" button (the page is still served).
+    url: str | None = None
+    # Seconds after `auth_date` that init data is still accepted (Telegram signs it at launch).
+    init_data_max_age: int = Field(default=86400, ge=60, le=30 * 86400)
+
+    @field_validator("url")
+    @classmethod
+    def _https(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("https://"):
+            raise ValueError("must be the public https:// URL of /miniapp/ (Telegram needs https)")
+        return value
+
+
 class ProbeSettings(BaseSettings):
     """The probe port of bot, workers and beat: /healthz, /readyz, /metrics (off when unset)."""
 
@@ -382,6 +402,7 @@ class AppConfig(BaseSettings):
     probe: ProbeSettings = Field(default_factory=ProbeSettings)
     payments: PaymentsSettings = Field(default_factory=PaymentsSettings)
     webhooks: WebhooksSettings = Field(default_factory=WebhooksSettings)
+    miniapp: MiniAppSettings = Field(default_factory=MiniAppSettings)
     log_level: str = "INFO"
 
 
@@ -414,6 +435,7 @@ def format_validation_error(exc: Exception) -> str:
         "ProbeSettings": "PROBE_",
         "PaymentsSettings": "PAYMENTS_",
         "WebhooksSettings": "WEBHOOKS_",
+        "MiniAppSettings": "MINIAPP_",
     }.get(exc.title, "")
     lines = []
     for err in exc.errors():

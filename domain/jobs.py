@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -57,6 +57,8 @@ from domain.webhooks import emit_job_event
 DEFAULT_JOB_SECONDS = 60.0
 # Payments off: the free daily quota only (the charge rules are in `domain.billing`).
 NO_PAYMENTS = PaymentsSettings(enabled=False)
+# FaceChain's HD size for SD1.5's 512 px portraits (×4); smaller images stay plain ×4.
+HD_SIZE = 2048
 
 
 @dataclass(frozen=True)
@@ -504,3 +506,80 @@ def job_results(session: Session, user_id: int, job_id: int) -> JobResults | Non
         job.kind,
         str(meta.get("filename") or f"result-{job.id}.png"),
     )
+
+
+# ---- what the Mini App's "My portraits" shows ----
+
+# Finished sets listed at most (newest first); /history pages further back.
+OVERVIEW_SETS = 30
+
+
+@dataclass(frozen=True)
+class ActiveJob:
+    """A queued or running job: where it stands."""
+
+    job_id: int
+    kind: JobKind
+    status: JobStatus
+    position: int
+    progress: float
+    title: str
+
+
+@dataclass(frozen=True)
+class FinishedSet:
+    """A finished portrait or template set and its pictures."""
+
+    job_id: int
+    kind: JobKind
+    title: str
+    created: datetime
+    result_blobs: list[str]
+
+
+@dataclass(frozen=True)
+class Overview:
+    """The user's jobs in progress and their latest finished sets."""
+
+    active: list[ActiveJob]
+    finished: list[FinishedSet]
+
+
+def _title(session: Session, job: Job, language: str) -> str:
+    if job.style_id is not None:
+        style = session.get(Style, job.style_id)
+        return style.name_for(language) if style else ""
+    if job.template_id is not None:
+        template = session.get(Template, job.template_id)
+        return template.name_for(language) if template else ""
+    return ""
+
+
+def overview(
+    session: Session, user_id: int, language: str, limit: int = OVERVIEW_SETS
+) -> Overview:
+    """Jobs in progress (queue position, progress) and the finished portrait and template sets,
+    newest first."""
+    repo = JobRepository(session)
+    active = [
+        ActiveJob(
+            job.id,
+            job.kind,
+            job.status,
+            repo.queue_position(job) if job.status is JobStatus.QUEUED else 0,
+            float(job.progress or 0.0),
+            _title(session, job, language),
+        )
+        for job in sorted(repo.active_for_user(user_id), key=lambda j: j.id)
+    ]
+    finished = [
+        FinishedSet(
+            job.id,
+            job.kind,
+            _title(session, job, language),
+            job.created_at,
+            list(job.result_blobs),
+        )
+        for job in repo.finished_sets(user_id, (JobKind.PORTRAIT, JobKind.TEMPLATE), limit)
+    ]
+    return Overview(active, finished)

@@ -409,3 +409,33 @@ def styles_page(
 def get_style(session: Session, style_id: int) -> Style:
     """One style (NotFound otherwise)."""
     return StyleRepository(session).get(style_id)
+
+
+# --- the Mini App's gallery ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GalleryStyle:
+    """What the Mini App's gallery shows of one style."""
+
+    id: int
+    name: str
+    category: str
+    base_model: BaseModelName
+    own: bool
+    thumbnail_blob: str | None
+
+
+def gallery(session: Session, user_id: int, language: str) -> list[GalleryStyle]:
+    """Every style this user may use (the chat's picker's styles), in display order."""
+    return [
+        GalleryStyle(
+            s.id,
+            s.name_for(language),
+            s.category,
+            s.base_model,
+            s.owner_id == user_id,
+            s.thumbnail_blob,
+        )
+        for s in StyleRepository(session).visible_to(user_id)
+    ]

@@ -31,6 +31,7 @@ from functools import cache
 from io import BytesIO
 from pathlib import Path
 
+from babel import Locale
 from babel.messages.catalog import Catalog
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
@@ -78,6 +79,30 @@ def forms(language: str) -> dict[str, tuple[str, ...]]:
         else:
             entries[message.id] = (str(message.string or ""),)
     return entries
+
+
+def counted_forms(language: str | None, key: str) -> tuple[str, ...]:
+    """Every form of counted text `key` in `language`, in the order of `plural_categories`
+    (the catalog test holds every language to its number of forms); `{count}` left in for the
+    one who picks a form. KeyError for a key that is not a counted text."""
+    if not is_counted(key):
+        raise KeyError(f"{key} is not a counted text")
+    return forms(normalize_language(language))[key]
+
+
+@cache
+def plural_categories(language: str) -> tuple[str, ...]:
+    """The CLDR plural category of each gettext form of `language`, in form order (en: one,
+    other; ru: one, few, many; zh: other): what a client holding a counted text's forms (the
+    Mini App) matches `Intl.PluralRules(language).select(n)` against. Read off the catalog's
+    own Plural-Forms and Babel's CLDR rule on whole numbers, so the two cannot disagree."""
+    lang = normalize_language(language)
+    rule = Locale.parse(lang).plural_form
+    choose = _translations(lang).plural  # type: ignore[attr-defined]
+    by_form: dict[int, str] = {}
+    for n in range(1000):
+        by_form.setdefault(int(choose(n)), rule(n))
+    return tuple(by_form[i] for i in sorted(by_form))
 
 
 @cache

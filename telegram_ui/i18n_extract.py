@@ -86,6 +86,13 @@ def keys_in_source(source: str, *, literals: bool) -> Iterator[Extracted]:
             if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
                 in_calls.add(id(arg))
                 yield from _entries(arg.lineno, arg.value, counted)
+    # The literal pieces of an f-string ("pay.refused." of f"pay.refused.{reason}") are no keys.
+    in_fstrings = {
+        id(part)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.JoinedStr)
+        for part in node.values
+    }
     for node in ast.walk(tree):
         if isinstance(node, ast.JoinedStr):
             pattern = _fstring_pattern(node)
@@ -98,6 +105,7 @@ def keys_in_source(source: str, *, literals: bool) -> Iterator[Extracted]:
             and isinstance(node, ast.Constant)
             and isinstance(node.value, str)
             and id(node) not in in_calls
+            and id(node) not in in_fstrings
             and KEY_SHAPE.match(node.value)
             and node.value.split(".")[0] in namespaces
         ):

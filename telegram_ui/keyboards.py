@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from telegram import InlineKeyboardButton, InlineKeyboardMarkup
+from telegram import InlineKeyboardButton, InlineKeyboardMarkup, WebAppInfo
 
 from domain.catalog import CATEGORIES, category_name
 from telegram_ui import callbacks as cb
@@ -130,19 +130,31 @@ def _carousel_row(
 
 
 def style_carousel_keyboard(
-    style_id: int, category: str, index: int, total: int, language: str
+    style_id: int,
+    category: str,
+    index: int,
+    total: int,
+    language: str,
+    miniapp_url: str | None = None,
 ) -> InlineKeyboardMarkup:
-    """The style carousel: ◀ n/N ▶, categories, and "Use this style"."""
+    """The style carousel: ◀ n/N ▶, categories, and "Use this style"; with the Mini App
+    configured, "Open gallery" beside the categories."""
+    categories = _button(
+        translate(language, "btn.categories")
+        + (f" · {category_label(language, category)}" if category != cb.ALL else ""),
+        cb.StyleCategories(index),
+    )
+    middle = [categories]
+    if miniapp_url:
+        middle.append(
+            InlineKeyboardButton(
+                translate(language, "btn.open_gallery"), web_app=WebAppInfo(miniapp_url)
+            )
+        )
     return InlineKeyboardMarkup(
         [
             _carousel_row(cb.StylePage, category, index, total),
-            [
-                _button(
-                    translate(language, "btn.categories")
-                    + (f" · {category_label(language, category)}" if category != cb.ALL else ""),
-                    cb.StyleCategories(index),
-                )
-            ],
+            middle,
             [_button(translate(language, "btn.use_style"), cb.UseStyle(style_id))],
         ]
     )

@@ -1,5 +1,5 @@
-"""The admin web application: admin API, OpenAPI document, probes, metrics and the Telegram
-webhook, all registered from one route table."""
+"""The admin web application: admin API, OpenAPI document, probes, metrics, the Telegram
+webhook and the Mini App (page and API), all registered from one route table."""
 
 from __future__ import annotations
 
@@ -39,6 +39,7 @@ from web.keys import (
     TELEGRAM,
     UPDATE_SINK,
 )
+from web.miniapp import routes as miniapp
 from web.openapi import aiohttp_path, build_document
 from web.telegram import telegram_routes
 
@@ -87,6 +88,10 @@ def create_web_app(
     if token is None:
         logger.warning("ADMIN_TOKEN is not set: the admin API answers 503 until it is")
     routes = [*health_routes(config), *api_routes(config)]
+    if config.telegram.token is not None:
+        # The Mini App validates its users' init data with the bot token.
+        miniapp.setup(app, config)
+        routes.extend(miniapp.routes())
     if config.telegram.mode == "webhook" and (telegram_app or update_sink) is not None:
         # In process (`run`): straight onto the bot's queue; else through the broker (`web`).
         if telegram_app is not None:

@@ -50,6 +50,9 @@ STATUS_BY_CODE: dict[str, int] = {
     "credits_needed": 409,
     "payment_refused": 409,
     "insufficient_credits": 409,
+    "selfie_required": 409,
+    "style_unavailable": 404,
+    "result_unavailable": 404,
     "too_large": 413,
     "image_too_large": 413,
     "unsupported_media_type": 415,
@@ -124,7 +127,11 @@ async def error_middleware(
         details = _json_safe(exc.details) if isinstance(exc, AppError) else {}
         headers = {}
         if status == 401:
-            headers["WWW-Authenticate"] = 'Bearer realm="facechain-admin"'
+            headers["WWW-Authenticate"] = (
+                'tma realm="facechain-miniapp"'
+                if request.path.startswith("/miniapp/")
+                else 'Bearer realm="facechain-admin"'
+            )
         if "retry_after" in details:
             headers["Retry-After"] = str(details["retry_after"])
         if status >= 500:

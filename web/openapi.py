@@ -70,6 +70,8 @@ class Route:
     headers: tuple[tuple[str, str], ...] = ()
     # Checked before anything is parsed (e.g. the Telegram secret header); raises to refuse.
     guard: Callable[[web.Request], None] | None = None
+    # The Mini App's API: `Authorization: tma <initData>` (its guard checks it), not the token.
+    tma: bool = False
 
     @property
     def operation_id(self) -> str:
@@ -91,7 +93,7 @@ def aiohttp_path(route: Route) -> str:
 
 _ERROR_TEXT = {
     400: "Malformed request (bad JSON, bad parameter)",
-    401: "Missing or wrong bearer token",
+    401: "Missing or wrong credentials (bearer token, or the Mini App's init data)",
     403: "Forbidden",
     404: "Not found",
     409: "Conflicts with the current state",
@@ -101,6 +103,14 @@ _ERROR_TEXT = {
     429: "Too many failed authentications from this address",
     503: "A dependency is not available",
 }
+
+
+def _security(route: Route) -> list[dict[str, list[str]]]:
+    if route.auth:
+        return [{"bearerAuth": []}]
+    if route.tma:
+        return [{"tmaAuth": []}]
+    return []
 
 
 def _collect_models(routes: Sequence[Route]) -> list[tuple[type[BaseModel], JsonSchemaMode]]:
@@ -197,7 +207,7 @@ def build_document(routes: Sequence[Route], *, server_url: str | None = None) ->
             "operationId": route.operation_id,
             "summary": route.summary,
             "tags": [route.tag],
-            "security": [{"bearerAuth": []}] if route.auth else [],
+            "security": _security(route),
         }
         params: list[dict[str, Any]] = []
         for name in route.path_params:
@@ -247,6 +257,8 @@ def build_document(routes: Sequence[Route], *, server_url: str | None = None) ->
         codes = set(route.errors)
         if route.auth:
             codes |= {401, 429, 503}
+        if route.tma:
+            codes |= {401, 403}
         if route.query is not None or route.body is not None or route.multipart is not None:
             codes |= {400, 422}
         if route.body is not None:
@@ -271,7 +283,17 @@ def build_document(routes: Sequence[Route], *, server_url: str | None = None) ->
         "paths": paths,
         "components": {
             "schemas": defs,
-            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearerAuth": {"type": "http", "scheme": "bearer"},
+                "tmaAuth": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "Authorization",
+                    "description": "`tma <initData>`: the Mini App's launch data, signed by "
+                    "Telegram (validated with the bot token; `auth_date` at most "
+                    "MINIAPP_INIT_DATA_MAX_AGE seconds old)",
+                },
+            },
         },
     }
     if server_url:

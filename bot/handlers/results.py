@@ -17,9 +17,6 @@ from domain import conversations, jobs
 from telegram_ui import callbacks as cb
 from telegram_ui.keyboards import HISTORY_PAGE, history_keyboard, result_keyboard
 
-# FaceChain's HD size for SD1.5's 512 px portraits (×4); smaller images stay plain ×4.
-HD_SIZE = 2048
-
 logger = logging.getLogger(__name__)
 
 
@@ -92,7 +89,7 @@ async def on_upscale(update: Update, context: BotContext, data: cb.Upscale) -> N
         context.account.id,
         source_job_id=data.job_id,
         index=data.index,
-        size=HD_SIZE,
+        size=jobs.HD_SIZE,
         chat_id=update.effective_chat.id,
         limits=context.config.limits,
         is_admin=context.is_admin,

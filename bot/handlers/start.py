@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from telegram import Update
+import logging
+
+from telegram import MenuButtonWebApp, Update, WebAppInfo
+from telegram.error import TelegramError
 
 from bot.context import BotContext
 from bot.handlers import payments
@@ -12,12 +15,28 @@ from telegram_ui import callbacks as cb
 from telegram_ui.i18n import LANGUAGES
 from telegram_ui.keyboards import language_keyboard
 
+logger = logging.getLogger(__name__)
+
+
+async def set_menu_button(update: Update, context: BotContext) -> None:
+    """With the Mini App configured, this chat's menu button opens it, labelled in the user's
+    language (the bot-wide default set at start is English); best effort."""
+    url = context.config.miniapp.url
+    if not url:
+        return
+    button = MenuButtonWebApp(context.t("miniapp.menu"), WebAppInfo(url))
+    try:
+        await context.bot.set_chat_menu_button(update.effective_chat.id, button)
+    except TelegramError as exc:
+        logger.info("menu button of chat %s not set: %s", update.effective_chat.id, exc)
+
 
 async def start(update: Update, context: BotContext) -> None:
     """Greet and explain the three steps; `/start buy` (a forwarded invoice's link, or a link an
     operator shares) then shows the packs on sale."""
     name = context.account.first_name or update.effective_user.first_name or ""
     await reply(update, context, context.t("start.welcome", name=name))
+    await set_menu_button(update, context)
     if context.config.payments.enabled and context.args == [payments.BUY_START_PARAMETER]:
         await payments.show_packs(update, context)
 
@@ -52,6 +71,7 @@ async def on_set_language(update: Update, context: BotContext, data: cb.SetLangu
     await update.callback_query.edit_message_text(
         context.t("lang.changed"), reply_markup=language_keyboard(data.language)
     )
+    await set_menu_button(update, context)
 
 
 async def cancel_command(update: Update, context: BotContext) -> None:

@@ -71,7 +71,9 @@ async def show_styles(
     caption = context.t(
         "styles.card", name=card.name, category=category_label(lang, card.category)
     )
-    markup = style_carousel_keyboard(card.id, category, index, len(cards), lang)
+    markup = style_carousel_keyboard(
+        card.id, category, index, len(cards), lang, context.config.miniapp.url
+    )
     await show_card(update, context, edit, card.thumbnail_blob, card.name, caption, markup)
 
 

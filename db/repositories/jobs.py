@@ -80,6 +80,19 @@ class JobRepository(RepositoryBase[Job]):
             .offset(offset)
         ).all()
 
+    def finished_sets(self, user_id: int, kinds: Sequence[JobKind], limit: int) -> Sequence[Job]:
+        """The user's succeeded jobs of these kinds that have pictures, newest first."""
+        return self.session.scalars(
+            select(Job)
+            .where(
+                Job.user_id == user_id,
+                Job.status == JobStatus.SUCCEEDED,
+                Job.kind.in_(list(kinds)),
+            )
+            .order_by(Job.id.desc())
+            .limit(limit)
+        ).all()
+
     def counts_by_status(self) -> dict[str, int]:
         rows = self.session.execute(select(Job.status, func.count(Job.id)).group_by(Job.status))
         return {str(status): int(n) for status, n in rows}

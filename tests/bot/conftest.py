@@ -25,6 +25,7 @@ from core.settings import (
     DatabaseSettings,
     EngineSettings,
     LimitsSettings,
+    MiniAppSettings,
     PaymentsSettings,
     StorageSettings,
     TelegramSettings,
@@ -47,6 +48,7 @@ def make_config(
     *,
     broker_url: str = "memory://",
     payments: PaymentsSettings | None = None,
+    miniapp_url: str | None = None,
     **limits: Any,
 ) -> AppConfig:
     """A config pointing at the fake server, the test database and a broker (in-memory)."""
@@ -64,6 +66,7 @@ def make_config(
         engine=EngineSettings(profile="tiny", num_images=2),
         limits=LimitsSettings(**limits),
         payments=payments or PaymentsSettings(),
+        miniapp=MiniAppSettings(url=miniapp_url),
     )
 
 
@@ -127,6 +130,8 @@ class BotHarness:
     config: AppConfig | None = None
     # Telegram Stars settings (payments off unless a test turns them on).
     payments: PaymentsSettings | None = None
+    # MINIAPP_URL (None: no Mini App buttons).
+    miniapp_url: str | None = None
     celery: Celery | None = None
     app: Application[Any, Any, Any, Any, Any, Any] | None = None
     style_ids: list[int] = field(default_factory=list)
@@ -143,6 +148,7 @@ class BotHarness:
             self.tmp_path,
             broker_url=self.broker_url,
             payments=self.payments,
+            miniapp_url=self.miniapp_url,
             **self.limits,
         )
         if self.celery is None:

@@ -18,7 +18,7 @@ from bot.app import ADMIN_COMMANDS, MENU_COMMANDS, build_application
 from bot.handlers.payments import PAYMENT_COMMANDS
 from core import errors as app_errors
 from core.errors import SelfieRequired
-from db.models import JobKind, JobStatus
+from db.models import BaseModelName, JobKind, JobStatus
 from facechain import errors as fc_errors
 from telegram_ui import callbacks as cb
 from telegram_ui.i18n import (
@@ -32,6 +32,7 @@ from telegram_ui.i18n import (
 )
 from telegram_ui.keyboards import cancel_job_keyboard, result_keyboard
 from tests.bot.conftest import BotHarness
+from web.miniapp import routes as miniapp
 from web.telegram import process_webhook_update, secret_matches
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -67,9 +68,12 @@ def keys_used_in_code() -> set[str]:
                 and node.value.split(".")[0] in namespaces
             ):
                 keys.add(node.value)
-    # The workers use task names shaped like keys, so only literal translate() calls count.
-    for path in (ROOT / "tasks").rglob("*.py"):
+    # The workers use task names shaped like keys, so only literal translate() calls count;
+    # so does the Mini App (web/miniapp), plus the keys its page shows.
+    for path in [*(ROOT / "tasks").rglob("*.py"), *(ROOT / "web" / "miniapp").rglob("*.py")]:
         keys |= set(LITERAL_KEY.findall(path.read_text(encoding="utf-8")))
+    keys |= set(miniapp.PAGE_KEYS) | set(miniapp.PAGE_COUNTED_KEYS)
+    keys |= {f"miniapp.base.{b.value}" for b in BaseModelName}
     # Keys built at run time from a closed set of values.
     keys |= {f"kind.{k.value}" for k in JobKind}
     keys |= {f"status.{s.value}" for s in JobStatus}

@@ -176,6 +176,8 @@ class FakeTelegram:
         self.star_transactions: list[dict[str, Any]] = []
         self.checkout_answers: dict[str, ApiCall] = {}
         self._charge_ids = itertools.count(1)
+        # setChatMenuButton's menu_button (None: never set).
+        self.menu_button: Any = None
 
     # lifecycle -------------------------------------------------------------------------
 
@@ -855,6 +857,22 @@ class FakeTelegram:
         return self._bot_message(
             int(call.get("chat_id")), invoice=invoice, reply_markup=call.get("reply_markup")
         )
+
+    async def _m_createInvoiceLink(self, call: ApiCall) -> Any:
+        # The Mini App's checkout: the same checks as sendInvoice, answered with a t.me link.
+        if call.get("currency") != "XTR":
+            raise _ApiError(400, "Bad Request: CURRENCY_INVALID")
+        prices = call.get("prices") or []
+        if len(prices) != 1 or int(prices[0].get("amount", 0)) < 1:
+            raise _ApiError(400, "Bad Request: STARS_INVOICE_INVALID")
+        payload = str(call.get("payload") or "")
+        if not payload or len(payload.encode()) > 128:
+            raise _ApiError(400, "Bad Request: INVOICE_PAYLOAD_INVALID")
+        return f"https://t.me/$inv{len(self.calls)}"
+
+    async def _m_setChatMenuButton(self, call: ApiCall) -> Any:
+        self.menu_button = call.get("menu_button")
+        return True
 
     async def _m_answerPreCheckoutQuery(self, call: ApiCall) -> Any:
         ok = call.get("ok")

@@ -19,15 +19,18 @@ import pytest
 import schemathesis
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from sqlalchemy import func, select
 
 from core.blobstore import LocalBlobStore
 from core.metrics import create_metrics
+from db.models import Job, User
 from db.session import Database
-from tests.utils.factories import make_style, make_user
+from tests.utils.factories import make_selfie, make_style, make_user
 from tests.utils.fake_telegram import FakeTelegram
 from tests.web.conftest import AUTH, TOKEN, make_config, publisher_for
 from web.app import create_web_app
 from web.keys import OPENAPI, ROUTES
+from web.miniapp import initdata
 
 Client = TestClient[Any, Any]
 
@@ -100,12 +103,17 @@ class TestDocument:
             assert ref.rsplit("/", 1)[1] in schemas, ref
         operation_ids = [op["operationId"] for ops in doc["paths"].values() for op in ops.values()]
         assert len(operation_ids) == len(set(operation_ids))
+        # Public: probes, the Mini App's page files, and its pictures (signed URLs instead).
+        public = {"/healthz", "/readyz", "/metrics", "/miniapp/api/media"}
         for path, ops in doc["paths"].items():
             for op in ops.values():
                 protected = bool(op["security"])
-                assert protected == (path not in {"/healthz", "/readyz", "/metrics"}), path
+                page = path.startswith("/miniapp/") and not path.startswith("/miniapp/api/")
+                assert protected == (path not in public and not page), path
                 if protected:
                     assert "401" in op["responses"]
+                scheme = "tmaAuth" if path.startswith("/miniapp/api/") else "bearerAuth"
+                assert not protected or op["security"] == [{scheme: []}], path
         webhook_in = schemas["WebhookIn"]["properties"]
         assert "secret" in webhook_in
         assert "secret" not in schemas["WebhookOut"]["properties"]
@@ -225,7 +233,8 @@ def live_server(
     tmp_path: Path, db: Database, blobs: LocalBlobStore, celery: Any
 ) -> Iterator[LiveServer]:
     with db.sessionmaker() as session:
-        make_user(session, 1)
+        user = make_user(session, 1)
+        make_selfie(session, blobs, user)
         make_style(session, "seeded", position=1)
         session.commit()
     config = make_config(tmp_path)
@@ -247,8 +256,24 @@ def live_server(
             yield server
 
 
+def mini_app_operations() -> str:
+    """The Mini App's API authenticates with init data (user 1's, fresh), not the token; its
+    operations get fewer examples (their rules are tested in tests/web/test_miniapp.py)."""
+    raw = initdata.build("123456:TEST", {"id": 1, "first_name": "Fuzz", "language_code": "en"})
+    return f"""
+[[operations]]
+include-path-regex = "^/miniapp/"
+headers = {{ Authorization = 'tma {raw}' }}
+generation.max-examples = {MINIAPP_MAX_EXAMPLES}
+# A valid request may find a job already running (409) or the user's actions over the chat's
+# flood limit (429): the fuzzer sends far more than 30 a minute.
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "429"]
+"""
+
+
 # Test cases per operation and phase; the whole run stays around a minute on two cores.
 MAX_EXAMPLES = 100
+MINIAPP_MAX_EXAMPLES = 20
 RUN_TIMEOUT_SECONDS = 600
 # A schema can type a file part but not say "an SD1.5 LoRA in safetensors" or "a photo with a
 # face": uploads whose bytes are not that are refused with 415 or 422 whatever their shape.
@@ -264,13 +289,14 @@ checks.positive_data_acceptance.expected-statuses = [
 """
 
 
+@pytest.mark.timeout(RUN_TIMEOUT_SECONDS + 120)
 def test_schemathesis_with_every_check_finds_no_failure(
-    live_server: LiveServer, tmp_path: Path
+    live_server: LiveServer, tmp_path: Path, db: Database
 ) -> None:
     """Every phase (examples, coverage, fuzzing, stateful) and every check, valid and invalid
     requests, a fixed seed; the output names any failure with a curl line to reproduce it."""
     config = tmp_path / "schemathesis.toml"
-    config.write_text(SCHEMATHESIS_CONFIG, encoding="utf-8")
+    config.write_text(SCHEMATHESIS_CONFIG + mini_app_operations(), encoding="utf-8")
     report = tmp_path / "report.json"
     started = time.monotonic()
     run = subprocess.run(
@@ -313,3 +339,8 @@ def test_schemathesis_with_every_check_finds_no_failure(
     assert "Tested: 35" in summary or "Tested:" in summary, summary
     logging.getLogger(__name__).info("schemathesis: %.0f s\n%s", elapsed, summary)
     assert json.loads(report.read_text(encoding="utf-8"))
+    # The Mini App's operations ran with valid init data: user 1 started a portrait set.
+    with db.session() as session:
+        user = session.scalar(select(User).where(User.telegram_id == 1))
+        assert user is not None
+        assert session.scalar(select(func.count(Job.id)).where(Job.user_id == user.id))

@@ -1,0 +1,1 @@
+"""The Telegram Mini App: page, API, init-data validation and signed pictures."""
