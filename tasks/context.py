@@ -111,6 +111,9 @@ def build_engine(config: AppConfig) -> Engine:
         compile_unet=settings.compile_unet,
         compile_mode=settings.compile_mode,
         vae_nan_guard=settings.vae_nan_guard,
+        safety_outputs=config.safety.outputs == "block",
+        safety_required=config.safety.required,
+        safety_threshold=config.safety.threshold,
     )
     if settings.steps:
         engine_config.steps = settings.steps
