@@ -122,6 +122,8 @@ def build_engine(config: AppConfig) -> Engine:
 
         # Optional models have a documented fallback; say which ones run (`models list` too).
         for name, fallback in registry.missing_fallbacks(settings.models_dir).items():
+            if name == registry.SAFETY_CHECKER.name:
+                continue  # the engine says what its absence means (required: no engine)
             logger.warning(
                 "model %s is not downloaded, fallback: %s (run `%s`)",
                 name,

@@ -57,3 +57,8 @@ def error_text(language: str | None, code: str | None) -> str:
     if key not in catalog(DEFAULT_LANGUAGE):
         key = "error.internal"
     return translate(language, key)
+
+
+def safety_alert_text(user_id: int, count: int, kind: str) -> str:
+    """The admin chat's notice that one user's pictures were flagged repeatedly (English)."""
+    return translate(DEFAULT_LANGUAGE, "admin.safety_alert", user=user_id, count=count, kind=kind)

@@ -3,6 +3,7 @@ the in-memory broker, and a harness that runs the real Application with long pol
 
 from __future__ import annotations
 
+import functools
 import io
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from telegram.ext import Application
 from bot.app import build_application
 from core.blobstore import LocalBlobStore
 from core.metrics import Metrics, create_metrics
+from core.safety import ImageScreen, LocalScreen
 from core.settings import (
     AppConfig,
     BrokerSettings,
@@ -132,7 +134,14 @@ class BotHarness:
     style_ids: list[int] = field(default_factory=list)
     # This bot's own counters (the process-wide ones are shared by every test).
     metrics: Metrics = field(default_factory=create_metrics)
+    # The upload safety checker, run in this process (default: the tiny one, never flags).
+    checker: Any = None
     _runner: Any = None
+
+    def _screen(self, config: AppConfig) -> ImageScreen | None:
+        if config.safety.inputs == "off":
+            return None
+        return LocalScreen(self.checker if self.checker is not None else tiny_checker())
 
     async def start(self, **limits: Any) -> Application[Any, Any, Any, Any, Any, Any]:
         """Build and run a fresh Application (same DB, blobs and broker as before)."""
@@ -153,7 +162,12 @@ class BotHarness:
                     published(self.celery, queue)
         publisher = CeleryPublisher(self.celery, self.db)
         self.app = build_application(
-            self.config, self.db, self.blobs, publisher, metrics=self.metrics
+            self.config,
+            self.db,
+            self.blobs,
+            publisher,
+            metrics=self.metrics,
+            screen_factory=self._screen,
         )
         self._runner = running_bot(self.app)
         await self._runner.__aenter__()
@@ -174,6 +188,14 @@ class BotHarness:
             from sqlalchemy import select
 
             return s.scalar(select(User).where(User.telegram_id == telegram_id))
+
+
+@functools.cache
+def tiny_checker() -> Any:
+    """The tiny profile's upload checker, built once per test process."""
+    from facechain.safety import SafetyChecker
+
+    return SafetyChecker.random(11)
 
 
 @pytest.fixture

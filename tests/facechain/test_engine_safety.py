@@ -147,3 +147,23 @@ class TestWeights:
         checker = _load_safety(config, torch.device("cpu"), torch.float32)
         assert isinstance(checker, SafetyChecker)
         assert checker.threshold == 0.2
+
+
+class TestTemplates:
+    def test_a_flagged_template_result_raises_and_a_safe_one_is_returned(
+        self, engine: Engine
+    ) -> None:
+        from facechain.inpaint import InpaintRequest
+        from tests.facechain.face_data import GROUP, fixture_rgb
+
+        request = InpaintRequest(template=Image.fromarray(fixture_rgb(GROUP)), selfies=[crop()])
+        checker = FlagChosen(every=True)
+        engine.set_safety_checker(checker)
+        try:
+            with pytest.raises(SafetyFlagged) as err:
+                engine.inpaint(request)
+        finally:
+            engine.set_safety_checker(SafetyChecker.random(11))
+        assert checker.calls == [1]
+        assert len(err.value.verdicts) == 1
+        assert isinstance(engine.inpaint(request), Image.Image)
