@@ -3,7 +3,6 @@ the in-memory broker, and a harness that runs the real Application with long pol
 
 from __future__ import annotations
 
-import functools
 import io
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from db.models import BaseModelName, Style, StyleOrigin, User
 from db.session import Database
 from tasks.celery_app import create_celery
 from tasks.dispatch import CeleryPublisher
+from tests.utils.fake_safety import tiny_checker
 from tests.utils.fake_telegram import TOKEN, FakeTelegram, running_bot
 
 ADMIN_ID = 990001
@@ -188,14 +188,6 @@ class BotHarness:
             from sqlalchemy import select
 
             return s.scalar(select(User).where(User.telegram_id == telegram_id))
-
-
-@functools.cache
-def tiny_checker() -> Any:
-    """The tiny profile's upload checker, built once per test process."""
-    from facechain.safety import SafetyChecker
-
-    return SafetyChecker.random(11)
 
 
 @pytest.fixture

@@ -3,14 +3,21 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection, Sequence
 
 from PIL import Image
 
-from facechain.safety import SafetyVerdict
+from facechain.safety import SafetyChecker, SafetyVerdict
 
 FLAGGED_SCORE = 0.12
 SAFE_SCORE = -0.3
+
+
+@functools.cache
+def tiny_checker() -> SafetyChecker:
+    """The tiny profile's checker (never flags), built once per test process."""
+    return SafetyChecker.random(11)
 
 
 class FlagChosen:
