@@ -51,8 +51,9 @@ class Metrics:
 
         self.safety_checked = Counter(
             "facechain_safety_checked",
-            "Pictures the safety checker looked at in this process, by kind (selfie, pose, "
-            "template_photo, training, sample)",
+            "Pictures the safety checker looked at in this process, by kind (bot and admin web: "
+            "selfie, pose, template_photo, training, sample; gpu workers: portrait, template, "
+            "upscale)",
             ["kind"],
             registry=self.registry,
         )

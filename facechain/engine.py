@@ -236,10 +236,13 @@ class PortraitSet(list[Portrait]):
         portraits: Sequence[Portrait] = (),
         flagged: Sequence[SafetyVerdict] = (),
         requested: int = 0,
+        checked: int = 0,
     ) -> None:
         super().__init__(portraits)
         self.flagged = list(flagged)
         self.requested = requested
+        # Candidates the safety checker looked at (0: there is no checker).
+        self.checked = checked
 
     @property
     def held_back(self) -> int:
@@ -419,6 +422,11 @@ class Engine:
         hide_face_tokens(controlnet, TOKENS_PER_FACE)
         logger.info("engine (%s) on %s/%s", config.profile, device, dtype)
         return cls(config, transface, controlnet, lora, _load_fairface(config, device), safety)
+
+    @property
+    def checking(self) -> bool:
+        """Whether painted images go through a safety checker."""
+        return self.safety is not None
 
     def set_safety_checker(self, checker: ImageChecker | None) -> None:
         """Check with this checker (None: check nothing); for tests and benchmarks."""
@@ -788,7 +796,8 @@ class Engine:
         safe = [pair for pair, v in zip(images, verdicts, strict=True) if not v.flagged]
         if not safe:
             raise SafetyFlagged(f"all {len(images)} candidates were flagged", flagged)
-        return PortraitSet(self._rank(safe, seed, request), flagged, request.num_images)
+        checked = len(images) if self.safety is not None else 0
+        return PortraitSet(self._rank(safe, seed, request), flagged, request.num_images, checked)
 
     @staticmethod
     def _rank(

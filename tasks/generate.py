@@ -69,7 +69,7 @@ def generate(ctx: WorkerContext, job: JobSnapshot, reporter: ProgressReporter) -
         # Nothing safe: the job fails (safety_flagged, not the user's fault: charge back).
         record_flags(ctx, job, "portrait", exc.verdicts)
         raise
-    record_flags(ctx, job, "portrait", portraits.flagged)
+    record_flags(ctx, job, "portrait", portraits.flagged, checked=portraits.checked)
     if reporter.cancelled_now():
         # Cancelled (or the user ran /forget) while the last step ran: store nothing.
         raise JobCancelled

@@ -68,6 +68,8 @@ def inpaint(ctx: WorkerContext, job: JobSnapshot, reporter: ProgressReporter) ->
     except SafetyFlagged as exc:
         record_flags(ctx, job, "template", exc.verdicts)
         raise
+    if ctx.engine.checking:
+        record_flags(ctx, job, "template", [], checked=1)
     if reporter.cancelled_now():
         # Cancelled (or the user ran /forget) while the last step ran: store nothing.
         raise JobCancelled

@@ -1,5 +1,6 @@
-"""Flagged outputs of a gpu job: recorded (audit rows, webhook event) and, once a user is flagged
-repeatedly, the admin chat told (io task `delivery.safety_alert`)."""
+"""Checked outputs of a gpu job: counted on this worker's /metrics (probe port), the flagged ones
+recorded (audit rows, webhook event) and, once a user is flagged repeatedly, the admin chat told
+(io task `delivery.safety_alert`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Sequence
 
 from kombu.exceptions import KombuError
 
+from core.metrics import default_metrics
 from domain import safety
 from domain.outbox import transact
 from facechain.safety import SafetyVerdict
@@ -21,9 +23,17 @@ ALERT_TASK = "delivery.safety_alert"
 
 
 def record_flags(
-    ctx: WorkerContext, job: JobSnapshot, kind: safety.Kind, verdicts: Sequence[SafetyVerdict]
+    ctx: WorkerContext,
+    job: JobSnapshot,
+    kind: safety.Kind,
+    verdicts: Sequence[SafetyVerdict],
+    checked: int | None = None,
 ) -> None:
-    """Record what the checker flagged in this job (nothing when nothing was flagged)."""
+    """Count what the checker looked at (`checked`, default: the flagged ones alone, as when
+    everything was flagged) and record what it flagged in this job."""
+    default_metrics().record_safety(
+        kind, checked=len(verdicts) if checked is None else checked, flagged=len(verdicts)
+    )
     if not verdicts:
         return
     flagged = transact(

@@ -47,9 +47,10 @@ def upscale(ctx: WorkerContext, job: JobSnapshot, reporter: ProgressReporter) ->
         # The checker is the engine's (resident in a warm gpu worker); ×4 detail can change a
         # verdict. An engine that cannot be built fails the job (weights_missing: charge back).
         [verdict] = ctx.engine.check_images([result])
-        if verdict.flagged:
-            record_flags(ctx, job, "upscale", [verdict])
-            raise SafetyFlagged("the HD result was flagged by the safety checker", [verdict])
+        flagged = [verdict] if verdict.flagged else []
+        record_flags(ctx, job, "upscale", flagged, checked=1 if ctx.engine.checking else 0)
+        if flagged:
+            raise SafetyFlagged("the HD result was flagged by the safety checker", flagged)
     key = ctx.blobs.put(encode_png(result))
     logger.info(
         "job %s: %dx%d -> %dx%d", job.id, image.width, image.height, result.width, result.height

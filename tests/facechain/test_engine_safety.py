@@ -65,7 +65,7 @@ class TestOutputs:
         assert isinstance(engine.safety, SafetyChecker)
         out = engine.portraits(request())
         assert [p.seed for p in out] == [10, 11, 12, 13]
-        assert (out.flagged, out.held_back) == ([], 0)
+        assert (out.flagged, out.held_back, out.checked) == ([], 0, 6)
 
     def test_flagged_candidates_are_dropped_before_ranking_and_spares_fill_the_set(
         self, engine: Engine
@@ -107,7 +107,8 @@ class TestOutputs:
         engine.set_safety_checker(None)
         try:
             out = engine.portraits(request())
-            assert len(out) == 4
+            assert (len(out), out.checked) == (4, 0)
+            assert not engine.checking
             assert not any(v.flagged for v in engine.check_images([out[0].image]))
         finally:
             engine.set_safety_checker(SafetyChecker.random(11))

@@ -52,3 +52,31 @@ def test_a_safe_hd_result_is_checked_and_kept(
         assert len(row(ctx, job_id).result_blobs) == 1
     finally:
         set_context(None)
+
+
+def test_checked_hd_results_are_counted_on_the_worker_metrics(
+    committed_db: Database, database_url: str, tmp_path: Path
+) -> None:
+    from core.metrics import default_metrics
+
+    def counted(name: str) -> float:
+        value = default_metrics().registry.get_sample_value(name, {"kind": "upscale"})
+        return value or 0.0
+
+    ctx = worker_context(committed_db, database_url, tmp_path)
+    set_context(ctx)
+    try:
+        _, job_id = hd_job(ctx)
+        ctx.engine.set_safety_checker(FlagChosen(every=True))
+        before = (
+            counted("facechain_safety_checked_total"),
+            counted("facechain_safety_flagged_total"),
+        )
+        upscale_task.upscale_portrait(job_id)
+        after = (
+            counted("facechain_safety_checked_total"),
+            counted("facechain_safety_flagged_total"),
+        )
+        assert (after[0] - before[0], after[1] - before[1]) == (1, 1)
+    finally:
+        set_context(None)
