@@ -4,7 +4,8 @@ The bot (and any other front end) checks a picture before it stores or queues an
 (`screen` in each front end). The checker itself (`facechain.safety`, torch) runs in one child
 process of the front end (`ProcessScreen`), started on the first upload and kept, so the front
 end's own process never imports torch, and an upload costs one CLIP ViT-L/14 pass on the CPU
-(about 0.3 s with 4 threads) without queueing behind portraits on the gpu worker. Tests and
+(not measured here at full size; `bench/safety.py` times the tiny one) without queueing behind
+portraits on the gpu worker. Tests and
 tools use `LocalScreen`, which runs a given checker in this process through the same interface.
 """
 
