@@ -35,8 +35,9 @@ def page_of(
 
 
 async def screen_sample(call: Call, data: bytes) -> None:
-    """The safety check of an admin's style sample image; UnsafeImage (422) when flagged, and
-    nothing of the upload is stored (an audit row and a `safety.flagged` event record it)."""
+    """The safety check of an admin's catalog image (a style's sample image, a template photo);
+    UnsafeImage (422) when flagged, and nothing of the upload is stored (an audit row and a
+    `safety.flagged` event record it)."""
     screen = call.app[SCREEN]
     if screen is None:
         return
