@@ -11,6 +11,9 @@ values. Both bases (film, majic) are resident, fp16, as in a worker. Figures, in
   warm-up. `set_6to4`: our default, 6 candidates ranked by SFace (CPU) down to 4. `pose_set_4`:
   the same with a pose map (OpenPose ControlNet). `inpaint_1_face`: one fixed-template face.
   `upscale_512_to_2048`: the RRDB x4 pass (tiles of 256 px, as the worker runs it), fp16.
+- `safety_check_6`: the SD1.5 safety checker (CLIP ViT-L/14, published config, fp16) on the 6
+  candidates of a set, as the engine checks them before ranking; per image, its share of
+  `set_6to4`, and its resident VRAM.
 - `resident_vram_gib` (weights of everything above) and `peak_vram_gib` (the 4-image sets, the
   pose set and the inpaint with both bases resident); images per hour at batch 4 and 8.
 - `facechain_set_4`: FaceChain's configuration on the same modules: PNDM 50 steps (51 UNet
@@ -101,6 +104,11 @@ LABELS = (
     "upscale_512_to_2048_p50_s",
     "upscale_512_to_2048_p90_s",
     "upscale_peak_vram_gib",
+    "safety_resident_vram_gib",
+    "safety_check_6_p50_s",
+    "safety_check_6_p90_s",
+    "safety_check_per_image_ms",
+    "safety_share_of_set_6to4_pct",
     *(f"opt_{name}_set_4_p50_s" for name in OPTIMISATIONS),
     *(f"opt_{name}_speedup" for name in OPTIMISATIONS),
     *(f"opt_{name}_max_rel_diff" for name in OPTIMISATIONS),
@@ -510,6 +518,53 @@ def upscale_figures(profile: Profile) -> None:
     )
 
 
+def safety_figures(bench: Bench) -> None:
+    """The safety checker on the 6 candidates of a set: its cost per image and share of a set.
+
+    Full size: the published config (CLIP ViT-L/14 at 224 px, 768-d projection) with random
+    weights, in the engine's dtype on its device, as the gpu worker runs it (speed does not
+    depend on the values)."""
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig
+
+    from facechain.safety import SafetyChecker, tiny_config
+
+    p = bench.profile
+    if p.tiny:
+        checker = SafetyChecker.random(11, p.device)
+        figure("safety_resident_vram_gib", "n/a (tiny)")
+    else:
+        config = CLIPConfig(
+            vision_config={
+                "hidden_size": 1024,
+                "intermediate_size": 4096,
+                "num_attention_heads": 16,
+                "num_hidden_layers": 24,
+                "patch_size": 14,
+                "image_size": 224,
+            },
+            projection_dim=768,
+            text_config=tiny_config().text_config.to_dict(),
+        )
+        before = torch.cuda.memory_allocated() if p.cuda else 0
+        with p.device:
+            model = StableDiffusionSafetyChecker(config)
+        checker = SafetyChecker(model, p.device, p.dtype)
+        figure(
+            "safety_resident_vram_gib",
+            gib(torch.cuda.memory_allocated() - before) if p.cuda else "n/a (no CUDA)",
+        )
+    size = bench.engine.config.output_size()
+    images = [
+        Image.fromarray(np.asarray(a).astype(np.uint8)).resize((size, size))
+        for a in (bench.eager["images"] * 2)[:CANDIDATES]
+    ]
+    runs = timings(p, lambda: checker.check(images))
+    timing_figures("safety_check_6", runs)
+    figure("safety_check_per_image_ms", f"{1000 * p50(runs) / CANDIDATES:.1f}")
+    figure("safety_share_of_set_6to4_pct", f"{100 * p50(runs) / bench.eager['set_6to4']:.2f}")
+
+
 @dataclass
 class FastPath:
     """One optimisation: how to turn it on and off, and its own extra figures."""
@@ -714,6 +769,7 @@ def main() -> int:
         bench = build(profile, Path(tmp))
         eager_figures(bench)
         upscale_figures(profile)
+        safety_figures(bench)
         fast_paths(bench, args.skip_compile)
     print(f"wall time: {time.monotonic() - profile.started:.0f} s")
     speedup = bench.eager["facechain_set_4"] / bench.eager["set_6to4"]

@@ -46,6 +46,12 @@ BENCHMARKS: dict[str, tuple[str, list[str], str]] = {
         "configuration and the fast paths (CUDA; skipped without it)",
     ),
     "template": ("template.py", [], "template face inpainting (seconds per template)"),
+    "safety": (
+        "safety.py",
+        ["--repeats", "5"],
+        "the tiny safety checker's share of the tiny flow's portrait set, and one upload check "
+        "(CPU; goal under 5 %)",
+    ),
     "annotators": (
         "annotators.py",
         [],

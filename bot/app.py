@@ -49,6 +49,7 @@ from bot.transport import AiohttpRequest
 from core.blobstore import BlobStore
 from core.errors import ConfigError
 from core.metrics import Metrics, default_metrics
+from core.safety import ScreenFactory, create_screen
 from core.settings import AppConfig
 from db.session import Database
 from domain.outbox import Publisher
@@ -84,10 +85,21 @@ class FaceChainApplication(Application[Any, Any, Any, Any, Any, Any]):
     """
 
     async def initialize(self) -> None:
-        """Initialise PTB, then publish the menu (best effort: a failure only logs)."""
+        """Initialise PTB, then publish the menu (best effort: a failure only logs), and start
+        the upload safety checker's process so the first upload does not wait for it."""
         await super().initialize()
         await publish_commands(self)
         await publish_menu_button(self)
+        screen = self.bot_data[DEPS_KEY].screen
+        if screen is not None:
+            screen.warm()
+
+    async def shutdown(self) -> None:
+        """Stop the upload safety checker's process, then PTB."""
+        screen = self.bot_data[DEPS_KEY].screen
+        if screen is not None:
+            screen.close()
+        await super().shutdown()
 
 
 async def publish_commands(application: Application[Any, Any, Any, Any, Any, Any]) -> None:
@@ -210,11 +222,13 @@ def build_application(
     publisher: Publisher,
     *,
     metrics: Metrics | None = None,
+    screen_factory: ScreenFactory = create_screen,
 ) -> Application[Any, Any, Any, Any, Any, Any]:
     """The bot Application for this configuration (not yet initialised or started).
 
     `publisher` takes the jobs, webhook deliveries and broadcasts the handlers' use cases
-    outbox; `metrics` gets the counted updates and errors (default: the process's own)."""
+    outbox; `metrics` gets the counted updates and errors (default: the process's own);
+    `screen_factory` builds the upload safety screen (default: a child process per bot)."""
     telegram = config.telegram
     if telegram.token is None:
         raise ConfigError("TELEGRAM_TOKEN is not set")
@@ -249,6 +263,7 @@ def build_application(
         metrics=metrics or default_metrics(),
         rate_limiter=rate_limiter,
         cpu_slots=asyncio.Semaphore(max(1, os.cpu_count() or 1)),
+        screen=screen_factory(config),
     )
     register_handlers(application, config)
     return application

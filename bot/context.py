@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from bot.ratelimit import UpdateRateLimiter
     from core.blobstore import BlobStore
     from core.metrics import Metrics
+    from core.safety import ImageScreen
     from core.settings import AppConfig
     from db.models import User
     from db.session import Database
@@ -43,6 +44,8 @@ class BotDeps:
     file_ids: dict[str, str] = field(default_factory=dict)
     # monotonic time of the last error alert sent to the admin chat (throttling).
     last_admin_alert: float = 0.0
+    # The upload safety checker (None: SAFETY_INPUTS=off).
+    screen: ImageScreen | None = None
 
 
 class BotContext(CallbackContext[ExtBot[None], dict[Any, Any], dict[Any, Any], dict[Any, Any]]):

@@ -72,6 +72,12 @@ class ValidationFailed(AppError):
     code = "invalid"
 
 
+class UnsafeImage(ValidationFailed):
+    """An upload the safety checker flagged; it was refused and nothing of it was kept."""
+
+    code = "unsafe_image"
+
+
 class EngineUnavailable(AppError):
     """The gpu worker could not build the engine (weights missing, no device)."""
 

@@ -56,6 +56,20 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.safety_checked = Counter(
+            "facechain_safety_checked",
+            "Pictures the safety checker looked at in this process, by kind (bot and admin web: "
+            "selfie, pose, template_photo, training, sample; gpu workers: portrait, template, "
+            "upscale)",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.safety_flagged = Counter(
+            "facechain_safety_flagged",
+            "Pictures the safety checker flagged in this process, by kind",
+            ["kind"],
+            registry=self.registry,
+        )
         self.payments = Counter(
             "facechain_payments",
             "Telegram Stars payments by event (succeeded, duplicate, refunded)",
@@ -89,6 +103,11 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+
+    def record_safety(self, kind: str, checked: int, flagged: int) -> None:
+        """Pictures the safety checker looked at and flagged, by kind."""
+        self.safety_checked.labels(kind=kind).inc(checked)
+        self.safety_flagged.labels(kind=kind).inc(flagged)
 
     def record_payment(self, event: str, stars: int = 0) -> None:
         """Count one payment event and its Stars (none for a duplicate)."""

@@ -387,6 +387,24 @@ class ProbeSettings(BaseSettings):
     port: int | None = Field(default=None, ge=0, le=65535)
 
 
+class SafetySettings(BaseSettings):
+    """The image safety checker: what it checks, how strictly, and whether it must be there."""
+
+    model_config = SettingsConfigDict(**_ENV, env_prefix="SAFETY_")
+
+    # block: a flagged portrait is dropped (the set is filled from spare candidates); off: none
+    # is checked.
+    outputs: Literal["block", "off"] = "block"
+    # block: a flagged selfie, pose, template or training image is refused and not kept.
+    inputs: Literal["block", "off"] = "block"
+    # Margin over each concept's own threshold: 0 = diffusers' decision, below 0 flags more.
+    threshold: float = Field(default=0.0, ge=-1.0, le=1.0)
+    # true: a gpu worker without the checker's weights builds no engine and takes no job.
+    required: bool = True
+    # The admin chat is told when one user has this many flagged pictures in 24 hours.
+    alert_after: int = Field(default=3, ge=1)
+
+
 class AppConfig(BaseSettings):
     """Every concern's settings, built once in the entry point and passed down."""
 
@@ -403,6 +421,7 @@ class AppConfig(BaseSettings):
     payments: PaymentsSettings = Field(default_factory=PaymentsSettings)
     webhooks: WebhooksSettings = Field(default_factory=WebhooksSettings)
     miniapp: MiniAppSettings = Field(default_factory=MiniAppSettings)
+    safety: SafetySettings = Field(default_factory=SafetySettings)
     log_level: str = "INFO"
 
 

@@ -4,7 +4,7 @@ from the database at scrape time."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -15,6 +15,7 @@ from db.models import JobStatus
 from db.repositories.broadcasts import BroadcastRepository
 from db.repositories.stats import StatsRepository
 from db.repositories.webhooks import WebhookDeliveryRepository
+from domain.safety import flagged_totals
 
 WORKER_WINDOW = timedelta(hours=1)
 STATS_WINDOW = timedelta(hours=24)
@@ -67,6 +68,8 @@ class DatabaseSnapshot:
     users: dict[str, int]
     deliveries: dict[str, int]
     broadcasts: dict[str, int]
+    # Pictures the safety checker flagged, by kind (from the audit log: every process's).
+    safety_flagged: dict[str, int] = field(default_factory=dict)
 
 
 # One scrape's database figures: aggregates only (no row is read), cut off past this.
@@ -85,4 +88,5 @@ def read_snapshot(session: Session) -> DatabaseSnapshot:
         users=repo.user_counts(utcnow() - STATS_WINDOW),
         deliveries=WebhookDeliveryRepository(session).counts_by_status(),
         broadcasts=BroadcastRepository(session).counts_by_status(),
+        safety_flagged=flagged_totals(session),
     )

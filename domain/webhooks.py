@@ -41,6 +41,7 @@ EVENTS: tuple[str, ...] = (
     "broadcast.finished",
     "payment.succeeded",
     "payment.refunded",
+    "safety.flagged",
 )
 # Attempts in all (the first try plus retries); then the delivery is marked failed.
 MAX_ATTEMPTS = 6

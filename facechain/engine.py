@@ -28,6 +28,13 @@ Defaults, chosen against FaceChain's (reference §3):
   (`Engine.subject_for`; the caller puts them in `prompt_prefix` / `negative_suffix`). Several
   selfies: one decision from the averaged probabilities. Without the FairFace weights there is
   no subject prefix (a warning at build); FaceChain would not start.
+- Safety: every candidate is checked by the SD1.5 safety checker (`facechain.safety`, scores
+  only) before ranking; a flagged one is dropped and the set is filled from the spare
+  candidates, never blacked out (diffusers' pipeline returns black images; FaceChain turned
+  the checker off). Fewer safe candidates than `num_images`: a smaller set, with
+  `PortraitSet.held_back` saying how many are missing; none safe: `SafetyFlagged`. Template
+  inpainting (`inpaint`) and HD results (`check_images`) are checked the same way. Without the
+  checker's weights the engine is not built (`safety_required`, default) or runs unchecked.
 - Face fusion and skin retouching (FaceChain post-processing) are not part of this engine.
 """
 
@@ -68,6 +75,7 @@ from facechain.errors import (
     Cancelled,
     NoPersonInPose,
     PoseAnnotatorMissing,
+    SafetyFlagged,
     WeightsMissing,
 )
 from facechain.faces import Face, align_face, head_mask
@@ -81,6 +89,7 @@ from facechain.prompts import (
     build_prompt,
     subject_from_prediction,
 )
+from facechain.safety import ImageChecker, SafetyChecker, SafetyVerdict
 
 if TYPE_CHECKING:
     from facechain.annotators.openpose import OpenposeAnnotator
@@ -99,6 +108,7 @@ _ADAPTER_SPECS = {"film": registry.ADAPTER_FILM, "majic": registry.ADAPTER_MAJIC
 # Distinct seeds so the two tiny bases (and the shared tiny parts) are different networks.
 _TINY_SEEDS = {"film": 1, "majic": 2}
 _TINY_ANNOTATOR_SEED = 8
+_TINY_SAFETY_SEED = 11
 # FaceChain's pose maps are 512 x 512 (`img_pad` to 512, annotator, `.resize((512, 512))`).
 POSE_MAP_SIZE = 512
 
@@ -128,6 +138,11 @@ class EngineConfig:
     compile_mode: str | None = None
     compile_backend: str = "inductor"
     vae_nan_guard: bool = False
+    # The safety checker (`facechain.safety`): check what is painted; without its weights,
+    # refuse to build (required) or run unchecked; the margin over diffusers' thresholds.
+    safety_outputs: bool = True
+    safety_required: bool = True
+    safety_threshold: float = 0.0
 
     def torch_device(self) -> torch.device:
         """`auto` -> CUDA when available, else CPU."""
@@ -211,6 +226,30 @@ class Portrait:
     low_likeness: bool = False
 
 
+class PortraitSet(list[Portrait]):
+    """What `portraits` returns: the portraits, plus the candidates the safety checker flagged.
+
+    `held_back` is how many portraits the set lacks because too few candidates were safe."""
+
+    def __init__(
+        self,
+        portraits: Sequence[Portrait] = (),
+        flagged: Sequence[SafetyVerdict] = (),
+        requested: int = 0,
+        checked: int = 0,
+    ) -> None:
+        super().__init__(portraits)
+        self.flagged = list(flagged)
+        self.requested = requested
+        # Candidates the safety checker looked at (0: there is no checker).
+        self.checked = checked
+
+    @property
+    def held_back(self) -> int:
+        """Portraits missing from the set because their candidates were flagged."""
+        return max(0, self.requested - len(self)) if self.flagged else 0
+
+
 @dataclass(frozen=True)
 class PoseExtraction:
     """A pose photo's OpenPose map (body + hands, 512 x 512 RGB) and how many people it shows."""
@@ -272,6 +311,31 @@ def _load_fairface(config: EngineConfig, device: torch.device) -> FairFace | Non
     return FairFace.from_file(path, device)
 
 
+def _load_safety(
+    config: EngineConfig, device: torch.device, dtype: torch.dtype
+) -> ImageChecker | None:
+    """The safety checker: tiny never flags (`SafetyChecker.random`); the real one from its
+    published folder. Missing weights: WeightsMissing when required, else None and a warning."""
+    if not config.safety_outputs:
+        return None
+    if config.profile == "tiny":
+        return SafetyChecker.random(_TINY_SAFETY_SEED, device, config.safety_threshold)
+    try:
+        folder = registry.resolve(registry.SAFETY_CHECKER, config.models_dir)
+    except WeightsMissing as exc:
+        if config.safety_required:
+            raise WeightsMissing(
+                f"the safety checker is required (SAFETY_REQUIRED=true) and {exc}"
+            ) from exc
+        logger.warning(
+            "safety checker weights missing and SAFETY_REQUIRED=false: portraits are NOT "
+            "checked; run %s",
+            registry.DOWNLOAD_COMMAND,
+        )
+        return None
+    return SafetyChecker.from_dir(folder, device, dtype, config.safety_threshold)
+
+
 def letterbox(image: Image.Image, size: int) -> Image.Image:
     """Fit an image into a black size x size square, centred, aspect kept."""
     image = image.convert("RGB")
@@ -314,6 +378,7 @@ class Engine:
         controlnet: ControlNetModel,
         default_lora: LoRAWeights,
         fairface: FairFace | None = None,
+        safety: ImageChecker | None = None,
     ) -> None:
         self.config = config
         self.device = config.torch_device()
@@ -325,6 +390,8 @@ class Engine:
         self.default_lora = default_lora
         # None: no subject prefix (the weights are missing).
         self.fairface = fairface
+        # None: nothing painted is checked (SAFETY_OUTPUTS=off, or weights missing and allowed).
+        self.safety = safety
         self._bases: dict[str, _Base] = {}
         # The OpenPose annotator is built on first use (`pose_annotator`); None = unavailable.
         self._pose_annotator: OpenposeAnnotator | None = None
@@ -336,6 +403,9 @@ class Engine:
         """Load the shared parts (TransFace, ControlNet, default LoRA); bases load on first use."""
         device = config.torch_device()
         dtype = config.torch_dtype(device)
+        # First: a required checker that is missing stops the build before the big loads, and
+        # the worker's reason names it.
+        safety = _load_safety(config, device, dtype)
         if config.profile == "tiny":
             transface = tiny.transface(seed=3)
             controlnet = tiny.controlnet(tiny.unet(seed=4), seed=4)
@@ -351,7 +421,25 @@ class Engine:
         # The ControlNet is shared by both bases and always sees [text; face] contexts.
         hide_face_tokens(controlnet, TOKENS_PER_FACE)
         logger.info("engine (%s) on %s/%s", config.profile, device, dtype)
-        return cls(config, transface, controlnet, lora, _load_fairface(config, device))
+        return cls(config, transface, controlnet, lora, _load_fairface(config, device), safety)
+
+    @property
+    def checking(self) -> bool:
+        """Whether painted images go through a safety checker."""
+        return self.safety is not None
+
+    def set_safety_checker(self, checker: ImageChecker | None) -> None:
+        """Check with this checker (None: check nothing); for tests and benchmarks."""
+        self.safety = checker
+
+    def check_images(self, images: Sequence[Image.Image]) -> list[SafetyVerdict]:
+        """The safety checker's verdicts on painted images (all safe when there is none)."""
+        if self.safety is None:
+            return [SafetyVerdict(False, float("-inf"))] * len(images)
+        verdicts = self.safety.check(images)
+        if len(verdicts) != len(images):
+            raise ValueError(f"{len(verdicts)} safety verdicts for {len(images)} images")
+        return verdicts
 
     def subject_for(self, aligned_faces: Sequence[np.ndarray]) -> SubjectPrompt | None:
         """FaceChain's subject words for one person, or None without a FairFace model.
@@ -468,7 +556,11 @@ class Engine:
         """Fixed-template inpainting (`facechain.inpaint`) on this engine's majic base."""
         from facechain.inpaint import TemplateInpainter
 
-        return TemplateInpainter.of(self).run(request, progress, cancel).image
+        image = TemplateInpainter.of(self).run(request, progress, cancel).image
+        [verdict] = self.check_images([image])
+        if verdict.flagged:
+            raise SafetyFlagged("the template result was flagged by the safety checker", [verdict])
+        return image
 
     def _load_base(self, name: BaseModel) -> _Base:
         cfg = self.config
@@ -599,8 +691,8 @@ class Engine:
         request: PortraitRequest,
         progress: ProgressFn | None = None,
         cancel: CancelFn | None = None,
-    ) -> list[Portrait]:
-        """Generate, rank and return portraits.
+    ) -> PortraitSet:
+        """Generate, check, rank and return portraits.
 
         Args:
             request: the job.
@@ -608,7 +700,11 @@ class Engine:
             cancel: polled between steps; when it returns True, Cancelled is raised.
 
         Returns:
-            Up to `num_images` portraits, best similarity first when a scorer is given.
+            Up to `num_images` portraits, best similarity first when a scorer is given; fewer
+            when the safety checker flagged too many candidates (`held_back`).
+
+        Raises:
+            SafetyFlagged: every candidate was flagged.
         """
         self._check(request)
         cfg = self.config
@@ -693,7 +789,15 @@ class Engine:
                     images.extend(zip(batch, out.images, strict=True))
         finally:
             set_adapter_scale(pipe.unet, previous_scale)
-        return self._rank(images, seed, request)
+        verdicts = self.check_images([img for _, img in images])
+        flagged = [v for v in verdicts if v.flagged]
+        if flagged:
+            logger.warning("safety: %d of %d candidates flagged", len(flagged), len(images))
+        safe = [pair for pair, v in zip(images, verdicts, strict=True) if not v.flagged]
+        if not safe:
+            raise SafetyFlagged(f"all {len(images)} candidates were flagged", flagged)
+        checked = len(images) if self.safety is not None else 0
+        return PortraitSet(self._rank(safe, seed, request), flagged, request.num_images, checked)
 
     @staticmethod
     def _rank(

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from facechain.safety import SafetyVerdict
+
 
 class FaceChainError(Exception):
     """Base of every error the engine raises on purpose."""
@@ -65,6 +71,16 @@ class WeightsInvalid(FaceChainError):
     """A weight file is present but does not match its network (keys, shapes or format)."""
 
     code = "weights_invalid"
+
+
+class SafetyFlagged(FaceChainError):
+    """The safety checker flagged everything a job painted; `verdicts` are the flagged ones."""
+
+    code = "safety_flagged"
+
+    def __init__(self, message: str, verdicts: Sequence[SafetyVerdict] = ()) -> None:
+        super().__init__(message)
+        self.verdicts = list(verdicts)
 
 
 class Cancelled(FaceChainError):

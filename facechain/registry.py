@@ -1,6 +1,7 @@
 """Every model the engine loads, named once, and the offline cache that holds them.
 
-`download_models` fetches from ModelScope (pinned revisions) or copies from a local folder, then
+`download_models` fetches from ModelScope (pinned revisions; the safety checker from the Hugging
+Face Hub at a pinned commit, where CompVis publishes it) or copies from a local folder, then
 records each file's size and sha256 in `<cache>/manifest.json`. A later run skips files whose
 size and mtime still match the manifest (resume) and, with `verify=True`, re-hashes everything
 and fetches again what no longer matches. `resolve` only reads the cache and never the network.
@@ -40,11 +41,21 @@ class ModelSpec:
     # What runs when the model is absent (documented fallback, shown by `models list` and
     # logged when the engine starts); None = required by the feature named in `role`.
     fallback: str | None = None
+    hub: Literal["modelscope", "huggingface"] = "modelscope"
+    # A "dir" model made of just these files of its folder (a repository root holds others).
+    files: tuple[str, ...] = ()
 
     @property
     def pattern(self) -> str:
         """ModelScope `allow_file_pattern` selecting just this file or folder (fnmatch)."""
         return self.path if self.kind == "file" else f"{self.path}/*"
+
+    @property
+    def patterns(self) -> list[str]:
+        """Hub file patterns of this model (`files` when named, else `pattern`)."""
+        if self.files:
+            return [f"{self.path}/{f}" if self.path != "." else f for f in self.files]
+        return [self.pattern]
 
 
 BASE_FILM = ModelSpec(
@@ -133,6 +144,21 @@ CONTROLNET_CANNY = ModelSpec(
     "dir",
     "Canny ControlNet (fixed-template inpainting)",
 )
+# diffusers' SD1.5 safety checker (CLIP ViT-L/14 + concept embeddings), CreativeML OpenRAIL-M.
+# Not mirrored on ModelScope at a pinned revision: fetched from the Hugging Face Hub at the
+# commit that ships `pytorch_model.bin`; the manifest's sha256 pins the bytes.
+SAFETY_CHECKER = ModelSpec(
+    "safety_checker",
+    "CompVis/stable-diffusion-safety-checker",
+    "cb41f3a270d63d454d385fc2e4f571c487c253c5",
+    ".",
+    "dir",
+    "SD1.5 safety checker (CLIP ViT-L/14 + concept embeddings): every portrait and upload",
+    fallback="SAFETY_REQUIRED=true (default): gpu workers take no job and uploads are "
+    "refused; false: pictures are NOT checked",
+    hub="huggingface",
+    files=("config.json", "pytorch_model.bin"),
+)
 DEFAULT_STYLE_LORA = ModelSpec(
     "default_style_lora",
     "Cherrytest/zjz_mj_jiyi_small_addtxt_fromleo",
@@ -156,6 +182,7 @@ REGISTRY: dict[str, ModelSpec] = {
         UPSCALER_RRDB,
         CONTROLNET_CANNY,
         DEFAULT_STYLE_LORA,
+        SAFETY_CHECKER,
     )
 }
 
@@ -167,6 +194,13 @@ def snapshot_download(model_id: str, **kwargs: Any) -> str:
     from modelscope.hub.snapshot_download import snapshot_download as ms_snapshot
 
     return str(ms_snapshot(model_id, **kwargs))
+
+
+def hf_snapshot_download(model_id: str, **kwargs: Any) -> str:
+    """The Hugging Face Hub's snapshot download, imported on use (tests replace this function)."""
+    from huggingface_hub import snapshot_download as hf_snapshot
+
+    return str(hf_snapshot(model_id, **kwargs))
 
 
 def sha256_file(path: Path) -> str:
@@ -233,6 +267,8 @@ def _bad_files(cache_dir: Path, entry: dict[str, Any], verify: bool) -> list[Pat
 
 def _files_of(root: Path, spec: ModelSpec) -> list[Path]:
     target = root / spec.path
+    if spec.files:
+        return [target / name for name in spec.files if (target / name).is_file()]
     if spec.kind == "file":
         return [target] if target.is_file() else []
     return sorted(p for p in target.rglob("*") if p.is_file()) if target.is_dir() else []
@@ -342,14 +378,7 @@ def download_models(
                 "%s: downloading %s@%s %s", spec.name, spec.model_id, spec.revision, spec.path
             )
             try:
-                root = Path(
-                    snapshot_download(
-                        spec.model_id,
-                        revision=spec.revision,
-                        cache_dir=str(cache_dir),
-                        allow_file_pattern=spec.pattern,
-                    )
-                )
+                root = _fetch(spec, cache_dir)
             except Exception as exc:  # the hub client raises many unrelated types
                 raise DownloadFailed(
                     f"{spec.name}: cannot download {spec.model_id}@{spec.revision} "
@@ -360,6 +389,28 @@ def download_models(
         _write_manifest(cache_dir, manifest)
         paths[spec.name] = root / spec.path
     return paths
+
+
+def _fetch(spec: ModelSpec, cache_dir: Path) -> Path:
+    """Download one model from its hub into the cache; the folder holding `spec.path`."""
+    if spec.hub == "huggingface":
+        # Real files in `<cache>/<model_id>` (no symlinks into a hub cache), like ModelScope's.
+        root = cache_dir / spec.model_id
+        hf_snapshot_download(
+            spec.model_id,
+            revision=spec.revision,
+            local_dir=str(root),
+            allow_patterns=spec.patterns,
+        )
+        return root
+    return Path(
+        snapshot_download(
+            spec.model_id,
+            revision=spec.revision,
+            cache_dir=str(cache_dir),
+            allow_file_pattern=spec.pattern if not spec.files else spec.patterns,
+        )
+    )
 
 
 def verify_models(cache_dir: Path, only: Iterable[str] | None = None) -> dict[str, list[Path]]:

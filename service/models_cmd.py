@@ -22,6 +22,18 @@ def _quiet_hub_client() -> None:
             logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
+def _checker_state(config: AppConfig) -> str:
+    """What a missing safety checker means under this configuration."""
+    if config.safety.outputs == "off" and config.safety.inputs == "off":
+        return "MISSING, unused (SAFETY_OUTPUTS=off, SAFETY_INPUTS=off)"
+    if config.safety.required:
+        return (
+            "MISSING, required (SAFETY_REQUIRED=true: gpu workers take no job, uploads are "
+            "refused)"
+        )
+    return "MISSING, fallback: pictures are NOT checked (SAFETY_REQUIRED=false)"
+
+
 def models_command(config: AppConfig, args: argparse.Namespace) -> int:
     """Dispatch the models sub-action; returns the exit code."""
     from facechain import registry
@@ -34,6 +46,8 @@ def models_command(config: AppConfig, args: argparse.Namespace) -> int:
             path = registry.present(spec, cache)
             if path is not None:
                 state = f"present: {path}"
+            elif spec is registry.SAFETY_CHECKER:
+                state = _checker_state(config)
             elif spec.fallback is not None:
                 state = f"MISSING, fallback: {spec.fallback}"
             else:

@@ -70,15 +70,22 @@ async def _serve(
 ) -> None:
     """Run the bot and/or web server until SIGINT/SIGTERM."""
     from bot.app import ALLOWED_UPDATES, build_application
+    from core.safety import create_screen
     from web.app import create_web_app
 
     db, blobs, publisher = _resources(config)
+    # One upload safety checker process for the bot and the admin web of this process.
+    screen = create_screen(config)
     async with AsyncExitStack() as stack:
         stack.callback(db.dispose)
+        if screen is not None:
+            stack.callback(screen.close)
         application = None
         updates_ready: Callable[[], bool] | None = None
         if bot:
-            application = build_application(config, db, blobs, publisher)
+            application = build_application(
+                config, db, blobs, publisher, screen_factory=lambda _: screen
+            )
             await connect_telegram(application, config.telegram.api_base_url)
             await stack.enter_async_context(application)
             await application.start()
@@ -111,7 +118,13 @@ async def _serve(
                 # `web` alone: each update goes to the `bot` process through the broker.
                 sink = broker_sink(publisher, relay_key(config.telegram))
             app = create_web_app(
-                config, db, blobs, publisher, telegram_app=application, update_sink=sink
+                config,
+                db,
+                blobs,
+                publisher,
+                telegram_app=application,
+                update_sink=sink,
+                screen_factory=lambda _: screen,
             )
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()

@@ -34,6 +34,7 @@ IO_TASKS = (
     "delivery.send_result",
     "delivery.progress",
     "delivery.pose_preview",
+    "delivery.safety_alert",
     "webhooks.deliver",
     "broadcast.send",
     "maintenance.sweep",

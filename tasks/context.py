@@ -111,6 +111,9 @@ def build_engine(config: AppConfig) -> Engine:
         compile_unet=settings.compile_unet,
         compile_mode=settings.compile_mode,
         vae_nan_guard=settings.vae_nan_guard,
+        safety_outputs=config.safety.outputs == "block",
+        safety_required=config.safety.required,
+        safety_threshold=config.safety.threshold,
     )
     if settings.steps:
         engine_config.steps = settings.steps
@@ -119,6 +122,8 @@ def build_engine(config: AppConfig) -> Engine:
 
         # Optional models have a documented fallback; say which ones run (`models list` too).
         for name, fallback in registry.missing_fallbacks(settings.models_dir).items():
+            if name == registry.SAFETY_CHECKER.name:
+                continue  # the engine says what its absence means (required: no engine)
             logger.warning(
                 "model %s is not downloaded, fallback: %s (run `%s`)",
                 name,

@@ -35,7 +35,7 @@ from domain import lifecycle, privacy
 from domain.lifecycle import Delivery
 from tasks.context import get_context
 from telegram_ui.client import may_have_reached_telegram, retry_after_seconds, too_large
-from telegram_ui.i18n import error_text, ntranslate, translate
+from telegram_ui.i18n import error_text, ntranslate, safety_alert_text, translate
 from telegram_ui.keyboards import cancel_job_keyboard, result_keyboard
 from telegram_ui.media import full_size_document, outgoing
 
@@ -175,6 +175,10 @@ def _done_text(d: Delivery) -> str:
         done = translate(d.language, "hd.done")
     else:
         done = ntranslate(d.language, "job.done", len(d.result_blobs))
+    if d.meta.get("held_back"):
+        # The safety checker dropped more candidates than there were spares.
+        held_back = ntranslate(d.language, "job.held_back", d.meta["held_back"])
+        done = f"{done}\n\n{held_back}"
     if d.meta.get("low_likeness"):
         # A set is never refused for likeness alone: it is sent, and the user gets a tip.
         tip = translate(d.language, "job.low_likeness")
@@ -339,6 +343,25 @@ def pose_preview_image(data: bytes, side: int = POSE_PREVIEW_SIDE) -> bytes:
 
 async def _send_preview(bot: Bot, chat_id: int, language: str, photo: bytes) -> None:
     await bot.send_photo(chat_id, photo, caption=translate(language, "pose.found"))
+
+
+@shared_task(
+    name="delivery.safety_alert",
+    bind=True,
+    acks_late=True,
+    autoretry_for=TRANSIENT_ERRORS,
+    retry_backoff=2,
+    max_retries=MAX_RETRIES,
+)
+def send_safety_alert(self: Task, user_id: int, count: int, kind: str) -> str:
+    """Tell the admin chat that one user's pictures were flagged repeatedly."""
+    ctx = get_context()
+    admin_chat = ctx.config.telegram.admin_chat_id
+    if admin_chat is None:
+        return "skipped"
+    text = safety_alert_text(user_id, count, kind)
+    ctx.call_telegram(lambda bot: bot.send_message(admin_chat, text))
+    return "sent"
 
 
 @shared_task(name="delivery.pose_preview", bind=True, ignore_result=True)

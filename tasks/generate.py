@@ -10,12 +10,14 @@ from db.models import JobStatus
 from domain import inputs
 from domain.loras import resolve_style_lora
 from facechain.engine import PortraitRequest, StyleSpec
+from facechain.errors import SafetyFlagged
 from facechain.similarity import IdentityScorer
 from tasks.context import WorkerContext
 from tasks.housekeeping import prune_if_due
 from tasks.inputs import decide_subject, encode_png, load_selfies
 from tasks.jobs import JobCancelled, JobOutcome, JobSnapshot, ProgressReporter, run_gpu_job
 from tasks.pose import prepare_pose
+from tasks.safety import record_flags
 
 logger = logging.getLogger(__name__)
 
@@ -49,22 +51,25 @@ def generate(ctx: WorkerContext, job: JobSnapshot, reporter: ProgressReporter) -
     scorer = IdentityScorer.from_images([s.image for s in selfies])
     subject = decide_subject(ctx.engine, params.get("subject"), selfies)
 
-    portraits = ctx.engine.portraits(
-        PortraitRequest(
-            selfies=[s.aligned for s in selfies],
-            style=style,
-            pose=pose,
-            num_images=num_images,
-            num_candidates=max(num_images, ctx.config.engine.num_candidates),
-            seed=params.get("seed"),
-            scorer=scorer,
-            min_similarity=ctx.config.engine.similarity_floor,
-            prompt_prefix=subject.prefix,
-            negative_suffix=subject.negative_suffix,
-        ),
-        progress=reporter,
-        cancel=reporter.cancelled,
+    request = PortraitRequest(
+        selfies=[s.aligned for s in selfies],
+        style=style,
+        pose=pose,
+        num_images=num_images,
+        num_candidates=max(num_images, ctx.config.engine.num_candidates),
+        seed=params.get("seed"),
+        scorer=scorer,
+        min_similarity=ctx.config.engine.similarity_floor,
+        prompt_prefix=subject.prefix,
+        negative_suffix=subject.negative_suffix,
     )
+    try:
+        portraits = ctx.engine.portraits(request, progress=reporter, cancel=reporter.cancelled)
+    except SafetyFlagged as exc:
+        # Nothing safe: the job fails (safety_flagged, not the user's fault: charge back).
+        record_flags(ctx, job, "portrait", exc.verdicts)
+        raise
+    record_flags(ctx, job, "portrait", portraits.flagged, checked=portraits.checked)
     if reporter.cancelled_now():
         # Cancelled (or the user ran /forget) while the last step ran: store nothing.
         raise JobCancelled
@@ -76,6 +81,8 @@ def generate(ctx: WorkerContext, job: JobSnapshot, reporter: ProgressReporter) -
         "seeds": [int(p.seed) for p in portraits],
         # Some portraits are under the likeness floor: the album says so, with a tip.
         "low_likeness": any(p.low_likeness for p in portraits),
+        # Portraits the safety checker held back (the album says so in one sentence).
+        "held_back": portraits.held_back,
         "style": style.name,
         "subject": subject.meta(),
     }

@@ -8,10 +8,12 @@ from celery import Task, shared_task
 
 from db.models import JobStatus
 from domain import inputs
+from facechain.errors import SafetyFlagged
 from tasks.context import WorkerContext
 from tasks.housekeeping import prune_if_due
 from tasks.inputs import decide_subject, encode_png, load_blob_image, load_selfies
 from tasks.jobs import JobCancelled, JobOutcome, JobSnapshot, ProgressReporter, run_gpu_job
+from tasks.safety import record_flags
 
 logger = logging.getLogger(__name__)
 
@@ -61,11 +63,13 @@ def inpaint(ctx: WorkerContext, job: JobSnapshot, reporter: ProgressReporter) ->
             negative_suffix=decision.negative_suffix,
         )
         subject_meta = [decision.meta()] * len(faces)
-    result = ctx.engine.inpaint(
-        request,
-        progress=reporter,
-        cancel=reporter.cancelled,
-    )
+    try:
+        result = ctx.engine.inpaint(request, progress=reporter, cancel=reporter.cancelled)
+    except SafetyFlagged as exc:
+        record_flags(ctx, job, "template", exc.verdicts)
+        raise
+    if ctx.engine.checking:
+        record_flags(ctx, job, "template", [], checked=1)
     if reporter.cancelled_now():
         # Cancelled (or the user ran /forget) while the last step ran: store nothing.
         raise JobCancelled

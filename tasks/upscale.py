@@ -12,9 +12,11 @@ from celery import Task, shared_task
 
 from db.models import JobStatus
 from domain import inputs
+from facechain.errors import SafetyFlagged
 from tasks.context import WorkerContext
 from tasks.inputs import encode_png, load_blob_image
 from tasks.jobs import JobOutcome, JobSnapshot, ProgressReporter, run_gpu_job
+from tasks.safety import record_flags
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +43,14 @@ def upscale(ctx: WorkerContext, job: JobSnapshot, reporter: ProgressReporter) ->
         progress=reporter,
         cancel=reporter.cancelled,
     )
+    if ctx.config.safety.outputs == "block":
+        # The checker is the engine's (resident in a warm gpu worker); ×4 detail can change a
+        # verdict. An engine that cannot be built fails the job (weights_missing: charge back).
+        [verdict] = ctx.engine.check_images([result])
+        flagged = [verdict] if verdict.flagged else []
+        record_flags(ctx, job, "upscale", flagged, checked=1 if ctx.engine.checking else 0)
+        if flagged:
+            raise SafetyFlagged("the HD result was flagged by the safety checker", flagged)
     key = ctx.blobs.put(encode_png(result))
     logger.info(
         "job %s: %dx%d -> %dx%d", job.id, image.width, image.height, result.width, result.height

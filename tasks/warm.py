@@ -60,6 +60,8 @@ class WarmReport:
     bases: list[Any]
     controlnet: bool
     annotators: dict[str, bool] = field(default_factory=dict)
+    # Whether what this worker paints is checked (`checked`, or why not).
+    safety: str = "checked"
 
     def line(self) -> str:
         """The log line a warm worker prints once it is ready."""
@@ -69,7 +71,7 @@ class WarmReport:
         return (
             f"engine ready in {self.seconds:.2f} s (profile {self.profile}, bases "
             f"{'+'.join(self.bases)}, controlnet {'openpose' if self.controlnet else 'none'}, "
-            f"annotators: {annotators})"
+            f"annotators: {annotators}, safety: {self.safety})"
         )
 
     def details(self) -> dict[str, Any]:
@@ -81,6 +83,7 @@ class WarmReport:
                 "bases": self.bases,
                 "controlnet": self.controlnet,
                 "annotators": self.annotators,
+                "safety": self.safety,
             }
         }
 
@@ -111,12 +114,19 @@ def warm_engine(ctx: WorkerContext) -> WarmReport:
         # Optional: only HD needs it; those jobs fail with an operator alert (weights_missing).
         logger.warning("HD upscaler not loaded: %s", exc)
         annotators["rrdb"] = False
+    if engine.checking:
+        safety = "checked"
+    elif ctx.config.safety.outputs == "off":
+        safety = "off (SAFETY_OUTPUTS=off)"
+    else:
+        safety = "NOT checked (checker weights missing, SAFETY_REQUIRED=false)"
     return WarmReport(
         seconds=time.perf_counter() - started,
         profile=ctx.config.engine.profile,
         bases=bases,
         controlnet=engine.controlnet is not None,
         annotators=annotators,
+        safety=safety,
     )
 
 

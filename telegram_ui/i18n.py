@@ -196,3 +196,8 @@ def error_text(language: str | None, code: str | None, /, **details: object) -> 
         for name, value in details.items()
     }
     return translate(language, key, **params)
+
+
+def safety_alert_text(user_id: int, count: int, kind: str) -> str:
+    """The admin chat's notice that one user's pictures were flagged repeatedly (English)."""
+    return ntranslate(DEFAULT_LANGUAGE, "admin.safety_alert", count, user=user_id, kind=kind)

@@ -13,6 +13,7 @@ from telegram.ext import Application
 
 from core.blobstore import BlobStore
 from core.metrics import Metrics, default_metrics
+from core.safety import ScreenFactory, create_screen
 from core.settings import AppConfig
 from db.session import Database
 from domain.outbox import Publisher
@@ -36,6 +37,7 @@ from web.keys import (
     OPENAPI,
     PUBLISHER,
     ROUTES,
+    SCREEN,
     TELEGRAM,
     UPDATE_SINK,
 )
@@ -57,6 +59,14 @@ async def _check_pool(app: web.Application) -> AsyncIterator[None]:
     executor.shutdown(wait=False, cancel_futures=True)
 
 
+async def _close_screen(app: web.Application) -> AsyncIterator[None]:
+    """Stop the upload safety checker's process (if one was started) with the app."""
+    yield
+    screen = app[SCREEN]
+    if screen is not None:
+        screen.close()
+
+
 def create_web_app(
     config: AppConfig,
     db: Database,
@@ -68,6 +78,7 @@ def create_web_app(
     metrics: Metrics | None = None,
     auth_max_failures: int = DEFAULT_MAX_FAILURES,
     auth_window: float = DEFAULT_WINDOW_SECONDS,
+    screen_factory: ScreenFactory = create_screen,
 ) -> web.Application:
     """Build the aiohttp app; the Telegram webhook route exists only in webhook mode with a bot.
 
@@ -79,6 +90,8 @@ def create_web_app(
     app[BLOBS] = blobs
     app[PUBLISHER] = publisher
     app[METRICS] = metrics or default_metrics()
+    # Started on the first sample image an admin uploads (they are rare), closed with the app.
+    app[SCREEN] = screen_factory(config)
     token = config.admin.token.get_secret_value() if config.admin.token else None
     app[AUTH] = AuthGuard(
         token,
@@ -105,4 +118,5 @@ def create_web_app(
     app[ROUTES] = tuple(routes)
     app[OPENAPI] = build_document(routes)
     app.cleanup_ctx.append(_check_pool)
+    app.cleanup_ctx.append(_close_screen)
     return app

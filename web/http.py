@@ -59,6 +59,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "invalid": 422,
     "invalid_lora": 422,
     "not_an_image": 422,
+    "unsafe_image": 422,
     "rate_limited": 429,
     "internal": 500,
     "config": 500,

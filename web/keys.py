@@ -11,6 +11,7 @@ from telegram.ext import Application
 
 from core.blobstore import BlobStore
 from core.metrics import Metrics
+from core.safety import ImageScreen
 from core.settings import AppConfig
 from db.session import Database
 from domain.outbox import Publisher
@@ -29,6 +30,8 @@ METRICS = web.AppKey("metrics", Metrics)
 AUTH = web.AppKey("auth", AuthGuard)
 # Health checks run here so a hung dependency cannot exhaust the default executor.
 CHECK_EXECUTOR = web.AppKey("check_executor", ThreadPoolExecutor)
+# The safety screen of uploaded style sample images (None: SAFETY_INPUTS=off).
+SCREEN: web.AppKey[ImageScreen | None] = web.AppKey("screen")
 # The OpenAPI document, built once from the route table at startup.
 OPENAPI = web.AppKey("openapi", dict[str, Any])
 # The route table the app serves (and documents).

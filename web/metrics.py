@@ -80,6 +80,15 @@ class SnapshotCollector(Collector):
         for status, n in sorted(snap.broadcasts.items()):
             broadcasts.add_metric([status], n)
         yield broadcasts
+        flagged = GaugeMetricFamily(
+            "facechain_safety_flagged_pictures",
+            "Pictures the safety checker flagged, by kind (portrait, template, upscale, selfie, "
+            "pose, template_photo, training, sample), from the audit log",
+            labels=["kind"],
+        )
+        for kind, n in sorted(snap.safety_flagged.items()):
+            flagged.add_metric([kind], n)
+        yield flagged
 
 
 class DatabaseUpCollector(Collector):

@@ -140,6 +140,7 @@ WebhookEvent = Literal[
     "broadcast.finished",
     "payment.succeeded",
     "payment.refunded",
+    "safety.flagged",
 ]
 assert set(WebhookEvent.__args__) == set(EVENTS)  # type: ignore[attr-defined]
 

@@ -22,10 +22,11 @@ from bot.handlers.common import (
     start_portrait,
     subject_faces,
 )
+from bot.handlers.screening import screen_upload
 from bot.handlers.styles import show_styles, use_style
 from bot.images import numbered_faces_preview, validate_image
 from core.errors import StyleUnavailable
-from domain import conversations, photos
+from domain import conversations, photos, safety
 from facechain.errors import MultipleFaces
 from facechain.imageio import clean_image
 from facechain.quality import SelfieAnalysis, analyze_selfie
@@ -169,6 +170,17 @@ async def on_pose(update: Update, context: BotContext, image: IncomingImage, dat
     await start_portrait(update, context, style_id, pose=data)
 
 
+def _upload_kind(state: conversations.State) -> safety.Kind:
+    """What an upload is, from the flow the user is in (as `on_image` routes it)."""
+    if state is conversations.State.AWAIT_POSE:
+        return "pose"
+    if state in (conversations.State.AWAIT_TEMPLATE_PHOTO, conversations.State.TEMPLATE_FACES):
+        return "template_photo"
+    if state is conversations.State.TRAIN_IMAGES:
+        return "training"
+    return "selfie"
+
+
 async def on_image(update: Update, context: BotContext) -> None:
     """Any photo or document: check it, then hand it to the flow the user is in."""
     message = update.effective_message
@@ -194,6 +206,8 @@ async def on_image(update: Update, context: BotContext) -> None:
         max_bytes=limits.max_upload_bytes,
         max_pixels=limits.max_image_pixels,
     )
+    # The safety check, before anything of the picture is stored or queued.
+    await screen_upload(context, data, _upload_kind(conv.state))
     if conv.state is conversations.State.AWAIT_POSE:
         await on_pose(update, context, image, data)
     elif conv.state in (

@@ -19,6 +19,7 @@ from telegram.ext import Application
 from bot.app import build_application
 from core.blobstore import LocalBlobStore
 from core.metrics import Metrics, create_metrics
+from core.safety import ImageScreen, LocalScreen
 from core.settings import (
     AppConfig,
     BrokerSettings,
@@ -34,6 +35,7 @@ from db.models import BaseModelName, Style, StyleOrigin, User
 from db.session import Database
 from tasks.celery_app import create_celery
 from tasks.dispatch import CeleryPublisher
+from tests.utils.fake_safety import tiny_checker
 from tests.utils.fake_telegram import TOKEN, FakeTelegram, running_bot
 
 ADMIN_ID = 990001
@@ -137,7 +139,14 @@ class BotHarness:
     style_ids: list[int] = field(default_factory=list)
     # This bot's own counters (the process-wide ones are shared by every test).
     metrics: Metrics = field(default_factory=create_metrics)
+    # The upload safety checker, run in this process (default: the tiny one, never flags).
+    checker: Any = None
     _runner: Any = None
+
+    def _screen(self, config: AppConfig) -> ImageScreen | None:
+        if config.safety.inputs == "off":
+            return None
+        return LocalScreen(self.checker if self.checker is not None else tiny_checker())
 
     async def start(self, **limits: Any) -> Application[Any, Any, Any, Any, Any, Any]:
         """Build and run a fresh Application (same DB, blobs and broker as before)."""
@@ -159,7 +168,12 @@ class BotHarness:
                     published(self.celery, queue)
         publisher = CeleryPublisher(self.celery, self.db)
         self.app = build_application(
-            self.config, self.db, self.blobs, publisher, metrics=self.metrics
+            self.config,
+            self.db,
+            self.blobs,
+            publisher,
+            metrics=self.metrics,
+            screen_factory=self._screen,
         )
         self._runner = running_bot(self.app)
         await self._runner.__aenter__()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -87,12 +88,19 @@ class TestRegistry:
             "upscaler_rrdb",
             "controlnet_canny",
             "default_style_lora",
+            "safety_checker",
         }
         # FaceChain never pinned the RRDB upscaler (reference §3.1); its manifest sha256 pins it.
         assert all(
             spec.revision.startswith("v")
             for spec in REGISTRY.values()
-            if spec.name != "upscaler_rrdb"
+            if spec.name != "upscaler_rrdb" and spec.hub == "modelscope"
+        )
+        # Hugging Face models are pinned to a commit.
+        assert all(
+            re.fullmatch(r"[0-9a-f]{40}", spec.revision)
+            for spec in REGISTRY.values()
+            if spec.hub == "huggingface"
         )
         locations = [(s.model_id, s.revision, s.path) for s in REGISTRY.values()]
         assert len(set(locations)) == len(locations)
@@ -235,6 +243,44 @@ class TestUnreachableHub:
         assert "fairface" in errors[0]
 
 
+class TestHuggingFaceDownload:
+    def test_the_checker_comes_from_the_hub_at_its_commit_with_only_its_files(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        calls: list[dict[str, Any]] = []
+        served = {
+            "config.json": b"{}",
+            "pytorch_model.bin": b"w" * 64,
+            "README.md": b"card",
+            "model.onnx": b"not requested",
+        }
+
+        def fake_hf(model_id: str, **kwargs: Any) -> str:
+            calls.append({"model_id": model_id, **kwargs})
+            root = Path(kwargs["local_dir"])
+            root.mkdir(parents=True, exist_ok=True)
+            for name, data in served.items():
+                if any(fnmatch.fnmatch(name, p) for p in kwargs["allow_patterns"]):
+                    (root / name).write_bytes(data)
+            return str(root)
+
+        monkeypatch.setattr(registry, "hf_snapshot_download", fake_hf)
+        spec = registry.SAFETY_CHECKER
+        paths = download_models(tmp_path, only=["safety_checker"])
+        [call] = calls
+        assert call["model_id"] == "CompVis/stable-diffusion-safety-checker"
+        assert call["revision"] == spec.revision
+        assert call["allow_patterns"] == ["config.json", "pytorch_model.bin"]
+        folder = resolve(spec, tmp_path)
+        assert folder == paths["safety_checker"]
+        assert sorted(p.name for p in folder.iterdir()) == ["config.json", "pytorch_model.bin"]
+        files = json.loads((tmp_path / "manifest.json").read_text())["models"]["safety_checker"]
+        assert set(files["files"]) == {"config.json", "pytorch_model.bin"}
+        assert verify_models(tmp_path, only=["safety_checker"]) == {}
+        corrupt_same_size(folder / "pytorch_model.bin")
+        assert list(verify_models(tmp_path, only=["safety_checker"])) == ["safety_checker"]
+
+
 class TestModelsList:
     def test_list_shows_presence_and_fallbacks(
         self, tmp_path: Path, hub: FakeHub, capsys: pytest.CaptureFixture[str]
@@ -250,6 +296,17 @@ class TestModelsList:
         assert "MISSING, fallback: no automatic subject prefix" in section(text, "fairface")
         assert "MISSING, fallback: pose photos are refused" in section(text, "openpose_annotator")
         assert "MISSING, required" in section(text, "base_film")
+        checker = section(text, "safety_checker")
+        assert "CompVis/stable-diffusion-safety-checker@" in checker
+        assert "MISSING, required (SAFETY_REQUIRED=true: gpu workers take no job" in checker
+
+    def test_list_says_unchecked_when_the_checker_is_optional(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        monkeypatch.setenv("SAFETY_REQUIRED", "false")
+        assert main(["models", "list"], env_models_dir=tmp_path / "models") == 0
+        checker = section(capsys.readouterr().out, "safety_checker")
+        assert "MISSING, fallback: pictures are NOT checked (SAFETY_REQUIRED=false)" in checker
 
     def test_missing_fallbacks(self, tmp_path: Path) -> None:
         missing = registry.missing_fallbacks(tmp_path)

@@ -15,7 +15,7 @@ from PIL import Image
 from core.settings import AppConfig, BrokerSettings, DatabaseSettings, StorageSettings
 from db.models import Photo, PhotoKind
 from db.session import Database
-from facechain.engine import Engine, Portrait
+from facechain.engine import Engine, Portrait, PortraitSet
 from facechain.faces import Face, align_face
 from facechain.prompts import subject_prompt
 from tasks.celery_app import create_celery
@@ -40,7 +40,9 @@ def ctx(db: Database, tmp_path: Path, database_url: str) -> Iterator[WorkerConte
     context.db = db
     engine = create_autospec(Engine, instance=True)
     engine.subject_for.return_value = FAIRFACE_SAYS
-    engine.portraits.return_value = [Portrait(image=Image.new("RGB", (8, 8)), seed=7)]
+    engine.portraits.return_value = PortraitSet(
+        [Portrait(image=Image.new("RGB", (8, 8)), seed=7)], requested=1
+    )
     engine.inpaint.return_value = Image.new("RGB", (16, 16))
     context._engine = engine
     set_context(context)

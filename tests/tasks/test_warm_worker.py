@@ -263,7 +263,7 @@ def test_build_until_ready_backs_off_and_reports_each_failure(tmp_path: Path) ->
     assert attempts[2] - attempts[1] >= 0.09  # the back-off doubled
     assert report.line() == (
         "engine ready in 0.50 s (profile tiny, bases film+majic, controlnet openpose, "
-        "annotators: openpose yes)"
+        "annotators: openpose yes, safety: checked)"
     )
 
 

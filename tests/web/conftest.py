@@ -15,6 +15,7 @@ from pydantic import SecretStr
 
 from core.blobstore import LocalBlobStore
 from core.metrics import Metrics, create_metrics
+from core.safety import LocalScreen
 from core.settings import (
     AdminSettings,
     AppConfig,
@@ -25,6 +26,7 @@ from core.settings import (
 )
 from db.session import Database
 from tasks.dispatch import CeleryPublisher
+from tests.utils.fake_safety import tiny_checker
 from web.app import create_web_app
 
 TOKEN = "test-admin-token-0123456789abcdef"
@@ -70,10 +72,28 @@ def metrics() -> Metrics:
 
 
 @pytest.fixture
+def screen_checker() -> Any:
+    """The admin web's upload safety checker, in this process (the tiny one: never flags)."""
+    return tiny_checker()
+
+
+@pytest.fixture
 def app(
-    config: AppConfig, db: Database, blobs: LocalBlobStore, celery: Any, metrics: Metrics
+    config: AppConfig,
+    db: Database,
+    blobs: LocalBlobStore,
+    celery: Any,
+    metrics: Metrics,
+    screen_checker: Any,
 ) -> web.Application:
-    return create_web_app(config, db, blobs, publisher_for(celery, db), metrics=metrics)
+    return create_web_app(
+        config,
+        db,
+        blobs,
+        publisher_for(celery, db),
+        metrics=metrics,
+        screen_factory=lambda c: None if c.safety.inputs == "off" else LocalScreen(screen_checker),
+    )
 
 
 @pytest.fixture

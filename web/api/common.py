@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from web.http import UnsupportedMediaType
+from core.errors import UnsafeImage
+from domain import safety
+from web.http import Call, UnsupportedMediaType
+from web.keys import METRICS, SCREEN
 from web.schemas import Page, PageQuery
 
 IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp")
@@ -28,6 +32,23 @@ def page_of(
     return Page[model](  # type: ignore[valid-type]
         items=[convert(r) for r in rows], total=total, limit=q.limit, offset=q.offset
     )
+
+
+async def screen_sample(call: Call, data: bytes) -> None:
+    """The safety check of an admin's catalog image (a style's sample image, a template photo);
+    UnsafeImage (422) when flagged, and nothing of the upload is stored (an audit row and a
+    `safety.flagged` event record it)."""
+    screen = call.app[SCREEN]
+    if screen is None:
+        return
+    verdict = await asyncio.to_thread(screen.check, data)
+    call.app[METRICS].record_safety("sample", checked=1, flagged=int(verdict.flagged))
+    if not verdict.flagged:
+        return
+    await call.transact(
+        safety.record_flagged, None, "sample", [verdict.score], call.config.safety.alert_after
+    )
+    raise UnsafeImage("the sample image was flagged by the safety checker", kind="sample")
 
 
 def check_image(upload_type: str, data: bytes, what: str) -> None:

@@ -6,7 +6,7 @@ from pydantic import BaseModel
 
 from core.settings import AppConfig
 from domain import styles
-from web.api.common import IMAGE_TYPES, LORA_TYPES, check_image, page_of
+from web.api.common import IMAGE_TYPES, LORA_TYPES, check_image, page_of, screen_sample
 from web.http import Call, UnsupportedMediaType
 from web.openapi import API_PREFIX, FileField, Multipart, Route
 from web.schemas import (
@@ -82,6 +82,7 @@ async def upload_style(call: Call) -> StyleOut:
     check_safetensors(lora.data)
     if thumbnail is not None:
         check_image(thumbnail.content_type, thumbnail.data, "thumbnail")
+        await screen_sample(call, thumbnail.data)
     style = await call.db.run(
         styles.add_uploaded_style,
         call.blobs,

@@ -9,7 +9,7 @@ from pydantic import BaseModel
 from core.settings import AppConfig
 from db.models import Template
 from domain import templates
-from web.api.common import IMAGE_TYPES, check_image, page_of
+from web.api.common import IMAGE_TYPES, check_image, page_of, screen_sample
 from web.http import Call
 from web.openapi import API_PREFIX, FileField, Multipart, Route
 from web.schemas import (
@@ -90,6 +90,7 @@ async def upload_template(call: Call) -> TemplateOut:
     fields = call.body_as(TemplateUploadFields)
     image = call.files["image"]
     check_image(image.content_type, image.data, "image")
+    await screen_sample(call, image.data)
     limits = call.config.limits
     analysed = await asyncio.to_thread(
         templates.analyse_template_image,
