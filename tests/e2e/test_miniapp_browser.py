@@ -26,7 +26,8 @@ from db.models import BaseModelName, JobStatus, Style
 from domain import billing
 from domain.catalog import import_catalog
 from tasks.dispatch import CeleryPublisher
-from telegram_ui.i18n import translate
+from telegram_ui.i18n import ntranslate, translate
+from telegram_ui.payments import paid_text
 from tests.utils.chat import JOB_SECONDS, send_selfie
 from tests.utils.chromium import chromium, chromium_path, open_page
 from tests.utils.fake_telegram import TOKEN, FakeUser
@@ -259,14 +260,12 @@ async def test_packs_checkout_through_open_invoice(
         ).path.lstrip("/$")
         # The user pays in Telegram's checkout; the bot records the payment as for /buy.
         assert await stack.tg.pay(ann, call) is not None
-        await stack.tg.wait_text(
-            USER_ID, translate("en", "pay.done", credits=10, balance=10).split("\n")[0][:20]
-        )
+        await stack.tg.wait_text(USER_ID, paid_text("en", 10, 10))
         await page.evaluate(
             "window.Telegram.WebView.receiveEvent('invoice_closed',"
             f" {{slug: {json.dumps(slug)}, status: 'paid'}})"
         )
-        expected = translate("en", "miniapp.balance", credits=10)
+        expected = ntranslate("en", "miniapp.balance", 10)
         await page.wait_for(
             f"document.querySelector('#wallet .big').textContent === {json.dumps(expected)}"
         )
