@@ -24,7 +24,7 @@ from tasks.dispatch import CeleryPublisher
 from tasks.generate import generate
 from tasks.jobs import run_gpu_job
 from telegram_ui.client import BotRunner, make_bot
-from telegram_ui.i18n import forms, translate
+from telegram_ui.i18n import error_text, forms, translate
 from telegram_ui.keyboards import result_keyboard
 from tests.bot.conftest import BotHarness, give_selfie, jobs_of, published
 from tests.utils.fake_pose import FakePoseAnnotator
@@ -189,7 +189,7 @@ class TestPoseStoredOnlyForAnAcceptedJob:
         before = {p for p in harness.blobs.root.rglob("*") if p.is_file()}
         pose = face_bytes("man_pose3.png")
         tg.send_photo(ann, pose)
-        await tg.wait_text(ann.id, translate("en", "error.quota_exceeded", quota=1), since=since)
+        await tg.wait_text(ann.id, error_text("en", "quota_exceeded", quota=1), since=since)
         await tg.idle()
         assert len(jobs_of(harness, ann.id)) == 1
         # Before, the pose photo was stored first and stayed behind, referenced by nothing.
