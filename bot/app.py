@@ -207,7 +207,7 @@ def build_application(
     # queue, the gate handler answers or drops what is over the limit.
     rate_limiter = UpdateRateLimiter(config.limits.updates_per_minute)
     processor = PerUserUpdateProcessor(
-        MAX_CONCURRENT_UPDATES, rate_limiter=rate_limiter, exempt=telegram.admin_ids
+        MAX_CONCURRENT_UPDATES, rate_limiter=rate_limiter, exempt=telegram.admin_ids, db=db
     )
     builder = (
         ApplicationBuilder()

@@ -8,6 +8,7 @@ from db.models.photo import Photo, PhotoKind
 from db.models.style import BaseModelName, Style, StyleOrigin
 from db.models.template import Template
 from db.models.training import StyleTraining
+from db.models.update import InboundUpdate
 from db.models.user import User, UserSession
 from db.models.webhook import WebhookDelivery, WebhookEndpoint
 
@@ -18,6 +19,7 @@ __all__ = [
     "BaseModelName",
     "Broadcast",
     "ChargeKind",
+    "InboundUpdate",
     "Job",
     "JobKind",
     "JobStatus",
