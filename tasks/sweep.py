@@ -11,7 +11,7 @@ from datetime import timedelta
 from celery import Task, shared_task
 
 from db.base import utcnow
-from domain import blobs, lifecycle, privacy
+from domain import blobs, inbox, lifecycle, privacy
 from domain.lifecycle import REDELIVER_AFTER, REQUEUE_AFTER
 from domain.outbox import transact
 from tasks.broadcast import resend_stalled_broadcasts
@@ -74,15 +74,18 @@ def sweep(self: Task) -> dict[str, int]:
         outbox_grace=timedelta(seconds=broker.outbox_grace_seconds),
         time_limit=timedelta(seconds=broker.gpu_time_limit),
         train_time_limit=timedelta(seconds=broker.train_time_limit),
+        redeliver_after=timedelta(seconds=broker.delivery_lease_seconds),
     )
 
 
 @shared_task(name="maintenance.expire", bind=True, ignore_result=True)
 def expire(self: Task) -> int:
-    """Delete selfies past their retention period (privacy)."""
+    """Delete selfies past their retention period (privacy), and the updates handled more than
+    a day ago (`domain.inbox.KEEP_DONE`)."""
     ctx = get_context()
     removed = ctx.db.call(privacy.expire_photos, ctx.blobs, utcnow())
-    logger.info("expired %d photos", removed)
+    purged = ctx.db.call(inbox.purge)
+    logger.info("expired %d photos, purged %d handled updates", removed, purged)
     return removed
 
 

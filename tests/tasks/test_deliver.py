@@ -163,7 +163,7 @@ class TestSendResult:
     ) -> None:
         job_id = _job(ctx, JobStatus.SUCCEEDED, result_blobs=[])
 
-        async def broken(bot: object, d: object) -> None:
+        async def broken(bot: object, d: object, *_: object) -> None:
             if isinstance(cause, ConnectionRefusedError):
                 key = aiohttp.client_reqrep.ConnectionKey(
                     "api.telegram.org", 443, True, True, None, None, None
@@ -193,7 +193,7 @@ class TestTransientRetries:
         sends: list[int] = []
         countdowns: list[float] = []
 
-        async def unsent(bot: object, d: object) -> None:
+        async def unsent(bot: object, d: object, *_: object) -> None:
             sends.append(1)
             raise NetworkError("Bad Gateway")  # an error answer: certainly not shown
 
