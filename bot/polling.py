@@ -31,6 +31,8 @@ POLL_TIMEOUT_S = 10
 # Pause after a failed getUpdates or inbox write (doubling up to the maximum).
 RETRY_FIRST_S = 1.0
 RETRY_MAX_S = 30.0
+# bot_data key: the update ids this process replayed from the inbox.
+REPLAYED_KEY = "replayed_updates"
 
 AnyApplication = Application[Any, Any, Any, Any, Any, Any]
 
@@ -43,13 +45,23 @@ def _as_update(application: AnyApplication, data: dict[str, Any]) -> Update | No
         return None
 
 
+def was_replayed(bot_data: dict[str, Any], update_id: int) -> bool:
+    """Whether this process took the update from the inbox (a bot before it died while
+    handling it): a handler that finds its work done still answers, in case that bot never
+    did."""
+    replayed: set[int] = bot_data.get(REPLAYED_KEY, set())
+    return update_id in replayed
+
+
 async def replay_unfinished(application: AnyApplication, db: Database) -> int:
     """Queue the inbox's unfinished updates (the last bot died before their handlers
     finished); how many. Called before any new update is taken."""
     count = 0
+    replayed: set[int] = application.bot_data.setdefault(REPLAYED_KEY, set())
     for data in await db.run(inbox.unfinished):
         update = _as_update(application, data)
         if update is not None:
+            replayed.add(update.update_id)
             await application.update_queue.put(update)
             count += 1
     if count:

@@ -17,6 +17,7 @@ from telegram import LabeledPrice, Update
 
 from bot.context import BotContext
 from bot.handlers.common import reply
+from bot.polling import was_replayed
 from core.errors import PaymentRefused
 from domain import billing
 from domain.audit import bot_actor
@@ -130,7 +131,9 @@ async def on_pre_checkout(update: Update, context: BotContext) -> None:
 
 
 async def on_successful_payment(update: Update, context: BotContext) -> None:
-    """The money arrived: credit the pack once per charge id (a duplicate update does nothing)."""
+    """The money arrived: credit the pack once per charge id (a duplicate update does nothing,
+    except a replay of this very update after the bot died: it credited, but may never have
+    said so, so it says it again)."""
     payment = update.effective_message.successful_payment
     result = await context.transact(
         billing.record_payment,
@@ -142,8 +145,10 @@ async def on_successful_payment(update: Update, context: BotContext) -> None:
     )
     if result.duplicate:
         context.deps.metrics.record_payment("duplicate")
-        return
-    context.deps.metrics.record_payment("succeeded", result.stars)
+        if not was_replayed(context.bot_data, update.update_id):
+            return
+    else:
+        context.deps.metrics.record_payment("succeeded", result.stars)
     await reply(
         update, context, context.t("pay.done", credits=result.credits, balance=result.balance)
     )
