@@ -1,8 +1,9 @@
 """Builds the python-telegram-bot Application: typed context, handlers per flow, error handler.
 
-The caller owns the lifecycle (`async with application`, then `start()` plus
-`updater.start_polling()` in polling mode; in webhook mode there is no updater and the admin
-web's `/telegram/webhook` route feeds the application's update queue)."""
+The caller owns the lifecycle (`async with application`, then `start()`, the inbox's unfinished
+updates (`bot.polling.replay_unfinished`), plus `bot.polling.DurablePoller` in polling mode; in
+webhook mode there is no updater and the admin web's `/telegram/webhook` route feeds the
+application's update queue)."""
 
 from __future__ import annotations
 

@@ -3,7 +3,8 @@
 The bot runs with `updater(None)`; the composition root gives this app the bot's PTB
 `Application`. Only requests carrying TELEGRAM_WEBHOOK_SECRET in
 `X-Telegram-Bot-Api-Secret-Token` (compared in constant time) get past the guard; the update is
-queued and answered 200 at once, and the bot processes it exactly like a polled one, so several
+stored in the inbox (`domain.inbox`), queued and answered 200, and the bot processes it exactly
+like a polled one (a copy Telegram sends again is answered 200, not queued), so several
 bot processes behind a load balancer can share one token (conversation state is in the
 database)."""
 
