@@ -180,10 +180,11 @@ def _result_steps(bot: Bot, d: Delivery) -> list[Step]:
     return steps
 
 
-async def _send_result(bot: Bot, d: Delivery, record: Recorder | None = None) -> None:
+async def _send_result(bot: Bot, d: Delivery, record: Recorder | None = None) -> bool:
     """Make the outcome's send calls that a former delivery did not record (`d.step`), each
     recorded as soon as it returned, so a delivery taken over after a killed io worker never
-    repeats a call that returned (docs/ARCHITECTURE.md, "Delivery lease")."""
+    repeats a call that returned (docs/ARCHITECTURE.md, "Delivery lease"). False when this
+    task lost the delivery lease meanwhile (the new owner sends the rest)."""
     for n, (send, follow_up) in enumerate(_result_steps(bot, d)):
         if n < d.step:
             continue
@@ -193,7 +194,8 @@ async def _send_result(bot: Bot, d: Delivery, record: Recorder | None = None) ->
             await send()
         if record is not None and not await record(n + 1):
             logger.warning("job %s: delivery taken over by another io task; stopping", d.job_id)
-            return
+            return False
+    return True
 
 
 def _done_text(d: Delivery) -> str:
@@ -284,7 +286,9 @@ def send_result(self: Task, job_id: int) -> str:
             # The heartbeat keeps the lease while Telegram is slow or asks to wait; a killed
             # worker stops renewing it, and the sweep sends the rest once it expired.
             with Lease(ctx, job_id, owner, length=lease, renew_fn=lifecycle.renew_delivery):
-                ctx.call_telegram(lambda bot: _send_result(bot, d, record))
+                completed = ctx.call_telegram(lambda bot: _send_result(bot, d, record))
+            if completed is False:
+                return "taken over"
         except TelegramError as exc:
             _count_error(exc)
             if is_terminal(exc):
