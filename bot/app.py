@@ -1,8 +1,9 @@
 """Builds the python-telegram-bot Application: typed context, handlers per flow, error handler.
 
-The caller owns the lifecycle (`async with application`, then `start()` plus
-`updater.start_polling()` in polling mode; in webhook mode there is no updater and the admin
-web's `/telegram/webhook` route feeds the application's update queue)."""
+The caller owns the lifecycle (`async with application`, then `start()`, the inbox's unfinished
+updates (`bot.polling.replay_unfinished`), plus `bot.polling.DurablePoller` in polling mode; in
+webhook mode there is no updater and the admin web's `/telegram/webhook` route feeds the
+application's update queue)."""
 
 from __future__ import annotations
 
@@ -236,7 +237,7 @@ def build_application(
     # queue, the gate handler answers or drops what is over the limit.
     rate_limiter = UpdateRateLimiter(config.limits.updates_per_minute)
     processor = PerUserUpdateProcessor(
-        MAX_CONCURRENT_UPDATES, rate_limiter=rate_limiter, exempt=telegram.admin_ids
+        MAX_CONCURRENT_UPDATES, rate_limiter=rate_limiter, exempt=telegram.admin_ids, db=db
     )
     builder = (
         ApplicationBuilder()

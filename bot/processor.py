@@ -8,19 +8,25 @@ Flood control decides before an update joins its user's queue: an update over th
 per-minute limit (`bot.ratelimit.UpdateRateLimiter`) runs at once, outside the queue, and the
 gate handler only answers or drops it (no flow handler runs for it). Every update the limit
 lets through waits its turn, however long the queue: a 10-photo album is handled whole and in
-order. The limit also bounds how many concurrency slots one user's queue can hold."""
+order. The limit also bounds how many concurrency slots one user's queue can hold.
+
+With an inbox (`domain.inbox`, the production bot), an update whose handler already finished is
+not handled again (a replay, or a copy Telegram or the relay sent twice), and each handled one
+is marked done there once its handler returned: until then a bot that restarts replays it."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Collection
+from collections.abc import Awaitable, Collection, Coroutine
 from typing import Any
 
 from telegram import Update
 from telegram.ext import BaseUpdateProcessor
 
 from bot.ratelimit import UpdateRateLimiter, Verdict
+from db.session import Database
+from domain import inbox
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +40,13 @@ class PerUserUpdateProcessor(BaseUpdateProcessor):
         *,
         rate_limiter: UpdateRateLimiter | None = None,
         exempt: Collection[int] = (),
+        db: Database | None = None,
     ) -> None:
         super().__init__(max_concurrent_updates)
+        # The inbox's database: updates handled once, marked done after their handler.
+        self.db = db
+        # Update ids queued or running in this process: a second copy is dropped at once.
+        self._active: set[int] = set()
         self.rate_limiter = rate_limiter
         # Admins are not flood-limited (they run /broadcast and /stats in bursts).
         self.exempt = frozenset(exempt)
@@ -59,19 +70,32 @@ class PerUserUpdateProcessor(BaseUpdateProcessor):
     async def do_process_update(self, update: object, coroutine: Awaitable[Any]) -> None:
         """Await the coroutine under the user's lock (or directly for non-user updates and for
         updates over the flood limit, which the gate ends at once)."""
+        update_id = update.update_id if isinstance(update, Update) else None
+        if update_id is not None:
+            if update_id in self._active:
+                _discard(coroutine)
+                return
+            self._active.add(update_id)
+        try:
+            await self._ordered(update, coroutine)
+        finally:
+            if update_id is not None:
+                self._active.discard(update_id)
+
+    async def _ordered(self, update: object, coroutine: Awaitable[Any]) -> None:
         key = self._key(update)
         if key is None:
-            await coroutine
+            await self._handle(update, coroutine)
             return
         assert isinstance(update, Update)
         if self._admit(update, key) != Verdict.ALLOW:
-            await coroutine
+            await self._handle(update, coroutine)
             return
         lock = self._locks.setdefault(key, asyncio.Lock())
         self._waiting[key] = self._waiting.get(key, 0) + 1
         try:
             async with lock:
-                await coroutine
+                await self._handle(update, coroutine)
         finally:
             self._waiting[key] -= 1
             if self._waiting[key] == 0:
@@ -79,8 +103,39 @@ class PerUserUpdateProcessor(BaseUpdateProcessor):
                 del self._waiting[key]
                 self._locks.pop(key, None)
 
+    async def _handle(self, update: object, coroutine: Awaitable[Any]) -> None:
+        """Run the handlers, unless the inbox says they already finished; then mark it done.
+
+        The inbox is read in the user's turn, so a replay never overtakes the user's queue. When
+        the database cannot be reached the update is handled anyway (its handlers need the
+        database too, and say so); a mark that fails leaves it to be replayed at the next start,
+        where the handlers that create jobs or move money find what they did."""
+        if self.db is None or not isinstance(update, Update):
+            await coroutine
+            return
+        try:
+            done = await self.db.run(inbox.is_done, update.update_id)
+        except Exception as exc:
+            logger.warning("update %s: the inbox cannot be read (%s)", update.update_id, exc)
+            done = False
+        if done:
+            logger.info("update %s was handled before; not again", update.update_id)
+            _discard(coroutine)
+            return
+        await coroutine
+        try:
+            await self.db.run(inbox.finish, update.update_id)
+        except Exception as exc:
+            logger.warning("update %s: not marked done (%s)", update.update_id, exc)
+
     async def initialize(self) -> None:
         """Nothing to set up."""
 
     async def shutdown(self) -> None:
         """Nothing to tear down."""
+
+
+def _discard(coroutine: Awaitable[Any]) -> None:
+    """Drop a handler coroutine that will not run (without a never-awaited warning)."""
+    if isinstance(coroutine, Coroutine):
+        coroutine.close()

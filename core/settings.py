@@ -155,6 +155,9 @@ class BrokerSettings(BaseSettings):
     # expired the next sweep re-queues the job for any worker. A worker that dies (SIGKILL, a
     # lost machine, a redeploy) has its job taken over within lease + sweep interval (90 s).
     job_lease_seconds: int = Field(default=60, ge=3)
+    # The lease of a delivery (an io task sending a job's outcome), renewed every third of it:
+    # an outcome whose io worker died is sent again within lease + sweep interval (60 s).
+    delivery_lease_seconds: int = Field(default=30, ge=3)
 
     @cached_property
     def effective_url(self) -> str:

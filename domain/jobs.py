@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.blobstore import BlobStore
@@ -68,6 +69,10 @@ class CreatedJob:
     job_id: int
     position: int
     eta_minutes: int
+    # Set when the update that creates it was handled before (a replay after the bot died):
+    # the job that run created, and the status message it had shown, if any.
+    replayed: bool = False
+    status_message_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -124,8 +129,32 @@ def _eta_minutes(session: Session, position: int) -> int:
     return max(1, math.ceil((position + 1) * average / 60.0))
 
 
-def _add(session: Session, job: Job, charge: billing.Charge = billing.FREE) -> CreatedJob:
+def _created_by(session: Session, update_id: int | None) -> CreatedJob | None:
+    """The job a Telegram update already created (its handler ran before the bot died and
+    the update is replayed): found, never created or charged twice."""
+    if update_id is None:
+        return None
+    job = session.scalar(select(Job).where(Job.update_id == update_id))
+    if job is None:
+        return None
+    position = JobRepository(session).queue_position(job)
+    return CreatedJob(
+        job.id,
+        position,
+        _eta_minutes(session, position),
+        replayed=True,
+        status_message_id=job.status_message_id,
+    )
+
+
+def _add(
+    session: Session,
+    job: Job,
+    charge: billing.Charge = billing.FREE,
+    update_id: int | None = None,
+) -> CreatedJob:
     repo = JobRepository(session)
+    job.update_id = update_id
     repo.add(job)
     billing.apply_charge(session, job, charge)
     position = repo.queue_position(job)
@@ -144,11 +173,15 @@ def create_portrait_job(
     seed: int | None = None,
     pose: PoseUpload | None = None,
     payments: PaymentsSettings | None = None,
+    update_id: int | None = None,
 ) -> CreatedJob:
     """A queued portrait job from the user's selfies in a style (checks limits first).
 
     A pose photo is stored only once every check passed (a refused job leaves no blob), and
-    counts against the user's daily upload bytes."""
+    counts against the user's daily upload bytes. A replay of the update that created a job
+    (`update_id`) finds that job instead of making a second one."""
+    if (replayed := _created_by(session, update_id)) is not None:
+        return replayed
     user = _lock_user(session, user_id)
     charge = check_can_start(
         session, user, limits, is_admin=is_admin, kind=JobKind.PORTRAIT, payments=payments
@@ -175,6 +208,7 @@ def create_portrait_job(
             chat_id=chat_id,
         ),
         charge,
+        update_id,
     )
 
 
@@ -190,8 +224,11 @@ def create_template_job(
     template_photo_id: int | None = None,
     seed: int | None = None,
     payments: PaymentsSettings | None = None,
+    update_id: int | None = None,
 ) -> CreatedJob:
     """A queued template job; `faces` are 0-based indices of the template's faces."""
+    if (replayed := _created_by(session, update_id)) is not None:
+        return replayed
     user = _lock_user(session, user_id)
     charge = check_can_start(
         session, user, limits, is_admin=is_admin, kind=JobKind.TEMPLATE, payments=payments
@@ -227,6 +264,7 @@ def create_template_job(
             chat_id=chat_id,
         ),
         charge,
+        update_id,
     )
 
 
@@ -240,8 +278,11 @@ def create_training_job(
     chat_id: int,
     limits: LimitsSettings,
     is_admin: bool,
+    update_id: int | None = None,
 ) -> CreatedJob:
     """A StyleTraining row and its queued training job."""
+    if (replayed := _created_by(session, update_id)) is not None:
+        return replayed
     if not (valid_name(name) and valid_trigger(trigger_word)):
         raise ValidationFailed("a training needs a name and a trigger word")
     user = _lock_user(session, user_id)
@@ -264,6 +305,7 @@ def create_training_job(
             params={"training_id": training.id},
             chat_id=chat_id,
         ),
+        update_id=update_id,
     )
     training.job_id = created.job_id
     return created
@@ -280,6 +322,7 @@ def create_upscale_job(
     limits: LimitsSettings,
     is_admin: bool,
     payments: PaymentsSettings | None = None,
+    update_id: int | None = None,
 ) -> CreatedJob:
     """A queued HD (×4) job for portrait `index` (0-based) of the user's finished portrait job.
 
@@ -288,6 +331,8 @@ def create_upscale_job(
     user already has; with payments on it costs PAYMENTS_PRICE_UPSCALE credits (0: free). The
     one-active-job rule still applies, so it cannot flood the gpu queue.
     """
+    if (replayed := _created_by(session, update_id)) is not None:
+        return replayed
     user = _lock_user(session, user_id)
     charge = check_can_start(
         session, user, limits, is_admin=is_admin, kind=JobKind.UPSCALE, payments=payments
@@ -307,6 +352,7 @@ def create_upscale_job(
         session,
         Job(user_id=user_id, kind=JobKind.UPSCALE, params=params, chat_id=chat_id),
         charge,
+        update_id,
     )
 
 

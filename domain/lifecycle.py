@@ -41,10 +41,14 @@ DEFAULT_LEASE = timedelta(seconds=60)
 # message may have been lost with the broker, e.g. Redis restarted without persistence), the sweep
 # publishes it again. Duplicates are harmless: a claim drops them.
 REQUEUE_AFTER = timedelta(minutes=5)
-# A finished job still not delivered this long after it finished lost its delivery message (the
-# broker restarted, or was down when the worker finished). Longer than a delivery's own retries
-# take, so a delivery that is merely waiting out a 429 is not sent twice.
-REDELIVER_AFTER = timedelta(minutes=15)
+# The delivery lease (docs/ARCHITECTURE.md, "Delivery lease"), unless the caller says otherwise
+# (BROKER_DELIVERY_LEASE_SECONDS): an io task sending a job's outcome holds it, its heartbeat
+# renews it every third of this; once it expired (the io worker was killed, or the task waits
+# out a retry), the sweep sends the outcome again. A finished job whose delivery no io task
+# claimed this long after it finished (its message was lost with the broker, or taken by a
+# worker killed before the claim) is sent again too, and then at most once per this period.
+DELIVERY_LEASE = timedelta(seconds=30)
+REDELIVER_AFTER = DELIVERY_LEASE
 # A running job is failed as timed_out this long past its (soft) time limit even under a live
 # lease (its worker should have stopped it itself), and at once past it when its lease expired.
 TIME_GRACE = timedelta(seconds=60)
@@ -478,6 +482,8 @@ def sweep(
             plan.resend.append(job.id)
     # Every final outcome the chat was not told of: an album, a failure, or a cancellation the
     # sweep, a claim or an admin recorded (the user's own Cancel button counts as told).
+    # A delivery is lost once its lease expired (the io task stopped renewing it), or when no
+    # io task claimed it within `redeliver_after` of the job's end.
     undelivered = session.scalars(
         select(Job)
         .where(
@@ -485,8 +491,14 @@ def sweep(
             Job.chat_id.is_not(None),
             Job.delivered_at.is_(None),
             Job.delivery_error.is_(None),
-            Job.finished_at <= now - redeliver_after,
+            or_(
+                Job.delivery_lease_expires_at < now,
+                Job.delivery_lease_expires_at.is_(None)
+                & (Job.finished_at <= now - redeliver_after),
+            ),
         )
+        .order_by(Job.id)
+        .limit(limit)
         .with_for_update(skip_locked=True)
     ).all()
     for job in undelivered:
@@ -494,6 +506,9 @@ def sweep(
         if job.delivery_attempts >= MAX_DELIVERY_ATTEMPTS:
             job.delivery_error = f"gave up after {job.delivery_attempts} attempts"
         else:
+            # Nobody's now, and not sent again before another lease period passed unclaimed.
+            job.delivery_owner = None
+            job.delivery_lease_expires_at = now + redeliver_after
             plan.undelivered.append(job.id)
     # Jobs /forget detached that ended but were never discarded (their delivery message was
     # lost): the delivery task deletes them with whatever they produced.
@@ -537,6 +552,10 @@ class Delivery:
     attempts: int = 0
     # A worker took it (it ran): a cancel then keeps its charge (`billing.gives_back`).
     started: bool = False
+    # Send calls of the outcome that returned (a second delivery goes on after them), and
+    # whether another io task holds the delivery lease right now (send nothing).
+    step: int = 0
+    busy: bool = False
 
 
 def _language(session: Session, job: Job) -> str:
@@ -573,19 +592,67 @@ def delivery(session: Session, job_id: int) -> Delivery | None:
         done=job.delivery_done,
         attempts=job.delivery_attempts,
         started=job.started_at is not None,
+        step=job.delivery_step,
     )
 
 
-def start_delivery(session: Session, job_id: int) -> Delivery | None:
-    """Count one send of a finished job's outcome and snapshot it; None when the job is gone.
+def start_delivery(
+    session: Session,
+    job_id: int,
+    owner: str | None = None,
+    lease: timedelta = DELIVERY_LEASE,
+) -> Delivery | None:
+    """Claim the delivery of a finished job's outcome for `owner` (the io task) and count one
+    send; a snapshot of it; None when the job is gone.
 
-    `Delivery.done` says the chat already has it (or its delivery was given up): send nothing."""
+    `Delivery.done` says the chat already has it (or its delivery was given up), `busy` that
+    another io task holds a live delivery lease: send nothing in either case. `step` says how
+    many of its send calls a former delivery recorded as returned."""
     job = session.get(Job, job_id, with_for_update=True)
     if job is None:
         return None
+    busy = False
     if job.status in FINAL_STATUSES and not job.delivery_done:
-        job.delivery_attempts += 1
-    return delivery(session, job_id)
+        now = db_now(session)
+        busy = (
+            owner is not None
+            and job.delivery_owner not in (None, owner)
+            and job.delivery_lease_expires_at is not None
+            and job.delivery_lease_expires_at > now
+        )
+        if not busy:
+            job.delivery_attempts += 1
+            if owner is not None:
+                job.delivery_owner = owner
+                job.delivery_lease_expires_at = now + lease
+    d = delivery(session, job_id)
+    if d is not None:
+        d.busy = busy
+    return d
+
+
+def renew_delivery(session: Session, job_id: int, owner: str, lease: timedelta) -> bool:
+    """The delivery's heartbeat: extend `owner`'s lease; False when it is no longer theirs."""
+    now = db_now(session)
+    renewed = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.delivery_owner == owner, Job.delivered_at.is_(None))
+        .values(delivery_lease_expires_at=now + lease)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(getattr(renewed, "rowcount", 0))
+
+
+def record_delivery_step(session: Session, job_id: int, owner: str, step: int) -> bool:
+    """`step` send calls of the outcome returned: a later delivery starts after them. False
+    when the lease is no longer `owner`'s (another io task took the delivery over)."""
+    recorded = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.delivery_owner == owner, Job.delivery_step < step)
+        .values(delivery_step=step)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(getattr(recorded, "rowcount", 0))
 
 
 def mark_delivered(session: Session, job_id: int) -> None:
@@ -593,6 +660,8 @@ def mark_delivered(session: Session, job_id: int) -> None:
     job = session.get(Job, job_id, with_for_update=True)
     if job is not None and job.status in FINAL_STATUSES and job.delivered_at is None:
         job.delivered_at = utcnow()
+        job.delivery_owner = None
+        job.delivery_lease_expires_at = None
 
 
 def mark_undeliverable(session: Session, job_id: int, error: str) -> None:
@@ -600,6 +669,8 @@ def mark_undeliverable(session: Session, job_id: int, error: str) -> None:
     job = session.get(Job, job_id, with_for_update=True)
     if job is not None and not job.delivery_done:
         job.delivery_error = error[:2000]
+        job.delivery_owner = None
+        job.delivery_lease_expires_at = None
         logger.warning("job %s: delivery given up: %s", job_id, error)
 
 
@@ -623,6 +694,7 @@ def pose_preview(session: Session, job_id: int) -> PosePreview | None:
         not isinstance(key, str)
         or job.status not in (JobStatus.RUNNING, JobStatus.SUCCEEDED)
         or job.delivered_at is not None
+        or job.delivery_step > 0
     ):
         return None
     return PosePreview(job.chat_id, _language(session, job), key)

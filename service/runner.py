@@ -70,6 +70,7 @@ async def _serve(
 ) -> None:
     """Run the bot and/or web server until SIGINT/SIGTERM."""
     from bot.app import ALLOWED_UPDATES, build_application
+    from bot.polling import DurablePoller, replay_unfinished
     from core.safety import create_screen
     from web.app import create_web_app
 
@@ -90,21 +91,21 @@ async def _serve(
             await stack.enter_async_context(application)
             await application.start()
             stack.push_async_callback(application.stop)
+            # What a stopped bot took in but never finished goes first (docs/ARCHITECTURE.md,
+            # "Durable updates").
+            await replay_unfinished(application, db)
             if config.telegram.mode == "polling":
-                assert application.updater is not None
                 # Explicit: getUpdates otherwise keeps whatever a former webhook asked for.
-                await application.updater.start_polling(
-                    drop_pending_updates=False, allowed_updates=list(ALLOWED_UPDATES)
-                )
-                stack.push_async_callback(application.updater.stop)
-                updater = application.updater
-                updates_ready = lambda: updater.running  # noqa: E731
+                poller = DurablePoller(application, db, allowed_updates=ALLOWED_UPDATES)
+                await poller.start()
+                stack.push_async_callback(poller.stop)
+                updates_ready = lambda: poller.running  # noqa: E731
             else:
                 assert config.telegram.webhook_url
                 assert config.telegram.webhook_secret
                 if not web_server:
                     # `bot` alone: the updates `web` received come through the broker.
-                    relay = start_relay(config, application)
+                    relay = start_relay(config, application, db)
                     stack.callback(relay.stop)
                     updates_ready = relay.connected.is_set
                 await application.bot.set_webhook(
@@ -203,15 +204,22 @@ def broker_sink(publisher: Publisher, key: bytes) -> Callable[[dict[str, Any]], 
     return sink
 
 
+# How long the relay waits for an update to be stored before it gives the message back.
+RELAY_STORE_TIMEOUT_S = 30.0
+
+
 def start_relay(
     config: AppConfig,
     application: Application[Any, Any, Any, Any, Any, Any],
+    db: Database,
     metrics: Metrics | None = None,
 ) -> UpdateRelay:
-    """Take the updates `web` put on the broker and queue them for the bot's handlers; a
-    message without `web`'s signature is dropped (logged and counted)."""
-    from telegram import Update
+    """Take the updates `web` put on the broker and queue them for the bot's handlers.
 
+    A message without `web`'s signature is dropped (logged and counted). Each signed one is
+    stored in the inbox before its message is acknowledged (`bot.polling.accept`); one that
+    cannot be stored (the database is down) raises, and its message is given back."""
+    from bot.polling import accept
     from core.metrics import default_metrics
     from service.update_relay import UpdateRelay
 
@@ -226,13 +234,8 @@ def start_relay(
             counters.relay_dropped.labels(reason=exc.reason).inc()
             logger.warning("update relay: dropping a message (%s)", exc.reason)
             return
-        try:
-            update = Update.de_json(data, application.bot)
-        except (KeyError, TypeError, ValueError):
-            counters.relay_dropped.labels(reason="not_an_update").inc()
-            logger.warning("update relay: dropping a message that is not a Telegram update")
-            return
-        loop.call_soon_threadsafe(application.update_queue.put_nowait, update)
+        stored = asyncio.run_coroutine_threadsafe(accept(application, db, data), loop)
+        stored.result(RELAY_STORE_TIMEOUT_S)
 
     relay = UpdateRelay(config.broker.effective_url, deliver)
     relay.start()

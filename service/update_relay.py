@@ -2,9 +2,11 @@
 
 `web` is the one published port: it checks the secret, puts the update's JSON on the broker
 queue `telegram.updates` and answers 200. `bot` runs `UpdateRelay`, a thread that takes those
-messages and puts each `Update` on the Application's update queue, where it is handled exactly
-as a polled one (per-user ordering, flood limits and all). Updates that arrive while `bot`
-restarts wait in the broker instead of being retried by Telegram."""
+messages, stores each in the inbox and puts it on the Application's update queue, where it is
+handled exactly as a polled one (per-user ordering, flood limits and all). A message is
+acknowledged only once its update is stored (a bot killed before that gets it again from the
+broker; one killed after replays it from the inbox). Updates that arrive while `bot` restarts
+wait in the broker instead of being retried by Telegram."""
 
 from __future__ import annotations
 
@@ -93,8 +95,11 @@ class UpdateRelay(threading.Thread):
                         continue
                     try:
                         self.deliver(message.payload)
-                    finally:
-                        message.ack()
+                    except Exception:
+                        # Not stored (the database is out of reach): the broker keeps it.
+                        message.requeue()
+                        raise
+                    message.ack()
             finally:
                 queue.close()
                 self.connected.clear()

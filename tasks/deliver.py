@@ -11,9 +11,12 @@ user is told in a new message. Photos are sent within Telegram's limits (`telegr
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from functools import partial
 from typing import Any
 
 from celery import Task, shared_task
@@ -34,6 +37,7 @@ from db.models import JobKind, JobStatus
 from domain import lifecycle, privacy
 from domain.lifecycle import Delivery
 from tasks.context import get_context
+from tasks.jobs import Lease
 from telegram_ui.client import may_have_reached_telegram, retry_after_seconds, too_large
 from telegram_ui.i18n import error_text, ntranslate, safety_alert_text, translate
 from telegram_ui.keyboards import cancel_job_keyboard, result_keyboard
@@ -105,66 +109,93 @@ async def _follow_up(d: Delivery, call: Awaitable[Any]) -> None:
         logger.warning("job %s: result sent, but a follow-up failed: %s", d.job_id, exc)
 
 
-async def _send_result(bot: Bot, d: Delivery) -> None:
+# One send call of an outcome: how to make it, and whether it is a follow-up (a call after the
+# outcome itself, whose failure must not send the outcome again).
+Step = tuple[Callable[[], Awaitable[Any]], bool]
+# Records that the first n send calls returned; False once the delivery was taken over.
+Recorder = Callable[[int], Awaitable[bool]]
+
+
+def _result_steps(bot: Bot, d: Delivery) -> list[Step]:
+    """The send calls of a finished job's outcome, in order: the outcome itself first (one call
+    where Telegram allows it: an album is one sendMediaGroup), then its follow-ups."""
     ctx = get_context()
     lang = d.language
     assert d.chat_id is not None
+    chat_id = d.chat_id
+    steps: list[Step] = []
     if d.status is JobStatus.SUCCEEDED:
         images = [ctx.blobs.get(key) for key in d.result_blobs]
         if d.kind is JobKind.TRAINING:
-            await bot.send_message(
-                d.chat_id, translate(lang, "training.done", name=d.meta.get("style_name", ""))
-            )
+            done = translate(lang, "training.done", name=d.meta.get("style_name", ""))
+            steps.append((lambda: bot.send_message(chat_id, done), False))
         elif d.kind is JobKind.TEMPLATE and images:
             # A template keeps its size (up to 40 MP): a photo within Telegram's limits, and
             # the full-size file as a document.
-            await bot.send_photo(d.chat_id, outgoing(images[0]).photo)
+            photo = outgoing(images[0]).photo
             document, suffix = full_size_document(images[0])
-            await _follow_up(
-                d,
-                bot.send_document(d.chat_id, document, filename=f"template-{d.job_id}.{suffix}"),
-            )
+            filename = f"template-{d.job_id}.{suffix}"
+            steps.append((lambda: bot.send_photo(chat_id, photo), False))
+            steps.append((lambda: bot.send_document(chat_id, document, filename=filename), True))
         elif d.kind is JobKind.UPSCALE and images:
             # A document, not a photo: Telegram would shrink a photo to 1280 px and recompress.
             width, height = d.meta.get("size") or (0, 0)
-            await bot.send_document(
-                d.chat_id,
-                images[0],
-                filename=str(d.meta.get("filename") or f"hd-{d.job_id}.png"),
-                caption=translate(
-                    lang,
-                    "hd.caption",
-                    n=int(d.meta.get("index", 0)) + 1,
-                    width=width,
-                    height=height,
-                ),
+            caption = translate(
+                lang, "hd.caption", n=int(d.meta.get("index", 0)) + 1, width=width, height=height
+            )
+            hd_name = str(d.meta.get("filename") or f"hd-{d.job_id}.png")
+            hd = images[0]
+            steps.append(
+                (lambda: bot.send_document(chat_id, hd, filename=hd_name, caption=caption), False)
             )
         elif images:
             prepared = [outgoing(img) for img in images[:10]]
             if len(prepared) == 1:
-                await bot.send_photo(d.chat_id, prepared[0].photo)
+                steps.append((lambda: bot.send_photo(chat_id, prepared[0].photo), False))
             else:
-                await bot.send_media_group(d.chat_id, [InputMediaPhoto(p.photo) for p in prepared])
+                media = [InputMediaPhoto(p.photo) for p in prepared]
+                steps.append((lambda: bot.send_media_group(chat_id, media), False))
             for n, p in enumerate(prepared, start=1):
                 if p.document is not None:
                     name = f"result-{d.job_id}-{n}.{p.document_suffix}"
-                    await _follow_up(d, bot.send_document(d.chat_id, p.document, filename=name))
-        await _follow_up(d, _edit_status(bot, d, _done_text(d)))
+                    send = partial(bot.send_document, chat_id, p.document, filename=name)
+                    steps.append((send, True))
+        steps.append((lambda: _edit_status(bot, d, _done_text(d)), True))
         if d.kind is JobKind.PORTRAIT:
-            await _follow_up(
-                d,
-                bot.send_message(
-                    d.chat_id,
-                    translate(lang, "job.next"),
-                    reply_markup=result_keyboard(d.job_id, d.style_id, lang, len(images)),
-                ),
+            markup = result_keyboard(d.job_id, d.style_id, lang, len(images))
+            steps.append(
+                (
+                    lambda: bot.send_message(
+                        chat_id, translate(lang, "job.next"), reply_markup=markup
+                    ),
+                    True,
+                )
             )
     elif d.status is JobStatus.FAILED:
-        reason = error_text(lang, d.error_code)
-        await _notice(bot, d, translate(lang, "job.failed", reason=reason))
-        await _follow_up(d, _alert_operator(bot, d))
+        failed = translate(lang, "job.failed", reason=error_text(lang, d.error_code))
+        steps.append((lambda: _notice(bot, d, failed), False))
+        steps.append((lambda: _alert_operator(bot, d), True))
     elif d.status is JobStatus.CANCELLED:
-        await _notice(bot, d, _cancelled_text(d))
+        steps.append((lambda: _notice(bot, d, _cancelled_text(d)), False))
+    return steps
+
+
+async def _send_result(bot: Bot, d: Delivery, record: Recorder | None = None) -> bool:
+    """Make the outcome's send calls that a former delivery did not record (`d.step`), each
+    recorded as soon as it returned, so a delivery taken over after a killed io worker never
+    repeats a call that returned (docs/ARCHITECTURE.md, "Delivery lease"). False when this
+    task lost the delivery lease meanwhile (the new owner sends the rest)."""
+    for n, (send, follow_up) in enumerate(_result_steps(bot, d)):
+        if n < d.step:
+            continue
+        if follow_up:
+            await _follow_up(d, send())
+        else:
+            await send()
+        if record is not None and not await record(n + 1):
+            logger.warning("job %s: delivery taken over by another io task; stopping", d.job_id)
+            return False
+    return True
 
 
 def _done_text(d: Delivery) -> str:
@@ -244,16 +275,32 @@ def send_result(self: Task, job_id: int) -> str:
     if db.call(privacy.discard_detached_job, ctx.blobs, job_id):
         # The user ran /forget while it ran: what it produced is deleted, nothing is sent.
         return "discarded"
-    d = db.call(lifecycle.start_delivery, job_id)
+    # The task id survives Celery's own retries: a retry takes its own lease back.
+    owner = f"{self.request.hostname or 'io'}:{self.request.id or job_id}"
+    lease = timedelta(seconds=ctx.config.broker.delivery_lease_seconds)
+    d = db.call(lifecycle.start_delivery, job_id, owner, lease)
     if d is None:
         return "missing"
     if d.done:
         return "already delivered"
+    if d.busy:
+        return "being delivered"
     if d.status in (JobStatus.QUEUED, JobStatus.RUNNING):
         return "not finished"
     if d.chat_id is not None:
+
+        async def record(step: int) -> bool:
+            return await asyncio.to_thread(
+                db.call, lifecycle.record_delivery_step, job_id, owner, step
+            )
+
         try:
-            _with_bot(_send_result, d)
+            # The heartbeat keeps the lease while Telegram is slow or asks to wait; a killed
+            # worker stops renewing it, and the sweep sends the rest once it expired.
+            with Lease(ctx, job_id, owner, length=lease, renew_fn=lifecycle.renew_delivery):
+                completed = ctx.call_telegram(lambda bot: _send_result(bot, d, record))
+            if completed is False:
+                return "taken over"
         except TelegramError as exc:
             _count_error(exc)
             if is_terminal(exc):

@@ -17,6 +17,7 @@ from celery import Task
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 from kombu.exceptions import KombuError
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from core.errors import AppError
 from db.models import JobStatus
@@ -64,11 +65,21 @@ class Lease:
     check without writing anything. A worker killed outright stops renewing, and the sweep
     re-queues its job once the lease expires."""
 
-    def __init__(self, ctx: WorkerContext, job_id: int, owner: str) -> None:
+    def __init__(
+        self,
+        ctx: WorkerContext,
+        job_id: int,
+        owner: str,
+        *,
+        length: timedelta | None = None,
+        renew_fn: Callable[[Session, int, str, timedelta], bool] = lifecycle.renew_lease,
+    ) -> None:
         self.ctx = ctx
         self.job_id = job_id
         self.owner = owner
-        self.length = timedelta(seconds=ctx.config.broker.job_lease_seconds)
+        self.length = length or timedelta(seconds=ctx.config.broker.job_lease_seconds)
+        # The job's lease by default; the delivery lease for an io task sending its outcome.
+        self._renew_fn = renew_fn
         self._lost = threading.Event()
         self._stop = threading.Event()
         self._renewed = time.monotonic()
@@ -97,7 +108,7 @@ class Lease:
     def renew(self) -> None:
         """One heartbeat (a database blip is logged; the next beat tries again)."""
         try:
-            ours = self.ctx.db.call(lifecycle.renew_lease, self.job_id, self.owner, self.length)
+            ours = self.ctx.db.call(self._renew_fn, self.job_id, self.owner, self.length)
         except SQLAlchemyError as exc:
             logger.warning("job %s: lease not renewed (%s)", self.job_id, type(exc).__name__)
             return

@@ -11,7 +11,7 @@ from datetime import timedelta
 from celery import Task, shared_task
 
 from db.base import utcnow
-from domain import blobs, lifecycle, privacy
+from domain import blobs, inbox, lifecycle, privacy
 from domain.lifecycle import REDELIVER_AFTER, REQUEUE_AFTER
 from domain.outbox import transact
 from tasks.broadcast import resend_stalled_broadcasts
@@ -74,24 +74,29 @@ def sweep(self: Task) -> dict[str, int]:
         outbox_grace=timedelta(seconds=broker.outbox_grace_seconds),
         time_limit=timedelta(seconds=broker.gpu_time_limit),
         train_time_limit=timedelta(seconds=broker.train_time_limit),
+        redeliver_after=timedelta(seconds=broker.delivery_lease_seconds),
     )
 
 
 @shared_task(name="maintenance.expire", bind=True, ignore_result=True)
 def expire(self: Task) -> int:
     """Privacy: delete photos past their retention period, the images of jobs past
-    LIMITS_RESULT_RETENTION_DAYS, and the pictures of trainings that have ended."""
+    LIMITS_RESULT_RETENTION_DAYS and the pictures of trainings that have ended; and the updates
+    handled more than a day ago (`domain.inbox.KEEP_DONE`)."""
     ctx = get_context()
     now = utcnow()
     removed = ctx.db.call(privacy.expire_photos, ctx.blobs, now)
     retention = timedelta(days=ctx.config.limits.result_retention_days)
     results = ctx.db.call(privacy.expire_results, ctx.blobs, now, retention)
     trainings = ctx.db.call(privacy.drop_training_images, ctx.blobs)
+    purged = ctx.db.call(inbox.purge)
     logger.info(
-        "expired %d photos, the images of %d jobs, the pictures of %d ended trainings",
+        "expired %d photos, the images of %d jobs, the pictures of %d ended trainings; "
+        "purged %d handled updates",
         removed,
         results,
         trainings,
+        purged,
     )
     return removed
 

@@ -3,7 +3,8 @@
 The bot runs with `updater(None)`; the composition root gives this app the bot's PTB
 `Application`. Only requests carrying TELEGRAM_WEBHOOK_SECRET in
 `X-Telegram-Bot-Api-Secret-Token` (compared in constant time) get past the guard; the update is
-queued and answered 200 at once, and the bot processes it exactly like a polled one, so several
+stored in the inbox (`domain.inbox`), queued and answered 200, and the bot processes it exactly
+like a polled one (a copy Telegram sends again is answered 200, not queued), so several
 bot processes behind a load balancer can share one token (conversation state is in the
 database)."""
 
@@ -18,8 +19,10 @@ from telegram import Update
 from telegram.ext import Application
 
 from core.errors import Forbidden
+from db.session import Database
+from domain import inbox
 from web.http import BadRequest, Call
-from web.keys import CONFIG, METRICS, TELEGRAM, UPDATE_SINK
+from web.keys import CONFIG, DB, METRICS, TELEGRAM, UPDATE_SINK
 from web.openapi import Route
 from web.schemas import TelegramUpdateIn
 
@@ -37,14 +40,21 @@ def secret_matches(expected: str | None, received: str | None) -> bool:
 
 
 async def process_webhook_update(
-    application: Application[Any, Any, Any, Any, Any, Any], data: dict[str, Any]
+    application: Application[Any, Any, Any, Any, Any, Any],
+    data: dict[str, Any],
+    db: Database | None = None,
 ) -> Update | None:
-    """Queue one update received by the webhook route; None if the JSON is not an update."""
+    """Queue one update received by the webhook route; None if the JSON is not an update.
+
+    With `db`, the update is stored in the inbox first (`domain.inbox`): the route answers 200
+    only once a restarted bot would replay it, and a copy Telegram sends again is not queued."""
     try:
         update = Update.de_json(data, application.bot)
     except (KeyError, TypeError, ValueError):
         logger.warning("webhook: ignoring a body that is not a Telegram update")
         return None
+    if db is not None and not await db.run(inbox.store, update.update_id, data):
+        return update
     await application.update_queue.put(update)
     return update
 
@@ -71,7 +81,7 @@ async def telegram_webhook(call: Call) -> web.Response:
         await sink(data)
         call.app[METRICS].webhook_updates.labels(outcome="accepted").inc()
         return web.Response(status=200)
-    update = await process_webhook_update(call.app[TELEGRAM], data)
+    update = await process_webhook_update(call.app[TELEGRAM], data, call.app.get(DB))
     if update is None:
         call.app[METRICS].webhook_updates.labels(outcome="invalid").inc()
         raise BadRequest("not a Telegram update")

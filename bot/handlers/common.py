@@ -28,7 +28,12 @@ async def announce_and_dispatch(
     update: Update, context: BotContext, created: jobs.CreatedJob
 ) -> None:
     """Send the job's status message (queue position, estimate, Cancel), then release the job
-    to the workers (if the broker is down, the sweep publishes it later)."""
+    to the workers (if the broker is down, the sweep publishes it later).
+
+    A replayed update (the bot died while handling it) finds the job it created: the status
+    message is sent only if that run never got to it, and the job released with it."""
+    if created.replayed and created.status_message_id is not None:
+        return
     message = await reply(
         update,
         context,
@@ -52,6 +57,7 @@ async def start_portrait(
         context.account.id,
         style_id=style_id,
         chat_id=update.effective_chat.id,
+        update_id=update.update_id,
         limits=context.config.limits,
         is_admin=context.is_admin,
         payments=context.config.payments,

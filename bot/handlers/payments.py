@@ -18,6 +18,7 @@ from telegram.error import TelegramError
 
 from bot.context import BotContext
 from bot.handlers.common import reply
+from bot.polling import was_replayed
 from core.errors import NotFound, PaymentRefused
 from domain import billing
 from domain.audit import bot_actor
@@ -137,8 +138,10 @@ async def on_pre_checkout(update: Update, context: BotContext) -> None:
 
 async def on_successful_payment(update: Update, context: BotContext) -> None:
     """The money arrived: credit the invoice it paid, once per charge id (a duplicate update
-    does nothing). A payment that matches no invoice we issued credits nothing: it is kept,
-    the payer is told an admin will look at it, and the admin chat is alerted."""
+    does nothing, except a replay of this very update after the bot died: it credited, but may
+    never have said so, so it says it again). A payment that matches no invoice we issued
+    credits nothing: it is kept, the payer is told an admin will look at it, and the admin chat
+    is alerted."""
     payment = update.effective_message.successful_payment
     result = await context.transact(
         billing.record_payment,
@@ -151,8 +154,12 @@ async def on_successful_payment(update: Update, context: BotContext) -> None:
     )
     if result.duplicate:
         context.deps.metrics.record_payment("duplicate")
-        return
-    if result.unmatched is not None:
+        if not was_replayed(context.bot_data, update.update_id):
+            return
+        if result.unmatched is not None:
+            await reply(update, context, context.t("pay.unmatched"))
+            return
+    elif result.unmatched is not None:
         context.deps.metrics.record_payment("unmatched", result.stars)
         await reply(update, context, context.t("pay.unmatched"))
         await _tell_admin_chat(
@@ -167,7 +174,8 @@ async def on_successful_payment(update: Update, context: BotContext) -> None:
             id=result.payment_id,
         )
         return
-    context.deps.metrics.record_payment("succeeded", result.stars)
+    else:
+        context.deps.metrics.record_payment("succeeded", result.stars)
     await reply(
         update,
         context,

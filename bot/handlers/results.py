@@ -91,6 +91,7 @@ async def on_upscale(update: Update, context: BotContext, data: cb.Upscale) -> N
         index=data.index,
         size=jobs.HD_SIZE,
         chat_id=update.effective_chat.id,
+        update_id=update.update_id,
         limits=context.config.limits,
         is_admin=context.is_admin,
         payments=context.config.payments,

@@ -85,6 +85,7 @@ async def start_template(
         context.account.id,
         faces=faces,
         chat_id=update.effective_chat.id,
+        update_id=update.update_id,
         limits=context.config.limits,
         is_admin=context.is_admin,
         payments=context.config.payments,

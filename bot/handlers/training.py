@@ -188,6 +188,7 @@ async def on_train_confirm(update: Update, context: BotContext, data: cb.TrainCo
         trigger_word=str(conv.data.get("train_trigger", "")),
         photo_ids=photo_ids,
         chat_id=update.effective_chat.id,
+        update_id=update.update_id,
         limits=context.config.limits,
         is_admin=context.is_admin,
     )

@@ -9,6 +9,7 @@ from db.models.state import ServiceState
 from db.models.style import BaseModelName, Style, StyleOrigin
 from db.models.template import Template
 from db.models.training import StyleTraining
+from db.models.update import InboundUpdate
 from db.models.user import User, UserSession
 from db.models.webhook import WebhookDelivery, WebhookEndpoint
 
@@ -19,6 +20,7 @@ __all__ = [
     "BaseModelName",
     "Broadcast",
     "ChargeKind",
+    "InboundUpdate",
     "Invoice",
     "Job",
     "JobKind",

@@ -96,6 +96,16 @@ class Job(TimestampMixin, Base):
     charge: Mapped[str | None] = mapped_column(String(8))
     charge_credits: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     charge_returned_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The Telegram update that created the job (None: the API or an admin): a replayed update
+    # (the bot died before it was marked done) finds its job instead of creating a second one.
+    update_id: Mapped[int | None] = mapped_column(BigInteger, unique=True)
+    # The delivery lease (docs/ARCHITECTURE.md, "Delivery lease"): the io task sending the
+    # outcome and until when, renewed while it sends; the sweep sends again once it expired.
+    # `delivery_step` counts the outcome's send calls that returned, so a second delivery goes
+    # on after the last one recorded instead of repeating it.
+    delivery_owner: Mapped[str | None] = mapped_column(String(128))
+    delivery_lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    delivery_step: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     @property
     def is_active(self) -> bool:
@@ -130,6 +140,9 @@ class Job(TimestampMixin, Base):
             self.delivered_at = None
             self.delivery_attempts = 0
             self.delivery_error = None
+            self.delivery_owner = None
+            self.delivery_lease_expires_at = None
+            self.delivery_step = 0
             self.lease_owner = None
             self.lease_expires_at = None
         elif to in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED):

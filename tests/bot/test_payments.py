@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from bot.polling import replay_unfinished
 from core.settings import PaymentsSettings
 from db.models import AuditEntry, Invoice, JobStatus, LedgerEntry, LedgerKind, Pack, Payment, User
-from domain import billing, lifecycle
+from domain import billing, inbox, lifecycle
 from telegram_ui.i18n import ntranslate, translate
 from tests.bot.conftest import ADMIN_ID, BotHarness, give_selfie, jobs_of
 from tests.utils.factories import make_user
@@ -135,6 +136,38 @@ class TestBuying:
             assert len(s.scalars(select(Payment)).all()) == 1
         assert shop.metrics.payments.labels(event="duplicate")._value.get() == 1
         assert shop.metrics.payment_stars.labels(event="succeeded")._value.get() == 30
+
+    async def test_a_replayed_payment_says_it_was_credited_again(self, shop: BotHarness) -> None:
+        """The bot credited the payment and died before its reply: the restarted bot replays
+        the update from the inbox, credits nothing, and tells the payer."""
+        tg = shop.tg
+        ivy = tg.user(9103, "Ivy", "en")
+        charge = await buy(shop, ivy)
+        assert shop.app is not None
+        update = {
+            "update_id": 990001,
+            "message": {
+                "message_id": 990001,
+                "date": 0,
+                "chat": ivy.chat(),
+                "from": ivy.to_dict(),
+                "successful_payment": {
+                    "currency": "XTR",
+                    "total_amount": 30,
+                    "invoice_payload": tg.charges[charge].payload,
+                    "telegram_payment_charge_id": charge,
+                    "provider_payment_charge_id": "",
+                },
+            },
+        }
+        shop.db.call(inbox.store, 990001, update)
+        since = len(tg.calls)
+        assert await replay_unfinished(shop.app, shop.db) == 1
+        await tg.wait_text(ivy.id, "credits added", since=since)
+        await tg.idle()
+        assert credits_of(shop, ivy.id) == 3
+        assert len([t for t in tg.sent_texts(ivy.id) if "credits added" in t]) == 2
+        assert shop.db.call(inbox.is_done, 990001)
 
     async def test_checkout_for_a_changed_price_is_refused(self, shop: BotHarness) -> None:
         tg = shop.tg

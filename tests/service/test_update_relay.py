@@ -17,6 +17,7 @@ from telegram.ext import ApplicationBuilder
 from core.errors import ConfigError
 from core.metrics import create_metrics
 from core.settings import AppConfig, BrokerSettings, TelegramSettings
+from db.session import Database
 from service.relay_auth import RelayRejected, open_update, relay_key, sign_update
 from service.runner import broker_sink, start_relay
 from service.update_relay import UpdateRelay, publish_update, wait_connected
@@ -78,7 +79,9 @@ ADMIN = 4242
 RELAY_TEST_DB = 12
 
 
-async def test_the_bot_handles_only_updates_web_signed(tmp_path: Path) -> None:
+async def test_the_bot_handles_only_updates_web_signed(
+    tmp_path: Path, committed_db: Database
+) -> None:
     """Whoever can write to the broker cannot speak for Telegram: an unsigned update (an admin's
     /grant, say) pushed onto telegram.updates is dropped and counted, one signed with another
     key too; the one `web` signed is handled (on dbcd432 the unsigned one was handled)."""
@@ -92,7 +95,7 @@ async def test_the_bot_handles_only_updates_web_signed(tmp_path: Path) -> None:
     celery = create_celery(config, queues=())
     application = ApplicationBuilder().token("123456:TEST-token").updater(None).build()
     metrics = create_metrics()
-    relay = start_relay(config, application, metrics)
+    relay = start_relay(config, application, committed_db, metrics)
     try:
         assert await asyncio.to_thread(wait_connected, relay, 10)
         forged = _text_update(1, "/grant 4242 1000000")

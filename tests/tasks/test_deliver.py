@@ -135,6 +135,41 @@ class TestSendResult:
         assert translate("en", "job.cancelled_after_start") in texts
         assert translate("en", "job.cancelled") not in texts
 
+    async def test_a_second_delivery_goes_on_after_the_recorded_album(
+        self, tg: FakeTelegram, ctx: WorkerContext
+    ) -> None:
+        """The io worker that sent the album died before its follow-ups: the next delivery
+        sends the status edit and "what next", never the album again."""
+        images = [
+            ctx.blobs.put((FACES / n).read_bytes()) for n in ("man_pose1.png", "man_pose2.png")
+        ]
+        job_id = _job(ctx, JobStatus.SUCCEEDED, result_blobs=images, delivery_step=1)
+        assert await asyncio.to_thread(send_result, job_id) == "delivered"
+        assert tg.calls_to("sendMediaGroup") == []
+        await tg.wait_for("sendMessage", chat_id=7001)
+        row = _row(ctx, job_id)
+        assert row.delivered_at is not None
+        assert row.delivery_step == 3  # album, status edit, "what next"
+        assert row.delivery_owner is None
+
+    async def test_a_live_delivery_lease_of_another_task_sends_nothing(
+        self, tg: FakeTelegram, ctx: WorkerContext
+    ) -> None:
+        job_id = _job(ctx, JobStatus.SUCCEEDED, result_blobs=[])
+        with ctx.db.session() as s:
+            claimed = lifecycle.start_delivery(s, job_id, "io-a:task-1", timedelta(minutes=1))
+        assert claimed is not None
+        assert not claimed.busy
+        assert await asyncio.to_thread(send_result, job_id) == "being delivered"
+        assert tg.calls == []
+        assert _delivered_at(ctx, job_id) is None
+        # Once that lease expired (its worker died), the next delivery takes over.
+        with ctx.db.session() as s:
+            row = s.get(Job, job_id)
+            assert row is not None
+            row.delivery_lease_expires_at = datetime.now(UTC) - timedelta(seconds=1)
+        assert await asyncio.to_thread(send_result, job_id) == "delivered"
+
     async def test_operator_hears_about_missing_weights(
         self, tg: FakeTelegram, ctx: WorkerContext
     ) -> None:
@@ -175,7 +210,7 @@ class TestSendResult:
     ) -> None:
         job_id = _job(ctx, JobStatus.SUCCEEDED, result_blobs=[])
 
-        async def broken(bot: object, d: object) -> None:
+        async def broken(bot: object, d: object, *_: object) -> None:
             if isinstance(cause, ConnectionRefusedError):
                 key = aiohttp.client_reqrep.ConnectionKey(
                     "api.telegram.org", 443, True, True, None, None, None
@@ -205,7 +240,7 @@ class TestTransientRetries:
         sends: list[int] = []
         countdowns: list[float] = []
 
-        async def unsent(bot: object, d: object) -> None:
+        async def unsent(bot: object, d: object, *_: object) -> None:
             sends.append(1)
             raise NetworkError("Bad Gateway")  # an error answer: certainly not shown
 

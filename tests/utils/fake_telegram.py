@@ -151,6 +151,9 @@ class FakeTelegram:
         self._file_ids = itertools.count(1)
         self._query_ids = itertools.count(1)
         self._failures: dict[str, deque[tuple[int, int | None]]] = {}
+        # Methods whose calls wait, unanswered, until the gate opens (`hold`), and those calls.
+        self._holds: dict[str, asyncio.Event] = {}
+        self.held: list[ApiCall] = []
         self._changed = asyncio.Condition()
         self._closing = False
         self._runner: web.AppRunner | None = None
@@ -232,6 +235,12 @@ class FakeTelegram:
         queue = self._failures.setdefault(method, deque())
         for _ in range(times):
             queue.append((status, retry_after))
+
+    def hold(self, method: str) -> asyncio.Event:
+        """Keep every call of `method` unanswered until the returned event is set (a request in
+        flight when a process is killed); `held` lists the calls that waited."""
+        gate = self._holds[method] = asyncio.Event()
+        return gate
 
     # files -----------------------------------------------------------------------------
 
@@ -641,6 +650,11 @@ class FakeTelegram:
         return response
 
     async def _answer(self, call: ApiCall) -> web.Response:
+        gate = self._holds.get(call.method)
+        if gate is not None and not gate.is_set():
+            self.held.append(call)
+            await self._notify()
+            await gate.wait()
         failures = self._failures.get(call.method)
         if failures:
             status, retry_after = failures.popleft()
