@@ -11,8 +11,17 @@ whole time and the queue is long), then keeps using the bot for `--seconds`: bro
 carousel, /help, /history, /style, text, "Use this style" again (answered "a job is already
 running"). Users are closed loops: send one update, wait for the bot's first reply (the first Bot
 API call the update causes: answerCallbackQuery for a button, typing/sendMessage/sendPhoto for a
-message), think `--think-ms`, repeat. The per-user flood limit is lifted for the run
+message), think `--think-ms`, repeat. Updates the bot answers with a new message (commands, text,
+"Use this style") come at most one a second per user (`--message-gap-ms`), as a person types:
+Telegram lets a bot post about one message a second in a chat, so a user sending more would be
+measuring the flood limit, not capacity; in between, the user browses the carousel (answered
+with edits, which are not messages). The per-user flood limit is lifted for the run
 (LIMITS_UPDATES_PER_MINUTE): this measures capacity, not the limiter.
+
+The fake Bot API checks Telegram's flood limits as `telegram_ui.flood` states them (one message
+a second per private chat with bursts of 3, 20 a minute per group), on arrival times with
+`FLOOD_SLACK_S` of slack for the loopback and event loops: a chat that receives messages faster
+fails the run (exit status 1), whatever the figures.
 
 Reported: updates/s accepted (fetched by the bot) and answered in the window; p50/p95/p99 from
 update to first reply; p50/p95/p99 from "Use this style" to the album for jobs delivered before
@@ -35,6 +44,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +65,8 @@ SELFIES = (
 BENCH_DB = "facechain_bench"
 FIRST_USER_ID = 900_000
 REPLY_TIMEOUT_S = 15.0
+# How much earlier than the flood limits allow a message may arrive (scheduling jitter).
+FLOOD_SLACK_S = 0.25
 # Methods the bot (never a worker) calls first when it answers a message.
 FIRST_REPLY_METHODS = frozenset(
     {"sendMessage", "sendPhoto", "sendChatAction", "editMessageMedia", "editMessageReplyMarkup"}
@@ -82,6 +94,42 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
+class FloodCheck:
+    """Telegram's side of the flood limits: every message a chat receives is booked on that
+    chat's schedule (`telegram_ui.flood`); one arriving earlier than it allows (less the slack)
+    is a violation."""
+
+    def __init__(self) -> None:
+        self.chats: dict[int, Any] = {}
+        # Each chat's last messages (method, arrival), to show what came before a violation.
+        self.recent: dict[int, deque[tuple[str, float]]] = {}
+        self.messages = 0
+        self.violations: list[str] = []
+        self.worst_s = 0.0
+
+    def on_call(self, call: Any) -> None:
+        """Book a message (other calls are not limited)."""
+        from telegram_ui.flood import chat_schedule, posts_message
+
+        chat = call.chat_id
+        if chat is None or not posts_message(call.method):
+            return
+        self.messages += 1
+        schedule = self.chats.get(chat)
+        if schedule is None:
+            schedule = self.chats[chat] = chat_schedule(chat)
+        recent = self.recent.setdefault(chat, deque(maxlen=6))
+        recent.append((call.method, call.at))
+        early = schedule.earliest(-math.inf) - call.at
+        self.worst_s = max(self.worst_s, early)
+        if early > FLOOD_SLACK_S:
+            before = ", ".join(f"{m} {(at - call.at) * 1000:+.0f} ms" for m, at in recent)
+            self.violations.append(
+                f"chat {chat}: {call.method} {early * 1000:.0f} ms early (last: {before})"
+            )
+        schedule.commit(call.at)
+
+
 @dataclass
 class Recorder:
     """Attributes Bot API calls to the updates that caused them (closed loop per user)."""
@@ -95,9 +143,11 @@ class Recorder:
     )
     albums: dict[int, float] = field(default_factory=dict)
     fetched: dict[int, float] = field(default_factory=dict)
+    flood: FloodCheck = field(default_factory=FloodCheck)
 
     def on_call(self, call: Any) -> None:
         """Called for every Bot API request the fake server receives."""
+        self.flood.on_call(call)
         chat = call.chat_id
         if call.method == "sendMediaGroup" and chat is not None:
             self.albums.setdefault(chat, call.at)
@@ -218,26 +268,37 @@ class SimUser:
         return photos[-1] if photos else None
 
     async def browse(self, deadline: float) -> None:
-        """Use the bot until the deadline (closed loop)."""
-        actions = (
+        """Use the bot until the deadline (closed loop): an update answered with a new message
+        once `--message-gap-ms` has passed since the last one, carousel buttons meanwhile."""
+        in_place = (
             lambda: self.press(
                 "next_style", f"sp:all:{self.rng.randrange(50)}", "editMessageMedia"
             ),
-            lambda: self.text("help", "/help"),
             lambda: self.press(
                 "prev_style", f"sp:all:{self.rng.randrange(50)}", "editMessageMedia"
             ),
-            lambda: self.text("text", "hello there"),
             lambda: self.press("categories", "sc:0", "editMessageReplyMarkup"),
+        )
+        messages = (
+            lambda: self.text("help", "/help"),
+            lambda: self.text("text", "hello there"),
             lambda: self.text("history", "/history"),
             lambda: self.press("use_style_again", f"su:{self.load.style_ids[0]}", "sendMessage"),
             lambda: self.text("style", "/style"),
             lambda: self.text("start", "/start"),
         )
-        step = self.rng.randrange(len(actions))
+        step = self.rng.randrange(len(messages))
+        browse_step = self.rng.randrange(len(in_place))
+        # The setup's messages just went: the first command waits a gap too.
+        last_message = time.monotonic()
         while time.monotonic() < deadline:
-            await actions[step % len(actions)]()
-            step += 1
+            if time.monotonic() - last_message >= self.load.message_gap_s:
+                last_message = time.monotonic()
+                await messages[step % len(messages)]()
+                step += 1
+            else:
+                await in_place[browse_step % len(in_place)]()
+                browse_step += 1
             if self.load.think_s:
                 await asyncio.sleep(self.rng.expovariate(1.0 / self.load.think_s))
 
@@ -248,6 +309,7 @@ class LoadTest:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.think_s = args.think_ms / 1000.0
+        self.message_gap_s = args.message_gap_ms / 1000.0
         self.window: tuple[float, float] = (math.inf, math.inf)
         self.workdir = Path(tempfile.mkdtemp(prefix="facechain-load-"))
         self.selfies = [(ROOT / "tests" / "fixtures" / "faces" / n).read_bytes() for n in SELFIES]
@@ -451,6 +513,10 @@ class LoadTest:
             "generation_mean_s": generation / len(finished) if finished else math.nan,
             "cpu": cpu,
             "bot_rss_mib": _rss_mib(self.bot.proc.pid),
+            "messages": self.recorder.flood.messages,
+            "chats": len(self.recorder.flood.chats),
+            "flood_worst_ms": self.recorder.flood.worst_s * 1000,
+            "flood_violations": list(self.recorder.flood.violations),
         }
 
 
@@ -464,6 +530,7 @@ def print_report(r: dict[str, Any], args: argparse.Namespace) -> None:
     """The human-readable lines, then the one summary line."""
     print(
         f"users: {r['users']}, window: {r['seconds']:.1f} s, think: {args.think_ms} ms, "
+        f"message gap: {args.message_gap_ms} ms, "
         f"workers: 1 gpu (tiny, 1 thread), 1 io; setup of all users took {r['setup_s']:.1f} s"
     )
     print(
@@ -493,6 +560,13 @@ def print_report(r: dict[str, Any], args: argparse.Namespace) -> None:
         + ", ".join(f"{name} {share:.0%}" for name, share in r["cpu"].items())
         + f" (machine: {os.cpu_count()} cores); bot RSS {r['bot_rss_mib']:.0f} MiB"
     )
+    print(
+        f"flood limits: {r['messages']} messages to {r['chats']} chats, the earliest "
+        f"{r['flood_worst_ms']:.0f} ms before its chat's schedule allowed "
+        f"(slack {FLOOD_SLACK_S * 1000:.0f} ms), {len(r['flood_violations'])} over the limit"
+    )
+    for violation in r["flood_violations"][:10]:
+        print(f"  over the flood limit: {violation}")
     print(f"accepted_updates_per_s: {r['accepted_per_s']:.1f} p99_first_reply_ms: {r['p99']:.0f}")
 
 
@@ -505,6 +579,9 @@ async def main_async(args: argparse.Namespace) -> int:
     finally:
         await load.stop()
     print_report(result, args)
+    if result["flood_violations"]:
+        print("FAILED: a chat received messages faster than Telegram's flood limits allow")
+        return 1
     return 0
 
 
@@ -514,6 +591,12 @@ def main() -> int:
     parser.add_argument("--users", type=int, default=50, help="simulated users (default 50)")
     parser.add_argument("--seconds", type=float, default=20, help="measured window (default 20)")
     parser.add_argument("--think-ms", type=float, default=0, help="mean pause between updates")
+    parser.add_argument(
+        "--message-gap-ms",
+        type=float,
+        default=1000,
+        help="least time between a user's updates answered with a new message (default 1000)",
+    )
     parser.add_argument(
         "--images", type=int, default=2, help="portraits per job, 2 to 8 (default 2)"
     )

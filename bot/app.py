@@ -247,7 +247,7 @@ def build_application(
         .base_file_url(telegram.file_base_url)
         .context_types(ContextTypes(context=BotContext))
         .concurrent_updates(processor)
-        .rate_limiter(TelegramLimiter())
+        .rate_limiter(TelegramLimiter(bulk_per_second=telegram.bulk_messages_per_second))
         # aiohttp, not PTB's default httpx: a fifth of the CPU per Bot API call (bot/transport.py).
         .request(AiohttpRequest(connection_pool_size=64, media_write_timeout=60))
         .get_updates_request(AiohttpRequest(connection_pool_size=1))

@@ -21,6 +21,7 @@ from telegram.ext import ApplicationHandlerStop
 
 from core.errors import AppError, CreditsNeeded
 from facechain.errors import FaceChainError
+from telegram_ui.client import bulk_sends
 from telegram_ui.i18n import DEFAULT_LANGUAGE, error_text, normalize_language, translate
 from telegram_ui.keyboards import buy_keyboard
 
@@ -86,7 +87,8 @@ async def _alert_admin(update: object, context: Any, error: BaseException) -> No
         f"<pre>{html.escape(tb)}</pre>"
     )
     try:
-        await context.bot.send_message(chat_id, text, parse_mode="HTML")
+        with bulk_sends():
+            await context.bot.send_message(chat_id, text, parse_mode="HTML")
     except TelegramError as exc:
         logger.warning("could not alert the admin chat: %s", exc)
 

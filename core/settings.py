@@ -62,6 +62,8 @@ class TelegramSettings(BaseSettings):
     webhook_secret: SecretStr | None = None
     # Users allowed to train styles besides admins.
     trainer_ids: Annotated[list[int], NoDecode] = Field(default_factory=list)
+    # Messages the bot starts itself (broadcasts, scheduled notices) per second, in all chats.
+    bulk_messages_per_second: float = Field(default=30.0, gt=0)
 
     @field_validator("admin_ids", "trainer_ids", mode="before")
     @classmethod

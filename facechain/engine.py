@@ -349,19 +349,22 @@ def letterbox(image: Image.Image, size: int) -> Image.Image:
 
 
 def pose_pad(image: Image.Image, size: int) -> Image.Image:
-    """FaceChain's pose letterbox (`img_pad`) into a black size x size square.
+    """FaceChain's pose letterbox (`img_pad`) into a black size x size square, pixel for pixel.
 
-    Taller than wide (relative to the square): fit the height, pad left and right evenly.
-    Otherwise: fit the width and pad the top only, so the photo sits on the bottom edge.
+    Taller than wide (relative to the square): fit the height, pad left and right evenly (the odd
+    column on the right). Otherwise: fit the width and pad the top only, so the photo sits on the
+    bottom edge. As there, the new side is truncated (`int(w / (h / size))`) and the resize uses
+    Pillow's default resampling (BICUBIC); a side that would truncate to 0 is kept at 1 pixel
+    (FaceChain would fail on it).
     """
     image = image.convert("RGB")
-    if image.height >= image.width:
-        w = max(1, round(image.width * size / image.height))
-        resized = image.resize((w, size), Image.Resampling.BILINEAR)
-        offset = ((size - w) // 2, 0)
+    if image.height / float(size) >= image.width / float(size):
+        w = max(1, int(image.width / (image.height / float(size))))
+        resized = image.resize((w, size), Image.Resampling.BICUBIC)
+        offset = (int((size - w) / 2), 0)
     else:
-        h = max(1, round(image.height * size / image.width))
-        resized = image.resize((size, h), Image.Resampling.BILINEAR)
+        h = max(1, int(image.height / (image.width / float(size))))
+        resized = image.resize((size, h), Image.Resampling.BICUBIC)
         offset = (0, size - h)
     canvas = Image.new("RGB", (size, size))
     canvas.paste(resized, offset)

@@ -1,7 +1,8 @@
 """io task `broadcast.send`: send a broadcast's text to every recipient, throttled, resumable.
 
 The state (claim, cursor, counts, finish) is `domain.broadcasts`; this module paces the sends.
-Sends are spaced to at most `RATE_PER_SECOND` (under Telegram's ~30/s bulk limit), a
+Sends are spaced to at most the bulk limit (`TELEGRAM_BULK_MESSAGES_PER_SECOND`, Telegram's
+~30/s; the Bot's limiter holds them to it too, with the process's other bulk messages), a
 `RetryAfter` pauses for as long as Telegram asks, and a task runs for at most
 `RUN_BUDGET_SECONDS` before re-publishing itself so it stays under the io queue's time limit.
 A message is sent again only when Telegram certainly did not get it (`telegram_ui.client`)."""
@@ -23,7 +24,7 @@ from db.session import Database
 from domain import broadcasts
 from domain.outbox import Outbox, Publisher
 from tasks.dispatch import enqueue_broadcast
-from telegram_ui.client import may_have_reached_telegram, retry_after_seconds
+from telegram_ui.client import bulk_sends, may_have_reached_telegram, retry_after_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +56,8 @@ async def _send_one(
     message may have arrived without an answer (never sent twice)."""
     for attempt in range(1, SEND_TRIES + 1):
         try:
-            await bot.send_message(chat_id=chat_id, text=text)
+            with bulk_sends():
+                await bot.send_message(chat_id=chat_id, text=text)
             return True
         except RetryAfter as exc:
             seconds = retry_after_seconds(exc)
@@ -134,7 +136,12 @@ def send_broadcast(broadcast_id: int) -> str:
     budget = min(RUN_BUDGET_SECONDS, max(1.0, ctx.config.broker.io_time_limit * 0.75))
     status = ctx.call_telegram(
         lambda bot: run_broadcast(
-            ctx.db, bot, broadcast_id, publisher=ctx.publisher, budget_seconds=budget
+            ctx.db,
+            bot,
+            broadcast_id,
+            publisher=ctx.publisher,
+            rate=ctx.config.telegram.bulk_messages_per_second,
+            budget_seconds=budget,
         )
     )
     if status == "more":

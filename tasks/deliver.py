@@ -38,7 +38,12 @@ from domain import lifecycle, privacy
 from domain.lifecycle import Delivery
 from tasks.context import get_context
 from tasks.jobs import Lease
-from telegram_ui.client import may_have_reached_telegram, retry_after_seconds, too_large
+from telegram_ui.client import (
+    bulk_sends,
+    may_have_reached_telegram,
+    retry_after_seconds,
+    too_large,
+)
 from telegram_ui.i18n import error_text, ntranslate, safety_alert_text, translate
 from telegram_ui.keyboards import cancel_job_keyboard, result_keyboard
 from telegram_ui.media import full_size_document, outgoing
@@ -242,9 +247,10 @@ async def _alert_operator(bot: Bot, d: Delivery) -> None:
     if admin_chat is None or d.error_code not in OPERATOR_CODES:
         return
     detail = (d.error_detail or "")[:500]
-    await bot.send_message(
-        admin_chat, f"⚠️ job {d.job_id} ({d.kind.value}) failed: {d.error_code}\n{detail}"
-    )
+    with bulk_sends():
+        await bot.send_message(
+            admin_chat, f"⚠️ job {d.job_id} ({d.kind.value}) failed: {d.error_code}\n{detail}"
+        )
 
 
 async def _tell_undeliverable(bot: Bot, d: Delivery) -> None:

@@ -23,6 +23,7 @@ from db.locks import try_lock
 from domain import billing
 from tasks.context import WorkerContext, get_context
 from telegram_ui import payments as telegram_payments
+from telegram_ui.client import as_bulk, bulk_sends
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +60,11 @@ def reconcile_once(ctx: WorkerContext, metrics: Metrics | None = None) -> Reconc
             return ReconcileRun("locked")
         try:
             found = ctx.call_telegram(
-                lambda bot: telegram_payments.reconcile(
-                    lambda: nullcontext(bot), ctx.db, ctx.publisher, locked=True
+                # The payers' notices are the bot's own messages: bulk.
+                lambda bot: as_bulk(
+                    telegram_payments.reconcile(
+                        lambda: nullcontext(bot), ctx.db, ctx.publisher, locked=True
+                    )
                 )
             )
         except TelegramError as exc:  # DeadlineExceeded included
@@ -96,7 +100,8 @@ def _tell_admins(ctx: WorkerContext, run: ReconcileRun) -> None:
     text = telegram_payments.reconcile_text(None, run.found, scheduled=True)
 
     async def send(bot: Bot) -> None:
-        await bot.send_message(admin_chat, text)
+        with bulk_sends():
+            await bot.send_message(admin_chat, text)
 
     try:
         ctx.call_telegram(send)

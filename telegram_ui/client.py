@@ -1,9 +1,14 @@
-"""Calls to the Bot API from the bot and the io worker: PTB's `AIORateLimiter` plus a retry that
-never sends a message twice.
+"""Calls to the Bot API from the bot and the io worker: Telegram's flood limits, and a retry
+that never sends a message twice.
 
-`AIORateLimiter` spaces our requests under Telegram's flood limits and, on a 429, waits the
-`retry_after` Telegram asks for (pausing every request meanwhile) before trying again. A 429
-means Telegram did nothing, so any call may be repeated. Network trouble is another matter:
+`TelegramLimiter` spaces what we send as Telegram documents (`telegram_ui.flood`): in each
+private chat about one message a second with short bursts, in each group 20 a minute, and, for
+messages the bot starts itself (broadcasts, scheduled notices: sent inside `bulk_sends`), about
+30 a second in all. Nothing else waits: answering a button, a chat action or an edit goes at
+once, and no chat's messages wait behind another chat's. On a 429 it waits the `retry_after`
+Telegram asks for before trying again, holding back meanwhile what the 429 was about (that
+chat, the bulk messages, or, for a call to no chat, every call). A 429 means Telegram did
+nothing, so any call may be repeated. Network trouble is another matter:
 
 - the connection was never made (refused, DNS, connect or pool timeout): Telegram got nothing,
   so the call is repeated whatever it is;
@@ -19,9 +24,12 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import math
 import random
 import threading
-from collections.abc import Awaitable, Callable, Coroutine
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from contextvars import ContextVar
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -29,10 +37,17 @@ import aiohttp
 import httpx
 from telegram import Bot
 from telegram.error import BadRequest, NetworkError, RetryAfter, TimedOut
-from telegram.ext import AIORateLimiter, ExtBot
+from telegram.ext import BaseRateLimiter, ExtBot
 from telegram.request import HTTPXRequest
 
 from core.settings import TelegramSettings
+from telegram_ui.flood import (
+    BULK_PER_SECOND,
+    Schedule,
+    TokenBucket,
+    chat_schedule,
+    posts_message,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -98,19 +113,41 @@ def safe_to_repeat(endpoint: str, exc: NetworkError) -> bool:
     return endpoint.startswith(IDEMPOTENT_PREFIXES) or not may_have_reached_telegram(exc)
 
 
-class _WaitTooLong(Exception):
-    """Carries a RetryAfter longer than we are willing to wait past AIORateLimiter."""
+# Set inside `bulk_sends`: the messages sent are the bot's own, not answers to an update.
+_BULK: ContextVar[bool] = ContextVar("telegram_bulk", default=False)
+# Extra wait after a 429's retry_after (as PTB's AIORateLimiter).
+RETRY_AFTER_MARGIN = 0.1
+# Chat schedules kept before idle ones are forgotten.
+MAX_CHAT_SCHEDULES = 1024
 
-    def __init__(self, error: RetryAfter) -> None:
-        super().__init__(str(error))
-        self.error = error
+
+@contextlib.contextmanager
+def bulk_sends() -> Iterator[None]:
+    """Messages sent in this block are ones the bot starts itself (a broadcast, a scheduled
+    notice, an admin alert): they take the bulk limit as well as their chat's.
+
+    A context variable: set it in the coroutine that sends (on the loop that runs it), not
+    around `BotRunner.run`, whose calls run on another thread."""
+    token = _BULK.set(True)
+    try:
+        yield
+    finally:
+        _BULK.reset(token)
 
 
-class TelegramLimiter(AIORateLimiter):
-    """`AIORateLimiter` (throttling, RetryAfter) plus network retries that cannot duplicate.
+async def as_bulk(call: Awaitable[T]) -> T:
+    """Await `call` inside `bulk_sends`."""
+    with bulk_sends():
+        return await call
+
+
+class TelegramLimiter(BaseRateLimiter[int]):
+    """Telegram's flood limits per chat and for bulk messages, RetryAfter honoured, and
+    network retries that cannot duplicate (module docstring).
 
     A RetryAfter longer than `max_retry_after` is not waited out here: it reaches the caller,
-    which can reschedule (the io worker retries the task later) instead of blocking."""
+    which can reschedule (the io worker retries the task later) instead of blocking. The
+    limits hold per process: the bot and each io worker keep their own schedules."""
 
     def __init__(
         self,
@@ -119,11 +156,26 @@ class TelegramLimiter(AIORateLimiter):
         network_retries: int = 3,
         max_retry_after: float = 60.0,
         backoff: float = 0.5,
+        bulk_per_second: float = BULK_PER_SECOND,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
     ) -> None:
-        super().__init__(max_retries=max_retries)
+        self.max_retries = max_retries
         self.network_retries = network_retries
         self.max_retry_after = max_retry_after
         self.backoff = backoff
+        self.clock = clock
+        self._sleep = sleep
+        self.bulk = TokenBucket(bulk_per_second, 1)
+        self._chats: dict[object, Schedule] = {}
+        # A 429 on a call to no chat holds back every call until then.
+        self._paused_until = float("-inf")
+
+    async def initialize(self) -> None:
+        """Nothing to set up."""
+
+    async def shutdown(self) -> None:
+        """Nothing to tear down."""
 
     async def process_request(
         self,
@@ -134,30 +186,85 @@ class TelegramLimiter(AIORateLimiter):
         data: dict[str, Any],
         rate_limit_args: int | None,
     ) -> JSONResult:
-        """Throttle and call the Bot API, retrying as the module docstring says."""
+        """Wait for the call's turn and call the Bot API, retrying as the module docstring says.
 
-        async def call(*a: Any, **kw: Any) -> JSONResult:
-            try:
-                return await callback(*a, **kw)
-            except RetryAfter as exc:
-                if retry_after_seconds(exc) > self.max_retry_after:
-                    raise _WaitTooLong(exc) from exc
-                raise
-
+        `rate_limit_args`, when given, is the number of RetryAfter retries for this call."""
+        chat_id = data.get("chat_id")
+        bulk = _BULK.get() and posts_message(endpoint)
+        max_retries = self.max_retries if rate_limit_args is None else rate_limit_args
+        waits = 0
         attempt = 0
         while True:
             try:
-                return await super().process_request(
-                    call, args, kwargs, endpoint, data, rate_limit_args
-                )
-            except _WaitTooLong as wrapped:
-                raise wrapped.error from None
+                await self._turn(endpoint, chat_id, bulk)
+                return await callback(*args, **kwargs)
+            except RetryAfter as exc:
+                seconds = retry_after_seconds(exc)
+                if seconds > self.max_retry_after or waits >= max_retries:
+                    raise
+                waits += 1
+                logger.info("%s: Telegram asks to wait %.1f s; waiting", endpoint, seconds)
+                self._pause(chat_id, bulk, self.clock() + seconds + RETRY_AFTER_MARGIN)
+                continue
             except NetworkError as exc:
                 if attempt >= self.network_retries or not safe_to_repeat(endpoint, exc):
                     raise
                 logger.warning("%s: network error (%s); retrying", endpoint, exc)
-                await asyncio.sleep(self._delay(attempt))
+                await self.sleep(self._delay(attempt))
             attempt += 1
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait (asyncio.sleep unless the limiter was given another)."""
+        await (self._sleep or asyncio.sleep)(seconds)
+
+    def schedule_of(self, chat_id: object) -> Schedule:
+        """The flood schedule of one chat (made on first use)."""
+        key = str(chat_id)
+        found = self._chats.get(key)
+        if found is None:
+            if len(self._chats) >= MAX_CHAT_SCHEDULES:
+                self._forget_idle()
+            found = self._chats[key] = chat_schedule(chat_id)
+        return found
+
+    async def _turn(self, endpoint: str, chat_id: object, bulk: bool) -> None:
+        """Wait until this call may go: a message books its chat's (and the bulk) schedule;
+        anything else waits only for a pause after a 429."""
+        now = self.clock()
+        chat = self.schedule_of(chat_id) if chat_id is not None else None
+        at = max(now, self._paused_until)
+        if chat is not None:
+            at = max(at, chat.paused_until)
+            if posts_message(endpoint):
+                at = chat.earliest(at)
+                if bulk:
+                    # The later of the two, then booked in both (a booked time is never early).
+                    at = chat.earliest(self.bulk.earliest(at))
+                    self.bulk.commit(at)
+                chat.commit(at)
+        if at > now:
+            await self.sleep(at - now)
+        # A 429 that came meanwhile (booked times do not move): wait it out once.
+        pause = max(self._paused_until, chat.paused_until if chat is not None else -math.inf)
+        if bulk:
+            pause = max(pause, self.bulk.paused_until)
+        late = pause - self.clock()
+        if late > 0:
+            await self.sleep(late)
+
+    def _pause(self, chat_id: object, bulk: bool, until: float) -> None:
+        """Hold back what a 429 was about until `until`."""
+        if chat_id is None:
+            self._paused_until = max(self._paused_until, until)
+            return
+        self.schedule_of(chat_id).pause(until)
+        if bulk:
+            self.bulk.pause(until)
+
+    def _forget_idle(self) -> None:
+        now = self.clock()
+        for key in [k for k, s in self._chats.items() if s.idle(now)]:
+            del self._chats[key]
 
     def _delay(self, attempt: int) -> float:
         # Jitter so that many handlers hit by one outage do not retry in lockstep.
@@ -182,7 +289,7 @@ def make_bot(settings: TelegramSettings) -> Bot:
             write_timeout=120,
             media_write_timeout=120,
         ),
-        rate_limiter=TelegramLimiter(),
+        rate_limiter=TelegramLimiter(bulk_per_second=settings.bulk_messages_per_second),
     )
 
 

@@ -19,6 +19,7 @@ from facechain.engine import (
     pose_pad,
 )
 from facechain.errors import Cancelled, WeightsMissing
+from tests.facechain.face_data import fixture_rgb
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -216,6 +217,30 @@ def test_pose_pad_is_facechains_img_pad() -> None:
     assert tall[:, :16].sum() == 0
     assert tall[:, 48:].sum() == 0
     assert (tall[:, 16:48] == 255).all()
+
+
+def facechain_img_pad(pil_file: Image.Image, size: int = 512) -> Image.Image:
+    """FaceChain's `img_pad` (inference_fact.py) for a square target, as written there."""
+    w, h = pil_file.size
+    if h / float(size) >= w / float(size):
+        new_w = int(w / (h / float(size)))
+        array = np.array(pil_file.resize((new_w, size)))  # Pillow's default resampling
+        pad_w = int((size - new_w) / 2)
+        array = np.pad(array, ((0, 0), (pad_w, size - new_w - pad_w), (0, 0)), "constant")
+    else:
+        new_h = int(h / (w / float(size)))
+        array = np.array(pil_file.resize((size, new_h)))
+        array = np.pad(array, ((size - new_h, 0), (0, 0), (0, 0)), "constant")
+    return Image.fromarray(array)
+
+
+@pytest.mark.parametrize("size", [(333, 517), (517, 333), (640, 480)])
+def test_pose_pad_equals_img_pad_pixel_for_pixel(size: tuple[int, int]) -> None:
+    photo = Image.fromarray(fixture_rgb("man_pose1.png")).resize(size)
+    expected = np.asarray(facechain_img_pad(photo))
+    padded = np.asarray(pose_pad(photo, 512))
+    assert padded.shape == expected.shape == (512, 512, 3)
+    assert np.array_equal(padded, expected)
 
 
 def test_letterbox_keeps_aspect() -> None:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from scipy import ndimage
 
 from facechain import registry
 from facechain.annotators.openpose import (
@@ -230,6 +231,10 @@ class TestHelpers:
         x[3, 5] = 7.0  # an edge-near spike exercises the border rule
         np.testing.assert_allclose(gaussian_filter(x), scipy_reflect_gaussian(x), atol=1e-12)
 
+    def test_gaussian_filter_is_scipys_bit_for_bit(self) -> None:
+        x = np.random.default_rng(1).random((64, 88)) * 3.0
+        assert np.array_equal(gaussian_filter(x), ndimage.gaussian_filter(x, sigma=3))
+
     def test_gaussian_filter_is_not_mirror_padding(self) -> None:
         x = np.zeros((30, 30))
         x[0, 0] = 1.0
@@ -318,6 +323,51 @@ class TestBodyAssembly:
         assert [s for part in peaks[:2] for _, _, s, _ in part] == pytest.approx([1.0] * 3)
         assert all(p == [] for p in peaks[2:])
 
+    def test_a_peak_between_two_pixels_keeps_both(self) -> None:
+        # A blob centred at x = 31.5: scipy smooths the two middle pixels to the same value, and
+        # controlnet_aux's >= comparisons then keep both as peaks (reference §1.7, step 3).
+        rows, cols = np.arange(64)[:, None], np.arange(64)
+        heatmap = np.zeros((64, 64, 19))
+        heatmap[:, :, 0] = 0.8 * np.exp(-((rows - 30) ** 2 + (cols - 31.5) ** 2) / 32.0)
+        smooth = ndimage.gaussian_filter(heatmap[:, :, 0], sigma=3)
+        assert smooth[30, 31] == smooth[30, 32]
+        peaks = body_mod.find_peaks(heatmap)
+        assert [(x, y, i) for x, y, _, i in peaks[0]] == [(31, 30, 0), (32, 30, 1)]
+
+
+def raster_labels(binary: np.ndarray) -> tuple[np.ndarray, int]:
+    """skimage's `label(connectivity=2)` written out: 8-connected regions numbered 1, 2, ... in
+    raster order of each region's first pixel."""
+    labels = np.zeros(binary.shape, dtype=np.int64)
+    count = 0
+    height, width = binary.shape
+    for row, col in zip(*np.nonzero(binary), strict=True):
+        if labels[row, col]:
+            continue
+        count += 1
+        labels[row, col] = count
+        stack = [(int(row), int(col))]
+        while stack:
+            y, x = stack.pop()
+            for dy in (-1, 0, 1):
+                for dx in (-1, 0, 1):
+                    ny, nx = y + dy, x + dx
+                    if 0 <= ny < height and 0 <= nx < width and binary[ny, nx]:
+                        if not labels[ny, nx]:
+                            labels[ny, nx] = count
+                            stack.append((ny, nx))
+    return labels, count
+
+
+def reference_hand_peak(raw: np.ndarray, crop_height: int, crop_width: int) -> list[int]:
+    """controlnet_aux 0.0.6 hand.py for one map: scipy smoothing, skimage numbering, np.argmax
+    over the regions' raw sums (the first region on a tie), first row-major maximum."""
+    labels, count = raster_labels(ndimage.gaussian_filter(raw, sigma=3) > 0.05)
+    best = int(np.argmax([np.sum(raw[labels == i]) for i in range(1, count + 1)])) + 1
+    kept = np.where(labels == best, raw, 0.0)
+    row, col = np.unravel_index(int(np.argmax(kept)), kept.shape)
+    return [int(col * crop_width / 128), int(row * crop_height / 128)]
+
 
 class TestBoxes:
     def test_hand_box_rule(self) -> None:
@@ -373,6 +423,21 @@ class TestHandAndFacePeaks:
         assert peaks[1].tolist() == [0, 0]
         maps[60:80, 30:50, 0] = 0.0
         assert hand_peaks(maps, 192, 256)[0].tolist() == [200, 30]
+
+    def test_equal_sums_pick_the_first_region_in_raster_order(self) -> None:
+        # Two identical blobs, the right one a row higher: its region's first pixel comes first
+        # in raster order (row 16), though the left one starts further left in the next row.
+        rows, cols = np.arange(128)[:, None], np.arange(128)
+        maps = np.zeros((128, 128, 22))
+        for cy, cx in ((21, 95), (22, 30)):
+            maps[:, :, 0] += 0.6 * np.exp(-((rows - cy) ** 2 + (cols - cx) ** 2) / 8.0)
+        labels, count = raster_labels(ndimage.gaussian_filter(maps[:, :, 0], sigma=3) > 0.05)
+        sums = [np.sum(maps[:, :, 0][labels == i]) for i in (1, 2)]
+        assert count == 2
+        assert sums[0] == sums[1]
+        expected = reference_hand_peak(maps[:, :, 0], 192, 256)
+        assert expected == [int(95 * 256 / 128), int(21 * 192 / 128)]
+        assert hand_peaks(maps, 192, 256)[0].tolist() == expected
 
     def test_zero_coordinates_become_minus_one(self) -> None:
         peaks = np.array([[0, 0], [0, 5], [7, 5]])
@@ -434,6 +499,25 @@ class TestDrawing:
         assert tuple(canvas[60, 40]) == (0, 0, 255)  # blue dots over the lines
         assert tuple(canvas[60, 160]) == (0, 0, 255)
         assert (canvas.any(axis=2)).sum() < 2 * 9 * 9 + 3 * 130  # nothing else drawn
+
+    def test_hand_and_face_points_in_float64_on_a_704_wide_canvas(self) -> None:
+        # x = float32(301 / 704): float32 arithmetic (numpy 2) gives pixel 301, float64 (numpy 1,
+        # which FaceChain ran) gives 300.
+        x = float(np.float32(np.float32(301) / np.float32(704)))
+        assert int(np.float32(x) * np.float32(704)) == 301
+        expected = int(x * 704)
+        assert expected == 300
+        face = [kp(x, 0.5)]
+        canvas = draw_poses([PoseResult(body_with({}), None, None, face)], 512, 704)
+        assert np.nonzero(canvas[256].any(axis=1))[0].tolist() == list(
+            range(expected - 3, expected + 4)
+        )
+        hand = [kp(-1 / 704, -1 / 512) for _ in range(21)]
+        hand[5] = kp(x, 0.5)
+        canvas = draw_poses([PoseResult(body_with({}), hand, None, None)], 512, 704)
+        assert np.nonzero(canvas[256].any(axis=1))[0].tolist() == list(
+            range(expected - 4, expected + 5)
+        )
 
     def test_face_dots_and_edge_points(self) -> None:
         face = [kp(0.5, 0.5), kp(0.0, 0.5), kp(-1 / self.W, 0.3)]

@@ -23,6 +23,7 @@ import io
 import itertools
 import json
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -142,6 +143,9 @@ class FakeTelegram:
             "supports_inline_queries": False,
         }
         self.calls: list[ApiCall] = []
+        # Each chat's flood schedule (`telegram_ui.flood`), fed with the messages it received:
+        # `idle` knows when the bot may still hold a message back for a chat.
+        self._flood: dict[int, Any] = {}
         self.files: dict[str, StoredFile] = {}
         # The current state of every message in every chat (edits applied), by (chat, id).
         self.messages: dict[tuple[int, int], dict[str, Any]] = {}
@@ -613,10 +617,12 @@ class FakeTelegram:
                     await asyncio.wait_for(self._changed.wait(), min(remaining, 0.5))
 
     async def idle(self, quiet: float = 0.3, within: float = 15.0) -> None:
-        """Wait until all updates were fetched and the bot made no call for `quiet` seconds."""
+        """Wait until all updates were fetched and the bot made no call for `quiet` seconds,
+        nor in the `quiet` seconds after a chat's flood schedule would let its next message
+        through (a chat that had a burst may still have one coming)."""
         deadline = time.monotonic() + within
         while time.monotonic() < deadline:
-            last = self.calls[-1].at if self.calls else 0.0
+            last = max(self.calls[-1].at if self.calls else 0.0, self._flood_free_at())
             if not self._unfetched() and time.monotonic() - last >= quiet:
                 return
             await asyncio.sleep(0.05)
@@ -646,8 +652,24 @@ class FakeTelegram:
         if method != "getUpdates":
             # Recorded once answered, so a test that sees the call also sees its effects.
             self.calls.append(call)
+            self._book_message(call)
             await self._notify()
         return response
+
+    def _book_message(self, call: ApiCall) -> None:
+        from telegram_ui.flood import chat_schedule, posts_message
+
+        chat = call.chat_id
+        if chat is None or not posts_message(call.method):
+            return
+        if chat not in self._flood:
+            self._flood[chat] = chat_schedule(chat)
+        self._flood[chat].commit(call.at)
+
+    def _flood_free_at(self) -> float:
+        """When every chat's flood schedule lets a message through at once again (the bot may
+        be holding one back until then)."""
+        return max((s.earliest(-math.inf) for s in self._flood.values()), default=0.0)
 
     async def _answer(self, call: ApiCall) -> web.Response:
         gate = self._holds.get(call.method)

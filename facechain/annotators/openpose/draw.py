@@ -29,15 +29,14 @@ HAND_LINE_THICKNESS = 2
 _EPS = 0.01
 
 
-def _pixel32(keypoint: Keypoint, width: int, height: int) -> tuple[int, int]:
-    """int(x * W), int(y * H) in float32, as controlnet_aux computes hand and face points.
+def _pixel(keypoint: Keypoint, width: int, height: int) -> tuple[int, int]:
+    """int(x * W), int(y * H) in float64, as controlnet_aux computed hand and face points.
 
-    Their coordinates are float32 there, and numpy >= 2 multiplies a float32 by a Python int in
-    float32: on sizes that are not powers of two this can land one pixel lower than float64.
+    Their coordinates are numpy float32 scalars there; FaceChain ran numpy 1, whose value-based
+    casting multiplied such a scalar by a Python int in float64 (numpy 2 stays in float32, which
+    on sizes that are not powers of two, such as 704, can land one pixel lower).
     """
-    x = np.float32(keypoint.x) * np.float32(width)
-    y = np.float32(keypoint.y) * np.float32(height)
-    return int(x), int(y)
+    return int(float(keypoint.x) * width), int(float(keypoint.y) * height)
 
 
 def draw_bodypose(canvas: np.ndarray, keypoints: list[Keypoint | None]) -> np.ndarray:
@@ -73,14 +72,14 @@ def draw_handpose(canvas: np.ndarray, keypoints: list[Keypoint] | None) -> np.nd
     height, width = canvas.shape[:2]
     for edge, (a, b) in enumerate(HAND_EDGES):
         k1, k2 = keypoints[a], keypoints[b]
-        x1, y1 = _pixel32(k1, width, height)
-        x2, y2 = _pixel32(k2, width, height)
+        x1, y1 = _pixel(k1, width, height)
+        x2, y2 = _pixel(k2, width, height)
         if x1 > _EPS and y1 > _EPS and x2 > _EPS and y2 > _EPS:
             cv2.line(
                 canvas, (x1, y1), (x2, y2), hand_edge_color(edge), thickness=HAND_LINE_THICKNESS
             )
     for keypoint in keypoints:
-        x, y = _pixel32(keypoint, width, height)
+        x, y = _pixel(keypoint, width, height)
         if x > _EPS and y > _EPS:
             cv2.circle(canvas, (x, y), HAND_POINT_RADIUS, HAND_POINT_COLOR, thickness=-1)
     return canvas
@@ -92,7 +91,7 @@ def draw_facepose(canvas: np.ndarray, keypoints: list[Keypoint] | None) -> np.nd
         return canvas
     height, width = canvas.shape[:2]
     for keypoint in keypoints:
-        x, y = _pixel32(keypoint, width, height)
+        x, y = _pixel(keypoint, width, height)
         if x > _EPS and y > _EPS:
             cv2.circle(canvas, (x, y), FACE_POINT_RADIUS, FACE_POINT_COLOR, thickness=-1)
     return canvas

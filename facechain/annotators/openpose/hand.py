@@ -9,6 +9,7 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 import torch
+from scipy import ndimage
 
 from facechain.annotators.openpose.model import HandPoseNet
 from facechain.annotators.openpose.results import BodyResult
@@ -32,6 +33,8 @@ PEAK_THRESHOLD = 0.05
 BLUR_SIGMA = 0.8
 RATIO_WRIST_ELBOW = 0.33
 MIN_BOX = 20
+# skimage `label(connectivity=2)` on a 2-D map: diagonal neighbours join a region.
+_EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 
 class HandBox(NamedTuple):
@@ -106,7 +109,7 @@ def hand_peaks(heatmap: np.ndarray, crop_height: int, crop_width: int) -> np.nda
     """Per keypoint 0..20, (x, y) in crop pixels, or (0, 0) when the smoothed map stays <= 0.05.
 
     Among the 8-connected regions above the threshold, the one with the largest sum of the raw
-    map wins; its first row-major maximum is the keypoint.
+    map wins (the first in raster order on a tie); its first row-major maximum is the keypoint.
 
     Args:
         heatmap: (128, 128, >=21) float maps.
@@ -120,12 +123,14 @@ def hand_peaks(heatmap: np.ndarray, crop_height: int, crop_width: int) -> np.nda
     peaks = []
     for part in range(NUM_HAND_KEYPOINTS):
         raw = np.array(heatmap[:, :, part], dtype=np.float64)
-        binary = np.ascontiguousarray(gaussian_filter(raw) > PEAK_THRESHOLD, dtype=np.uint8)
+        binary = gaussian_filter(raw) > PEAK_THRESHOLD
         if not binary.any():
             peaks.append([0, 0])
             continue
-        count, labels = cv2.connectedComponents(binary, connectivity=8, ltype=cv2.CV_32S)
-        sums = [np.sum(raw[labels == i]) for i in range(1, count)]
+        # Numbered in raster order of each region's first pixel, as skimage's `label` does; on
+        # equal sums the first (lowest-numbered) region wins, as np.argmax does there.
+        labels, count = ndimage.label(binary, structure=_EIGHT_CONNECTED)
+        sums = [np.sum(raw[labels == i]) for i in range(1, count + 1)]
         best = int(np.argmax(sums)) + 1
         raw[labels != best] = 0
         row, col = first_argmax(raw)

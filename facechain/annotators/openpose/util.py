@@ -1,7 +1,7 @@
 """Image helpers of controlnet_aux 0.0.6 whose exact numerics the OpenPose maps depend on.
 
-The cv2 resizes (LANCZOS4 when enlarging, AREA otherwise) and the scipy-style Gaussian are part
-of the result: torch's interpolate or a mirror-padded blur would move peaks by a pixel.
+The cv2 resizes (LANCZOS4 when enlarging, AREA otherwise) and scipy's Gaussian are part of the
+result: torch's interpolate or a mirror-padded blur would move peaks by a pixel.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import logging
 
 import cv2
 import numpy as np
+from scipy import ndimage
 
 logger = logging.getLogger(__name__)
 
@@ -98,26 +99,15 @@ def pad_right_down_corner(
     return image, (0, 0, down, right)
 
 
-def gaussian_kernel(sigma: float = GAUSS_SIGMA, truncate: float = GAUSS_TRUNCATE) -> np.ndarray:
-    """scipy.ndimage's 1-D Gaussian: radius int(truncate*sigma + 0.5), normalised to sum 1."""
-    radius = int(truncate * sigma + 0.5)
-    t = np.arange(-radius, radius + 1, dtype=np.float64)
-    kernel: np.ndarray = np.exp(-0.5 / (sigma * sigma) * t * t)
-    normalised: np.ndarray = kernel / kernel.sum()
-    return normalised
-
-
-_KERNEL = gaussian_kernel()
-
-
 def gaussian_filter(x: np.ndarray) -> np.ndarray:
-    """scipy.ndimage.gaussian_filter(x, sigma=3) (mode reflect, truncate 4) of a 2-D float map.
+    """scipy.ndimage.gaussian_filter(x, sigma=3) of a 2-D map, as controlnet_aux calls it.
 
-    scipy's "reflect" repeats the edge sample (dcba|abcd), which is cv2.BORDER_REFLECT.
+    scipy itself, not a re-creation: a cv2 separable filter with the same taps differs in the
+    last bits, enough to break the tie of a peak centred exactly between two pixels (scipy gives
+    both the same value, so both are kept as peaks).
     """
-    src = np.ascontiguousarray(x, dtype=np.float64)
-    out: np.ndarray = cv2.sepFilter2D(
-        src, cv2.CV_64F, _KERNEL, _KERNEL, borderType=cv2.BORDER_REFLECT
+    out: np.ndarray = ndimage.gaussian_filter(
+        np.asarray(x, dtype=np.float64), sigma=GAUSS_SIGMA, truncate=GAUSS_TRUNCATE
     )
     return out
 
