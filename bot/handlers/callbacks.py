@@ -10,7 +10,7 @@ from typing import Any
 
 from telegram import Update
 
-from bot.context import BotContext
+from bot.context import BotContext, query_of, user_of
 from bot.handlers import (
     intake,
     payments,
@@ -64,12 +64,12 @@ ROUTES: dict[type[cb.CallbackData], Handler] = {
 
 async def on_callback(update: Update, context: BotContext) -> None:
     """Route a button press by its callback data."""
-    query = update.callback_query
+    query = query_of(update)
     try:
         data = cb.parse(query.data)
         handler = ROUTES[type(data)]
     except (cb.BadCallback, KeyError):
-        logger.info("rejected callback data %r from %s", query.data, update.effective_user.id)
+        logger.info("rejected callback data %r from %s", query.data, user_of(update).id)
         await query.answer(context.t("callback.stale"), show_alert=False)
         return
     await query.answer()

@@ -7,7 +7,7 @@ import logging
 
 from telegram import InlineKeyboardMarkup, InputMediaPhoto, Message, Update
 
-from bot.context import BotContext
+from bot.context import BotContext, chat_id_of, query_of
 from bot.handlers.common import cpu, reply, start_portrait
 from bot.images import placeholder_card
 from core.errors import SelfieRequired
@@ -91,7 +91,7 @@ async def show_card(
     sent: Message | bool
     if edit is None:
         sent = await context.bot.send_photo(
-            update.effective_chat.id, media, caption=caption, reply_markup=markup
+            chat_id_of(update), media, caption=caption, reply_markup=markup
         )
     else:
         sent = await edit.edit_media(InputMediaPhoto(media, caption=caption), reply_markup=markup)
@@ -105,7 +105,7 @@ async def style_command(update: Update, context: BotContext) -> None:
 
 async def on_style_page(update: Update, context: BotContext, data: cb.StylePage) -> None:
     """◀ / ▶ / a category: show another style in the same message."""
-    message = update.callback_query.message
+    message = query_of(update).message
     await show_styles(
         update,
         context,
@@ -122,7 +122,7 @@ async def on_style_categories(
     found = await context.db.run(styles.visible_categories, context.account.id)
     # Only categories that can travel in callback data get a button; their styles stay in "all".
     categories = [c for c in found if cb.is_token(c) and c != cb.ALL]
-    await update.callback_query.edit_message_reply_markup(
+    await query_of(update).edit_message_reply_markup(
         style_categories_keyboard(categories, context.language)
     )
 

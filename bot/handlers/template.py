@@ -10,7 +10,7 @@ from typing import Any
 
 from telegram import Message, Update
 
-from bot.context import BotContext
+from bot.context import BotContext, chat_id_of, query_of
 from bot.handlers.common import IncomingImage, announce_and_dispatch, cpu, reply
 from bot.handlers.styles import show_card
 from bot.images import numbered_faces_preview
@@ -54,7 +54,7 @@ async def template_command(update: Update, context: BotContext) -> None:
 
 async def on_template_page(update: Update, context: BotContext, data: cb.TemplatePage) -> None:
     """◀ / ▶ in the template carousel."""
-    message = update.callback_query.message
+    message = query_of(update).message
     await show_templates(
         update, context, data.index, edit=message if isinstance(message, Message) else None
     )
@@ -84,7 +84,7 @@ async def start_template(
         jobs.create_template_job,
         context.account.id,
         faces=faces,
-        chat_id=update.effective_chat.id,
+        chat_id=chat_id_of(update),
         update_id=update.update_id,
         limits=context.config.limits,
         is_admin=context.is_admin,
@@ -128,7 +128,7 @@ async def _ask_faces(
         max_pixels=limits.max_image_pixels,
     )
     await context.bot.send_photo(
-        update.effective_chat.id,
+        chat_id_of(update),
         preview,
         caption=context.nt("template.choose_faces", len(boxes)),
         reply_markup=template_faces_keyboard(len(boxes), [], context.language, nonce),
@@ -188,7 +188,7 @@ async def on_toggle_face(update: Update, context: BotContext, data: cb.ToggleTem
     if not count:
         await reply(update, context, context.t("callback.stale"))
         return
-    await update.callback_query.edit_message_reply_markup(
+    await query_of(update).edit_message_reply_markup(
         template_faces_keyboard(count, selected, context.language, data.nonce)
     )
 
@@ -210,6 +210,6 @@ async def on_start_template(update: Update, context: BotContext, data: cb.StartT
         template_id=conv.data.get("template_id"),
         template_photo_id=conv.data.get("template_photo_id"),
     )
-    message = update.callback_query.message
+    message = query_of(update).message
     if isinstance(message, Message):
         await message.edit_reply_markup(None)
