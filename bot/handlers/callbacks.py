@@ -65,6 +65,11 @@ ROUTES: dict[type[cb.CallbackData], Handler] = {
 async def on_callback(update: Update, context: BotContext) -> None:
     """Route a button press by its callback data."""
     query = query_of(update)
+    if query.message is None:
+        # A button under an inline-mode message (the bot sends none): no chat to answer in.
+        logger.info("rejected a press without its message from %s", user_of(update).id)
+        await query.answer(context.t("callback.stale"), show_alert=False)
+        return
     try:
         data = cb.parse(query.data)
         handler = ROUTES[type(data)]

@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import logging
 
-from telegram import Message, Update
+from telegram import Update
 from telegram.constants import ChatAction
 
-from bot.context import BotContext, chat_id_of, message_of, query_of
+from bot.context import BotContext, chat_id_of, message_of
 from bot.handlers import template, training
 from bot.handlers.common import (
     IncomingImage,
     cpu,
     download,
     incoming_image,
+    pressed_message,
     reply,
     start_portrait,
     subject_faces,
@@ -141,8 +142,8 @@ async def on_choose_face(update: Update, context: BotContext, data: cb.ChooseFac
         await reply(update, context, context.t("error.face_too_small"))
         return
     await context.db.run(conversations.update, context.account.id, pending_photo_id=None)
-    message = query_of(update).message
-    if isinstance(message, Message):
+    message = pressed_message(update)
+    if message is not None:
         await message.edit_caption(context.t("selfie.face_chosen", n=data.index + 1))
     await after_selfie(update, context)
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 
-from telegram import Message, Update
+from telegram import Update
 from telegram.error import TelegramError
 
-from bot.context import BotContext, query_of
-from bot.handlers.common import reply
+from bot.context import BotContext
+from bot.handlers.common import pressed_message, reply
 from domain.privacy import ForgetReport, forget_user
 from telegram_ui import callbacks as cb
 from telegram_ui.keyboards import forget_keyboard
@@ -28,7 +28,7 @@ async def forget_command(update: Update, context: BotContext) -> None:
 
 async def on_forget(update: Update, context: BotContext, data: cb.Forget) -> None:
     """Yes: erase everything; no: keep it."""
-    message = query_of(update).message
+    message = pressed_message(update)
     if data.answer == "yes":
         report: ForgetReport = await context.db.run(
             forget_user,
@@ -53,7 +53,7 @@ async def on_forget(update: Update, context: BotContext, data: cb.Forget) -> Non
         text = context.t("forget.kept")
     else:
         text = context.t("callback.stale")
-    if isinstance(message, Message):
+    if message is not None:
         await message.edit_text(text)
     else:
         await reply(update, context, text)

@@ -7,9 +7,9 @@ import logging
 from telegram import MenuButtonWebApp, Update, WebAppInfo
 from telegram.error import TelegramError
 
-from bot.context import BotContext, chat_id_of, query_of, user_of
+from bot.context import BotContext, chat_id_of, user_of
 from bot.handlers import payments
-from bot.handlers.common import reply
+from bot.handlers.common import edit_or_reply, reply
 from domain import conversations, users
 from telegram_ui import callbacks as cb
 from telegram_ui.i18n import LANGUAGES
@@ -68,8 +68,8 @@ async def on_set_language(update: Update, context: BotContext, data: cb.SetLangu
         return
     await context.db.run(users.set_language, context.account.id, data.language)
     context.account.language = data.language
-    await query_of(update).edit_message_text(
-        context.t("lang.changed"), reply_markup=language_keyboard(data.language)
+    await edit_or_reply(
+        update, context, context.t("lang.changed"), reply_markup=language_keyboard(data.language)
     )
     await set_menu_button(update, context)
 
