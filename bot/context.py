@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy.orm import Session
+from telegram import CallbackQuery, Message, PreCheckoutQuery, Update
+from telegram import User as TelegramUser
 from telegram.ext import Application, CallbackContext, ExtBot
 
 from domain.outbox import transact_async
@@ -26,6 +28,47 @@ if TYPE_CHECKING:
 DEPS_KEY = "deps"
 P = ParamSpec("P")
 T = TypeVar("T")
+
+
+class MissingUpdatePart(RuntimeError):
+    """A handler ran on an update without a part its registration guarantees (a wiring bug)."""
+
+
+def require(value: T | None, what: str, update: Update) -> T:
+    """`value`, which the handler's registration guarantees; a clear error if it is missing."""
+    if value is None:
+        raise MissingUpdatePart(f"update {update.update_id} has no {what}")
+    return value
+
+
+# PTB types the parts of an update as optional: an update carries one kind of event. The
+# handlers' registration (bot/app.py) and the gate (bot/handlers/gate.py) guarantee the parts
+# each handler reads, so handlers read them through these accessors instead of checking again.
+
+
+def user_of(update: Update) -> TelegramUser:
+    """The Telegram user who sent the update (the gate stops updates without one)."""
+    return require(update.effective_user, "user", update)
+
+
+def chat_id_of(update: Update) -> int:
+    """The chat the update came from: a message's, or a pressed button's message's."""
+    return require(update.effective_chat, "chat", update).id
+
+
+def message_of(update: Update) -> Message:
+    """The new message of a MessageHandler's update."""
+    return require(update.effective_message, "message", update)
+
+
+def query_of(update: Update) -> CallbackQuery:
+    """The button press of a CallbackQueryHandler's update."""
+    return require(update.callback_query, "callback query", update)
+
+
+def pre_checkout_of(update: Update) -> PreCheckoutQuery:
+    """The checkout question of a PreCheckoutQueryHandler's update."""
+    return require(update.pre_checkout_query, "pre-checkout query", update)
 
 
 @dataclass
@@ -59,8 +102,15 @@ class BotContext(CallbackContext[ExtBot[None], dict[Any, Any], dict[Any, Any], d
     ) -> None:
         super().__init__(application=application, chat_id=chat_id, user_id=user_id)
         # Filled by the gate handler (group -1) before any flow handler runs.
-        self.account: User | None = None
+        self.loaded_account: User | None = None
         self.is_admin = False
+
+    @property
+    def account(self) -> User:
+        """The caller's user row, which the gate loads before any flow handler runs."""
+        if self.loaded_account is None:
+            raise MissingUpdatePart("no user row loaded: the gate did not run for this update")
+        return self.loaded_account
 
     @property
     def deps(self) -> BotDeps:
@@ -88,7 +138,7 @@ class BotContext(CallbackContext[ExtBot[None], dict[Any, Any], dict[Any, Any], d
     @property
     def language(self) -> str:
         """The language to answer in: the user's stored choice, else English."""
-        return normalize_language(self.account.language if self.account else None)
+        return normalize_language(self.loaded_account.language if self.loaded_account else None)
 
     def t(self, key: str, **params: object) -> str:
         """Translate a key into the user's language."""

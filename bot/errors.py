@@ -49,7 +49,7 @@ def _language(update: object, context: Any) -> str:
     PTB hands the error handler a fresh context, without the account the gate loaded; the
     gate left the stored language with the flood limiter (`remember_language`), so no
     database read is needed here (the database may be what failed)."""
-    account = getattr(context, "account", None)
+    account = getattr(context, "loaded_account", None)
     if account is not None:
         return normalize_language(account.language)
     if isinstance(update, Update) and update.effective_user is not None:

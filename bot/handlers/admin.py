@@ -10,7 +10,7 @@ from typing import Any
 
 from telegram import Update
 
-from bot.context import BotContext
+from bot.context import BotContext, message_of
 from bot.handlers.common import reply
 from domain import broadcasts, stats, users
 from domain.audit import bot_actor
@@ -79,7 +79,7 @@ async def quota_command(update: Update, context: BotContext) -> None:
 
 async def broadcast_command(update: Update, context: BotContext) -> None:
     """/broadcast <text>: queue a throttled message to every unbanned user."""
-    parts = (update.effective_message.text or "").split(maxsplit=1)
+    parts = (message_of(update).text or "").split(maxsplit=1)
     body = parts[1].strip() if len(parts) == 2 else ""
     if not body:
         await reply(update, context, context.t("admin.broadcast_usage"))

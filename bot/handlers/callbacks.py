@@ -10,7 +10,7 @@ from typing import Any
 
 from telegram import Update
 
-from bot.context import BotContext
+from bot.context import BotContext, query_of, user_of
 from bot.handlers import (
     intake,
     payments,
@@ -64,12 +64,17 @@ ROUTES: dict[type[cb.CallbackData], Handler] = {
 
 async def on_callback(update: Update, context: BotContext) -> None:
     """Route a button press by its callback data."""
-    query = update.callback_query
+    query = query_of(update)
+    if query.message is None:
+        # A button under an inline-mode message (the bot sends none): no chat to answer in.
+        logger.info("rejected a press without its message from %s", user_of(update).id)
+        await query.answer(context.t("callback.stale"), show_alert=False)
+        return
     try:
         data = cb.parse(query.data)
         handler = ROUTES[type(data)]
     except (cb.BadCallback, KeyError):
-        logger.info("rejected callback data %r from %s", query.data, update.effective_user.id)
+        logger.info("rejected callback data %r from %s", query.data, user_of(update).id)
         await query.answer(context.t("callback.stale"), show_alert=False)
         return
     await query.answer()

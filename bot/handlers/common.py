@@ -9,7 +9,7 @@ from typing import Any
 
 from telegram import Message, Update
 
-from bot.context import BotContext
+from bot.context import BotContext, chat_id_of, query_of
 from domain import jobs, photos
 from facechain.faces import BACKGROUND_FACE_RATIO, Face
 from telegram_ui.keyboards import cancel_job_keyboard
@@ -21,7 +21,26 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".
 
 async def reply(update: Update, context: BotContext, text: str, **kwargs: Any) -> Message:
     """Send a message to the update's chat (works for messages and button presses alike)."""
-    return await context.bot.send_message(update.effective_chat.id, text, **kwargs)
+    return await context.bot.send_message(chat_id_of(update), text, **kwargs)
+
+
+def pressed_message(update: Update) -> Message | None:
+    """The message whose button was pressed, or None when Telegram no longer shows it to the
+    bot (deleted or too old, sent with `date` 0, which PTB parses into a `Message` all the
+    same, or an `InaccessibleMessage`): it cannot be edited, only answered with a new one."""
+    message = query_of(update).message
+    if isinstance(message, Message) and message.is_accessible:
+        return message
+    return None
+
+
+async def edit_or_reply(update: Update, context: BotContext, text: str, **kwargs: Any) -> None:
+    """Turn the pressed button's message into `text`, or send `text` if it is inaccessible."""
+    message = pressed_message(update)
+    if message is None:
+        await reply(update, context, text, **kwargs)
+    else:
+        await message.edit_text(text, **kwargs)
 
 
 async def announce_and_dispatch(
@@ -56,7 +75,7 @@ async def start_portrait(
         jobs.create_portrait_job,
         context.account.id,
         style_id=style_id,
-        chat_id=update.effective_chat.id,
+        chat_id=chat_id_of(update),
         update_id=update.update_id,
         limits=context.config.limits,
         is_admin=context.is_admin,

@@ -94,7 +94,7 @@ async def load_account(update: Update, context: BotContext) -> None:
         # waits for an update they can see it answer.
         can_tell=not is_payment(update),
     )
-    account = context.account = contact.user
+    account = context.loaded_account = contact.user
     context.deps.rate_limiter.remember_language(user.id, normalize_language(account.language))
     context.is_admin = user.id in context.config.telegram.admin_ids
     if account.is_banned and not context.is_admin:

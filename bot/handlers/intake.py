@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import logging
 
-from telegram import Message, Update
+from telegram import Update
 from telegram.constants import ChatAction
 
-from bot.context import BotContext
+from bot.context import BotContext, chat_id_of, message_of
 from bot.handlers import template, training
 from bot.handlers.common import (
     IncomingImage,
     cpu,
     download,
     incoming_image,
+    pressed_message,
     reply,
     start_portrait,
     subject_faces,
@@ -118,7 +119,7 @@ async def _ask_which_face(
         max_pixels=limits.max_image_pixels,
     )
     await context.bot.send_photo(
-        update.effective_chat.id,
+        chat_id_of(update),
         preview,
         caption=context.nt("selfie.choose_face", len(subjects)),
         reply_markup=face_choice_keyboard(stored.photo_id, len(subjects)),
@@ -141,8 +142,8 @@ async def on_choose_face(update: Update, context: BotContext, data: cb.ChooseFac
         await reply(update, context, context.t("error.face_too_small"))
         return
     await context.db.run(conversations.update, context.account.id, pending_photo_id=None)
-    message = update.callback_query.message
-    if isinstance(message, Message):
+    message = pressed_message(update)
+    if message is not None:
         await message.edit_caption(context.t("selfie.face_chosen", n=data.index + 1))
     await after_selfie(update, context)
 
@@ -183,7 +184,7 @@ def _upload_kind(state: conversations.State) -> safety.Kind:
 
 async def on_image(update: Update, context: BotContext) -> None:
     """Any photo or document: check it, then hand it to the flow the user is in."""
-    message = update.effective_message
+    message = message_of(update)
     image = incoming_image(message)
     limits = context.config.limits
     if image is None:
@@ -196,7 +197,7 @@ async def on_image(update: Update, context: BotContext) -> None:
     if conv.state in training.TEXT_STATES:
         await training.remind(update, context, conv)
         return
-    await context.bot.send_chat_action(update.effective_chat.id, ChatAction.TYPING)
+    await context.bot.send_chat_action(chat_id_of(update), ChatAction.TYPING)
     # Every picture is stored without its metadata (EXIF with GPS, XMP): selfies as photos or
     # files, pose photos, template photos and training images alike.
     data = await cpu(

@@ -16,7 +16,7 @@ from contextlib import nullcontext
 from telegram import LabeledPrice, Update
 from telegram.error import TelegramError
 
-from bot.context import BotContext
+from bot.context import BotContext, chat_id_of, message_of, pre_checkout_of, require, user_of
 from bot.handlers.common import reply
 from bot.polling import was_replayed
 from core.errors import NotFound, PaymentRefused
@@ -103,7 +103,7 @@ async def on_buy_pack(update: Update, context: BotContext, data: cb.BuyPack) -> 
         await reply(update, context, context.t(REFUSALS.get(reason, REFUSALS["invalid"])))
         return
     await context.bot.send_invoice(
-        update.effective_chat.id,
+        chat_id_of(update),
         title=invoice.title,
         description=context.nt("buy.invoice_description", invoice.credits),
         payload=invoice.payload,
@@ -117,7 +117,7 @@ async def on_buy_pack(update: Update, context: BotContext, data: cb.BuyPack) -> 
 
 async def on_pre_checkout(update: Update, context: BotContext) -> None:
     """Telegram asks whether to take the money: re-check pack, price and payer, then answer."""
-    query = update.pre_checkout_query
+    query = pre_checkout_of(update)
     reason = await context.db.run(
         billing.check_checkout,
         query.from_user.id,
@@ -142,10 +142,10 @@ async def on_successful_payment(update: Update, context: BotContext) -> None:
     never have said so, so it says it again). A payment that matches no invoice we issued
     credits nothing: it is kept, the payer is told an admin will look at it, and the admin chat
     is alerted."""
-    payment = update.effective_message.successful_payment
+    payment = require(message_of(update).successful_payment, "successful payment", update)
     result = await context.transact(
         billing.record_payment,
-        update.effective_user.id,
+        user_of(update).id,
         payment.invoice_payload,
         payment.total_amount,
         payment.telegram_payment_charge_id,
@@ -186,7 +186,7 @@ async def on_successful_payment(update: Update, context: BotContext) -> None:
 async def on_refunded_payment(update: Update, context: BotContext) -> None:
     """Telegram reports a refund: debit the payment's unspent credits once; tell the payer and,
     when credits were already spent, the admin chat."""
-    refunded = update.effective_message.refunded_payment
+    refunded = require(message_of(update).refunded_payment, "refunded payment", update)
     charge_id = refunded.telegram_payment_charge_id
     try:
         result = await context.transact(billing.refund_payment, charge_id, "telegram")
@@ -196,7 +196,7 @@ async def on_refunded_payment(update: Update, context: BotContext) -> None:
         new = await context.transact(
             billing.record_unrecorded_refund,
             charge_id,
-            update.effective_user.id,
+            user_of(update).id,
             refunded.total_amount,
             refunded.invoice_payload,
         )
@@ -206,7 +206,7 @@ async def on_refunded_payment(update: Update, context: BotContext) -> None:
             "admin.refund_unrecorded",
             charge=charge_id,
             stars=refunded.total_amount,
-            user=update.effective_user.id,
+            user=user_of(update).id,
         )
         return
     if result.duplicate:

@@ -7,7 +7,7 @@ import logging
 from telegram import Message, Update
 
 from bot.context import BotContext
-from bot.handlers.common import reply
+from bot.handlers.common import pressed_message, reply
 from domain import photos
 from telegram_ui import callbacks as cb
 from telegram_ui.keyboards import photos_keyboard
@@ -44,7 +44,7 @@ async def on_delete_photo(update: Update, context: BotContext, data: cb.DeletePh
     deleted = await context.db.run(
         photos.delete_selfie, context.blobs, context.account.id, data.photo_id
     )
-    message = update.callback_query.message
+    message = pressed_message(update)
     if deleted:
         logger.info("user %s deleted photo %s", context.account.id, data.photo_id)
-    await show_photos(update, context, edit=message if isinstance(message, Message) else None)
+    await show_photos(update, context, edit=message)

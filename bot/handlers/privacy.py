@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 
-from telegram import Message, Update
+from telegram import Update
 from telegram.error import TelegramError
 
 from bot.context import BotContext
-from bot.handlers.common import reply
+from bot.handlers.common import pressed_message, reply
 from domain.privacy import ForgetReport, forget_user
 from telegram_ui import callbacks as cb
 from telegram_ui.keyboards import forget_keyboard
@@ -19,7 +19,8 @@ logger = logging.getLogger(__name__)
 async def forget_command(update: Update, context: BotContext) -> None:
     """Ask for confirmation; with payments on, say how many unspent credits go with the rest."""
     text = context.t("forget.confirm")
-    credits = context.account.credits if context.account is not None else 0
+    account = context.loaded_account
+    credits = account.credits if account is not None else 0
     if context.config.payments.enabled and credits > 0:
         text += "\n\n" + context.nt("forget.credits_lost", credits)
     await reply(update, context, text, reply_markup=forget_keyboard(context.language))
@@ -27,7 +28,7 @@ async def forget_command(update: Update, context: BotContext) -> None:
 
 async def on_forget(update: Update, context: BotContext, data: cb.Forget) -> None:
     """Yes: erase everything; no: keep it."""
-    message = update.callback_query.message
+    message = pressed_message(update)
     if data.answer == "yes":
         report: ForgetReport = await context.db.run(
             forget_user,
@@ -52,7 +53,7 @@ async def on_forget(update: Update, context: BotContext, data: cb.Forget) -> Non
         text = context.t("forget.kept")
     else:
         text = context.t("callback.stale")
-    if isinstance(message, Message):
+    if message is not None:
         await message.edit_text(text)
     else:
         await reply(update, context, text)

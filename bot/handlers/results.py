@@ -8,8 +8,8 @@ import logging
 
 from telegram import InputMediaPhoto, Message, Update
 
-from bot.context import BotContext
-from bot.handlers.common import announce_and_dispatch, reply, start_portrait
+from bot.context import BotContext, chat_id_of
+from bot.handlers.common import announce_and_dispatch, pressed_message, reply, start_portrait
 from bot.handlers.styles import show_styles
 from bot.handlers.template import show_templates, start_template
 from db.models import JobKind
@@ -23,13 +23,13 @@ logger = logging.getLogger(__name__)
 async def on_cancel_job(update: Update, context: BotContext, data: cb.CancelJob) -> None:
     """Cancel: a queued job stops now, a running one at its next step."""
     outcome = await context.transact(jobs.cancel_for_user, context.account.id, data.job_id)
-    message = update.callback_query.message
+    message = pressed_message(update)
     if outcome == jobs.CancelOutcome.CANCELLED:
-        if isinstance(message, Message):
+        if message is not None:
             await message.edit_text(context.t("job.cancelled"))
         logger.info("user %s cancelled job %s", context.account.id, data.job_id)
     elif outcome == jobs.CancelOutcome.REQUESTED:
-        if isinstance(message, Message):
+        if message is not None:
             await message.edit_text(context.t("job.cancelling"))
     elif outcome == jobs.CancelOutcome.FINISHED:
         await reply(update, context, context.t("job.already_finished"))
@@ -90,7 +90,7 @@ async def on_upscale(update: Update, context: BotContext, data: cb.Upscale) -> N
         source_job_id=data.job_id,
         index=data.index,
         size=jobs.HD_SIZE,
-        chat_id=update.effective_chat.id,
+        chat_id=chat_id_of(update),
         update_id=update.update_id,
         limits=context.config.limits,
         is_admin=context.is_admin,
@@ -146,10 +146,7 @@ async def history_command(update: Update, context: BotContext) -> None:
 
 async def on_history_page(update: Update, context: BotContext, data: cb.HistoryPage) -> None:
     """Newer / older."""
-    message = update.callback_query.message
-    await show_history(
-        update, context, data.offset, edit=message if isinstance(message, Message) else None
-    )
+    await show_history(update, context, data.offset, edit=pressed_message(update))
 
 
 async def on_history_show(update: Update, context: BotContext, data: cb.HistoryShow) -> None:
@@ -159,7 +156,7 @@ async def on_history_show(update: Update, context: BotContext, data: cb.HistoryS
         await reply(update, context, context.t("callback.stale"))
         return
     images = [await asyncio.to_thread(context.blobs.get, key) for key in found.keys[:10]]
-    chat_id = update.effective_chat.id
+    chat_id = chat_id_of(update)
     if found.kind is JobKind.UPSCALE:
         # An HD result is a file, as first delivered (no recompression, no follow-up buttons).
         await context.bot.send_document(chat_id, images[0], filename=found.filename)

@@ -7,9 +7,9 @@ import logging
 from telegram import MenuButtonWebApp, Update, WebAppInfo
 from telegram.error import TelegramError
 
-from bot.context import BotContext
+from bot.context import BotContext, chat_id_of, user_of
 from bot.handlers import payments
-from bot.handlers.common import reply
+from bot.handlers.common import edit_or_reply, reply
 from domain import conversations, users
 from telegram_ui import callbacks as cb
 from telegram_ui.i18n import LANGUAGES
@@ -26,15 +26,15 @@ async def set_menu_button(update: Update, context: BotContext) -> None:
         return
     button = MenuButtonWebApp(context.t("miniapp.menu"), WebAppInfo(url))
     try:
-        await context.bot.set_chat_menu_button(update.effective_chat.id, button)
+        await context.bot.set_chat_menu_button(chat_id_of(update), button)
     except TelegramError as exc:
-        logger.info("menu button of chat %s not set: %s", update.effective_chat.id, exc)
+        logger.info("menu button of chat %s not set: %s", chat_id_of(update), exc)
 
 
 async def start(update: Update, context: BotContext) -> None:
     """Greet and explain the three steps; `/start buy` (a forwarded invoice's link, or a link an
     operator shares) then shows the packs on sale."""
-    name = context.account.first_name or update.effective_user.first_name or ""
+    name = context.account.first_name or user_of(update).first_name or ""
     await reply(update, context, context.t("start.welcome", name=name))
     await set_menu_button(update, context)
     if context.config.payments.enabled and context.args == [payments.BUY_START_PARAMETER]:
@@ -68,8 +68,8 @@ async def on_set_language(update: Update, context: BotContext, data: cb.SetLangu
         return
     await context.db.run(users.set_language, context.account.id, data.language)
     context.account.language = data.language
-    await update.callback_query.edit_message_text(
-        context.t("lang.changed"), reply_markup=language_keyboard(data.language)
+    await edit_or_reply(
+        update, context, context.t("lang.changed"), reply_markup=language_keyboard(data.language)
     )
     await set_menu_button(update, context)
 

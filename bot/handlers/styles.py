@@ -7,8 +7,8 @@ import logging
 
 from telegram import InlineKeyboardMarkup, InputMediaPhoto, Message, Update
 
-from bot.context import BotContext
-from bot.handlers.common import cpu, reply, start_portrait
+from bot.context import BotContext, chat_id_of
+from bot.handlers.common import cpu, pressed_message, reply, start_portrait
 from bot.images import placeholder_card
 from core.errors import SelfieRequired
 from domain import conversations, styles
@@ -91,7 +91,7 @@ async def show_card(
     sent: Message | bool
     if edit is None:
         sent = await context.bot.send_photo(
-            update.effective_chat.id, media, caption=caption, reply_markup=markup
+            chat_id_of(update), media, caption=caption, reply_markup=markup
         )
     else:
         sent = await edit.edit_media(InputMediaPhoto(media, caption=caption), reply_markup=markup)
@@ -105,26 +105,23 @@ async def style_command(update: Update, context: BotContext) -> None:
 
 async def on_style_page(update: Update, context: BotContext, data: cb.StylePage) -> None:
     """◀ / ▶ / a category: show another style in the same message."""
-    message = update.callback_query.message
-    await show_styles(
-        update,
-        context,
-        data.category,
-        data.index,
-        edit=message if isinstance(message, Message) else None,
-    )
+    edit = pressed_message(update)
+    await show_styles(update, context, data.category, data.index, edit=edit)
 
 
 async def on_style_categories(
     update: Update, context: BotContext, data: cb.StyleCategories
 ) -> None:
-    """Swap the carousel buttons for the category list."""
+    """Swap the carousel buttons for the category list (a carousel Telegram no longer shows
+    the bot cannot change: that press is stale)."""
+    message = pressed_message(update)
+    if message is None:
+        await reply(update, context, context.t("callback.stale"))
+        return
     found = await context.db.run(styles.visible_categories, context.account.id)
     # Only categories that can travel in callback data get a button; their styles stay in "all".
     categories = [c for c in found if cb.is_token(c) and c != cb.ALL]
-    await update.callback_query.edit_message_reply_markup(
-        style_categories_keyboard(categories, context.language)
-    )
+    await message.edit_reply_markup(style_categories_keyboard(categories, context.language))
 
 
 async def use_style(update: Update, context: BotContext, style_id: int) -> None:

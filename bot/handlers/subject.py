@@ -7,7 +7,7 @@ import logging
 from telegram import Update
 
 from bot.context import BotContext
-from bot.handlers.common import reply
+from bot.handlers.common import edit_or_reply, reply
 from domain import users
 from facechain.prompts import is_subject
 from telegram_ui import callbacks as cb
@@ -37,7 +37,9 @@ async def on_set_subject(update: Update, context: BotContext, data: cb.SetSubjec
     subject = None if data.subject == AUTO_SUBJECT else data.subject
     await context.db.run(users.set_subject, context.account.id, subject)
     context.account.subject = subject
-    await update.callback_query.edit_message_text(
+    await edit_or_reply(
+        update,
+        context,
         context.t("subject.changed", choice=subject_label(context.language, subject)),
         reply_markup=subject_keyboard(subject, context.language),
     )

@@ -10,8 +10,8 @@ from typing import Any
 
 from telegram import Message, Update
 
-from bot.context import BotContext
-from bot.handlers.common import IncomingImage, announce_and_dispatch, cpu, reply
+from bot.context import BotContext, chat_id_of
+from bot.handlers.common import IncomingImage, announce_and_dispatch, cpu, pressed_message, reply
 from bot.handlers.styles import show_card
 from bot.images import numbered_faces_preview
 from domain import conversations, jobs, photos, templates
@@ -54,10 +54,7 @@ async def template_command(update: Update, context: BotContext) -> None:
 
 async def on_template_page(update: Update, context: BotContext, data: cb.TemplatePage) -> None:
     """◀ / ▶ in the template carousel."""
-    message = update.callback_query.message
-    await show_templates(
-        update, context, data.index, edit=message if isinstance(message, Message) else None
-    )
+    await show_templates(update, context, data.index, edit=pressed_message(update))
 
 
 async def on_own_template(update: Update, context: BotContext, data: cb.OwnTemplate) -> None:
@@ -84,7 +81,7 @@ async def start_template(
         jobs.create_template_job,
         context.account.id,
         faces=faces,
-        chat_id=update.effective_chat.id,
+        chat_id=chat_id_of(update),
         update_id=update.update_id,
         limits=context.config.limits,
         is_admin=context.is_admin,
@@ -128,7 +125,7 @@ async def _ask_faces(
         max_pixels=limits.max_image_pixels,
     )
     await context.bot.send_photo(
-        update.effective_chat.id,
+        chat_id_of(update),
         preview,
         caption=context.nt("template.choose_faces", len(boxes)),
         reply_markup=template_faces_keyboard(len(boxes), [], context.language, nonce),
@@ -181,14 +178,19 @@ async def on_template_photo(
 
 
 async def on_toggle_face(update: Update, context: BotContext, data: cb.ToggleTemplateFace) -> None:
-    """Select or deselect one face of the pending template."""
+    """Select or deselect one face of the pending template (not on a preview Telegram no longer
+    shows the bot: the choice could not be shown, so that press is stale)."""
+    message = pressed_message(update)
+    if message is None:
+        await reply(update, context, context.t("callback.stale"))
+        return
     count, selected = await context.db.run(
         conversations.toggle_template_face, context.account.id, data.nonce, data.index
     )
     if not count:
         await reply(update, context, context.t("callback.stale"))
         return
-    await update.callback_query.edit_message_reply_markup(
+    await message.edit_reply_markup(
         template_faces_keyboard(count, selected, context.language, data.nonce)
     )
 
@@ -210,6 +212,6 @@ async def on_start_template(update: Update, context: BotContext, data: cb.StartT
         template_id=conv.data.get("template_id"),
         template_photo_id=conv.data.get("template_photo_id"),
     )
-    message = update.callback_query.message
-    if isinstance(message, Message):
+    message = pressed_message(update)
+    if message is not None:
         await message.edit_reply_markup(None)

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import logging
 
-from telegram import Message, Update
+from telegram import Update
 
-from bot.context import BotContext
-from bot.handlers.common import IncomingImage, announce_and_dispatch, cpu, reply
+from bot.context import BotContext, chat_id_of, message_of
+from bot.handlers.common import IncomingImage, announce_and_dispatch, cpu, pressed_message, reply
 from bot.images import validate_image
 from domain import conversations, jobs, photos, trainings, users
 from domain.trainings import MAX_NAME
@@ -123,7 +123,7 @@ async def on_training_text(
     update: Update, context: BotContext, conv: conversations.Conversation
 ) -> None:
     """The name, then the trigger word."""
-    text = (update.effective_message.text or "").replace("\x00", "").strip()
+    text = (message_of(update).text or "").replace("\x00", "").strip()
     if conv.state is conversations.State.TRAIN_NAME:
         if not trainings.valid_name(text):
             await reply(update, context, context.nt("training.bad_name", MAX_NAME))
@@ -167,11 +167,11 @@ async def on_training_text(
 async def on_train_confirm(update: Update, context: BotContext, data: cb.TrainConfirm) -> None:
     """Start the training, or drop the collected images."""
     conv = await context.db.run(conversations.load, context.account.id)
-    message = update.callback_query.message
+    message = pressed_message(update)
     if conv.state is not conversations.State.TRAIN_CONFIRM or data.answer not in ("yes", "no"):
         await reply(update, context, context.t("callback.stale"))
         return
-    if isinstance(message, Message):
+    if message is not None:
         await message.edit_reply_markup(None)
     photo_ids = [int(i) for i in conv.data.get("train_photo_ids", [])]
     if data.answer == "no":
@@ -187,7 +187,7 @@ async def on_train_confirm(update: Update, context: BotContext, data: cb.TrainCo
         name=str(conv.data.get("train_name", "")),
         trigger_word=str(conv.data.get("train_trigger", "")),
         photo_ids=photo_ids,
-        chat_id=update.effective_chat.id,
+        chat_id=chat_id_of(update),
         update_id=update.update_id,
         limits=context.config.limits,
         is_admin=context.is_admin,
