@@ -38,6 +38,7 @@ from db.models import (
 )
 from db.session import Database
 from domain import billing, jobs, lifecycle
+from domain.billing import refunds as billing_refunds
 from tests.conftest import migrate
 from tests.utils.factories import make_style, make_user
 
@@ -864,7 +865,7 @@ def test_refund_and_a_spend_interleaved_on_sqlite(
         except (CreditsNeeded, OperationalError) as exc:
             spent.append(type(exc).__name__)
 
-    move = billing._move
+    move = billing_refunds._move
     spender = threading.Thread(target=spend)
 
     def interleaved(session: Session, uid: int, kind: LedgerKind, delta: int, **kw: Any) -> Any:
@@ -874,7 +875,7 @@ def test_refund_and_a_spend_interleaved_on_sqlite(
             spender.join(1.5)
         return move(session, uid, kind, delta, **kw)
 
-    monkeypatch.setattr(billing, "_move", interleaved)
+    monkeypatch.setattr(billing_refunds, "_move", interleaved)
     result = sqlite_db.call(billing.refund_payment, payment_id, "admin")
     spender.join(40)
     assert not spender.is_alive()
