@@ -12,15 +12,17 @@ Give-back. A job's charge is given back exactly once when it ends through no fau
 failed with an error code that does not blame the user's input (`core.errors.caused_by_user`),
 or cancelled before generation started (still queued, never claimed by a worker). A job
 cancelled once it ran keeps its charge, free slot or credits: the GPU worked for it (otherwise
-cancelling just before the end would paint for free, without limit). Every final
-transition — the worker's finish, the claim, the sweep's failures, the cancel buttons and
-commands, whatever path a future change adds — is flushed through a Session, and the
-`before_flush` listener `charges._settle_on_flush` (registered on import; `domain/__init__.py`
-imports this package) sees each job whose status changed to a final one and calls `settle`.
-`settle` stamps `Job.charge_returned_at` (the free slot no longer counts toward the quota) and, for
-credits, appends a GIVEBACK row; the stamp and the ledger's unique (kind, job) make it
-idempotent. Credits a refund already counted as spent (its shortfall: the job was charged
-before the refund) go to that refund instead of back to the user, who has their Stars back.
+cancelling just before the end would paint for free, without limit). The paths that end a
+job call `settle_ended` where it ends (the worker's finish, the claim, the sweep's failures in
+`domain.lifecycle`; the cancel buttons and commands in `domain.jobs`). Every final transition,
+whatever path a future change adds, is also flushed through a Session, and the `before_flush`
+listener `charges._settle_on_flush` (registered on import; `domain/__init__.py` imports this
+package) calls `settle_ended` for each job whose status changed to a final one: a job settled
+already is left alone. `settle` stamps `Job.charge_returned_at` (the free slot no longer
+counts toward the quota) and, for credits, appends a GIVEBACK row; the stamp and the ledger's
+unique (kind, job) make it idempotent. Credits a refund already counted as spent (its
+shortfall: the job was charged before the refund) go to that refund instead of back to the
+user, who has their Stars back.
 
 Ledger. Credits move only through `ledger._move`: one atomic `UPDATE users SET credits =
 credits + d` (a debit only `WHERE credits >= amount`, so a balance never goes negative) plus one
@@ -55,6 +57,7 @@ from domain.billing.charges import (
     plan_charge,
     quota_used,
     settle,
+    settle_ended,
 )
 from domain.billing.invoices import (
     INVOICE_PREFIX,
@@ -171,6 +174,7 @@ __all__ = [
     "revenue_by_day",
     "save_star_cursor",
     "settle",
+    "settle_ended",
     "star_cursor",
     "update_pack",
 ]

@@ -188,13 +188,28 @@ def _previous_status(job: Job) -> JobStatus | None:
     return history.deleted[0] if history.deleted else None
 
 
+def settle_ended(session: Session, job: Job) -> bool:
+    """Give back the charge of a loaded job whose status just became final (since the last
+    flush), if due; whether it did now. Called where a job ends (`domain.lifecycle`,
+    `domain.jobs`); `_settle_on_flush` calls it for any path that does not."""
+    state = inspect(job)
+    if (
+        job.charge is None
+        or job.charge_returned_at is not None
+        or not state.persistent
+        or job.status not in FINAL_STATUSES
+        or not state.attrs.status.history.added
+    ):
+        return False
+    return settle(session, job, _previous_status(job))
+
+
 def _settle_on_flush(session: Session, _context: UOWTransaction, _instances: Any) -> None:
-    """The one place every job's final transition passes: give its charge back if due."""
+    """The one place every job's final transition passes: give its charge back if due (a path
+    that already called `settle_ended` finds it settled)."""
     for obj in list(session.dirty):
-        if isinstance(obj, Job) and obj.charge is not None and obj.charge_returned_at is None:
-            history = inspect(obj).attrs.status.history
-            if history.added and obj.status in FINAL_STATUSES:
-                settle(session, obj, _previous_status(obj))
+        if isinstance(obj, Job):
+            settle_ended(session, obj)
 
 
 event.listen(Session, "before_flush", _settle_on_flush)

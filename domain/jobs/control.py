@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from core.errors import IllegalTransition
 from db.models import Job, JobKind, JobStatus
 from db.repositories.jobs import JobRepository
-from domain import outbox
+from domain import billing, outbox
 from domain.audit import audit
 from domain.webhooks import emit_job_event
 
@@ -42,6 +42,7 @@ def _cancel(session: Session, job: Job, *, shown: bool) -> str:
     if job.status is JobStatus.QUEUED:
         job.transition(JobStatus.CANCELLED)
         job.error_code = "cancelled"
+        billing.settle_ended(session, job)
         emit_job_event(session, job, "job.cancelled")
         if shown:
             job.delivered_at = job.finished_at

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from db.base import db_now, lock_for_write, utcnow
 from db.models import ACTIVE_STATUSES, FINAL_STATUSES, Job, JobKind, JobStatus
+from domain.billing import settle_ended
 from domain.webhooks import emit_job_event
 
 logger = logging.getLogger(__name__)
@@ -123,6 +124,7 @@ def _end(
     else:
         job.transition(to, now=now)
     _release(job)
+    settle_ended(session, job)
     emit_job_event(session, job, _EVENT_FOR_STATUS[job.status])
 
 
@@ -321,6 +323,7 @@ def finish(
         job.result_meta = outcome.result_meta
         job.transition(JobStatus.SUCCEEDED, now=now)
     _release(job)
+    settle_ended(session, job)
     emit_job_event(session, job, _EVENT_FOR_STATUS[job.status])
     return job.status
 

@@ -236,7 +236,7 @@ def _job(session: Session, user: User, style: int, *, quota: int = 0) -> Job:
 
 
 class TestGiveBack:
-    """Every final path of a job settles its charge through the one flush hook."""
+    """Every final path of a job settles its charge where it ends (the flush hook backs it)."""
 
     def test_worker_error_gives_the_credit_back_once(self, session: Session) -> None:
         user, style = _user(session), _style(session)
@@ -335,6 +335,24 @@ class TestGiveBack:
             ran += 1
         assert ran == 1
         assert billing.quota_used(session, user.id) == 1
+
+    def test_a_job_gives_back_where_it_ends_not_at_the_next_flush(self, session: Session) -> None:
+        """Issue 25: the paths that end a job call the give-back themselves; the flush hook is
+        only the backstop (on 9da537c these charges stayed unsettled until a flush)."""
+        user, style = _user(session), _style(session)
+        _buy(session, user, 3)
+        failed, cancelled, unclaimed = (_job(session, user, style) for _ in range(3))
+        lifecycle.claim(session, failed.id, "host")
+        session.flush()
+        with session.no_autoflush:
+            lifecycle.finish(session, failed.id, None, ("internal", "boom"))
+            assert failed.charge_returned_at is not None
+            jobs.cancel_for_user(session, user.id, cancelled.id)
+            assert cancelled.charge_returned_at is not None
+            lifecycle.fail_unclaimed(session, unclaimed.id, "weights_missing", "no weights")
+            assert unclaimed.charge_returned_at is not None
+        assert _credits(session, user) == 3
+        assert billing.ledger_mismatches(session) == []
 
     def test_success_keeps_the_charge(self, session: Session) -> None:
         user, style = _user(session), _style(session)
