@@ -38,6 +38,7 @@ from db.models import (
 )
 from db.session import Database
 from domain import billing, jobs, lifecycle
+from domain.billing import refunds as billing_refunds
 from tests.conftest import migrate
 from tests.utils.factories import make_style, make_user
 
@@ -235,7 +236,7 @@ def _job(session: Session, user: User, style: int, *, quota: int = 0) -> Job:
 
 
 class TestGiveBack:
-    """Every final path of a job settles its charge through the one flush hook."""
+    """Every final path of a job settles its charge where it ends (the flush hook backs it)."""
 
     def test_worker_error_gives_the_credit_back_once(self, session: Session) -> None:
         user, style = _user(session), _style(session)
@@ -334,6 +335,24 @@ class TestGiveBack:
             ran += 1
         assert ran == 1
         assert billing.quota_used(session, user.id) == 1
+
+    def test_a_job_gives_back_where_it_ends_not_at_the_next_flush(self, session: Session) -> None:
+        """Issue 25: the paths that end a job call the give-back themselves; the flush hook is
+        only the backstop (on 9da537c these charges stayed unsettled until a flush)."""
+        user, style = _user(session), _style(session)
+        _buy(session, user, 3)
+        failed, cancelled, unclaimed = (_job(session, user, style) for _ in range(3))
+        lifecycle.claim(session, failed.id, "host")
+        session.flush()
+        with session.no_autoflush:
+            lifecycle.finish(session, failed.id, None, ("internal", "boom"))
+            assert failed.charge_returned_at is not None
+            jobs.cancel_for_user(session, user.id, cancelled.id)
+            assert cancelled.charge_returned_at is not None
+            lifecycle.fail_unclaimed(session, unclaimed.id, "weights_missing", "no weights")
+            assert unclaimed.charge_returned_at is not None
+        assert _credits(session, user) == 3
+        assert billing.ledger_mismatches(session) == []
 
     def test_success_keeps_the_charge(self, session: Session) -> None:
         user, style = _user(session), _style(session)
@@ -864,7 +883,7 @@ def test_refund_and_a_spend_interleaved_on_sqlite(
         except (CreditsNeeded, OperationalError) as exc:
             spent.append(type(exc).__name__)
 
-    move = billing._move
+    move = billing_refunds._move
     spender = threading.Thread(target=spend)
 
     def interleaved(session: Session, uid: int, kind: LedgerKind, delta: int, **kw: Any) -> Any:
@@ -874,7 +893,7 @@ def test_refund_and_a_spend_interleaved_on_sqlite(
             spender.join(1.5)
         return move(session, uid, kind, delta, **kw)
 
-    monkeypatch.setattr(billing, "_move", interleaved)
+    monkeypatch.setattr(billing_refunds, "_move", interleaved)
     result = sqlite_db.call(billing.refund_payment, payment_id, "admin")
     spender.join(40)
     assert not spender.is_alive()

@@ -1,19 +1,11 @@
-"""Jobs as users and admins see them: create (with ban, active-job and quota/credit checks),
-release to the workers, cancel, retry, and the queries behind the chat's job buttons and
-/history.
-
-Every creation first locks the user's row, so the active-job and quota checks and the credit
-spend (`domain.billing`) hold even when two updates (or two bot replicas) race. A created job
-is committed as queued and published only when `release_job` (after the chat showed its status
-message) or `retry_job` puts it in the outbox; the sweep publishes queued jobs that were never
-released."""
+"""Creating jobs, one function per kind, each under the user's row lock with the ban,
+active-job and quota/credit checks (`check_can_start`)."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -22,7 +14,6 @@ from sqlalchemy.orm import Session
 from core.blobstore import BlobStore
 from core.errors import (
     ActiveJobExists,
-    IllegalTransition,
     NotFound,
     ResultExpired,
     ResultUnavailable,
@@ -33,26 +24,14 @@ from core.errors import (
 )
 from core.settings import LimitsSettings, PaymentsSettings
 from db.base import utcnow
-from db.models import (
-    Job,
-    JobKind,
-    JobStatus,
-    Photo,
-    PhotoKind,
-    Style,
-    StyleTraining,
-    Template,
-    User,
-)
+from db.models import Job, JobKind, JobStatus, Photo, PhotoKind, StyleTraining, User
 from db.repositories.jobs import JobRepository
 from db.repositories.photos import PhotoRepository
-from domain import billing, outbox, uploads
-from domain.audit import audit
+from domain import billing, uploads
 from domain.privacy import results_expired
 from domain.styles import usable_style
 from domain.templates import usable_template
 from domain.trainings import valid_name, valid_trigger
-from domain.webhooks import emit_job_event
 
 # Without history, assume a job takes this long (the tiny profile is faster, real is ~1 min).
 DEFAULT_JOB_SECONDS = 60.0
@@ -356,276 +335,7 @@ def create_upscale_job(
     )
 
 
-def release_job(session: Session, job_id: int, status_message_id: int | None = None) -> None:
-    """Hand a created job to the workers (after the commit), remembering its status message so
-    workers can edit it."""
-    job = session.get(Job, job_id)
-    if job is None:
-        return
-    if status_message_id is not None:
-        job.status_message_id = status_message_id
-    outbox.pending(session).jobs.append(job_id)
-
-
 def owned_job(session: Session, user_id: int, job_id: int) -> Job | None:
     """The job if it belongs to the user."""
     job = session.get(Job, job_id)
     return job if job is not None and job.user_id == user_id else None
-
-
-class CancelOutcome:
-    CANCELLED = "cancelled"
-    REQUESTED = "requested"
-    FINISHED = "finished"
-    MISSING = "missing"
-
-
-def _cancel(session: Session, job: Job, *, shown: bool) -> str:
-    """Cancel a queued job at once (emitting job.cancelled); flag a running one for its worker.
-
-    `shown`: the caller tells the chat itself (the user's Cancel button edits the status
-    message), so the cancellation counts as delivered; otherwise the io worker tells the chat
-    after the commit (and the sweep again if that message is lost)."""
-    if job.status is JobStatus.QUEUED:
-        job.transition(JobStatus.CANCELLED)
-        job.error_code = "cancelled"
-        emit_job_event(session, job, "job.cancelled")
-        if shown:
-            job.delivered_at = job.finished_at
-        elif job.chat_id is not None:
-            outbox.pending(session).results.append(job.id)
-        return CancelOutcome.CANCELLED
-    if job.status is JobStatus.RUNNING:
-        # The worker owns a running job; it sees the flag, stops and records the cancellation.
-        job.cancel_requested = True
-        return CancelOutcome.REQUESTED
-    return CancelOutcome.FINISHED
-
-
-def cancel_for_user(session: Session, user_id: int, job_id: int) -> str:
-    """The user's Cancel button: a `CancelOutcome` (missing if the job is not theirs)."""
-    job = session.get(Job, job_id, with_for_update=True, populate_existing=True)
-    if job is None or job.user_id != user_id:
-        return CancelOutcome.MISSING
-    return _cancel(session, job, shown=True)
-
-
-def cancel_job(session: Session, job_id: int, actor: str) -> Job:
-    """An admin's cancel: a queued job at once, a running one at its next progress step."""
-    job = JobRepository(session).get_for_update(job_id)
-    if _cancel(session, job, shown=False) == CancelOutcome.FINISHED:
-        raise IllegalTransition(
-            f"job {job_id} is {job.status.value}; only queued or running jobs can be cancelled",
-            job_id=job_id,
-            current=job.status.value,
-        )
-    audit(session, actor, "job.cancel", f"job:{job_id}", status=job.status.value)
-    return job
-
-
-def retry_job(session: Session, job_id: int, actor: str) -> Job:
-    """Put a failed or cancelled job back in the queue (published after the commit).
-
-    The job keeps what it was charged; a charge already given back is not taken again (the
-    operator retries at their own cost)."""
-    job = JobRepository(session).get_for_update(job_id)
-    previous = job.status.value
-    job.transition(JobStatus.QUEUED)
-    audit(session, actor, "job.retry", f"job:{job_id}", previous=previous)
-    outbox.pending(session).jobs.append(job_id)
-    return job
-
-
-def jobs_page(
-    session: Session,
-    *,
-    status: JobStatus | None,
-    kind: JobKind | None,
-    telegram_id: int | None,
-    limit: int,
-    offset: int,
-) -> tuple[Sequence[Job], int]:
-    """Jobs newest first, filtered by status, kind and the user's Telegram id."""
-    return JobRepository(session).page(
-        JobRepository(session).search(status=status, kind=kind, telegram_id=telegram_id),
-        limit=limit,
-        offset=offset,
-    )
-
-
-def get_job(session: Session, job_id: int) -> Job:
-    """One job (NotFound otherwise)."""
-    return JobRepository(session).get(job_id)
-
-
-# ---- what the chat's buttons and /history need ----
-
-SHOWABLE = (JobStatus.SUCCEEDED,)
-
-
-@dataclass(frozen=True)
-class JobFacts:
-    """What "more like this" and friends need to start a similar job."""
-
-    kind: JobKind
-    style_id: int | None
-    template_id: int | None
-    template_photo_id: int | None
-    faces: list[int]
-
-
-def job_facts(session: Session, user_id: int, job_id: int) -> JobFacts | None:
-    """The user's job's inputs (0-based faces); None if it is not theirs."""
-    job = owned_job(session, user_id, job_id)
-    if job is None:
-        return None
-    params = job.params or {}
-    return JobFacts(
-        kind=job.kind,
-        style_id=job.style_id if job.style_id is not None else params.get("style_id"),
-        template_id=params.get("template_id"),
-        template_photo_id=params.get("template_photo_id"),
-        faces=[int(f) - 1 for f in params.get("faces", [])],
-    )
-
-
-@dataclass(frozen=True)
-class HistoryRow:
-    """One line of /history."""
-
-    job_id: int
-    kind: JobKind
-    status: JobStatus
-    created: str
-    title: str
-    results: int
-
-
-def history(
-    session: Session, user_id: int, language: str, offset: int, page: int
-) -> tuple[list[HistoryRow], bool]:
-    """One page of the user's jobs, newest first, and whether older ones follow."""
-    found = JobRepository(session).for_user(user_id, limit=page + 1, offset=offset)
-    rows = []
-    for job in found[:page]:
-        title = ""
-        if job.style_id is not None:
-            style = session.get(Style, job.style_id)
-            title = style.name_for(language) if style else ""
-        elif job.template_id is not None:
-            template = session.get(Template, job.template_id)
-            title = template.name_for(language) if template else ""
-        rows.append(
-            HistoryRow(
-                job.id,
-                job.kind,
-                job.status,
-                job.created_at.strftime("%Y-%m-%d %H:%M"),
-                title,
-                len(job.result_blobs or []),
-            )
-        )
-    return rows, len(found) > page
-
-
-@dataclass(frozen=True)
-class JobResults:
-    """A finished job's images, to send them again."""
-
-    keys: list[str]
-    style_id: int | None
-    kind: JobKind
-    filename: str
-
-
-def job_results(session: Session, user_id: int, job_id: int) -> JobResults | None:
-    """The user's finished job's result blobs; None if not theirs or not finished."""
-    job = owned_job(session, user_id, job_id)
-    if job is None or job.status not in SHOWABLE:
-        return None
-    if results_expired(job):
-        raise ResultExpired(f"job {job_id}'s images expired")
-    meta = job.result_meta or {}
-    return JobResults(
-        list(job.result_blobs or []),
-        job.style_id,
-        job.kind,
-        str(meta.get("filename") or f"result-{job.id}.png"),
-    )
-
-
-# ---- what the Mini App's "My portraits" shows ----
-
-# Finished sets listed at most (newest first); /history pages further back.
-OVERVIEW_SETS = 30
-
-
-@dataclass(frozen=True)
-class ActiveJob:
-    """A queued or running job: where it stands."""
-
-    job_id: int
-    kind: JobKind
-    status: JobStatus
-    position: int
-    progress: float
-    title: str
-
-
-@dataclass(frozen=True)
-class FinishedSet:
-    """A finished portrait or template set and its pictures."""
-
-    job_id: int
-    kind: JobKind
-    title: str
-    created: datetime
-    result_blobs: list[str]
-
-
-@dataclass(frozen=True)
-class Overview:
-    """The user's jobs in progress and their latest finished sets."""
-
-    active: list[ActiveJob]
-    finished: list[FinishedSet]
-
-
-def _title(session: Session, job: Job, language: str) -> str:
-    if job.style_id is not None:
-        style = session.get(Style, job.style_id)
-        return style.name_for(language) if style else ""
-    if job.template_id is not None:
-        template = session.get(Template, job.template_id)
-        return template.name_for(language) if template else ""
-    return ""
-
-
-def overview(
-    session: Session, user_id: int, language: str, limit: int = OVERVIEW_SETS
-) -> Overview:
-    """Jobs in progress (queue position, progress) and the finished portrait and template sets,
-    newest first."""
-    repo = JobRepository(session)
-    active = [
-        ActiveJob(
-            job.id,
-            job.kind,
-            job.status,
-            repo.queue_position(job) if job.status is JobStatus.QUEUED else 0,
-            float(job.progress or 0.0),
-            _title(session, job, language),
-        )
-        for job in sorted(repo.active_for_user(user_id), key=lambda j: j.id)
-    ]
-    finished = [
-        FinishedSet(
-            job.id,
-            job.kind,
-            _title(session, job, language),
-            job.created_at,
-            list(job.result_blobs),
-        )
-        for job in repo.finished_sets(user_id, (JobKind.PORTRAIT, JobKind.TEMPLATE), limit)
-    ]
-    return Overview(active, finished)
