@@ -203,12 +203,13 @@ class BotProcess(CliProcess):
         super().__init__(["bot"], env, log_path)
 
     async def ready(self, seconds: float = 120.0) -> None:
-        """Until the bot logged that it polls."""
+        """Until the bot logged that it takes updates (the runner's "ready": polling started, or
+        the webhook set; not PTB's "bot @name ready", logged at initialise, before either)."""
 
         def up() -> bool:
             if self.proc.poll() is not None:
                 raise AssertionError(f"bot exited ({self.proc.returncode}):\n{self.log()[-4000:]}")
-            return "ready" in self.log()
+            return "service.runner: ready" in self.log()
 
         await wait_until(up, seconds, "bot ready")
 
