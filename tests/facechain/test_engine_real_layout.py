@@ -30,6 +30,8 @@ from facechain.prompts import SUBJECTS
 from tests.facechain.openpose_data import write_openpose_weights
 from tests.facechain.test_fairface import synthetic_state_dict as fairface_state_dict
 from tests.facechain.test_rrdb import published_layout as rrdb_layout
+from tests.facechain.test_safety import synthetic_state as safety_state
+from tests.facechain.test_safety import write_published as write_safety_checker
 
 pytestmark = pytest.mark.slow
 
@@ -132,6 +134,12 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     gen = torch.Generator().manual_seed(8)
     rrdb = {k: 0.02 * torch.randn(v, generator=gen) for k, v in rrdb_layout().items()}
     torch.save(rrdb, src / spec.model_id / spec.path)
+    # The safety checker in its published files (tiny widths), with thresholds no cosine
+    # reaches: it checks every candidate and flags none, so the set is the engine's own.
+    checker = safety_state(seed=9)
+    for key in [k for k in checker if k.endswith("embeds_weights")]:
+        checker[key] = torch.full_like(checker[key], 2.0)
+    write_safety_checker(src / registry.SAFETY_CHECKER.model_id, checker)
 
     cache = tmp_path_factory.mktemp("models")
     registry.download_models(
@@ -145,6 +153,7 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "fairface",
             "upscaler_rrdb",
             "default_style_lora",
+            "safety_checker",
         ],
         local_source=src,
         link=True,
