@@ -11,9 +11,9 @@ TTL, so idle chats leave nothing behind.
 Times in Redis are wall-clock microseconds (`time.time`, NTP-synchronised hosts); the caller
 speaks in delays from now, so its own clock (monotonic) never meets another host's.
 
-Redis out of reach never holds a message back: `book` answers None after one short try (the
-caller falls back to its own in-memory schedule), the outage is logged once, and Redis is tried
-again `RETRY_SECONDS` later."""
+Redis out of reach (or answering with an error) never holds a message back: `book` answers
+None after one short try (the caller falls back to its own in-memory schedule), the outage is
+logged once, and Redis is tried again `RETRY_SECONDS` later."""
 
 from __future__ import annotations
 
@@ -23,8 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
 
 from telegram_ui.flood import (
     GROUP_MESSAGES,
@@ -163,7 +162,9 @@ class SharedSchedules:
                 keys=self._key(chat_id),
                 args=[op, str(now_us), str(at_us), *self._rule(chat_id), grace_ms],
             )
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        except (RedisError, OSError) as exc:
+            # Out of reach, too slow, or refusing (a wrong db, out of memory, read-only): the
+            # message goes on this process's own schedule rather than waiting or failing.
             if self._down_until is None:
                 logger.warning(
                     "Redis (%s) is out of reach for the shared flood limits: each process "

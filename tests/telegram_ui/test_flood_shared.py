@@ -124,6 +124,19 @@ class TestRedisDown:
         await limiter.shutdown()
 
 
+@needs_redis
+async def test_a_redis_that_answers_with_an_error_is_not_a_send_failure() -> None:
+    clock = FakeClock()
+    # Redis answers, but refuses the connection's database ("DB index is out of range").
+    shared = SharedSchedules("redis://127.0.0.1:6379/99999", clock=clock)
+    limiter = TelegramLimiter(clock=clock, sleep=clock.advancing, shared=shared)
+    api = Api(clock)
+    for _ in range(4):
+        await api.call(limiter, "sendMessage", chat_id=7)
+    assert api.times(7) == [0.0, 0.0, 0.0, 1.0]
+    await limiter.shutdown()
+
+
 class TestWiring:
     def test_only_a_redis_broker_shares_the_schedules(self) -> None:
         settings = TelegramSettings(token="123456:" + "A" * 35)
