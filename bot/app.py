@@ -54,7 +54,7 @@ from core.safety import ScreenFactory, create_screen
 from core.settings import AppConfig
 from db.session import Database
 from domain.outbox import Publisher
-from telegram_ui.client import TelegramLimiter
+from telegram_ui.client import make_limiter
 from telegram_ui.i18n import DEFAULT_LANGUAGE, LANGUAGES, translate
 
 logger = logging.getLogger(__name__)
@@ -247,7 +247,8 @@ def build_application(
         .base_file_url(telegram.file_base_url)
         .context_types(ContextTypes(context=BotContext))
         .concurrent_updates(processor)
-        .rate_limiter(TelegramLimiter(bulk_per_second=telegram.bulk_messages_per_second))
+        # Chats' flood schedules shared with the io workers and the web through Redis.
+        .rate_limiter(make_limiter(telegram, config.broker.effective_url))
         # aiohttp, not PTB's default httpx: a fifth of the CPU per Bot API call (bot/transport.py).
         .request(AiohttpRequest(connection_pool_size=64, media_write_timeout=60))
         .get_updates_request(AiohttpRequest(connection_pool_size=1))

@@ -72,8 +72,8 @@ class WorkerContext:
 
         with _lock:
             if self._telegram is None:
-                settings = self.config.telegram
-                self._telegram = BotRunner(lambda: make_bot(settings))
+                settings, broker_url = self.config.telegram, self.config.broker.effective_url
+                self._telegram = BotRunner(lambda: make_bot(settings, broker_url))
             return self._telegram
 
     def call_telegram(self, fn: Callable[[Bot], Awaitable[T]]) -> T:

@@ -48,6 +48,7 @@ from telegram_ui.flood import (
     chat_schedule,
     posts_message,
 )
+from telegram_ui.flood_shared import SharedSchedules, shared_flood_url
 
 logger = logging.getLogger(__name__)
 
@@ -146,8 +147,13 @@ class TelegramLimiter(BaseRateLimiter[int]):
     network retries that cannot duplicate (module docstring).
 
     A RetryAfter longer than `max_retry_after` is not waited out here: it reaches the caller,
-    which can reschedule (the io worker retries the task later) instead of blocking. The
-    limits hold per process: the bot and each io worker keep their own schedules."""
+    which can reschedule (the io worker retries the task later) instead of blocking.
+
+    With `shared` (a Redis broker), the chats' schedules and their 429 pauses are booked in
+    Redis, so the bot, the io workers and the web's Mini App count one chat's messages together
+    (`telegram_ui.flood_shared`); Redis out of reach falls back to this process's own
+    schedules. Without it (the embedded broker) each process keeps its own. The bulk limit is
+    always this process's own."""
 
     def __init__(
         self,
@@ -159,6 +165,7 @@ class TelegramLimiter(BaseRateLimiter[int]):
         bulk_per_second: float = BULK_PER_SECOND,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] | None = None,
+        shared: SharedSchedules | None = None,
     ) -> None:
         self.max_retries = max_retries
         self.network_retries = network_retries
@@ -168,6 +175,9 @@ class TelegramLimiter(BaseRateLimiter[int]):
         self._sleep = sleep
         self.bulk = TokenBucket(bulk_per_second, 1)
         self._chats: dict[object, Schedule] = {}
+        self.shared = shared
+        # Bulk bookings in Redis one at a time, so the bulk schedule is committed in order.
+        self._bulk_lock = asyncio.Lock()
         # A 429 on a call to no chat holds back every call until then.
         self._paused_until = float("-inf")
 
@@ -175,7 +185,9 @@ class TelegramLimiter(BaseRateLimiter[int]):
         """Nothing to set up."""
 
     async def shutdown(self) -> None:
-        """Nothing to tear down."""
+        """Close the shared schedules' Redis connection, if any."""
+        if self.shared is not None:
+            await self.shared.close()
 
     async def process_request(
         self,
@@ -205,6 +217,8 @@ class TelegramLimiter(BaseRateLimiter[int]):
                 waits += 1
                 logger.info("%s: Telegram asks to wait %.1f s; waiting", endpoint, seconds)
                 self._pause(chat_id, bulk, self.clock() + seconds + RETRY_AFTER_MARGIN)
+                if self.shared is not None and chat_id is not None:
+                    await self.shared.pause(chat_id, seconds + RETRY_AFTER_MARGIN)
                 continue
             except NetworkError as exc:
                 if attempt >= self.network_retries or not safe_to_repeat(endpoint, exc):
@@ -236,14 +250,10 @@ class TelegramLimiter(BaseRateLimiter[int]):
         if chat is not None:
             at = max(at, chat.paused_until)
             if posts_message(endpoint):
-                at = chat.earliest(at)
-                if bulk:
-                    # The later of the two, then booked in both (a booked time is never early).
-                    at = chat.earliest(self.bulk.earliest(at))
-                    self.bulk.commit(at)
-                chat.commit(at)
-        if at > now:
-            await self.sleep(at - now)
+                at = await self._book(chat_id, chat, at, bulk)
+        wait = at - self.clock()
+        if wait > 0:
+            await self.sleep(wait)
         # A 429 that came meanwhile (booked times do not move): wait it out once.
         pause = max(self._paused_until, chat.paused_until if chat is not None else -math.inf)
         if bulk:
@@ -251,6 +261,37 @@ class TelegramLimiter(BaseRateLimiter[int]):
         late = pause - self.clock()
         if late > 0:
             await self.sleep(late)
+
+    async def _book(self, chat_id: object, chat: Schedule, at: float, bulk: bool) -> float:
+        """Book a message to `chat_id` at or after `at`: its send time."""
+        if self.shared is None:
+            return self._book_here(chat, at, bulk)
+        if not bulk:
+            booked = await self._book_shared(chat_id, at)
+            return self._book_here(chat, at, bulk) if booked is None else booked
+        async with self._bulk_lock:
+            booked = await self._book_shared(chat_id, self.bulk.earliest(at))
+            if booked is None:
+                return self._book_here(chat, at, bulk)
+            self.bulk.commit(booked)
+            return booked
+
+    async def _book_shared(self, chat_id: object, at: float) -> float | None:
+        """Book in Redis (every process's messages to the chat); None if it is out of reach."""
+        assert self.shared is not None
+        now = self.clock()
+        delay = await self.shared.book(chat_id, at - now)
+        return None if delay is None else now + delay
+
+    def _book_here(self, chat: Schedule, at: float, bulk: bool) -> float:
+        """Book in this process's own schedules."""
+        at = chat.earliest(at)
+        if bulk:
+            # The later of the two, then booked in both (a booked time is never early).
+            at = chat.earliest(self.bulk.earliest(at))
+            self.bulk.commit(at)
+        chat.commit(at)
+        return at
 
     def _pause(self, chat_id: object, bulk: bool, until: float) -> None:
         """Hold back what a 429 was about until `until`."""
@@ -271,8 +312,21 @@ class TelegramLimiter(BaseRateLimiter[int]):
         return float(self.backoff * 2**attempt * (0.5 + random.random()))
 
 
-def make_bot(settings: TelegramSettings) -> Bot:
-    """A Bot for the configured (possibly self-hosted) Bot API server, throttled and retrying."""
+def make_limiter(settings: TelegramSettings, broker_url: str | None = None) -> TelegramLimiter:
+    """The limiter for a process sending as this bot: its chats' schedules shared through the
+    broker's Redis when the broker is Redis (`BrokerSettings.effective_url`), else its own."""
+    url = shared_flood_url(broker_url)
+    shared = None
+    if url is not None:
+        token = settings.token.get_secret_value() if settings.token is not None else ""
+        # The bot's id (the token's first part): two bots' limits in one chat are separate.
+        shared = SharedSchedules(url, namespace=token.split(":", 1)[0])
+    return TelegramLimiter(bulk_per_second=settings.bulk_messages_per_second, shared=shared)
+
+
+def make_bot(settings: TelegramSettings, broker_url: str | None = None) -> Bot:
+    """A Bot for the configured (possibly self-hosted) Bot API server, throttled and retrying;
+    `broker_url` as `make_limiter`."""
     if settings.token is None:
         raise RuntimeError("TELEGRAM_TOKEN is not set")
     return ExtBot(
@@ -289,7 +343,7 @@ def make_bot(settings: TelegramSettings) -> Bot:
             write_timeout=120,
             media_write_timeout=120,
         ),
-        rate_limiter=TelegramLimiter(bulk_per_second=settings.bulk_messages_per_second),
+        rate_limiter=make_limiter(settings, broker_url),
     )
 
 

@@ -42,13 +42,16 @@ from web.schemas import (
 )
 
 
-def _telegram(settings: TelegramSettings) -> Callable[[], AbstractAsyncContextManager[Bot]]:
-    """Opens a Bot for one call; Telegram out of reach (or the token refused) answers 503."""
+def _telegram(
+    settings: TelegramSettings, broker_url: str | None = None
+) -> Callable[[], AbstractAsyncContextManager[Bot]]:
+    """Opens a Bot for one call; Telegram out of reach (or the token refused) answers 503.
+    `broker_url`: the chats' flood schedules are shared through the broker's Redis."""
 
     @asynccontextmanager
     async def opened() -> AsyncIterator[Bot]:
         try:
-            async with make_bot(settings) as bot:
+            async with make_bot(settings, broker_url) as bot:
                 yield bot
         except BadRequest:
             raise
@@ -121,7 +124,7 @@ async def list_payments(call: Call) -> BaseModel:
 async def refund_payment(call: Call) -> RefundOut:
     """Refund through Telegram (refundStarPayment), then debit the unspent credits once."""
     result = await telegram_payments.refund(
-        _telegram(call.config.telegram),
+        _telegram(call.config.telegram, call.config.broker.effective_url),
         call.db,
         call.publisher,
         call.path_int("payment_id"),
@@ -143,7 +146,7 @@ async def refund_payment(call: Call) -> RefundOut:
 async def reconcile_payments(call: Call) -> ReconcileOut:
     """Credit the payments Telegram made that were never recorded (lost updates)."""
     found = await telegram_payments.reconcile(
-        _telegram(call.config.telegram),
+        _telegram(call.config.telegram, call.config.broker.effective_url),
         call.db,
         call.publisher,
         admin_chat=call.config.telegram.admin_chat_id,

@@ -487,7 +487,7 @@ def _static_handler(name: str, media_type: str) -> Handler:
 
 async def telegram_link(app: web.Application) -> AsyncIterator[None]:
     """The Bot the API talks to Telegram with, closed with the app."""
-    link = TelegramLink(app[CONFIG].telegram)
+    link = TelegramLink(app[CONFIG].telegram, app[CONFIG].broker.effective_url)
     app[TELEGRAM_LINK] = link
     yield
     await link.close()

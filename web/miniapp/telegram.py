@@ -25,8 +25,10 @@ logger = logging.getLogger(__name__)
 class TelegramLink:
     """One Bot for the app's lifetime, opened (getMe) when first needed."""
 
-    def __init__(self, settings: TelegramSettings) -> None:
+    def __init__(self, settings: TelegramSettings, broker_url: str | None = None) -> None:
         self.settings = settings
+        # The chats' flood schedules are shared with the bot through the broker's Redis.
+        self.broker_url = broker_url
         self._bot: Bot | None = None
         self._lock = asyncio.Lock()
 
@@ -34,7 +36,7 @@ class TelegramLink:
         """The initialised Bot; Unavailable (503) while Telegram cannot be reached."""
         async with self._lock:
             if self._bot is None:
-                bot = make_bot(self.settings)
+                bot = make_bot(self.settings, self.broker_url)
                 try:
                     await bot.initialize()
                 except TelegramError as exc:
