@@ -23,9 +23,11 @@ from sqlalchemy import func, select
 
 from core.blobstore import LocalBlobStore
 from core.metrics import create_metrics
+from core.safety import LocalScreen
 from db.models import Job, User
 from db.session import Database
 from tests.utils.factories import make_selfie, make_style, make_user
+from tests.utils.fake_safety import tiny_checker
 from tests.utils.fake_telegram import FakeTelegram
 from tests.web.conftest import AUTH, TOKEN, make_config, publisher_for
 from web.app import create_web_app
@@ -251,6 +253,9 @@ def live_server(
             publisher_for(celery, db),
             metrics=create_metrics(),
             auth_max_failures=10**9,
+            # The tiny checker in-process (it flags nothing): uploads are screened as in
+            # production, without the published weights or a checker process to spawn.
+            screen_factory=lambda _: LocalScreen(tiny_checker()),
         )
         with LiveServer(app) as server:
             yield server
