@@ -20,6 +20,7 @@ from telegram import Update
 from telegram.error import Conflict, InvalidToken, RetryAfter
 from telegram.ext import Application
 
+from bot.processor import PerUserUpdateProcessor
 from db.session import Database
 from domain import inbox
 from telegram_ui.client import retry_after_seconds
@@ -72,13 +73,26 @@ async def replay_unfinished(application: AnyApplication, db: Database) -> int:
 async def accept(application: AnyApplication, db: Database, data: dict[str, Any]) -> bool:
     """Store one received update, then queue it; False when it was stored before (not queued
     again) or is not an update. Returns only once the inbox row is committed."""
-    update = _as_update(application, data)
-    if update is None:
-        return False
-    if not await db.run(inbox.store, update.update_id, data):
-        return False
-    await application.update_queue.put(update)
-    return True
+    return await accept_batch(application, db, [data]) == 1
+
+
+async def accept_batch(
+    application: AnyApplication, db: Database, batch: Sequence[dict[str, Any]]
+) -> int:
+    """Store received updates in one transaction, then queue those not stored before, in
+    order; how many were queued. Returns only once the inbox rows are committed."""
+    parsed = [(_as_update(application, data), data) for data in batch]
+    received = [(update, data) for update, data in parsed if update is not None]
+    if not received:
+        return 0
+    stored = set(await db.run(inbox.store_batch, [(u.update_id, d) for u, d in received]))
+    processor = application.update_processor
+    for update, _ in received:
+        if update.update_id in stored:
+            if isinstance(processor, PerUserUpdateProcessor):
+                processor.fresh.add(update.update_id)
+            await application.update_queue.put(update)
+    return len(stored)
 
 
 class DurablePoller:
@@ -146,10 +160,10 @@ class DurablePoller:
             allowed_updates=self.allowed_updates,
             read_timeout=self.timeout + 10,
         )
-        new = 0
-        for update in updates:
-            # Stored and committed before the next getUpdates moves the offset past it.
-            if await accept(self.application, self.db, update.to_dict()):
-                new += 1
-            self._offset = update.update_id + 1
+        if not updates:
+            return 0
+        # Stored and committed (one transaction for the batch) before the next getUpdates
+        # moves the offset past them.
+        new = await accept_batch(self.application, self.db, [u.to_dict() for u in updates])
+        self._offset = updates[-1].update_id + 1
         return new

@@ -47,6 +47,9 @@ class PerUserUpdateProcessor(BaseUpdateProcessor):
         self.db = db
         # Update ids queued or running in this process: a second copy is dropped at once.
         self._active: set[int] = set()
+        # Update ids this process has just stored in the inbox (`bot.polling.accept`): a row
+        # inserted a moment ago cannot be done, so their handling skips the inbox read.
+        self.fresh: set[int] = set()
         self.rate_limiter = rate_limiter
         # Admins are not flood-limited (they run /broadcast and /stats in bursts).
         self.exempt = frozenset(exempt)
@@ -113,11 +116,15 @@ class PerUserUpdateProcessor(BaseUpdateProcessor):
         if self.db is None or not isinstance(update, Update):
             await coroutine
             return
-        try:
-            done = await self.db.run(inbox.is_done, update.update_id)
-        except Exception as exc:
-            logger.warning("update %s: the inbox cannot be read (%s)", update.update_id, exc)
+        if update.update_id in self.fresh:
+            self.fresh.discard(update.update_id)
             done = False
+        else:
+            try:
+                done = await self.db.run(inbox.is_done, update.update_id)
+            except Exception as exc:
+                logger.warning("update %s: the inbox cannot be read (%s)", update.update_id, exc)
+                done = False
         if done:
             logger.info("update %s was handled before; not again", update.update_id)
             _discard(coroutine)

@@ -8,6 +8,7 @@ update created (`jobs.update_id`), and payments are keyed by Telegram's charge i
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -33,6 +34,30 @@ def store(session: Session, update_id: int, payload: dict[str, Any]) -> bool:
         # Another process stored the same update between the read and the insert.
         return False
     return True
+
+
+def store_batch(session: Session, items: Sequence[tuple[int, dict[str, Any]]]) -> list[int]:
+    """Keep a batch of received updates in one transaction (what one getUpdates returned); the
+    ids of those not stored before, in order (the copies are not handled again)."""
+    ids = [update_id for update_id, _ in items]
+    if not ids:
+        return []
+    seen = set(
+        session.scalars(select(InboundUpdate.update_id).where(InboundUpdate.update_id.in_(ids)))
+    )
+    stored: list[int] = []
+    for update_id, payload in items:
+        if update_id in seen:
+            continue
+        seen.add(update_id)
+        try:
+            with session.begin_nested():
+                session.add(InboundUpdate(update_id=update_id, payload=payload))
+        except IntegrityError:
+            # Another process stored the same update between the read and the insert.
+            continue
+        stored.append(update_id)
+    return stored
 
 
 def unfinished(session: Session, limit: int = 10_000) -> list[dict[str, Any]]:

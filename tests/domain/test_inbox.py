@@ -143,3 +143,51 @@ async def test_a_copy_queued_twice_runs_once(
     gate.set()
     await first
     assert ran == [3]
+
+
+def test_a_batch_is_stored_in_one_go_and_copies_are_left_out(session: Session) -> None:
+    """What one getUpdates returned: the new ones in order; a copy stored before, or twice in
+    the batch, is not stored again."""
+    assert inbox.store(session, 20, message(20))
+    batch = [(21, message(21)), (20, message(20)), (22, message(22)), (21, message(21))]
+    assert inbox.store_batch(session, batch) == [21, 22]
+    assert inbox.store_batch(session, batch) == []
+    assert [u["update_id"] for u in inbox.unfinished(session)] == [20, 21, 22]
+
+
+async def test_a_batch_accepted_is_handled_without_reading_the_inbox_again(
+    committed_db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A row this process has just inserted cannot be done: its handling skips the is-done
+    read (one transaction less per update); a copy still reads it."""
+    from telegram.ext import ApplicationBuilder
+
+    from bot.polling import accept_batch
+
+    processor = PerUserUpdateProcessor(8, db=committed_db)
+    application = (
+        ApplicationBuilder()
+        .token("123456:TEST")
+        .updater(None)
+        .concurrent_updates(processor)
+        .build()
+    )
+    assert await accept_batch(application, committed_db, [message(31), {"nonsense": 1}]) == 1
+    assert await accept_batch(application, committed_db, [message(31)]) == 0
+    assert processor.fresh == {31}
+    update = application.update_queue.get_nowait()
+    assert application.update_queue.empty()
+
+    def no_read(session: Session, update_id: int) -> bool:
+        raise AssertionError("the inbox was read for a fresh update")
+
+    monkeypatch.setattr(inbox, "is_done", no_read)
+    ran: list[int] = []
+
+    async def handler() -> None:
+        ran.append(update.update_id)
+
+    await processor.process_update(update, handler())
+    assert ran == [31]
+    assert processor.fresh == set()
+    assert committed_db.call(inbox.unfinished) == []
