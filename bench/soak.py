@@ -154,7 +154,8 @@ class Soak:
 
     def ready(self, name: str) -> bool:
         log = self.procs[name].log()
-        return "ready" in log if name == "bot" else " ready." in log
+        # The bot: the runner's line (polling started), not PTB's "bot @name ready" before it.
+        return "service.runner: ready" in log if name == "bot" else " ready." in log
 
     async def stop(self) -> None:
         for proc in self.procs.values():
